@@ -1,0 +1,202 @@
+/*
+ * fetch.h - every outbound HTTP exchange: the Resource API, CDN range reads
+ * and uploads, the Docker Engine API on its Unix socket, and plain calls
+ * for azaionctl. Returns bytes and parsed JSON; knows no resource formats.
+ *
+ * One struct fetch per process. It is thread-safe: requests from several
+ * threads share DNS and TLS sessions (a curl share) and a pool of easy
+ * handles whose connections stay alive from call to call (libcurl 7.88
+ * cannot share a connection cache between threads safely). TLS peers are
+ * always verified.
+ *
+ * Errors are 0 or a negative errno, mapped once here:
+ *   -EACCES      401 or 403
+ *   -ENOENT      404
+ *   -ETIMEDOUT   the request (with its retries) ran past its timeout
+ *   -EHOSTUNREACH connection refused, DNS failure, reset (after retries)
+ *   -EIO         5xx or 429 after retries, a short body, a TLS failure,
+ *                any other non-2xx status
+ *   -EPROTO      an answer that breaks the protocol (bad Content-Range,
+ *                unparsable JSON, a missing field)
+ *   -EFBIG       an answer larger than the cap for that call
+ *   -ECANCELED   a sink or body reader asked to stop
+ *   -ENOMEM
+ * The cause is logged once, here, through the log callback; secrets
+ * (passwords, tokens, key material) are never logged.
+ */
+#ifndef AZAION_FETCH_H
+#define AZAION_FETCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+#include <jansson.h>
+
+/* Log callback; priority is a syslog LOG_* value. */
+typedef void (*fetch_log_fn)(int priority, const char *msg);
+
+struct fetch_opts {
+	const char *ca_file;           /* NULL: the system store */
+	unsigned timeout_ms;           /* bound of one call, retries included */
+	unsigned connect_timeout_ms;   /* bound of one connection attempt */
+	unsigned max_retries;          /* transient failures retried, e.g. 5 */
+	fetch_log_fn log;              /* may be NULL */
+};
+
+struct fetch;
+int fetch_new(const struct fetch_opts *opts, struct fetch **ret);
+void fetch_free(struct fetch *f);
+/* Changes the per-call timeout of later calls (0 keeps it). */
+void fetch_set_timeout(struct fetch *f, unsigned timeout_ms);
+
+/* A buffered answer, owned by the caller; fetch_buf_free wipes it. */
+struct fetch_buf {
+	uint8_t *data;
+	size_t len;
+};
+void fetch_buf_free(struct fetch_buf *b);
+
+/* Streamed body source: returns bytes written to buf, 0 at the end,
+ * or a negative errno to abort. */
+typedef ssize_t (*fetch_read_fn)(void *ctx, uint8_t *buf, size_t cap);
+/* Streamed answer sink: returns 0, or a negative errno to abort. */
+typedef int (*fetch_write_fn)(void *ctx, const uint8_t *data, size_t len);
+
+/* S3 request signing (AWS SigV4 by libcurl). access_key NULL: unsigned. */
+struct fetch_s3 {
+	const char *access_key;
+	const char *secret_key;
+	const char *region;            /* NULL: us-east-1 */
+};
+
+/* ---- generic exchange (azaionctl, tests) ------------------------------ */
+
+struct fetch_request {
+	const char *method;            /* "GET", "POST", "PUT", "HEAD", "DELETE" */
+	const char *url;
+	const char *unix_socket;       /* NULL: TCP */
+	const char *bearer;            /* Authorization: Bearer ... */
+	const char *const *headers;    /* NULL-terminated, "Name: value" */
+	const void *body;              /* buffered request body, or */
+	size_t body_len;
+	fetch_read_fn body_reader;     /* a streamed one */
+	void *body_ctx;
+	int64_t body_size;             /* streamed size; -1: chunked */
+	const char *content_type;
+	const struct fetch_s3 *s3;
+	size_t max_response;           /* cap of a buffered answer; 0: 1 MiB */
+	fetch_write_fn sink;           /* stream the answer instead */
+	void *sink_ctx;
+	int no_retry;                  /* requests that are not idempotent */
+	unsigned timeout_ms;           /* 0: the fetch's; for long uploads */
+};
+struct fetch_response {
+	long status;
+	struct fetch_buf body;         /* empty when a sink was given */
+};
+/*
+ * Runs one exchange (retrying transient transport failures, 5xx and 429
+ * unless no_retry). Returns 0 when an HTTP answer arrived, whatever its
+ * status; a negative errno when none did. Transport failures are logged
+ * here; a status is the caller's to judge and log.
+ * Retries never replay what cannot be replayed: a no_retry request is sent
+ * again only when it never left (connection refused), a body_reader only
+ * when it was never read, a sink only when it received nothing. The body
+ * of a 5xx or 429 answer that may still be retried is dropped, so such a
+ * final answer can come back with an empty body.
+ */
+int fetch_request(struct fetch *f, const struct fetch_request *req,
+		  struct fetch_response *ret);
+void fetch_response_free(struct fetch_response *r);
+/* Maps an HTTP status to 0 or a negative errno as above. */
+int fetch_status_errno(long status);
+
+/* ---- the Resource API (resource-api.md) -------------------------------- */
+
+/* POST /login; *ret_token is malloc()ed, *ret_exp the JWT exp (0: none). */
+int fetch_api_login(struct fetch *f, const char *api_url, const char *email,
+		    const char *password, char **ret_token, time_t *ret_exp);
+/* POST /resources/get/{folder} {"password","hardware","fileName"}. */
+int fetch_api_resource(struct fetch *f, const char *api_url, const char *token,
+		       const char *folder, const char *file_name,
+		       const char *password, const char *hardware,
+		       struct fetch_buf *ret);
+/* GET /resources/list/{folder}; -ENOENT when the API has no catalog (that
+ * 404 is logged at LOG_DEBUG only). */
+int fetch_api_list(struct fetch *f, const char *api_url, const char *token,
+		   const char *folder, json_t **ret);
+/* GET /binary-split/key-fragment. */
+int fetch_api_key_fragment(struct fetch *f, const char *api_url,
+			   const char *token, struct fetch_buf *ret);
+/*
+ * POST /resources/{folder}, multipart file field "data" named file_name;
+ * fields (may be NULL) is a NULL-terminated list of name, value pairs sent
+ * as extra form fields (the publisher's size, sha256, big_size).
+ */
+int fetch_api_upload(struct fetch *f, const char *api_url, const char *token,
+		     const char *folder, const char *file_name,
+		     const void *data, size_t len, const char *const *fields);
+/* POST /devices; *ret_device_id malloc()ed. */
+int fetch_api_register_device(struct fetch *f, const char *api_url,
+			      const char *token, const char *name,
+			      const char *hardware, const char *public_pem,
+			      char **ret_device_id);
+/* GET /resources/key/{folder}/{name} with X-Device-Id: the JSON small part;
+ * -ENOENT (logged at LOG_DEBUG) for an unknown or revoked device or a
+ * resource that is not format 2. */
+int fetch_api_device_key(struct fetch *f, const char *api_url, const char *token,
+			 const char *folder, const char *name,
+			 const char *device_id, json_t **ret);
+/*
+ * POST /resources/key/{folder}/{name} {"key","size","sha256"}, plus the
+ * extra fields "file_id" (when file_id_hex is not NULL) and "big_size"
+ * (when not 0) that the API needs to build the small part.
+ */
+int fetch_api_register_key(struct fetch *f, const char *api_url,
+			   const char *token, const char *folder,
+			   const char *name, const char *key_b64,
+			   uint64_t size, const char *sha256_hex,
+			   const char *file_id_hex, uint64_t big_size);
+
+/* ---- the CDN ------------------------------------------------------------ */
+
+/*
+ * Reads len bytes at off of the object at url into buf (Range request).
+ * A 206 must carry a matching Content-Range; a 200 (range ignored) is
+ * handled by skipping to off. *ret_len may be short only at the object's
+ * end; *ret_total (may be NULL) receives the object's size, UINT64_MAX when
+ * the answer does not tell it. A range that starts at or past the end (416)
+ * reads 0 bytes. A short body is retried as a transient failure.
+ */
+int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3,
+		    uint64_t off, size_t len, uint8_t *buf, size_t *ret_len,
+		    uint64_t *ret_total);
+/* Size of the object at url (HEAD, or a one-byte range). */
+int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3,
+		   uint64_t *ret_size);
+/* PUTs size bytes read from rd to url (plain PUT, or S3 with s3 keys).
+ * Its deadline is the call's timeout plus 1 s per 128 KiB; a stall fails
+ * sooner. rd must give exactly size bytes. */
+int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3,
+		  fetch_read_fn rd, void *ctx, uint64_t size);
+
+/* ---- the Docker Engine API ---------------------------------------------- */
+
+/*
+ * POST /images/load on the Unix socket, the archive streamed from rd
+ * (chunked). Reads every line of the answer: an "error" or "errorDetail"
+ * line fails the load with -EIO and *ret_message (malloc()ed, may be NULL)
+ * holding Docker's words. *ret_loaded (may be NULL) receives the
+ * malloc()ed "Loaded image: ..." lines joined with newlines.
+ * ret_message, when not NULL, is always written: NULL unless Docker said
+ * why the load failed.
+ */
+int fetch_docker_load(struct fetch *f, const char *socket_path,
+		      fetch_read_fn rd, void *ctx, char **ret_loaded,
+		      char **ret_message);
+/* GET /images/{ref}/json: 0 present, -ENOENT absent. */
+int fetch_docker_image_exists(struct fetch *f, const char *socket_path,
+			      const char *ref);
+
+#endif

@@ -1,0 +1,86 @@
+/*
+ * config.h - the one table of settings of config.md, read from the file
+ * (key = value lines, # comments) and from -o key=value (which wins).
+ * Any unknown key, malformed value or missing required one is refused
+ * with one message naming the key (and the file's line number).
+ */
+#ifndef AZAION_CONFIG_H
+#define AZAION_CONFIG_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+enum config_tpm { CONFIG_TPM_AUTO, CONFIG_TPM_REQUIRED, CONFIG_TPM_OFF };
+
+struct config {
+	char *api_url;
+	char *cdn_url;                  /* NULL: from cdn.yaml */
+	char *s3_access_key;            /* NULL: from cdn.yaml */
+	char *s3_secret_key_file;
+	char *s3_region;
+	char *folder;
+	char **models;                  /* NULL-terminated, or NULL */
+	char *ca_file;
+	char *credentials;
+	char *hardware_id;              /* NULL: derived */
+	char *legacy_resource_secret_file;
+	enum config_tpm tpm;
+	char *tpm_tcti;
+	char *tpm_pcrs;                 /* "" for none */
+	char *tpm_owner_auth_file;
+	unsigned tpm_wait;              /* seconds */
+	char *state_dir;
+	char *cache_dir;
+	uint64_t cache_max;             /* bytes */
+	uint64_t memory_cache;          /* bytes */
+	unsigned catalog_ttl;           /* seconds */
+	unsigned io_timeout;            /* seconds */
+	uint64_t readahead_max;         /* bytes */
+	char *rest_listen;
+	int rest_public;
+	char *images_archive;
+	char *images_resource;
+	char **images;                  /* NULL-terminated */
+	char *images_version;
+	char *docker_socket;
+	int log_level;                  /* LOG_* */
+};
+
+#define CONFIG_DEFAULT_PATH "/etc/azaion/azaionfs.conf"
+
+/* A config with every default of config.md. */
+int config_new(struct config **ret);
+void config_free(struct config *c);
+
+/*
+ * Sets one key from text. where names the source for messages
+ * ("azaionfs.conf:12" or "-o"); on error *ret_msg (may be NULL) gets a
+ * malloc()ed one-line message naming the key. -EINVAL or -ENOENT (unknown).
+ */
+int config_set(struct config *c, const char *key, const char *value,
+	       const char *where, char **ret_msg);
+/* Reads a file of key = value lines; same error reporting. */
+int config_load_file(struct config *c, const char *path, char **ret_msg);
+/* 1 when key is one of config.md's keys. */
+int config_is_key(const char *key);
+/* Checks values that depend on each other after all sources are read. */
+int config_check(const struct config *c, char **ret_msg);
+/* Parses "64M", "4G", "1024" into bytes. */
+int config_parse_size(const char *s, uint64_t *ret);
+
+/*
+ * Reads a small secret file (credentials, S3 secret, resource secret,
+ * owner auth) into locked memory, refusing a file readable by group or
+ * others when must_be_private. *ret is secmem; free with secmem_free.
+ */
+int config_read_secret_file(const char *path, int must_be_private, char **ret,
+			    size_t *ret_len, char **ret_msg);
+
+/*
+ * Reads a credentials file (mode 0600 or stricter) of "email = ..." and
+ * "password = ..." lines; both results are NUL-terminated secmem.
+ */
+int config_read_credentials(const char *path, char **ret_email, char **ret_password,
+			    char **ret_msg);
+
+#endif

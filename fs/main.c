@@ -1,0 +1,462 @@
+/*
+ * main.c - azaionfs, the daemon: the command line as mount.fuse3 passes it
+ * (azaionfs SOURCE MOUNTPOINT -o key=value,...), the configuration, the
+ * process hardening, login, the catalog, the mount, and only then the
+ * detach from the terminal, so that start-up errors reach it. SIGTERM,
+ * SIGINT and an unmount end the loop; everything is freed on the way out.
+ *
+ * The fork comes first, though, before any secret exists: secret memory is
+ * MADV_WIPEONFORK, so a child would find its keys zeroed. The parent only
+ * waits, holding the terminal, until the child reports that it is mounted
+ * (exit 0) or failed (exit 1, its messages already printed). Threads start
+ * in the FUSE init callback.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crypto/crypto.h"
+#include "fetch/fetch.h"
+#include "fs/catalog.h"
+#include "fs/config.h"
+#include "fs/device.h"
+#include "fs/log.h"
+#include "fs/ops.h"
+#include "fs/session.h"
+#include "fs/store.h"
+
+#define MAIN_VERSION "0.1"
+#define MAIN_MAX_SETS 256
+#define MAIN_MAX_THREADS 16
+
+#define MAIN_USAGE                                                                         \
+	"usage: azaionfs SOURCE MOUNTPOINT [-o key=value,...] [-f] [-d]\n"                 \
+	"  -o config=PATH   configuration file (default " CONFIG_DEFAULT_PATH " when it exists)\n" \
+	"  -o KEY=VALUE     any key of the configuration file; wins over the file\n"        \
+	"  -o allow_other,default_permissions,uid=N,gid=N,umask=M,auto_unmount\n"          \
+	"  -f               stay in the foreground\n"                                       \
+	"  -d               debug output (implies -f)\n"
+
+enum {
+	KEY_FOREGROUND,
+	KEY_DEBUG,
+	KEY_HELP,
+	KEY_VERSION,
+	KEY_KEEP,
+};
+
+struct main_opts {
+	char *source;
+	char *mountpoint;
+	char *config_path;
+	int foreground;
+	int debug;
+	int help;
+	int version;
+	int bad;
+	char *sets[MAIN_MAX_SETS];     /* "key=value" of config.md, in order */
+	unsigned n_sets;
+	unsigned uid, gid, umask;
+	int has_uid, has_gid, has_umask;
+};
+
+static const struct fuse_opt main_opt_spec[] = {
+	{ "config=%s", offsetof(struct main_opts, config_path), 0 },
+	{ "uid=%u", offsetof(struct main_opts, uid), 0 },
+	{ "uid=", offsetof(struct main_opts, has_uid), 1 },
+	{ "gid=%u", offsetof(struct main_opts, gid), 0 },
+	{ "gid=", offsetof(struct main_opts, has_gid), 1 },
+	{ "umask=%o", offsetof(struct main_opts, umask), 0 },
+	{ "umask=", offsetof(struct main_opts, has_umask), 1 },
+	FUSE_OPT_KEY("-f", KEY_FOREGROUND),
+	FUSE_OPT_KEY("-d", KEY_DEBUG),
+	FUSE_OPT_KEY("debug", KEY_DEBUG),
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	/* What fstab and mount(8) add that means nothing to a FUSE daemon. */
+	FUSE_OPT_KEY("_netdev", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("nouser", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("rw", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("ro", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("async", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("comment=", FUSE_OPT_KEY_DISCARD),
+	/* Passed through to libfuse. */
+	FUSE_OPT_KEY("allow_other", KEY_KEEP),
+	FUSE_OPT_KEY("allow_root", KEY_KEEP),
+	FUSE_OPT_KEY("default_permissions", KEY_KEEP),
+	FUSE_OPT_KEY("auto_unmount", KEY_KEEP),
+	FUSE_OPT_KEY("max_read=", KEY_KEEP),
+	FUSE_OPT_KEY("dev", KEY_KEEP),
+	FUSE_OPT_KEY("nodev", KEY_KEEP),
+	FUSE_OPT_KEY("suid", KEY_KEEP),
+	FUSE_OPT_KEY("nosuid", KEY_KEEP),
+	FUSE_OPT_KEY("exec", KEY_KEEP),
+	FUSE_OPT_KEY("noexec", KEY_KEEP),
+	FUSE_OPT_KEY("atime", KEY_KEEP),
+	FUSE_OPT_KEY("noatime", KEY_KEEP),
+	FUSE_OPT_KEY("relatime", KEY_KEEP),
+	FUSE_OPT_KEY("nodiratime", KEY_KEEP),
+	FUSE_OPT_END
+};
+
+static int main_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct main_opts *o = data;
+	const char *eq;
+	char name[64];
+
+	switch (key) {
+	case KEY_FOREGROUND:
+		o->foreground = 1;
+		return 0;
+	case KEY_DEBUG:
+		o->debug = 1;
+		o->foreground = 1;
+		return 0;
+	case KEY_HELP:
+		o->help = 1;
+		return 0;
+	case KEY_VERSION:
+		o->version = 1;
+		return 0;
+	case KEY_KEEP:
+		return 1;
+	case FUSE_OPT_KEY_NONOPT:
+		if (!o->source) {
+			o->source = strdup(arg);
+			return o->source ? 0 : -1;
+		}
+		if (!o->mountpoint) {
+			o->mountpoint = strdup(arg);
+			return o->mountpoint ? 0 : -1;
+		}
+		fprintf(stderr, "azaionfs: unexpected argument '%s'\n", arg);
+		o->bad = 1;
+		return 0;
+	case FUSE_OPT_KEY_OPT:
+		if (strncmp(arg, "x-", 2) == 0)
+			return 0; /* fstab's x-systemd.* and the like */
+		eq = strchr(arg, '=');
+		snprintf(name, sizeof(name), "%.*s", eq ? (int)(eq - arg) : (int)strlen(arg), arg);
+		if (eq && config_is_key(name)) {
+			if (o->n_sets == MAIN_MAX_SETS) {
+				fprintf(stderr, "azaionfs: too many -o settings\n");
+				o->bad = 1;
+				return 0;
+			}
+			o->sets[o->n_sets] = strdup(arg);
+			return o->sets[o->n_sets++] ? 0 : -1;
+		}
+		if (arg[0] == '-')
+			fprintf(stderr, "azaionfs: unknown option '%s'\n", arg);
+		else if (config_is_key(name))
+			fprintf(stderr, "azaionfs: -o %s: needs a value (%s=...)\n", name, name);
+		else
+			fprintf(stderr, "azaionfs: -o %s: unknown option\n", name);
+		o->bad = 1;
+		return 0;
+	}
+	return 1;
+}
+
+static void main_opts_clear(struct main_opts *o)
+{
+	free(o->source);
+	free(o->mountpoint);
+	free(o->config_path);
+	for (unsigned i = 0; i < o->n_sets; i++)
+		free(o->sets[i]);
+}
+
+/* The file, then every -o key=value; one message naming the key on error. */
+static int main_config(struct main_opts *o, struct config **ret)
+{
+	const char *path = o->config_path;
+	struct config *c = NULL;
+	char *msg = NULL;
+	int r;
+
+	r = config_new(&c);
+	if (r < 0) {
+		fprintf(stderr, "azaionfs: %s\n", strerror(-r));
+		return r;
+	}
+	if (!path && access(CONFIG_DEFAULT_PATH, F_OK) == 0)
+		path = CONFIG_DEFAULT_PATH;
+	if (path) {
+		r = config_load_file(c, path, &msg);
+		if (r < 0)
+			goto err;
+	}
+	for (unsigned i = 0; i < o->n_sets; i++) {
+		char *eq = strchr(o->sets[i], '=');
+
+		*eq = '\0';
+		r = config_set(c, o->sets[i], eq + 1, "-o", &msg);
+		*eq = '=';
+		if (r < 0)
+			goto err;
+	}
+	r = config_check(c, &msg);
+	if (r < 0)
+		goto err;
+	*ret = c;
+	return 0;
+err:
+	fprintf(stderr, "azaionfs: %s\n", msg ? msg : strerror(-r));
+	free(msg);
+	config_free(c);
+	return r;
+}
+
+/* No core dumps, no ptrace by other users: plaintext and keys live in this process. */
+static void main_harden(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		log_warn("prctl(PR_SET_DUMPABLE): %s", strerror(errno));
+	if (setrlimit(RLIMIT_CORE, &rl) < 0)
+		log_warn("setrlimit(RLIMIT_CORE): %s", strerror(errno));
+	/*
+	 * Fixed thresholds: freed ciphertext buffers go back to the system
+	 * instead of growing the heap, so RSS stays near memory_cache.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 256 * 1024);
+	mallopt(M_ARENA_MAX, 4);
+}
+
+/*
+ * Forks unless foreground: the parent waits for the child's one-byte
+ * status and exits with it; the child returns the pipe to report on.
+ */
+static int main_fork(int foreground, int *ret_fd)
+{
+	unsigned char status = 1;
+	int p[2];
+	pid_t pid;
+
+	*ret_fd = -1;
+	if (foreground)
+		return 0;
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		fprintf(stderr, "azaionfs: pipe: %s\n", strerror(errno));
+		return -errno;
+	}
+	pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "azaionfs: fork: %s\n", strerror(errno));
+		return -errno;
+	}
+	if (pid > 0) {
+		close(p[1]);
+		if (read(p[0], &status, 1) != 1)
+			status = 1;
+		_exit(status);
+	}
+	close(p[0]);
+	setsid();
+	*ret_fd = p[1];
+	return 0;
+}
+
+/* Tells the waiting parent how the start went; on success detaches for good. */
+static void main_report(int *fd, unsigned char status)
+{
+	int null;
+
+	if (*fd < 0)
+		return;
+	if (status == 0) {
+		if (chdir("/") < 0)
+			log_warn("chdir /: %s", strerror(errno));
+		null = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (null >= 0) {
+			dup2(null, 0);
+			dup2(null, 1);
+			dup2(null, 2);
+			if (null > 2)
+				close(null);
+		}
+		log_use_syslog();
+	}
+	if (write(*fd, &status, 1) != 1)
+		log_warn("cannot report the start to the parent: %s", strerror(errno));
+	close(*fd);
+	*fd = -1;
+}
+
+struct main_state {
+	struct catalog *cat;
+	struct store *st;
+};
+
+static void main_on_init(void *arg)
+{
+	struct main_state *ms = arg;
+
+	if (store_start(ms->st) < 0)
+		log_warn("read-ahead is off: no worker thread could start");
+	if (catalog_start(ms->cat) < 0)
+		log_warn("the catalog will not be refreshed: no thread could start");
+}
+
+static int main_fuse_args(const struct main_opts *o, struct fuse_args *args)
+{
+	/* ro always; the name shows in mount(8) and /proc/mounts. */
+	if (fuse_opt_add_arg(args, "-oro,fsname=azaion,subtype=azaionfs") < 0)
+		return -ENOMEM;
+	if (o->debug && fuse_opt_add_arg(args, "-odebug") < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_loop_config *loop = NULL;
+	struct main_opts o = { 0 };
+	struct main_state ms = { 0 };
+	struct fetch_opts fo = { 0 };
+	struct ops_opts oo = { 0 };
+	struct fuse_session *se = NULL;
+	struct config *c = NULL;
+	struct fetch *f = NULL;
+	struct session *s = NULL;
+	struct device *d = NULL;
+	struct ops *ops = NULL;
+	int r, rc = 1, report = -1;
+
+	log_init("azaionfs", LOG_INFO);
+	if (fuse_opt_parse(&args, &o, main_opt_spec, main_opt_proc) < 0 || o.bad) {
+		fputs(MAIN_USAGE, stderr);
+		goto out_args;
+	}
+	if (o.help || o.version) {
+		if (o.help)
+			fputs(MAIN_USAGE, stdout);
+		else
+			printf("azaionfs %s (libfuse %s)\n", MAIN_VERSION, fuse_pkgversion());
+		rc = 0;
+		goto out_args;
+	}
+	if (!o.mountpoint) {
+		fprintf(stderr, "azaionfs: needs SOURCE and MOUNTPOINT\n%s", MAIN_USAGE);
+		goto out_args;
+	}
+	if (main_config(&o, &c) < 0)
+		goto out_args;
+	log_set_level(o.debug ? LOG_DEBUG : c->log_level);
+	main_harden();
+	if (main_fork(o.foreground, &report) < 0)
+		goto out_config;
+	if (mkdir(c->state_dir, 0700) < 0 && errno != EEXIST) {
+		log_err("state_dir %s: %s", c->state_dir, strerror(errno));
+		goto out_config;
+	}
+
+	fo.ca_file = c->ca_file;
+	fo.timeout_ms = c->io_timeout * 1000;
+	fo.connect_timeout_ms = c->io_timeout < 10 ? c->io_timeout * 1000 : 10000;
+	fo.max_retries = 5;
+	fo.log = log_sink;
+	r = fetch_new(&fo, &f);
+	if (r < 0) {
+		log_err("cannot set up HTTP: %s", strerror(-r));
+		goto out_config;
+	}
+	if (session_new(c, f, &s) < 0)
+		goto out_fetch;
+	/* A failed login does not stop the mount: reads then fail with the cause logged. */
+	if (session_has_credentials(s))
+		session_login(s);
+	else
+		log_info("no credentials yet: files need a login (credentials = FILE, or the "
+			 "side endpoint)");
+	if (device_new(c, s, &d) < 0)
+		goto out_session;
+	if (session_logged_in(s))
+		device_enroll_if_needed(d);
+	r = store_new(c, f, s, d, &ms.st);
+	if (r < 0) {
+		log_err("cannot set up the read path: %s", strerror(-r));
+		goto out_device;
+	}
+	r = catalog_new(c, s, store_probe, ms.st, &ms.cat);
+	if (r < 0)
+		goto out_store;
+	catalog_refresh(ms.cat);
+
+	oo.c = c;
+	oo.cat = ms.cat;
+	oo.st = ms.st;
+	oo.uid = o.has_uid ? o.uid : getuid();
+	oo.gid = o.has_gid ? o.gid : getgid();
+	oo.umask = o.has_umask ? o.umask & 0777 : 0;
+	oo.on_init = main_on_init;
+	oo.on_init_arg = &ms;
+	if (ops_new(&oo, &ops) < 0 || main_fuse_args(&o, &args) < 0)
+		goto out_catalog;
+	se = fuse_session_new(&args, ops_table(), sizeof(struct fuse_lowlevel_ops), ops);
+	if (!se)
+		goto out_ops;
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_session_fuse;
+	if (fuse_session_mount(se, o.mountpoint) != 0)
+		goto out_signals;
+	log_info("mounted %s at %s", o.source ? o.source : "azaion", o.mountpoint);
+	main_report(&report, 0);
+
+	loop = fuse_loop_cfg_create();
+	if (!loop)
+		goto out_unmount;
+	fuse_loop_cfg_set_max_threads(loop, MAIN_MAX_THREADS);
+	fuse_loop_cfg_set_clone_fd(loop, 0);
+	r = fuse_session_loop_mt(se, loop);
+	fuse_loop_cfg_destroy(loop);
+	rc = r == 0 ? 0 : 1;
+	log_info("unmounting %s", o.mountpoint);
+
+out_unmount:
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_session_fuse:
+	fuse_session_destroy(se);
+out_ops:
+	ops_free(ops);
+out_catalog:
+	catalog_free(ms.cat);
+out_store:
+	store_free(ms.st);
+out_device:
+	device_free(d);
+out_session:
+	session_free(s);
+out_fetch:
+	fetch_free(f);
+out_config:
+	main_report(&report, 1);
+	config_free(c);
+out_args:
+	main_opts_clear(&o);
+	fuse_opt_free_args(&args);
+	return rc;
+}

@@ -1,0 +1,424 @@
+/*
+ * publish.c - the publishing path: plaintext in, small and big parts out,
+ * as a pull stream so that the big part can go straight into a PUT (or a
+ * file) with memory bounded by one buffer of plaintext and one of output,
+ * whatever the model's size.
+ *
+ * Format 1's small part is the first n bytes of E = CBC(resource_key, P)
+ * and n depends only on |E|, which the plaintext size fixes, so the stream
+ * diverts those bytes into a buffer and emits the rest as the big part.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crypto/crypto.h"
+#include "fs/names.h"
+#include "fs/publish.h"
+
+#define PUB_F1_STEP (1024 * 1024)
+
+struct pub_stream {
+	const struct publish_req *req;
+	uint8_t *plain;                /* secmem: one step of plaintext */
+	size_t plain_cap;
+	uint8_t *out;                  /* pending big-part bytes */
+	size_t out_cap, out_len, out_pos;
+	uint64_t src_done;
+	uint64_t emitted;
+	uint64_t big_size;
+	struct crypto_sha256 *sha;
+	int done;
+	int err;
+	char *msg;
+	/* format 1 */
+	struct f1_encryptor *enc;
+	uint8_t *small;                /* secmem */
+	size_t small_len, small_want;
+	/* format 2 */
+	struct f2_header header;
+	uint8_t *key;                  /* secmem, CRYPTO_KEY_SIZE */
+	uint64_t chunk;
+	int header_sent;
+};
+
+static void pub_fail(struct pub_stream *s, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void pub_fail(struct pub_stream *s, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (s->err)
+		return;
+	s->err = err;
+	va_start(ap, fmt);
+	if (vasprintf(&s->msg, fmt, ap) < 0)
+		s->msg = NULL;
+	va_end(ap);
+}
+
+/* Reads exactly n plaintext bytes (n never passes the declared size). */
+static int pub_read_plain(struct pub_stream *s, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t r = s->req->src(s->req->src_ctx, s->plain + got, n - got);
+
+		if (r < 0) {
+			pub_fail(s, (int)r, "reading the model: %s", strerror((int)-r));
+			return (int)r;
+		}
+		if (r == 0) {
+			pub_fail(s, -EIO, "the model ended after %llu of %llu bytes",
+				 (unsigned long long)(s->src_done + got),
+				 (unsigned long long)s->req->size);
+			return -EIO;
+		}
+		got += (size_t)r;
+	}
+	crypto_sha256_update(s->sha, s->plain, n);
+	s->src_done += n;
+	return 0;
+}
+
+/* Format 1: the next step of E, minus what goes to the small part. */
+static int pub_refill_f1(struct pub_stream *s)
+{
+	uint64_t left = s->req->size - s->src_done;
+	size_t n = left < s->plain_cap ? (size_t)left : s->plain_cap;
+	size_t len = 0, tail = 0, take;
+	int r;
+
+	r = pub_read_plain(s, n);
+	if (r < 0)
+		return r;
+	r = f1_encryptor_update(s->enc, s->plain, n, s->out, &len);
+	if (r == 0 && s->src_done == s->req->size) {
+		r = f1_encryptor_final(s->enc, s->out + len, &tail);
+		s->done = 1;
+	}
+	crypto_wipe(s->plain, n);
+	if (r < 0) {
+		pub_fail(s, r, "encryption failed");
+		return r;
+	}
+	len += tail;
+	take = s->small_want - s->small_len;
+	if (take > len)
+		take = len;
+	memcpy(s->small + s->small_len, s->out, take);
+	s->small_len += take;
+	s->out_pos = take;
+	s->out_len = len;
+	return 0;
+}
+
+/* Format 2: the header, then one sealed chunk per call. */
+static int pub_refill_f2(struct pub_stream *s)
+{
+	size_t n;
+	int r;
+
+	s->out_pos = 0;
+	if (!s->header_sent) {
+		memcpy(s->out, s->header.raw, F2_HEADER_SIZE);
+		s->out_len = F2_HEADER_SIZE;
+		s->header_sent = 1;
+		return 0;
+	}
+	n = (size_t)f2_chunk_plain_len(&s->header, s->chunk);
+	r = pub_read_plain(s, n);
+	if (r < 0)
+		return r;
+	r = f2_seal_chunk(s->key, &s->header, s->chunk, s->plain, n, s->out);
+	crypto_wipe(s->plain, n);
+	if (r < 0) {
+		pub_fail(s, r, "encryption of chunk %llu failed", (unsigned long long)s->chunk);
+		return r;
+	}
+	s->out_len = n + CRYPTO_TAG_SIZE;
+	if (++s->chunk == f2_chunk_count(&s->header))
+		s->done = 1;
+	return 0;
+}
+
+/* fetch_read_fn over the big part. */
+static ssize_t pub_big_read(void *ctx, uint8_t *buf, size_t cap)
+{
+	struct pub_stream *s = ctx;
+	size_t n;
+
+	if (s->err)
+		return s->err;
+	while (s->out_pos == s->out_len) {
+		int r;
+
+		if (s->done)
+			return 0;
+		r = s->req->format == 1 ? pub_refill_f1(s) : pub_refill_f2(s);
+		if (r < 0)
+			return r;
+	}
+	n = s->out_len - s->out_pos;
+	if (n > cap)
+		n = cap;
+	memcpy(buf, s->out + s->out_pos, n);
+	s->out_pos += n;
+	s->emitted += n;
+	if (s->req->progress)
+		s->req->progress(s->req->progress_ctx, s->emitted, s->big_size);
+	return (ssize_t)n;
+}
+
+static void pub_stream_free(struct pub_stream *s)
+{
+	f1_encryptor_free(s->enc);
+	crypto_sha256_free(s->sha);
+	secmem_free(s->plain);
+	secmem_free(s->small);
+	secmem_free(s->key);
+	free(s->out);
+	free(s->msg);
+}
+
+static int pub_stream_init(struct pub_stream *s, const struct publish_req *req)
+{
+	uint8_t file_id[F2_FILE_ID_SIZE];
+	int r;
+
+	memset(s, 0, sizeof(*s));
+	s->req = req;
+	s->sha = crypto_sha256_new();
+	if (!s->sha)
+		return -ENOMEM;
+	if (req->format == 1) {
+		uint64_t e_size = f1_cipher_size(req->size);
+
+		s->small_want = (size_t)f1_small_size(e_size);
+		s->big_size = e_size - s->small_want;
+		s->plain_cap = PUB_F1_STEP;
+		s->out_cap = PUB_F1_STEP + 2 * CRYPTO_BLOCK + CRYPTO_BLOCK;
+		s->small = secmem_alloc(s->small_want ? s->small_want : 1);
+		if (!s->small)
+			return -errno;
+		r = f1_encryptor_new(req->resource_key, NULL, &s->enc);
+		if (r < 0)
+			return r;
+	} else {
+		unsigned shift = req->chunk_shift ? req->chunk_shift : F2_SHIFT_DEFAULT;
+
+		s->key = secmem_alloc(CRYPTO_KEY_SIZE);
+		if (!s->key)
+			return -errno;
+		r = crypto_random(s->key, CRYPTO_KEY_SIZE);
+		if (r == 0)
+			r = crypto_random(file_id, sizeof(file_id));
+		if (r == 0)
+			r = f2_header_init(&s->header, req->size, shift, file_id);
+		if (r < 0)
+			return r;
+		s->big_size = f2_big_size(&s->header);
+		s->plain_cap = (size_t)f2_chunk_size(&s->header);
+		s->out_cap = s->plain_cap + CRYPTO_TAG_SIZE;
+	}
+	s->plain = secmem_alloc(s->plain_cap);
+	s->out = malloc(s->out_cap);
+	if (!s->plain || !s->out)
+		return -ENOMEM;
+	return 0;
+}
+
+static int pub_write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Writes a file whole under a temporary name, then renames it into place. */
+static int pub_write_file(const char *dir, const char *name, const char *suffix, mode_t mode,
+			  fetch_read_fn rd, void *ctx, const void *data, size_t len)
+{
+	char path[4096], tmp[4200];
+	uint8_t buf[64 * 1024];
+	int fd, r = 0;
+
+	snprintf(path, sizeof(path), "%s/%s%s", dir, name, suffix);
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (fd < 0)
+		return -errno;
+	if (data)
+		r = pub_write_all(fd, data, len);
+	while (rd && r == 0) {
+		ssize_t n = rd(ctx, buf, sizeof(buf));
+
+		if (n <= 0) {
+			r = (int)n;
+			break;
+		}
+		r = pub_write_all(fd, buf, (size_t)n);
+	}
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0)
+		unlink(tmp);
+	return r;
+}
+
+static int pub_key_body(struct pub_stream *s, const struct publish_result *res, char **ret)
+{
+	char key_b64[64];
+	int n;
+
+	crypto_b64_encode(s->key, CRYPTO_KEY_SIZE, key_b64);
+	n = asprintf(ret,
+		     "{\"key\": \"%s\", \"size\": %llu, \"sha256\": \"%s\", "
+		     "\"file_id\": \"%s\", \"big_size\": %llu}\n",
+		     key_b64, (unsigned long long)res->size, res->sha256, res->file_id,
+		     (unsigned long long)res->big_size);
+	crypto_wipe(key_b64, sizeof(key_b64));
+	return n < 0 ? -ENOMEM : 0;
+}
+
+int publish_model(const struct publish_req *req, const struct publish_target *t,
+		  struct publish_result *ret, char **ret_msg)
+{
+	struct pub_stream s;
+	struct publish_result res;
+	uint8_t digest[32];
+	char *body = NULL, *url = NULL, *escaped = NULL;
+	int r;
+
+	if (!names_valid(req->name)) {
+		*ret_msg = strdup("the name must be 1 to 255 bytes, without '/', and not . or ..");
+		return -EINVAL;
+	}
+	if (req->format != 1 && req->format != 2) {
+		*ret_msg = strdup("the format must be 1 or 2");
+		return -EINVAL;
+	}
+	r = pub_stream_init(&s, req);
+	if (r < 0) {
+		pub_fail(&s, r, "cannot prepare the encryption: %s", strerror(-r));
+		goto out;
+	}
+	memset(&res, 0, sizeof(res));
+	res.size = req->size;
+	res.big_size = s.big_size;
+	res.small_size = s.small_want;
+	if (req->format == 2)
+		crypto_hex(s.header.file_id, F2_FILE_ID_SIZE, res.file_id);
+
+	/* The big part first: a small part or key must never name a missing one. */
+	if (t->out_dir) {
+		r = pub_write_file(t->out_dir, req->name, ".big", 0644, pub_big_read, &s, NULL, 0);
+		if (r < 0) {
+			pub_fail(&s, r, "writing %s/%s.big: %s", t->out_dir, req->name,
+				 strerror(-r));
+			goto out;
+		}
+	} else {
+		struct session_cdn cdn;
+
+		r = session_cdn_upload(t->session, &cdn);
+		if (r < 0) {
+			pub_fail(&s, r, "no CDN to upload to: set cdn_url, or log in so that "
+					"cdn.yaml names one");
+			goto out;
+		}
+		escaped = names_url_escape(req->name);
+		if (!escaped || asprintf(&url, "%s/%s/%s.big", cdn.url, req->folder, escaped) < 0) {
+			r = -ENOMEM;
+			pub_fail(&s, r, "out of memory");
+			goto out;
+		}
+		r = fetch_cdn_put(t->fetch, url, cdn.s3, pub_big_read, &s, s.big_size);
+		if (r < 0) {
+			pub_fail(&s, r, "uploading the big part to %s failed: %s", url,
+				 strerror(-r));
+			goto out;
+		}
+	}
+	if (s.emitted != s.big_size) {
+		r = -EIO;
+		pub_fail(&s, r, "the big part came out at %llu bytes, not %llu",
+			 (unsigned long long)s.emitted, (unsigned long long)s.big_size);
+		goto out;
+	}
+	crypto_sha256_final(s.sha, digest);
+	crypto_hex(digest, sizeof(digest), res.sha256);
+
+	if (req->format == 1) {
+		if (t->out_dir) {
+			r = pub_write_file(t->out_dir, req->name, ".small", 0600, NULL, NULL,
+					   s.small, s.small_len);
+		} else {
+			char file_name[300], size[24], big_size[24];
+			const char *fields[] = { "size", size, "sha256", res.sha256,
+						 "big_size", big_size, NULL };
+
+			snprintf(file_name, sizeof(file_name), "%s.small", req->name);
+			snprintf(size, sizeof(size), "%llu", (unsigned long long)res.size);
+			snprintf(big_size, sizeof(big_size), "%llu",
+				 (unsigned long long)res.big_size);
+			r = session_upload(t->session, req->folder, file_name, s.small,
+					   s.small_len, fields);
+		}
+		if (r < 0) {
+			pub_fail(&s, r, "storing the small part failed: %s", strerror(-r));
+			goto out;
+		}
+	} else {
+		char key_b64[64];
+
+		if (t->out_dir) {
+			r = pub_key_body(&s, &res, &body);
+			if (r == 0)
+				r = pub_write_file(t->out_dir, req->name, ".key", 0600, NULL, NULL,
+						   body, strlen(body));
+		} else {
+			crypto_b64_encode(s.key, CRYPTO_KEY_SIZE, key_b64);
+			r = session_register_key(t->session, req->folder, req->name, key_b64,
+						 res.size, res.sha256, res.file_id, res.big_size);
+			crypto_wipe(key_b64, sizeof(key_b64));
+		}
+		if (r < 0) {
+			pub_fail(&s, r, "registering the content key failed: %s", strerror(-r));
+			goto out;
+		}
+	}
+	*ret = res;
+	r = 0;
+out:
+	if (r < 0 && ret_msg) {
+		*ret_msg = s.msg;
+		s.msg = NULL;
+	}
+	if (body) {
+		crypto_wipe(body, strlen(body));
+		free(body);
+	}
+	free(url);
+	free(escaped);
+	pub_stream_free(&s);
+	return r;
+}

@@ -1,0 +1,1397 @@
+/*
+ * store.c - the read path above the source layers (see store.h): objects
+ * (one per file version), decryption, the plaintext cache and read-ahead.
+ *
+ * Plaintext cache: one locked slab of memory_cache bytes cut into 64 KiB
+ * units. A unit is FREE (on the LRU, in no hash chain), LOADING (in the
+ * hash, refs >= 1: its loader holds one), READY (in the hash; on the LRU
+ * exactly when refs == 0) or FAILED (in the hash until its last reference
+ * goes, never found by new lookups). A miss claims the least recently used
+ * unreferenced unit, marks it LOADING, drops the lock, fetches and
+ * decrypts, relocks, marks it READY or FAILED and wakes the waiters; other
+ * readers of the same unit take a reference and wait instead of fetching
+ * again. Eviction only ever takes units with refs == 0, so bytes handed to
+ * a reader stay put until it releases them.
+ *
+ * Locking: st->lock guards the units, the hash, the LRU, the object table
+ * and every object's refs, opens and prep state, and the job queue; it is
+ * never held across I/O or decryption. An object's prepared fields (url,
+ * blob, small part, header, key) are written only by the thread that moved
+ * prep to LOADING and read only while prep is READY and opens > 0. A
+ * handle's read-ahead and checksum state is guarded by its own h->lock.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "crypto/crypto.h"
+#include "fs/log.h"
+#include "fs/names.h"
+#include "fs/store.h"
+
+#define STORE_RUN_MAX 16                 /* units per range request (1 MiB) */
+#define STORE_RA_JOB 8                   /* units per read-ahead job */
+#define STORE_RA_MIN (256 * 1024)        /* first read-ahead window */
+#define STORE_RA_SLACK (1024 * 1024)     /* reordering still counted as sequential */
+#define STORE_WORKERS 4
+#define STORE_JOBS_MAX 64
+#define STORE_READ_MAX (16u * 1024 * 1024)
+#define STORE_MIN_UNITS 64               /* 4 MiB: room for every thread's units */
+#define STORE_SHA_WAIT_MS 1000           /* how long an early read waits for its turn */
+#define STORE_WRAPPED_MAX 1024
+
+enum { UNIT_FREE, UNIT_LOADING, UNIT_READY, UNIT_FAILED };
+enum { PREP_NONE, PREP_LOADING, PREP_READY };
+
+struct store_unit {
+	uint64_t obj_id;
+	uint64_t idx;
+	int state;
+	int err;
+	unsigned refs;
+	int on_lru;
+	size_t len;
+	uint8_t *data;                   /* STORE_UNIT bytes of the slab */
+	struct store_unit *hnext;
+	struct store_unit *lprev, *lnext;
+};
+
+struct store_obj {
+	struct store_obj *next;          /* the table */
+	int in_table;
+	unsigned refs;
+	unsigned opens;                  /* handles and read-ahead jobs */
+	int prep;
+	uint64_t id;
+	struct catalog_entry e;          /* own copy */
+
+	/* prepared (see the locking rules above) */
+	char *url;
+	char cache_id[33];
+	struct store_blob blob;
+	uint64_t size;                   /* plaintext */
+	uint8_t *small;                  /* format 1: E[0:n], locked memory */
+	size_t small_len;
+	struct f2_header hdr;            /* format 2 */
+	uint8_t *key;                    /* format 2: K, locked memory, while opens > 0 */
+};
+
+struct store_job {
+	struct store_job *next;
+	struct store_obj *o;
+	uint64_t first;
+	size_t n;
+};
+
+struct store {
+	const struct config *c;
+	struct fetch *f;
+	struct session *s;
+	struct device *d;
+	struct store_src *src;
+	uint8_t *rkey;                   /* format 1 resource key, locked memory */
+	uint64_t ra_max;
+	unsigned timeout_s;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;             /* unit state changes, freed units, prep, jobs */
+	uint8_t *slab;
+	struct store_unit *units;
+	size_t n_units;
+	struct store_unit **hash;
+	size_t hash_mask;
+	struct store_unit *lru_head, *lru_tail;
+	unsigned slot_waiters;
+	struct store_obj *objs;
+	uint64_t next_id;
+	struct store_job *jobs, *jobs_tail;
+	unsigned n_jobs;
+	int stop;
+	pthread_t workers[STORE_WORKERS];
+	unsigned n_workers;
+};
+
+struct store_file {
+	struct store *st;
+	struct store_obj *o;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint64_t next_off;               /* where a sequential reader reads next */
+	uint64_t seq;                    /* bytes read sequentially so far */
+	uint64_t ra_until;               /* read-ahead issued up to here */
+	struct crypto_sha256 *sha;       /* format 1 with a catalog sha256 */
+	uint64_t sha_next;
+	int sha_off;                     /* out of order: no check for this pass */
+};
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+static void store_deadline(struct store *st, struct timespec *ts)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += st->timeout_s;
+}
+
+/* A lower layer's errno as a reader should see it. */
+static int store_reader_errno(int r)
+{
+	switch (r) {
+	case 0:
+	case -EACCES:
+	case -ENOENT:
+	case -ETIMEDOUT:
+	case -ENOMEM:
+		return r;
+	default:
+		return -EIO;
+	}
+}
+
+static char *store_big_url(const char *base, const char *folder, const char *name)
+{
+	char *ef = names_url_escape(folder), *en = names_url_escape(name), *url = NULL;
+
+	if (ef && en && asprintf(&url, "%s/%s/%s.big", base, ef, en) < 0)
+		url = NULL;
+	free(ef);
+	free(en);
+	return url;
+}
+
+/* ---- the plaintext cache ------------------------------------------------------ */
+
+static size_t store_hash_slot(struct store *st, uint64_t id, uint64_t idx)
+{
+	uint64_t h = (id * 0x9E3779B97F4A7C15ull) ^ (idx * 0xC2B2AE3D27D4EB4Full);
+
+	return (size_t)(h ^ (h >> 29)) & st->hash_mask;
+}
+
+static struct store_unit *store_unit_find(struct store *st, uint64_t id, uint64_t idx)
+{
+	struct store_unit *u;
+
+	for (u = st->hash[store_hash_slot(st, id, idx)]; u; u = u->hnext)
+		if (u->obj_id == id && u->idx == idx && u->state != UNIT_FAILED)
+			return u;
+	return NULL;
+}
+
+static void store_hash_del(struct store *st, struct store_unit *u)
+{
+	struct store_unit **pp = &st->hash[store_hash_slot(st, u->obj_id, u->idx)];
+
+	while (*pp && *pp != u)
+		pp = &(*pp)->hnext;
+	if (*pp)
+		*pp = u->hnext;
+	u->hnext = NULL;
+}
+
+static void store_lru_del(struct store *st, struct store_unit *u)
+{
+	if (!u->on_lru)
+		return;
+	if (u->lprev)
+		u->lprev->lnext = u->lnext;
+	else
+		st->lru_head = u->lnext;
+	if (u->lnext)
+		u->lnext->lprev = u->lprev;
+	else
+		st->lru_tail = u->lprev;
+	u->lprev = u->lnext = NULL;
+	u->on_lru = 0;
+}
+
+static void store_lru_add(struct store *st, struct store_unit *u, int at_tail)
+{
+	if (at_tail) {
+		u->lprev = st->lru_tail;
+		u->lnext = NULL;
+		if (st->lru_tail)
+			st->lru_tail->lnext = u;
+		else
+			st->lru_head = u;
+		st->lru_tail = u;
+	} else {
+		u->lnext = st->lru_head;
+		u->lprev = NULL;
+		if (st->lru_head)
+			st->lru_head->lprev = u;
+		else
+			st->lru_tail = u;
+		st->lru_head = u;
+	}
+	u->on_lru = 1;
+}
+
+static void store_unit_ref(struct store *st, struct store_unit *u)
+{
+	if (u->refs++ == 0)
+		store_lru_del(st, u);
+}
+
+static void store_unit_unref(struct store *st, struct store_unit *u)
+{
+	if (--u->refs > 0)
+		return;
+	if (u->state == UNIT_READY) {
+		store_lru_add(st, u, 1);
+	} else {
+		store_hash_del(st, u);
+		u->state = UNIT_FREE;
+		store_lru_add(st, u, 0);
+	}
+	if (st->slot_waiters)
+		pthread_cond_broadcast(&st->cond);
+}
+
+/* The least recently used free unit, LOADING for (id, idx); NULL when none. */
+static struct store_unit *store_unit_claim(struct store *st, uint64_t id, uint64_t idx)
+{
+	struct store_unit *u = st->lru_head;
+
+	if (!u)
+		return NULL;
+	store_lru_del(st, u);
+	if (u->state != UNIT_FREE)
+		store_hash_del(st, u);
+	u->obj_id = id;
+	u->idx = idx;
+	u->state = UNIT_LOADING;
+	u->err = 0;
+	u->len = 0;
+	u->refs = 1;
+	u->hnext = st->hash[store_hash_slot(st, id, idx)];
+	st->hash[store_hash_slot(st, id, idx)] = u;
+	return u;
+}
+
+/* ---- decryption: filling units ------------------------------------------------- */
+
+/* Reads E[off, off + len) of a format-1 file: the small part, then the big part. */
+static int store_f1_read_e(struct store *st, struct store_obj *o, uint64_t off, size_t len,
+			   uint8_t *buf)
+{
+	size_t n = o->small_len, k = 0;
+
+	if (off < n) {
+		k = (size_t)(n - off) < len ? (size_t)(n - off) : len;
+		memcpy(buf, o->small + off, k);
+	}
+	if (k == len)
+		return 0;
+	return st->src->ops->read(st->src, &o->blob, off + k - n, len - k, buf + k);
+}
+
+static int store_fill_f1(struct store *st, struct store_obj *o, uint64_t first, size_t n,
+			 struct store_unit **u)
+{
+	uint64_t p1 = (first + n) * STORE_UNIT < o->size ? (first + n) * STORE_UNIT : o->size;
+	uint64_t j0 = first * STORE_UNIT / CRYPTO_BLOCK, j1 = (p1 + CRYPTO_BLOCK - 1) / CRYPTO_BLOCK;
+	size_t clen = (size_t)(j1 - j0) * CRYPTO_BLOCK + CRYPTO_BLOCK;
+	uint8_t *buf;
+	int r;
+
+	buf = malloc(clen);
+	if (!buf)
+		return -ENOMEM;
+	r = store_f1_read_e(st, o, j0 * CRYPTO_BLOCK, clen, buf);
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		uint64_t q0 = (first + i) * STORE_UNIT;
+		uint64_t q1 = q0 + STORE_UNIT < o->size ? q0 + STORE_UNIT : o->size;
+		uint64_t a = q0 / CRYPTO_BLOCK, b = (q1 + CRYPTO_BLOCK - 1) / CRYPTO_BLOCK;
+
+		r = f1_decrypt_blocks(st->rkey, buf + (a - j0) * CRYPTO_BLOCK,
+				      (size_t)(b - a) * CRYPTO_BLOCK + CRYPTO_BLOCK, u[i]->data);
+		if (r < 0) {
+			log_err("%s: decrypting blocks %llu..%llu failed: %s", o->e.name,
+				(unsigned long long)a, (unsigned long long)b, strerror(-r));
+			r = -EIO;
+		}
+		u[i]->len = (size_t)(q1 - q0);
+	}
+	free(buf);
+	return r;
+}
+
+static int store_fill_f2(struct store *st, struct store_obj *o, uint64_t first, size_t n,
+			 struct store_unit **u)
+{
+	const struct f2_header *h = &o->hdr;
+	uint64_t cs = f2_chunk_size(h), count = f2_chunk_count(h), c0, c1, off0, off1;
+	uint8_t *buf, *tmp = NULL;
+	int r;
+
+	if (cs <= STORE_UNIT) {
+		uint64_t per = STORE_UNIT / cs;
+
+		c0 = first * per;
+		c1 = (first + n) * per < count ? (first + n) * per : count;
+	} else {
+		uint64_t k = cs / STORE_UNIT;
+
+		c0 = first / k;
+		c1 = (first + n - 1) / k + 1;
+		tmp = secmem_alloc(cs);
+		if (!tmp)
+			return -ENOMEM;
+	}
+	off0 = f2_chunk_offset(h, c0);
+	off1 = f2_chunk_offset(h, c1 - 1) + f2_chunk_plain_len(h, c1 - 1) + CRYPTO_TAG_SIZE;
+	buf = malloc(off1 - off0);
+	if (!buf) {
+		secmem_free(tmp);
+		return -ENOMEM;
+	}
+	r = st->src->ops->read(st->src, &o->blob, off0, off1 - off0, buf);
+	for (uint64_t c = c0; r == 0 && c < c1; c++) {
+		uint64_t plen = f2_chunk_plain_len(h, c), p0 = c * cs;
+		const uint8_t *ct = buf + (f2_chunk_offset(h, c) - off0);
+
+		if (!tmp) {
+			uint64_t ui = p0 / STORE_UNIT - first;
+
+			r = f2_open_chunk(o->key, h, c, ct, plen + CRYPTO_TAG_SIZE,
+					  u[ui]->data + p0 % STORE_UNIT);
+		} else {
+			r = f2_open_chunk(o->key, h, c, ct, plen + CRYPTO_TAG_SIZE, tmp);
+			/* Copy out the units of this chunk that this run fills. */
+			for (size_t i = 0; r == 0 && i < n; i++) {
+				uint64_t q0 = (first + i) * STORE_UNIT;
+
+				if (q0 >= p0 && q0 < p0 + plen)
+					memcpy(u[i]->data, tmp + (q0 - p0),
+					       p0 + plen - q0 < STORE_UNIT ? p0 + plen - q0
+									   : STORE_UNIT);
+			}
+		}
+		if (r < 0) {
+			log_err("%s: chunk %llu fails its check (%s): tampered, truncated or "
+				"not this file's", o->e.name, (unsigned long long)c, strerror(-r));
+			r = -EIO;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint64_t q0 = (first + i) * STORE_UNIT;
+
+		u[i]->len = o->size - q0 < STORE_UNIT ? (size_t)(o->size - q0) : STORE_UNIT;
+	}
+	free(buf);
+	secmem_free(tmp);
+	return r;
+}
+
+static int store_fill(struct store *st, struct store_obj *o, uint64_t first, size_t n,
+		      struct store_unit **u)
+{
+	int r = o->e.format == 2 ? store_fill_f2(st, o, first, n, u)
+				 : store_fill_f1(st, o, first, n, u);
+
+	return store_reader_errno(r);
+}
+
+/*
+ * Fills the units this thread claimed (mine[i]), merging neighbours into
+ * runs of at most STORE_RUN_MAX, then marks them READY or FAILED.
+ * Called and returns with st->lock held; drops it meanwhile.
+ */
+static void store_fill_claimed(struct store *st, struct store_obj *o, uint64_t first, size_t n,
+			       struct store_unit **u, uint8_t *mine)
+{
+	int *res = NULL;
+	size_t i, j;
+
+	pthread_mutex_unlock(&st->lock);
+	res = calloc(n, sizeof(*res));
+	for (i = 0; i < n; i = j) {
+		int r;
+
+		if (!mine[i]) {
+			j = i + 1;
+			continue;
+		}
+		for (j = i + 1; j < n && mine[j] && j - i < STORE_RUN_MAX; j++)
+			;
+		r = res ? store_fill(st, o, first + i, j - i, u + i) : -ENOMEM;
+		if (res)
+			for (size_t k = i; k < j; k++)
+				res[k] = r;
+	}
+	pthread_mutex_lock(&st->lock);
+	for (i = 0; i < n; i++) {
+		if (!mine[i])
+			continue;
+		u[i]->err = res ? res[i] : -ENOMEM;
+		u[i]->state = u[i]->err ? UNIT_FAILED : UNIT_READY;
+		mine[i] = 0;
+	}
+	free(res);
+	pthread_cond_broadcast(&st->cond);
+}
+
+/*
+ * Takes a reference to units first .. first + n - 1 of o, READY, filling
+ * the missing ones and waiting for the ones others load, until deadline.
+ */
+static int store_units_get(struct store *st, struct store_obj *o, uint64_t first, size_t n,
+			   struct store_unit **u, const struct timespec *deadline)
+{
+	uint8_t *mine;
+	int r = 0;
+
+	mine = calloc(n, 1);
+	if (!mine)
+		return -ENOMEM;
+	pthread_mutex_lock(&st->lock);
+	for (;;) {
+		size_t missing = 0, claimed = 0, loading = 0;
+
+		for (size_t i = 0; i < n; i++) {
+			if (u[i])
+				continue;
+			u[i] = store_unit_find(st, o->id, first + i);
+			if (u[i]) {
+				store_unit_ref(st, u[i]);
+				continue;
+			}
+			u[i] = store_unit_claim(st, o->id, first + i);
+			if (u[i]) {
+				mine[i] = 1;
+				claimed++;
+			} else {
+				missing++;
+			}
+		}
+		if (claimed) {
+			store_fill_claimed(st, o, first, n, u, mine);
+			continue;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (!u[i])
+				continue;
+			if (u[i]->state == UNIT_FAILED) {
+				r = u[i]->err;
+				break;
+			}
+			loading += u[i]->state == UNIT_LOADING;
+		}
+		if (r || (!missing && !loading))
+			break;
+		if (missing)
+			st->slot_waiters++;
+		r = pthread_cond_timedwait(&st->cond, &st->lock, deadline);
+		if (missing)
+			st->slot_waiters--;
+		if (r == ETIMEDOUT) {
+			log_err("%s: no answer within io_timeout (%u s)%s", o->e.name,
+				st->timeout_s, missing ? "; the plaintext cache is full" : "");
+			r = -ETIMEDOUT;
+			break;
+		}
+		r = 0;
+	}
+	if (r) {
+		for (size_t i = 0; i < n; i++) {
+			if (u[i])
+				store_unit_unref(st, u[i]);
+			u[i] = NULL;
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+	free(mine);
+	return r;
+}
+
+/* ---- objects --------------------------------------------------------------------- */
+
+static void store_obj_free(struct store_obj *o)
+{
+	free(o->e.name);
+	free(o->e.updated);
+	free(o->url);
+	secmem_free(o->small);
+	secmem_free(o->key);
+	free(o);
+}
+
+/* Under st->lock. */
+static void store_obj_put_locked(struct store_obj *o)
+{
+	if (--o->refs == 0)
+		store_obj_free(o);
+}
+
+/* Under st->lock: the table's object for this version of e, with a reference. */
+static struct store_obj *store_obj_get_locked(struct store *st, const struct catalog_entry *e)
+{
+	struct store_obj **pp, *o;
+
+	for (pp = &st->objs; (o = *pp); pp = &o->next) {
+		if (strcmp(o->e.name, e->name) != 0)
+			continue;
+		if (catalog_entry_same(&o->e, e)) {
+			o->refs++;
+			return o;
+		}
+		/* A new version: the old one lives on for its open handles only. */
+		*pp = o->next;
+		o->in_table = 0;
+		store_obj_put_locked(o);
+		break;
+	}
+	o = calloc(1, sizeof(*o));
+	if (!o)
+		return NULL;
+	o->e = *e;
+	o->e.name = strdup(e->name);
+	o->e.updated = e->updated ? strdup(e->updated) : NULL;
+	if (!o->e.name || (e->updated && !o->e.updated)) {
+		store_obj_free(o);
+		return NULL;
+	}
+	o->id = ++st->next_id;
+	o->refs = 2;                     /* the table's and the caller's */
+	o->in_table = 1;
+	o->next = st->objs;
+	st->objs = o;
+	return o;
+}
+
+/* Under st->lock: one user fewer; the last one wipes a format-2 key. */
+static void store_obj_close_locked(struct store_obj *o)
+{
+	if (--o->opens == 0 && o->e.format == 2 && o->prep == PREP_READY) {
+		secmem_free(o->key);
+		o->key = NULL;
+		o->prep = PREP_NONE;
+	}
+}
+
+/* The big part's URL and size, and the CDN's keys, into o. */
+static int store_obj_locate(struct store *st, struct store_obj *o)
+{
+	struct session_cdn cdn;
+	int r;
+
+	r = session_cdn(st->s, &cdn);
+	if (r < 0) {
+		log_err("%s: no CDN address: cdn_url is not set and cdn.yaml is not known "
+			"(not logged in)", o->e.name);
+		return -EACCES;
+	}
+	if (!o->url) {
+		o->url = store_big_url(cdn.url, st->c->folder, o->e.name);
+		if (!o->url)
+			return -ENOMEM;
+	}
+	o->blob.url = o->url;
+	o->blob.s3 = cdn.s3;
+	o->blob.size = o->e.big_size;
+	if (!o->blob.size) {
+		r = fetch_cdn_size(st->f, o->url, cdn.s3, &o->blob.size);
+		if (r < 0) {
+			log_err("%s: the size of its big part is unknown: %s", o->e.name,
+				strerror(-r));
+			return store_reader_errno(r);
+		}
+	}
+	return 0;
+}
+
+/* Names the big part's blocks in cache_dir: a new publication gets a new name. */
+static void store_obj_cache_id(struct store_obj *o, const void *mark, size_t mark_len)
+{
+	struct crypto_sha256 *h = crypto_sha256_new();
+	uint8_t d[32];
+	char size[24];
+
+	if (!h) {
+		o->blob.cache_id = NULL;
+		return;
+	}
+	snprintf(size, sizeof(size), "%llu", (unsigned long long)o->blob.size);
+	crypto_sha256_update(h, o->url, strlen(o->url) + 1);
+	crypto_sha256_update(h, size, strlen(size) + 1);
+	crypto_sha256_update(h, mark, mark_len);
+	crypto_sha256_final(h, d);
+	crypto_sha256_free(h);
+	crypto_hex(d, 16, o->cache_id);
+	o->blob.cache_id = o->cache_id;
+}
+
+static int store_prepare_f1(struct store *st, struct store_obj *o)
+{
+	char *small_name = NULL;
+	uint8_t last[32];
+	uint64_t e_size;
+	int r;
+
+	r = store_obj_locate(st, o);
+	if (r < 0)
+		return r;
+	if (o->small)
+		return 0;
+	if (asprintf(&small_name, "%s.small", o->e.name) < 0)
+		return -ENOMEM;
+	r = session_get_resource(st->s, st->c->folder, small_name, &o->small, &o->small_len);
+	free(small_name);
+	if (r < 0) {
+		if (r == -ENOKEY)
+			log_err("%s: not logged in (no credentials): its small part is out of reach",
+				o->e.name);
+		else
+			log_err("%s: cannot get its small part: %s", o->e.name, strerror(-r));
+		return r == -ENOKEY ? -EACCES : store_reader_errno(r);
+	}
+	e_size = o->small_len + o->blob.size;
+	if (o->small_len != f1_small_size(e_size) || e_size % CRYPTO_BLOCK || e_size < 32) {
+		log_err("%s: a small part of %zu bytes does not fit a big part of %llu bytes",
+			o->e.name, o->small_len, (unsigned long long)o->blob.size);
+		r = -EIO;
+		goto err;
+	}
+	store_obj_cache_id(o, o->small, o->small_len);
+	if (o->e.has_size) {
+		o->size = o->e.size;
+		if (f1_cipher_size(o->size) != e_size) {
+			log_err("%s: the catalog's size %llu does not match its parts", o->e.name,
+				(unsigned long long)o->size);
+			r = -EIO;
+			goto err;
+		}
+		return 0;
+	}
+	r = store_f1_read_e(st, o, e_size - 32, 32, last);
+	if (r == 0)
+		r = f1_plain_size(st->rkey, last, e_size, &o->size);
+	if (r < 0) {
+		log_err("%s: cannot derive its size: %s", o->e.name, strerror(-r));
+		r = store_reader_errno(r);
+		goto err;
+	}
+	return 0;
+err:
+	secmem_free(o->small);
+	o->small = NULL;
+	return r;
+}
+
+static int store_prepare_f2(struct store *st, struct store_obj *o)
+{
+	char id[160], file_id[2 * F2_FILE_ID_SIZE + 1];
+	uint8_t raw[F2_HEADER_SIZE], wrapped[STORE_WRAPPED_MAX];
+	const char *fid, *wk;
+	size_t wlen, klen;
+	json_t *doc = NULL;
+	int r;
+
+	r = store_obj_locate(st, o);
+	if (r < 0)
+		return r;
+	r = device_id(st->d, id, sizeof(id));
+	if (r < 0) {
+		log_err("%s: format 2 needs an enrolled TPM device, and this one is not", o->e.name);
+		return -EACCES;
+	}
+	r = session_device_key(st->s, st->c->folder, o->e.name, id, &doc);
+	if (r < 0) {
+		log_err("%s: cannot get its key for device %s: %s", o->e.name, id, strerror(-r));
+		return r == -ENOKEY || r == -ENOENT ? -EACCES : store_reader_errno(r);
+	}
+	fid = json_string_value(json_object_get(doc, "file_id"));
+	wk = json_string_value(json_object_get(doc, "wrapped_key"));
+	if (!fid || !wk || json_integer_value(json_object_get(doc, "format")) != 2 ||
+	    strlen(fid) != 2 * F2_FILE_ID_SIZE ||
+	    crypto_b64_decode(wk, strlen(wk), wrapped, sizeof(wrapped), &wlen) < 0) {
+		log_err("%s: the API's key document is malformed", o->e.name);
+		r = -EIO;
+		goto out;
+	}
+	store_obj_cache_id(o, fid, strlen(fid));
+	r = st->src->ops->read(st->src, &o->blob, 0, F2_HEADER_SIZE, raw);
+	if (r == 0)
+		r = f2_header_parse(raw, &o->hdr);
+	if (r < 0) {
+		log_err("%s: cannot read its header: %s", o->e.name, strerror(-r));
+		r = store_reader_errno(r);
+		goto out;
+	}
+	crypto_hex(o->hdr.file_id, F2_FILE_ID_SIZE, file_id);
+	if (strcasecmp(file_id, fid) != 0) {
+		log_err("%s: the key is for file %s, the big part is file %s", o->e.name, fid,
+			file_id);
+		r = -EIO;
+		goto out;
+	}
+	if ((o->e.has_size && o->hdr.size != o->e.size) || f2_big_size(&o->hdr) != o->blob.size) {
+		log_err("%s: the header's sizes do not match the catalog's or the big part's",
+			o->e.name);
+		r = -EIO;
+		goto out;
+	}
+	o->size = o->hdr.size;
+	o->key = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!o->key) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = device_unwrap(st->d, wrapped, wlen, o->key, CRYPTO_KEY_SIZE, &klen);
+	if (r == 0 && klen != CRYPTO_KEY_SIZE) {
+		log_err("%s: the unwrapped key has %zu bytes", o->e.name, klen);
+		r = -EIO;
+	}
+	if (r < 0) {
+		secmem_free(o->key);
+		o->key = NULL;
+	}
+out:
+	json_decref(doc);
+	return r;
+}
+
+/* ---- handles and reads --------------------------------------------------------- */
+
+int store_open(struct store *st, const struct catalog_entry *e, struct store_file **ret)
+{
+	struct store_file *h;
+	struct store_obj *o;
+	struct timespec dl;
+	int r;
+
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->st = st;
+	pthread_mutex_init(&h->lock, NULL);
+	pthread_cond_init(&h->cond, NULL);
+	store_deadline(st, &dl);
+	/* Preparing may take two API calls and a CDN read. */
+	dl.tv_sec += st->timeout_s;
+
+	pthread_mutex_lock(&st->lock);
+	o = store_obj_get_locked(st, e);
+	if (!o) {
+		pthread_mutex_unlock(&st->lock);
+		r = -ENOMEM;
+		goto err;
+	}
+	while (o->prep == PREP_LOADING) {
+		if (pthread_cond_timedwait(&st->cond, &st->lock, &dl) == ETIMEDOUT) {
+			log_err("%s: opening took longer than io_timeout", e->name);
+			store_obj_put_locked(o);
+			pthread_mutex_unlock(&st->lock);
+			r = -ETIMEDOUT;
+			goto err;
+		}
+	}
+	if (o->prep == PREP_NONE) {
+		o->prep = PREP_LOADING;
+		pthread_mutex_unlock(&st->lock);
+		r = o->e.format == 2 ? store_prepare_f2(st, o) : store_prepare_f1(st, o);
+		pthread_mutex_lock(&st->lock);
+		o->prep = r == 0 ? PREP_READY : PREP_NONE;
+		pthread_cond_broadcast(&st->cond);
+		if (r < 0) {
+			store_obj_put_locked(o);
+			pthread_mutex_unlock(&st->lock);
+			goto err;
+		}
+	}
+	o->opens++;
+	pthread_mutex_unlock(&st->lock);
+	h->o = o;
+	if (o->e.format == 1 && o->e.has_sha256) {
+		h->sha = crypto_sha256_new();
+		if (!h->sha) {
+			store_close(h);
+			return -ENOMEM;
+		}
+	}
+	*ret = h;
+	return 0;
+err:
+	pthread_cond_destroy(&h->cond);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+	return r;
+}
+
+void store_close(struct store_file *h)
+{
+	struct store *st;
+
+	if (!h)
+		return;
+	st = h->st;
+	pthread_mutex_lock(&st->lock);
+	store_obj_close_locked(h->o);
+	store_obj_put_locked(h->o);
+	pthread_mutex_unlock(&st->lock);
+	crypto_sha256_free(h->sha);
+	pthread_cond_destroy(&h->cond);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+/* Queues read-ahead of units first .. first + n - 1; drops it when the queue is full. */
+static int store_queue_job(struct store *st, struct store_obj *o, uint64_t first, size_t n)
+{
+	struct store_job *j;
+
+	if (!st->n_workers)
+		return -EAGAIN;
+	j = calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->first = first;
+	j->n = n;
+	j->o = o;
+	pthread_mutex_lock(&st->lock);
+	if (st->stop || st->n_jobs >= STORE_JOBS_MAX || o->prep != PREP_READY) {
+		pthread_mutex_unlock(&st->lock);
+		free(j);
+		return -EAGAIN;
+	}
+	o->refs++;
+	o->opens++;
+	if (st->jobs_tail)
+		st->jobs_tail->next = j;
+	else
+		st->jobs = j;
+	st->jobs_tail = j;
+	st->n_jobs++;
+	pthread_cond_broadcast(&st->cond);
+	pthread_mutex_unlock(&st->lock);
+	return 0;
+}
+
+/*
+ * Read-ahead for a sequential reader: the window ahead is as large as what
+ * it has read in order so far (at least STORE_RA_MIN, at most ra_max), so a
+ * short read costs little and a stream soon runs at full width.
+ */
+static void store_readahead(struct store_file *h, uint64_t off, size_t len)
+{
+	struct store *st = h->st;
+	uint64_t end = off + len, size = h->o->size, win, target, from;
+
+	pthread_mutex_lock(&h->lock);
+	if (off + STORE_RA_SLACK >= h->next_off && off <= h->next_off + STORE_RA_SLACK) {
+		h->seq += len;
+	} else {
+		h->seq = len;
+		h->ra_until = 0;
+	}
+	if (end > h->next_off || h->seq == len)
+		h->next_off = end;
+	win = h->seq < STORE_RA_MIN ? STORE_RA_MIN : h->seq;
+	if (win > st->ra_max)
+		win = st->ra_max;
+	target = end + win < size ? end + win : size;
+	from = h->ra_until > end ? h->ra_until : end;
+	/* Issue in batches of at least half a window, or the file's rest. */
+	if (from >= target || (target - from < win / 2 && target != size)) {
+		pthread_mutex_unlock(&h->lock);
+		return;
+	}
+	h->ra_until = target;
+	pthread_mutex_unlock(&h->lock);
+
+	for (uint64_t u = from / STORE_UNIT, last = (target - 1) / STORE_UNIT; u <= last;) {
+		size_t n = last - u + 1 < STORE_RA_JOB ? (size_t)(last - u + 1) : STORE_RA_JOB;
+
+		if (store_queue_job(st, h->o, u, n) < 0)
+			break;
+		u += n;
+	}
+}
+
+/* Feeds a read into the whole-file check; -EIO when it completes a mismatch. */
+static int store_check_sha(struct store_file *h, uint64_t off, const struct store_read *rd)
+{
+	struct store_obj *o = h->o;
+	struct timespec dl;
+	uint8_t d[32];
+	int r = 0;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += STORE_SHA_WAIT_MS / 1000;
+	pthread_mutex_lock(&h->lock);
+	if (off == 0) {
+		crypto_sha256_reset(h->sha);
+		h->sha_next = 0;
+		h->sha_off = 0;
+	}
+	/* Parallel FUSE threads may deliver neighbouring reads out of order. */
+	while (!h->sha_off && off > h->sha_next && off - h->sha_next <= STORE_RA_SLACK) {
+		if (pthread_cond_timedwait(&h->cond, &h->lock, &dl) == ETIMEDOUT)
+			break;
+	}
+	if (h->sha_off || off != h->sha_next) {
+		h->sha_off = 1;
+		pthread_mutex_unlock(&h->lock);
+		return 0;
+	}
+	for (int i = 0; i < rd->iovcnt; i++)
+		crypto_sha256_update(h->sha, rd->iov[i].iov_base, rd->iov[i].iov_len);
+	h->sha_next += rd->len;
+	if (h->sha_next == o->size) {
+		crypto_sha256_final(h->sha, d);
+		crypto_sha256_reset(h->sha);
+		h->sha_off = 1;
+		if (crypto_memcmp(d, o->e.sha256, 32) != 0) {
+			log_err("%s: the plaintext's sha256 differs from the catalog's", o->e.name);
+			r = -EIO;
+		}
+	}
+	pthread_cond_broadcast(&h->cond);
+	pthread_mutex_unlock(&h->lock);
+	return r;
+}
+
+int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret)
+{
+	struct store *st = h->st;
+	struct store_obj *o = h->o;
+	struct store_unit **u;
+	struct timespec dl;
+	uint64_t first, n;
+	size_t done = 0;
+	int r;
+
+	memset(ret, 0, sizeof(*ret));
+	ret->st = st;
+	if (off >= o->size || len == 0)
+		return 0;
+	if (len > o->size - off)
+		len = (size_t)(o->size - off);
+	if (len > STORE_READ_MAX)
+		len = STORE_READ_MAX;
+	first = off / STORE_UNIT;
+	n = (off + len - 1) / STORE_UNIT - first + 1;
+	u = calloc(n, sizeof(*u));
+	ret->iov = calloc(n, sizeof(*ret->iov));
+	if (!u || !ret->iov) {
+		free(u);
+		free(ret->iov);
+		ret->iov = NULL;
+		return -ENOMEM;
+	}
+	store_readahead(h, off, len);
+	store_deadline(st, &dl);
+	r = store_units_get(st, o, first, n, u, &dl);
+	if (r < 0) {
+		free(u);
+		free(ret->iov);
+		ret->iov = NULL;
+		return r;
+	}
+	ret->units = (void **)u;
+	ret->n_units = n;
+	for (uint64_t i = 0; i < n && done < len; i++) {
+		size_t skip = i == 0 ? (size_t)(off % STORE_UNIT) : 0;
+		size_t take = u[i]->len > skip ? u[i]->len - skip : 0;
+
+		if (take > len - done)
+			take = len - done;
+		ret->iov[ret->iovcnt].iov_base = u[i]->data + skip;
+		ret->iov[ret->iovcnt].iov_len = take;
+		ret->iovcnt++;
+		done += take;
+	}
+	ret->len = done;
+	if (h->sha) {
+		r = store_check_sha(h, off, ret);
+		if (r < 0) {
+			store_read_release(ret);
+			return r;
+		}
+	}
+	return 0;
+}
+
+void store_read_release(struct store_read *r)
+{
+	struct store_unit **u = (struct store_unit **)r->units;
+
+	if (u) {
+		pthread_mutex_lock(&r->st->lock);
+		for (size_t i = 0; i < r->n_units; i++)
+			store_unit_unref(r->st, u[i]);
+		pthread_mutex_unlock(&r->st->lock);
+	}
+	free(u);
+	free(r->iov);
+	memset(r, 0, sizeof(*r));
+}
+
+/* ---- read-ahead workers ----------------------------------------------------------- */
+
+/* Fills the units of a job that nobody has or loads; never waits for room. */
+static void store_run_job(struct store *st, struct store_job *j)
+{
+	struct store_unit *u[STORE_RA_JOB] = { 0 };
+	uint8_t mine[STORE_RA_JOB] = { 0 };
+	uint64_t n = j->n;
+	size_t claimed = 0;
+
+	if (j->first * STORE_UNIT >= j->o->size)
+		return;
+	if ((j->first + n - 1) * STORE_UNIT >= j->o->size)
+		n = (j->o->size - 1) / STORE_UNIT - j->first + 1;
+	pthread_mutex_lock(&st->lock);
+	for (size_t i = 0; i < n; i++) {
+		if (store_unit_find(st, j->o->id, j->first + i))
+			continue;
+		u[i] = store_unit_claim(st, j->o->id, j->first + i);
+		if (!u[i])
+			break;
+		mine[i] = 1;
+		claimed++;
+	}
+	if (claimed) {
+		store_fill_claimed(st, j->o, j->first, n, u, mine);
+		for (size_t i = 0; i < n; i++)
+			if (u[i])
+				store_unit_unref(st, u[i]);
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+static void *store_worker(void *arg)
+{
+	struct store *st = arg;
+
+	pthread_mutex_lock(&st->lock);
+	for (;;) {
+		struct store_job *j;
+
+		while (!st->stop && !st->jobs)
+			pthread_cond_wait(&st->cond, &st->lock);
+		if (st->stop)
+			break;
+		j = st->jobs;
+		st->jobs = j->next;
+		if (!st->jobs)
+			st->jobs_tail = NULL;
+		st->n_jobs--;
+		pthread_mutex_unlock(&st->lock);
+		store_run_job(st, j);
+		pthread_mutex_lock(&st->lock);
+		store_obj_close_locked(j->o);
+		store_obj_put_locked(j->o);
+		free(j);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return NULL;
+}
+
+int store_start(struct store *st)
+{
+	for (unsigned i = 0; i < STORE_WORKERS; i++) {
+		int r = pthread_create(&st->workers[i], NULL, store_worker, st);
+
+		if (r) {
+			log_warn("read-ahead: only %u workers: %s", i, strerror(r));
+			break;
+		}
+		st->n_workers++;
+	}
+	return st->n_workers ? 0 : -EAGAIN;
+}
+
+/* ---- probing the big part for the catalog ------------------------------------------- */
+
+/* |E| for a big part of big bytes: |E| - min(3072, floor(0.3 |E|)) = big. */
+static int store_f1_e_size(uint64_t big, uint64_t *ret)
+{
+	for (uint64_t e = (big + 15) / 16 * 16; e <= big + 3072 + 16; e += 16) {
+		if (e >= 32 && e - f1_small_size(e) == big) {
+			*ret = e;
+			return 0;
+		}
+	}
+	return -EPROTO;
+}
+
+int store_probe(void *arg, struct catalog_entry *e)
+{
+	struct store *st = arg;
+	struct session_cdn cdn;
+	uint8_t raw[F2_HEADER_SIZE], last[32];
+	uint64_t big, e_size;
+	char *url;
+	size_t got;
+	int r;
+
+	r = session_cdn(st->s, &cdn);
+	if (r < 0)
+		return r;
+	url = store_big_url(cdn.url, st->c->folder, e->name);
+	if (!url)
+		return -ENOMEM;
+	r = fetch_cdn_size(st->f, url, cdn.s3, &big);
+	if (r < 0)
+		goto out;
+	if (e->format != 1 && big >= F2_HEADER_SIZE) {
+		struct f2_header h;
+
+		r = fetch_cdn_range(st->f, url, cdn.s3, 0, sizeof(raw), raw, &got, NULL);
+		if (r == 0 && got == sizeof(raw) && f2_header_parse(raw, &h) == 0 &&
+		    f2_big_size(&h) == big) {
+			e->format = 2;
+			e->size = h.size;
+			goto done;
+		}
+		if (r < 0)
+			goto out;
+	}
+	if (e->format == 2) {
+		r = -EPROTO;
+		goto out;
+	}
+	e->format = 1;
+	r = store_f1_e_size(big, &e_size);
+	if (r < 0)
+		goto out;
+	if (big >= 32) {
+		r = fetch_cdn_range(st->f, url, cdn.s3, big - 32, 32, last, &got, NULL);
+		if (r == 0 && got != 32)
+			r = -EIO;
+	} else {
+		/* A tiny file: its last block begins in the small part. */
+		struct fetch_buf b = { 0 };
+		uint8_t *small = NULL;
+		size_t small_len = 0;
+		char *small_name = NULL;
+
+		r = asprintf(&small_name, "%s.small", e->name) < 0 ? -ENOMEM : 0;
+		if (r == 0)
+			r = session_get_resource(st->s, st->c->folder, small_name, &small,
+						 &small_len);
+		free(small_name);
+		b.data = malloc(big ? big : 1);
+		if (r == 0 && !b.data)
+			r = -ENOMEM;
+		if (r == 0 && big)
+			r = fetch_cdn_range(st->f, url, cdn.s3, 0, big, b.data, &got, NULL);
+		if (r == 0 && small_len + big != e_size)
+			r = -EPROTO;
+		if (r == 0) {
+			size_t from_small = 32 - big;
+
+			memcpy(last, small + small_len - from_small, from_small);
+			memcpy(last + from_small, b.data, big);
+		}
+		free(b.data);
+		secmem_free(small);
+	}
+	if (r == 0)
+		r = f1_plain_size(st->rkey, last, e_size, &e->size);
+	if (r < 0)
+		goto out;
+done:
+	e->big_size = big;
+	e->has_size = 1;
+out:
+	free(url);
+	return r;
+}
+
+/* ---- the store ------------------------------------------------------------------------ */
+
+static int store_resource_key(struct store *st)
+{
+	char *secret = NULL, *msg = NULL;
+	size_t len;
+	int r;
+
+	st->rkey = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!st->rkey)
+		return -errno;
+	if (!st->c->legacy_resource_secret_file) {
+		f1_aes_key(F1_DEFAULT_RESOURCE_SECRET, strlen(F1_DEFAULT_RESOURCE_SECRET), st->rkey);
+		return 0;
+	}
+	r = config_read_secret_file(st->c->legacy_resource_secret_file, 1, &secret, &len, &msg);
+	if (r < 0) {
+		log_err("legacy_resource_secret_file: %s", msg ? msg : strerror(-r));
+		free(msg);
+		return r;
+	}
+	while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
+		len--;
+	f1_aes_key(secret, len, st->rkey);
+	secmem_free(secret);
+	return 0;
+}
+
+int store_new(const struct config *c, struct fetch *f, struct session *s, struct device *d,
+	      struct store **ret)
+{
+	struct store_src *cdn = NULL;
+	pthread_condattr_t ca;
+	struct store *st;
+	size_t nb;
+	int r;
+
+	st = calloc(1, sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	st->c = c;
+	st->f = f;
+	st->s = s;
+	st->d = d;
+	st->timeout_s = c->io_timeout ? c->io_timeout : 1;
+	pthread_mutex_init(&st->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&st->cond, &ca);
+	pthread_condattr_destroy(&ca);
+
+	r = store_resource_key(st);
+	if (r < 0)
+		goto err;
+	st->n_units = c->memory_cache / STORE_UNIT;
+	if (st->n_units < STORE_MIN_UNITS) {
+		log_warn("memory_cache: raised to the minimum of %d KiB",
+			 STORE_MIN_UNITS * STORE_UNIT / 1024);
+		st->n_units = STORE_MIN_UNITS;
+	}
+	st->slab = secmem_alloc(st->n_units * STORE_UNIT);
+	if (!st->slab) {
+		r = -errno;
+		log_err("memory_cache: cannot lock %zu MiB of memory: %s (RLIMIT_MEMLOCK?)",
+			st->n_units * STORE_UNIT >> 20, strerror(-r));
+		goto err;
+	}
+	st->units = calloc(st->n_units, sizeof(*st->units));
+	for (nb = 1; nb < 2 * st->n_units; nb <<= 1)
+		;
+	st->hash = calloc(nb, sizeof(*st->hash));
+	if (!st->units || !st->hash) {
+		r = -ENOMEM;
+		goto err;
+	}
+	st->hash_mask = nb - 1;
+	for (size_t i = 0; i < st->n_units; i++) {
+		st->units[i].data = st->slab + i * STORE_UNIT;
+		store_lru_add(st, &st->units[i], 1);
+	}
+	st->ra_max = c->readahead_max;
+	if (st->ra_max > st->n_units * STORE_UNIT / 4)
+		st->ra_max = st->n_units * STORE_UNIT / 4;
+
+	r = store_src_cdn_new(f, &cdn);
+	if (r < 0)
+		goto err;
+	if (c->cache_dir && *c->cache_dir && c->cache_max > 0) {
+		r = store_src_disk_new(c->cache_dir, c->cache_max, cdn, &st->src);
+		if (r < 0) {
+			log_warn("cache_dir %s unusable (%s): reading without a disk cache",
+				 c->cache_dir, strerror(-r));
+			st->src = cdn;
+		}
+	} else {
+		st->src = cdn;
+	}
+	*ret = st;
+	return 0;
+err:
+	store_src_free(cdn);
+	store_free(st);
+	return r;
+}
+
+void store_free(struct store *st)
+{
+	struct store_obj *o, *next;
+
+	if (!st)
+		return;
+	pthread_mutex_lock(&st->lock);
+	st->stop = 1;
+	pthread_cond_broadcast(&st->cond);
+	pthread_mutex_unlock(&st->lock);
+	for (unsigned i = 0; i < st->n_workers; i++)
+		pthread_join(st->workers[i], NULL);
+	while (st->jobs) {
+		struct store_job *j = st->jobs;
+
+		st->jobs = j->next;
+		store_obj_close_locked(j->o);
+		store_obj_put_locked(j->o);
+		free(j);
+	}
+	for (o = st->objs; o; o = next) {
+		next = o->next;
+		store_obj_put_locked(o);
+	}
+	store_src_free(st->src);
+	secmem_free(st->slab);
+	secmem_free(st->rkey);
+	free(st->units);
+	free(st->hash);
+	pthread_cond_destroy(&st->cond);
+	pthread_mutex_destroy(&st->lock);
+	free(st);
+}
+
+/* ---- the CDN source -------------------------------------------------------------------- */
+
+struct store_cdn {
+	struct store_src src;
+	struct fetch *f;
+};
+
+static int store_cdn_read(struct store_src *src, const struct store_blob *b, uint64_t off,
+			  size_t len, uint8_t *buf)
+{
+	struct store_cdn *c = (struct store_cdn *)src;
+	size_t got = 0;
+	int r;
+
+	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL);
+	if (r < 0)
+		return r;
+	if (got != len) {
+		log_err("%s: %zu bytes at %llu, wanted %zu: the big part is shorter than "
+			"expected", b->url, got, (unsigned long long)off, len);
+		return -EIO;
+	}
+	return 0;
+}
+
+static void store_cdn_free(struct store_src *src)
+{
+	free(src);
+}
+
+static const struct store_src_ops store_cdn_ops = {
+	.read = store_cdn_read,
+	.free = store_cdn_free,
+};
+
+int store_src_cdn_new(struct fetch *f, struct store_src **ret)
+{
+	struct store_cdn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	c->src.ops = &store_cdn_ops;
+	c->f = f;
+	*ret = &c->src;
+	return 0;
+}
+
+void store_src_free(struct store_src *src)
+{
+	if (src)
+		src->ops->free(src);
+}

@@ -1,0 +1,109 @@
+/*
+ * store.h - the read path, as layers behind one interface:
+ *
+ *   CDN source (fetch_cdn_range, with its retries)
+ *     -> disk ciphertext cache (cache_dir, optional)
+ *       -> decryption (format 1: CBC blocks; format 2: GCM chunks)
+ *         -> plaintext cache (one locked slab of memory_cache bytes)
+ *
+ * The two source layers share struct store_src: each reads a range of a
+ * big part, and the disk cache is created over the CDN source, owning it.
+ * Decryption and the plaintext cache are the store itself: store_read maps
+ * a plaintext range to 64 KiB units, answers from the cache, fills the
+ * missing ones (merging neighbours into one range request) and hands back
+ * references to the cached bytes, which stay valid until
+ * store_read_release. Sequential readers trigger read-ahead on a small
+ * pool of workers. Every call is bounded by io_timeout.
+ *
+ * Errors are 0 or a negative errno fit for a reader: -EIO, -EACCES,
+ * -ENOENT, -ETIMEDOUT (the cause logged once).
+ */
+#ifndef AZAION_STORE_H
+#define AZAION_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "fetch/fetch.h"
+#include "fs/catalog.h"
+#include "fs/config.h"
+#include "fs/device.h"
+#include "fs/session.h"
+
+#define STORE_UNIT (64 * 1024)         /* plaintext bytes per cache entry */
+
+/* ---- source layers -------------------------------------------------------- */
+
+/* One big part as the source layers see it. */
+struct store_blob {
+	const char *url;
+	const struct fetch_s3 *s3;     /* NULL: unsigned */
+	uint64_t size;                 /* bytes of the big part */
+	const char *cache_id;          /* its name in cache_dir (hex) */
+};
+
+struct store_src;
+struct store_src_ops {
+	/*
+	 * Reads exactly len bytes at off of b (off + len <= b->size) into buf.
+	 * 0 or a negative errno; a short answer is -EIO.
+	 */
+	int (*read)(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len,
+		    uint8_t *buf);
+	/* Frees the layer and the layers below it. */
+	void (*free)(struct store_src *src);
+};
+struct store_src {
+	const struct store_src_ops *ops;
+};
+
+/* The bottom layer: range requests to the CDN. */
+int store_src_cdn_new(struct fetch *f, struct store_src **ret);
+/*
+ * A ciphertext cache in dir over lower (which it then owns): whole big
+ * parts' blocks kept in files of mode 0600, at most max bytes in all,
+ * least recently used files evicted first.
+ */
+int store_src_disk_new(const char *dir, uint64_t max, struct store_src *lower,
+		       struct store_src **ret);
+void store_src_free(struct store_src *src);
+
+/* ---- the store -------------------------------------------------------------- */
+
+struct store;
+/* c, f, s and d must outlive the store. */
+int store_new(const struct config *c, struct fetch *f, struct session *s, struct device *d,
+	      struct store **ret);
+/* Starts the read-ahead workers (after daemonising). */
+int store_start(struct store *st);
+/* Stops the workers and frees everything; no file may be open. */
+void store_free(struct store *st);
+
+/* catalog_probe_fn: derives format, size and big_size from the big part. */
+int store_probe(void *st, struct catalog_entry *e);
+
+struct store_file;
+/*
+ * Opens a file of the catalog: fetches what the read needs (small part,
+ * header, content key) once per file version.
+ */
+int store_open(struct store *st, const struct catalog_entry *e, struct store_file **ret);
+void store_close(struct store_file *h);
+
+/* What store_read hands back: iov points into the plaintext cache. */
+struct store_read {
+	struct iovec *iov;
+	int iovcnt;
+	size_t len;                    /* total bytes; 0 at or past the end */
+	/* private */
+	struct store *st;
+	void **units;
+	size_t n_units;
+};
+
+/* Reads up to len bytes at off; release the result with store_read_release. */
+int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret);
+void store_read_release(struct store_read *r);
+
+#endif

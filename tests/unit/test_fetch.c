@@ -1,0 +1,945 @@
+/*
+ * test_fetch.c - fetch/ against the local stack (tests/run exports its
+ * addresses and keys): the Resource API emulator, nginx as a plain CDN, the
+ * SigV4-checking S3 server, dockerd; plus small servers on loopback started
+ * here for what a well-behaved server never does (ignoring a Range, a wrong
+ * Content-Range, short bodies, 503s, silence).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "fetch/fetch.h"
+#include "tests/unit/check.h"
+
+/* ---- environment, logs, helpers ---------------------------------------- */
+
+static const char *env(const char *name)
+{
+	const char *v = getenv(name);
+
+	if (!v || !*v) {
+		CHECK(0, "environment variable %s is set (run under tests/run with the stack)",
+		      name);
+		return NULL;
+	}
+	return v;
+}
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *log_text;
+static size_t log_len;
+
+static void log_cb(int priority, const char *msg)
+{
+	size_t n = strlen(msg);
+	char *p;
+
+	pthread_mutex_lock(&log_lock);
+	p = realloc(log_text, log_len + n + 2);
+	if (p) {
+		log_text = p;
+		memcpy(log_text + log_len, msg, n);
+		log_len += n;
+		log_text[log_len++] = '\n';
+		log_text[log_len] = '\0';
+	}
+	pthread_mutex_unlock(&log_lock);
+	if (getenv("FETCH_TEST_VERBOSE"))
+		fprintf(stderr, "log %d: %s\n", priority, msg);
+}
+
+static int log_has(const char *s)
+{
+	int found;
+
+	pthread_mutex_lock(&log_lock);
+	found = log_text && strstr(log_text, s);
+	pthread_mutex_unlock(&log_lock);
+	return found;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static struct fetch *new_fetch(const char *ca, unsigned timeout_ms, unsigned retries)
+{
+	struct fetch_opts o = {
+		.ca_file = ca,
+		.timeout_ms = timeout_ms,
+		.connect_timeout_ms = 3000,
+		.max_retries = retries,
+		.log = log_cb,
+	};
+	struct fetch *f = NULL;
+	int r = fetch_new(&o, &f);
+
+	CHECK(r == 0 && f, "fetch_new (%d)", r);
+	return f;
+}
+
+static void fill_random(uint8_t *p, size_t n)
+{
+	FILE *u = fopen("/dev/urandom", "rb");
+
+	if (!u || fread(p, 1, n, u) != n)
+		memset(p, 0x5a, n);
+	if (u)
+		fclose(u);
+}
+
+static char *read_file(const char *path, size_t *ret_len)
+{
+	FILE *fp = fopen(path, "rb");
+	char *p = NULL;
+	long n;
+
+	if (!fp)
+		return NULL;
+	if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0) {
+		p = malloc((size_t)n + 1);
+		if (p && fread(p, 1, (size_t)n, fp) != (size_t)n) {
+			free(p);
+			p = NULL;
+		} else if (p) {
+			p[n] = '\0';
+			*ret_len = (size_t)n;
+		}
+	}
+	fclose(fp);
+	return p;
+}
+
+/* A body reader over a buffer. */
+struct mem_reader {
+	const uint8_t *data;
+	size_t len, pos;
+	size_t calls;
+};
+
+static ssize_t mem_read(void *ctx, uint8_t *buf, size_t cap)
+{
+	struct mem_reader *m = ctx;
+	size_t n = m->len - m->pos;
+
+	m->calls++;
+	if (n > cap)
+		n = cap;
+	/* Odd piece sizes, as a real stream would give. */
+	if (n > 7777)
+		n = 7777;
+	memcpy(buf, m->data + m->pos, n);
+	m->pos += n;
+	return (ssize_t)n;
+}
+
+/* ---- a small misbehaving server on loopback ------------------------------ */
+
+enum ts_mode {
+	TS_IGNORE_RANGE,       /* 200, whole object, Content-Length */
+	TS_IGNORE_RANGE_NOLEN, /* 200, whole object, ends by closing */
+	TS_BAD_RANGE,          /* 206 with a Content-Range one byte off */
+	TS_SHORT_ONCE,         /* first answer short, then right */
+	TS_503_ONCE,           /* first answer 503, then right */
+	TS_503,                /* always 503 */
+	TS_STALL,              /* reads the request, never answers */
+	TS_CHUNKED_BIG,        /* 200, 2 MiB chunked, no length */
+};
+
+#define TS_SIZE ((size_t)1 << 20 | 7)
+
+static struct {
+	int fd;
+	int port;
+	volatile int mode;
+	volatile int stop;
+	volatile int requests;
+	pthread_t thread;
+} ts;
+
+static uint8_t ts_byte(uint64_t i)
+{
+	return (uint8_t)(i * 31 + (i >> 8));
+}
+
+static int send_all(int fd, const void *p, size_t n)
+{
+	const char *c = p;
+	ssize_t k;
+
+	while (n) {
+		k = send(fd, c, n, MSG_NOSIGNAL);
+		if (k <= 0)
+			return -1;
+		c += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+static int send_object(int fd, uint64_t from, uint64_t to)
+{
+	uint8_t buf[16384];
+	uint64_t i;
+	size_t n = 0;
+
+	for (i = from; i < to; i++) {
+		buf[n++] = ts_byte(i);
+		if (n == sizeof(buf) || i + 1 == to) {
+			if (send_all(fd, buf, n))
+				return -1;
+			n = 0;
+		}
+	}
+	return 0;
+}
+
+static void ts_answer(int fd, const char *req)
+{
+	unsigned long long a = 0, b = TS_SIZE - 1;
+	const char *rg = strcasestr(req, "\r\nRange: bytes=");
+	char hdr[512];
+	int first = ++ts.requests == 1;
+	char junk[256];
+
+	if (rg)
+		sscanf(rg + 15, "%llu-%llu", &a, &b);
+	if (b >= TS_SIZE)
+		b = TS_SIZE - 1;
+	switch (ts.mode) {
+	case TS_IGNORE_RANGE:
+		snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n"
+			 "Connection: close\r\n\r\n", TS_SIZE);
+		if (!send_all(fd, hdr, strlen(hdr)))
+			send_object(fd, 0, TS_SIZE);
+		return;
+	case TS_IGNORE_RANGE_NOLEN:
+		snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+		if (!send_all(fd, hdr, strlen(hdr)))
+			send_object(fd, 0, TS_SIZE);
+		return;
+	case TS_BAD_RANGE:
+		snprintf(hdr, sizeof(hdr), "HTTP/1.1 206 Partial Content\r\n"
+			 "Content-Length: %llu\r\nContent-Range: bytes %llu-%llu/%zu\r\n"
+			 "Connection: close\r\n\r\n", b - a + 1, a + 1, b + 1, TS_SIZE);
+		if (!send_all(fd, hdr, strlen(hdr)))
+			send_object(fd, a + 1, b + 2);
+		return;
+	case TS_SHORT_ONCE:
+	case TS_503_ONCE:
+		if (first && ts.mode == TS_503_ONCE) {
+			snprintf(hdr, sizeof(hdr), "HTTP/1.1 503 Busy\r\nContent-Length: 5\r\n"
+				 "Connection: close\r\n\r\nbusy\n");
+			send_all(fd, hdr, strlen(hdr));
+			return;
+		}
+		snprintf(hdr, sizeof(hdr), "HTTP/1.1 206 Partial Content\r\n"
+			 "Content-Length: %llu\r\nContent-Range: bytes %llu-%llu/%zu\r\n"
+			 "Connection: close\r\n\r\n", b - a + 1, a, b, TS_SIZE);
+		if (!send_all(fd, hdr, strlen(hdr)))
+			send_object(fd, a, first && ts.mode == TS_SHORT_ONCE ? a + (b - a + 1) / 2
+									      : b + 1);
+		return;
+	case TS_503:
+		snprintf(hdr, sizeof(hdr), "HTTP/1.1 503 Busy\r\nContent-Length: 5\r\n"
+			 "Connection: close\r\n\r\nbusy\n");
+		send_all(fd, hdr, strlen(hdr));
+		return;
+	case TS_STALL:
+		/* Until the client gives up. */
+		while (!ts.stop && recv(fd, junk, sizeof(junk), 0) > 0)
+			;
+		return;
+	case TS_CHUNKED_BIG: {
+		static uint8_t chunk[65536];
+		int i;
+
+		snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+			 "Connection: close\r\n\r\n");
+		if (send_all(fd, hdr, strlen(hdr)))
+			return;
+		for (i = 0; i < 32; i++)
+			if (send_all(fd, "10000\r\n", 7) || send_all(fd, chunk, sizeof(chunk)) ||
+			    send_all(fd, "\r\n", 2))
+				return;
+		send_all(fd, "0\r\n\r\n", 5);
+		return;
+	}
+	}
+}
+
+static void *ts_main(void *arg)
+{
+	char req[16384];
+
+	while (!ts.stop) {
+		int c = accept(ts.fd, NULL, NULL);
+		size_t n = 0;
+		ssize_t k;
+
+		if (c < 0)
+			continue;
+		if (ts.stop) {
+			close(c);
+			break;
+		}
+		while (n + 1 < sizeof(req)) {
+			k = recv(c, req + n, sizeof(req) - 1 - n, 0);
+			if (k <= 0)
+				break;
+			n += (size_t)k;
+			req[n] = '\0';
+			if (strstr(req, "\r\n\r\n"))
+				break;
+		}
+		req[n] = '\0';
+		if (strstr(req, "\r\n\r\n"))
+			ts_answer(c, req);
+		shutdown(c, SHUT_WR);
+		close(c);
+	}
+	return NULL;
+}
+
+static int ts_start(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(sa);
+	int one = 1;
+
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ts.fd = socket(AF_INET, SOCK_STREAM, 0);
+	setsockopt(ts.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ts.fd < 0 || bind(ts.fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    listen(ts.fd, 16) || getsockname(ts.fd, (struct sockaddr *)&sa, &sl))
+		return -1;
+	ts.port = ntohs(sa.sin_port);
+	return pthread_create(&ts.thread, NULL, ts_main, NULL) ? -1 : 0;
+}
+
+static void ts_stop(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	int fd;
+
+	ts.stop = 1;
+	/* Wake accept(). */
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	sa.sin_port = htons((uint16_t)ts.port);
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd >= 0) {
+		connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+		close(fd);
+	}
+	pthread_join(ts.thread, NULL);
+	close(ts.fd);
+}
+
+static void ts_mode(int mode)
+{
+	ts.mode = mode;
+	ts.requests = 0;
+}
+
+static int ts_slice_ok(const uint8_t *buf, uint64_t off, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (buf[i] != ts_byte(off + i))
+			return 0;
+	return 1;
+}
+
+static void test_odd_servers(void)
+{
+	struct fetch *f = new_fetch(NULL, 5000, 3);
+	char url[128];
+	uint8_t *buf = malloc(300000);
+	uint64_t total = 0;
+	size_t got = 0;
+	double t0;
+	int r;
+
+	if (!f || !buf || ts_start()) {
+		CHECK(0, "the loopback test server starts");
+		goto out;
+	}
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/obj.big", ts.port);
+
+	ts_mode(TS_IGNORE_RANGE);
+	r = fetch_cdn_range(f, url, NULL, 123457, 200000, buf, &got, &total);
+	CHECK(r == 0 && got == 200000 && total == TS_SIZE && ts_slice_ok(buf, 123457, got),
+	      "200 to a Range: the right slice of the middle (%d, %zu)", r, got);
+	r = fetch_cdn_range(f, url, NULL, TS_SIZE - 1000, 4096, buf, &got, &total);
+	CHECK(r == 0 && got == 1000 && ts_slice_ok(buf, TS_SIZE - 1000, got),
+	      "200 to a Range: the right slice at the end (%d, %zu)", r, got);
+	r = fetch_cdn_range(f, url, NULL, TS_SIZE + 5, 100, buf, &got, &total);
+	CHECK(r == 0 && got == 0, "200 to a Range past the end: 0 bytes (%d, %zu)", r, got);
+
+	ts_mode(TS_IGNORE_RANGE_NOLEN);
+	r = fetch_cdn_range(f, url, NULL, 5000, 70000, buf, &got, &total);
+	CHECK(r == 0 && got == 70000 && ts_slice_ok(buf, 5000, got),
+	      "200 without length to a Range: the right slice (%d, %zu)", r, got);
+	r = fetch_cdn_range(f, url, NULL, TS_SIZE - 10, 70000, buf, &got, &total);
+	CHECK(r == 0 && got == 10 && total == TS_SIZE && ts_slice_ok(buf, TS_SIZE - 10, got),
+	      "200 without length: short only at the object's end (%d, %zu)", r, got);
+
+	ts_mode(TS_BAD_RANGE);
+	r = fetch_cdn_range(f, url, NULL, 1000, 1000, buf, &got, &total);
+	CHECK(r == -EPROTO && ts.requests == 1,
+	      "206 with a wrong Content-Range: -EPROTO, not retried (%d, %d requests)", r,
+	      ts.requests);
+
+	ts_mode(TS_SHORT_ONCE);
+	r = fetch_cdn_range(f, url, NULL, 777, 100000, buf, &got, &total);
+	CHECK(r == 0 && got == 100000 && ts_slice_ok(buf, 777, got) && ts.requests == 2,
+	      "a short body is retried and then right (%d, %d requests)", r, ts.requests);
+
+	ts_mode(TS_503_ONCE);
+	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total);
+	CHECK(r == 0 && got == 4096 && ts_slice_ok(buf, 0, got) && ts.requests == 2,
+	      "a 503 is retried and then right (%d, %d requests)", r, ts.requests);
+
+	ts_mode(TS_503);
+	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total);
+	CHECK(r == -EIO && ts.requests == 4, "503 every time: -EIO after 1 + 3 attempts (%d, %d)",
+	      r, ts.requests);
+	{
+		struct fetch_request req = { .method = "POST", .url = url, .body = "x",
+					     .body_len = 1, .no_retry = 1 };
+		struct fetch_response resp = { 0 };
+
+		ts_mode(TS_503);
+		r = fetch_request(f, &req, &resp);
+		CHECK(r == 0 && resp.status == 503 && ts.requests == 1,
+		      "a no_retry POST answered 503 is not sent again (%d, %ld, %d)", r,
+		      resp.status, ts.requests);
+		fetch_response_free(&resp);
+	}
+	{
+		struct fetch_request req = { .method = "GET", .url = url };
+		struct fetch_response resp = { 0 };
+
+		ts_mode(TS_CHUNKED_BIG);
+		r = fetch_request(f, &req, &resp);
+		CHECK(r == -EFBIG && !resp.body.data,
+		      "a chunked answer over the 1 MiB cap: -EFBIG (%d)", r);
+		fetch_response_free(&resp);
+	}
+
+	ts_mode(TS_STALL);
+	fetch_set_timeout(f, 1500);
+	t0 = now_s();
+	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total);
+	t0 = now_s() - t0;
+	CHECK(r == -ETIMEDOUT && t0 >= 1.3 && t0 < 3.0,
+	      "a server that never answers: -ETIMEDOUT within the timeout (%d, %.2f s)", r, t0);
+	fetch_set_timeout(f, 5000);
+	ts_stop();
+out:
+	free(buf);
+	fetch_free(f);
+}
+
+static void test_closed_port(void)
+{
+	struct fetch *f = new_fetch(NULL, 5000, 3);
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(sa);
+	uint8_t buf[16];
+	size_t got;
+	char url[128];
+	double t0;
+	int fd, r;
+
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (!f || fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    getsockname(fd, (struct sockaddr *)&sa, &sl)) {
+		CHECK(0, "a free loopback port for the closed-port test");
+		goto out;
+	}
+	/* Bound but not listening: connections are refused. */
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/x.big", ntohs(sa.sin_port));
+	t0 = now_s();
+	r = fetch_cdn_range(f, url, NULL, 0, sizeof(buf), buf, &got, NULL);
+	t0 = now_s() - t0;
+	CHECK(r == -EHOSTUNREACH && t0 < 2.0, "a closed port: -EHOSTUNREACH quickly (%d, %.2f s)",
+	      r, t0);
+out:
+	if (fd >= 0)
+		close(fd);
+	fetch_free(f);
+}
+
+/* ---- the Resource API ------------------------------------------------- */
+
+static char *make_public_pem(void)
+{
+	EVP_PKEY *k = EVP_RSA_gen(2048);
+	BIO *b = BIO_new(BIO_s_mem());
+	char *data, *pem = NULL;
+	long n;
+
+	if (k && b && PEM_write_bio_PUBKEY(b, k) == 1) {
+		n = BIO_get_mem_data(b, &data);
+		pem = strndup(data, (size_t)n);
+	}
+	BIO_free(b);
+	EVP_PKEY_free(k);
+	return pem;
+}
+
+static int list_has(json_t *list, const char *name, json_int_t size)
+{
+	json_t *res = json_object_get(list, "resources"), *e;
+	size_t i;
+
+	json_array_foreach(res, i, e) {
+		if (!strcmp(json_string_value(json_object_get(e, "name")) ?: "", name) &&
+		    (!size || json_integer_value(json_object_get(e, "size")) == size))
+			return 1;
+	}
+	return 0;
+}
+
+static void test_api(const char *ca)
+{
+	const char *api = env("API_URL"), *email = env("API_EMAIL"), *pw = env("API_PASSWORD");
+	const char *fragfile = env("KEY_FRAGMENT_FILE");
+	struct fetch *f = new_fetch(ca, 10000, 3);
+	char *token = NULL, *token2 = NULL, *dev = NULL, *dev2 = NULL, *pem = NULL;
+	struct fetch_buf b = { 0 };
+	json_t *j = NULL;
+	time_t exp = 0;
+	char name[64], small[80];
+	uint8_t part[777];
+	int r;
+
+	if (!api || !email || !pw || !fragfile || !f)
+		goto out;
+	r = fetch_api_login(f, api, email, pw, &token, &exp);
+	CHECK(r == 0 && token && *token, "login gives a token (%d)", r);
+	CHECK(r == 0 && exp > time(NULL) && exp < time(NULL) + 366 * 86400,
+	      "the token's exp is read from the JWT (%lld)", (long long)exp);
+	if (r)
+		goto out;
+	r = fetch_api_login(f, api, email, "wrong-password", &token2, &exp);
+	CHECK(r == -EACCES && !token2, "a wrong password: -EACCES (%d)", r);
+
+	r = fetch_api_resource(f, api, token, "", "cdn.yaml", pw, "HW-test", &b);
+	CHECK(r == 0 && b.len >= 16 && b.len % 16 == 0,
+	      "resources/get of cdn.yaml: a CBC body (%d, %zu bytes)", r, b.len);
+	fetch_buf_free(&b);
+	CHECK(b.data == NULL && b.len == 0, "fetch_buf_free empties the buffer");
+	r = fetch_api_resource(f, api, token, "models", "no-such-file.small", pw, "HW-test", &b);
+	CHECK(r == -ENOENT, "resources/get of a missing file: -ENOENT (%d)", r);
+	r = fetch_api_resource(f, api, "not-a-token", "", "cdn.yaml", pw, "HW-test", &b);
+	CHECK(r == -EACCES, "resources/get with a bad token: -EACCES (%d)", r);
+
+	{
+		char *frag;
+		size_t flen = 0;
+
+		frag = read_file(fragfile, &flen);
+		r = fetch_api_key_fragment(f, api, token, &b);
+		CHECK(r == 0 && frag && b.len == flen && !memcmp(b.data, frag, flen),
+		      "key-fragment: the emulator's bytes (%d, %zu)", r, b.len);
+		fetch_buf_free(&b);
+		free(frag);
+	}
+
+	snprintf(name, sizeof(name), "fetchtest-%d.onnx", (int)getpid());
+	snprintf(small, sizeof(small), "%s.small", name);
+	fill_random(part, sizeof(part));
+	{
+		const char *fields[] = {
+			"size", "123456", "big_size", "122000", "sha256",
+			"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", NULL
+		};
+
+		r = fetch_api_upload(f, api, token, "models", small, part, sizeof(part), fields);
+		CHECK(r == 0, "upload of a small part (%d)", r);
+	}
+	r = fetch_api_list(f, api, token, "models", &j);
+	CHECK(r == 0 && list_has(j, name, 123456),
+	      "resources/list shows the upload with its size (%d)", r);
+	json_decref(j);
+	j = NULL;
+	r = fetch_api_resource(f, api, token, "models", small, pw, "HW-test", &b);
+	CHECK(r == 0 && b.len >= sizeof(part) && b.len % 16 == 0,
+	      "resources/get of the uploaded part (%d, %zu)", r, b.len);
+	fetch_buf_free(&b);
+
+	pem = make_public_pem();
+	CHECK(pem != NULL, "an RSA public key for the device");
+	r = fetch_api_register_device(f, api, token, "test-device", "HW-test", pem, &dev);
+	CHECK(r == 0 && dev && *dev, "device registration gives an id (%d)", r);
+	r = fetch_api_register_device(f, api, token, "test-device", "HW-test", pem, &dev2);
+	CHECK(r == 0 && dev && dev2 && !strcmp(dev, dev2),
+	      "the same key again gives the same id (%d)", r);
+	if (!dev)
+		goto out;
+
+	r = fetch_api_register_key(f, api, token, "models", name,
+				   "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", 4242,
+				   "ffeeddccbbaa9988776655443322110"
+				   "0ffeeddccbbaa99887766554433221100",
+				   "000102030405060708090a0b0c0d0e0f", 4300);
+	CHECK(r == 0, "key registration (%d)", r);
+	r = fetch_api_device_key(f, api, token, "models", name, dev, &j);
+	CHECK(r == 0 && json_is_string(json_object_get(j, "wrapped_key")) &&
+	      json_integer_value(json_object_get(j, "format")) == 2,
+	      "device key: a wrapped key for this device (%d)", r);
+	json_decref(j);
+	j = NULL;
+	r = fetch_api_device_key(f, api, token, "models", name, "dev-unknown", &j);
+	CHECK(r == -ENOENT && !j, "device key for an unknown device: -ENOENT (%d)", r);
+	r = fetch_api_list(f, api, token, "models", &j);
+	CHECK(r == 0 && list_has(j, name, 4242), "the catalog shows the format-2 entry (%d)", r);
+	json_decref(j);
+	j = NULL;
+
+	CHECK(!log_has(pw) && !log_has(token), "no password or token in the log");
+out:
+	free(pem);
+	free(dev);
+	free(dev2);
+	free(token);
+	free(token2);
+	fetch_free(f);
+}
+
+/* ---- the CDN: nginx ----------------------------------------------------- */
+
+struct reader_arg {
+	struct fetch *f;
+	const char *url;
+	const struct fetch_s3 *s3;
+	const uint8_t *data;
+	size_t size;
+	unsigned seed;
+	int bad;
+	int errors;
+};
+
+#define READS_PER_THREAD 20
+
+static void *reader_main(void *p)
+{
+	struct reader_arg *a = p;
+	uint8_t *buf = malloc(256 * 1024);
+	int i, r;
+
+	for (i = 0; buf && i < READS_PER_THREAD; i++) {
+		size_t len = 1 + (size_t)rand_r(&a->seed) % (256 * 1024), got = 0;
+		uint64_t off = (uint64_t)rand_r(&a->seed) % a->size, total = 0;
+		size_t want = off + len > a->size ? a->size - off : len;
+
+		r = fetch_cdn_range(a->f, a->url, a->s3, off, len, buf, &got, &total);
+		if (r)
+			a->errors++;
+		else if (got != want || total != a->size || memcmp(buf, a->data + off, got))
+			a->bad++;
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Distinct connections and requests for uri in nginx's access log. */
+static void nginx_conns(const char *log, const char *uri, int *ret_conns, int *ret_reqs)
+{
+	FILE *fp = fopen(log, "r");
+	char line[1024], m[16], u[512], st[8], rg[128];
+	unsigned long conns[4096], c;
+	int n = 0, reqs = 0, i, seen;
+	long bytes, cr;
+
+	*ret_conns = *ret_reqs = 0;
+	if (!fp)
+		return;
+	while (fgets(line, sizeof(line), fp)) {
+		if (sscanf(line, "%15s %511s %7s %127s %ld %lu %ld", m, u, st, rg, &bytes, &c,
+			   &cr) != 7 || strcmp(m, "GET") || strcmp(u, uri))
+			continue;
+		reqs++;
+		for (i = 0, seen = 0; i < n; i++)
+			seen |= conns[i] == c;
+		if (!seen && n < 4096)
+			conns[n++] = c;
+	}
+	fclose(fp);
+	*ret_conns = n;
+	*ret_reqs = reqs;
+}
+
+static void test_nginx(const char *ca)
+{
+	const char *base = env("NGINX_URL"), *root = env("CDN_ROOT");
+	const char *nlog = getenv("NGINX_LOG");
+	struct fetch *f = new_fetch(ca, 20000, 3);
+	size_t size = 3 * 1024 * 1024 + 12345, got = 0, flen = 0;
+	uint8_t *data = malloc(size), *buf = malloc(size);
+	struct mem_reader mr = { .data = data, .len = size };
+	char url[512], path[512], uri[128];
+	uint64_t total = 0, sz = 0;
+	char *file = NULL;
+	int r, i;
+
+	if (!base || !root || !f || !data || !buf)
+		goto out;
+	fill_random(data, size);
+	snprintf(uri, sizeof(uri), "/models/fetchtest-%d.big", (int)getpid());
+	snprintf(url, sizeof(url), "%s%s", base, uri);
+	snprintf(path, sizeof(path), "%s%s", root, uri);
+
+	r = fetch_cdn_put(f, url, NULL, mem_read, &mr, size);
+	file = read_file(path, &flen);
+	CHECK(r == 0 && file && flen == size && !memcmp(file, data, size),
+	      "nginx: PUT of %zu bytes lands intact (%d)", size, r);
+	free(file);
+	r = fetch_cdn_size(f, url, NULL, &sz);
+	CHECK(r == 0 && sz == size, "nginx: size by HEAD (%d, %" PRIu64 ")", r, sz);
+
+	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total);
+	CHECK(r == 0 && got == 4096 && total == size && !memcmp(buf, data, got),
+	      "nginx: range at the start (%d, %zu)", r, got);
+	r = fetch_cdn_range(f, url, NULL, 1000003, 700001, buf, &got, &total);
+	CHECK(r == 0 && got == 700001 && !memcmp(buf, data + 1000003, got),
+	      "nginx: range in the middle (%d, %zu)", r, got);
+	r = fetch_cdn_range(f, url, NULL, size - 100, 4096, buf, &got, &total);
+	CHECK(r == 0 && got == 100 && total == size && !memcmp(buf, data + size - 100, got),
+	      "nginx: range over the end is short (%d, %zu)", r, got);
+	r = fetch_cdn_range(f, url, NULL, size, 4096, buf, &got, &total);
+	CHECK(r == 0 && got == 0 && total == size,
+	      "nginx: range at the end: 0 bytes, size known (%d, %zu, %" PRIu64 ")", r, got,
+	      total);
+	r = fetch_cdn_range(f, url, NULL, size + 1000, 10, buf, &got, &total);
+	CHECK(r == 0 && got == 0, "nginx: range past the end: 0 bytes (%d, %zu)", r, got);
+	r = fetch_cdn_range(f, url, NULL, 0, size, buf, &got, &total);
+	CHECK(r == 0 && got == size && !memcmp(buf, data, size),
+	      "nginx: the whole object as one range (%d, %zu)", r, got);
+	{
+		char missing[600];
+
+		snprintf(missing, sizeof(missing), "%s/models/no-such-object.big", base);
+		r = fetch_cdn_range(f, missing, NULL, 0, 10, buf, &got, &total);
+		CHECK(r == -ENOENT, "nginx: a missing object: -ENOENT (%d)", r);
+	}
+	{
+		struct fetch_request req = { .method = "GET", .url = url, .max_response = 65536 };
+		struct fetch_response resp = { 0 };
+
+		r = fetch_request(f, &req, &resp);
+		CHECK(r == -EFBIG && !resp.body.data,
+		      "an answer over the call's cap is refused: -EFBIG (%d)", r);
+	}
+
+	{
+		struct reader_arg a[16];
+		pthread_t th[16];
+		int bad = 0, errors = 0, conns = 0, reqs = 0;
+
+		for (i = 0; i < 16; i++) {
+			a[i] = (struct reader_arg){ .f = f, .url = url, .data = data, .size = size,
+						    .seed = (unsigned)(i * 7919 + getpid()) };
+			pthread_create(&th[i], NULL, reader_main, &a[i]);
+		}
+		for (i = 0; i < 16; i++) {
+			pthread_join(th[i], NULL);
+			bad += a[i].bad;
+			errors += a[i].errors;
+		}
+		CHECK(bad == 0 && errors == 0,
+		      "nginx: 16 threads x %d ranged reads, all bytes right (%d wrong, %d failed)",
+		      READS_PER_THREAD, bad, errors);
+		if (nlog) {
+			nginx_conns(nlog, uri, &conns, &reqs);
+			CHECK(reqs >= 16 * READS_PER_THREAD && conns * 4 < reqs,
+			      "nginx: connections are kept alive (%d connections, %d GETs)", conns,
+			      reqs);
+		}
+	}
+out:
+	free(data);
+	free(buf);
+	fetch_free(f);
+}
+
+static void test_tls(const char *ca)
+{
+	const char *base = env("NGINX_URL");
+	struct fetch *f = new_fetch(NULL, 5000, 3);
+	uint8_t buf[16];
+	char url[512];
+	size_t got = 0;
+	double t0;
+	int r;
+
+	if (!base || !f)
+		goto out;
+	snprintf(url, sizeof(url), "%s/models/anything.big", base);
+	t0 = now_s();
+	r = fetch_cdn_range(f, url, NULL, 0, sizeof(buf), buf, &got, NULL);
+	t0 = now_s() - t0;
+	CHECK(r == -EIO && t0 < 2.0,
+	      "TLS: the stack's server is refused without its CA, not retried (%d, %.2f s)", r,
+	      t0);
+out:
+	fetch_free(f);
+}
+
+/* ---- the CDN: S3 -------------------------------------------------------- */
+
+static void test_s3(const char *ca)
+{
+	const char *base = env("S3_URL"), *ak = env("S3_ACCESS_KEY"), *sk = env("S3_SECRET_KEY");
+	const char *region = env("S3_REGION");
+	const char *uak = getenv("S3_UPLOADER_ACCESS_KEY"), *usk = getenv("S3_UPLOADER_SECRET_KEY");
+	struct fetch *f = new_fetch(ca, 20000, 3);
+	size_t size = 5 * 1024 * 1024 + 333, got = 0;
+	uint8_t *data = malloc(size), *buf = malloc(size);
+	struct mem_reader mr = { .data = data, .len = size };
+	uint64_t total = 0, sz = 0;
+	char url[512];
+	int r;
+
+	if (!base || !ak || !sk || !region || !f || !data || !buf)
+		goto out;
+	{
+		struct fetch_s3 up = { .access_key = uak ? uak : ak, .secret_key = usk ? usk : sk,
+				       .region = region };
+		struct fetch_s3 down = { .access_key = ak, .secret_key = sk, .region = region };
+		struct fetch_s3 wrong = { .access_key = ak, .secret_key = "not-the-secret",
+					  .region = region };
+
+		fill_random(data, size);
+		snprintf(url, sizeof(url), "%s/models/fetchtest-%d.big", base, (int)getpid());
+		r = fetch_cdn_put(f, url, &up, mem_read, &mr, size);
+		CHECK(r == 0, "S3: signed streamed PUT of %zu bytes (%d)", size, r);
+		r = fetch_cdn_range(f, url, &down, 1234567, 2000000, buf, &got, &total);
+		CHECK(r == 0 && got == 2000000 && total == size &&
+		      !memcmp(buf, data + 1234567, got),
+		      "S3: signed ranged GET gives the right bytes (%d, %zu)", r, got);
+		r = fetch_cdn_range(f, url, &down, size - 33, 100, buf, &got, &total);
+		CHECK(r == 0 && got == 33 && !memcmp(buf, data + size - 33, got),
+		      "S3: signed range over the end (%d, %zu)", r, got);
+		r = fetch_cdn_size(f, url, &down, &sz);
+		CHECK(r == 0 && sz == size, "S3: signed HEAD gives the size (%d, %" PRIu64 ")", r,
+		      sz);
+		r = fetch_cdn_range(f, url, &wrong, 0, 100, buf, &got, &total);
+		CHECK(r == -EACCES, "S3: a wrong secret is refused: -EACCES (%d)", r);
+		r = fetch_cdn_range(f, url, NULL, 0, 100, buf, &got, &total);
+		CHECK(r == -EACCES, "S3: an unsigned GET is refused: -EACCES (%d)", r);
+		CHECK(!log_has(sk) && !(usk && log_has(usk)), "S3: no secret key in the log");
+	}
+out:
+	free(data);
+	free(buf);
+	fetch_free(f);
+}
+
+/* ---- Docker -------------------------------------------------------------- */
+
+struct pipe_reader {
+	FILE *fp;
+	size_t bytes;
+};
+
+static ssize_t pipe_read(void *ctx, uint8_t *buf, size_t cap)
+{
+	struct pipe_reader *p = ctx;
+	size_t n = fread(buf, 1, cap, p->fp);
+
+	if (!n && ferror(p->fp))
+		return -EIO;
+	p->bytes += n;
+	return (ssize_t)n;
+}
+
+static void test_docker(void)
+{
+	const char *sock = env("DOCKER_SOCK");
+	const char *image = "azaion-test/busybox:latest";
+	struct fetch *f = new_fetch(NULL, 20000, 2);
+	char *loaded = NULL, *msg = NULL, cmd[1024];
+	struct pipe_reader pr = { 0 };
+	int r, st;
+
+	if (!sock || !f)
+		goto out;
+	r = fetch_docker_image_exists(f, sock, image);
+	CHECK(r == 0, "docker: %s is present (%d)", image, r);
+	r = fetch_docker_image_exists(f, sock, "azaion-test/no-such-image:latest");
+	CHECK(r == -ENOENT, "docker: a missing image: -ENOENT (%d)", r);
+
+	snprintf(cmd, sizeof(cmd), "/usr/bin/docker -H 'unix://%s' save %s", sock, image);
+	pr.fp = popen(cmd, "r");
+	if (!pr.fp) {
+		CHECK(0, "docker save runs");
+		goto out;
+	}
+	r = fetch_docker_load(f, sock, pipe_read, &pr, &loaded, &msg);
+	st = pclose(pr.fp);
+	CHECK(st == 0 && pr.bytes > 100000, "docker save made an archive (%zu bytes)", pr.bytes);
+	CHECK(r == 0 && loaded && strstr(loaded, image) && !msg,
+	      "docker: load of a streamed archive (%d, \"%s\")", r, loaded ? loaded : "");
+	free(loaded);
+	loaded = NULL;
+
+	{
+		static uint8_t junk[200000];
+		struct mem_reader mr = { .data = junk, .len = sizeof(junk) };
+
+		memset(junk, 'g', sizeof(junk));
+		r = fetch_docker_load(f, sock, mem_read, &mr, &loaded, &msg);
+		CHECK(r == -EIO && msg && *msg && !loaded,
+		      "docker: load of garbage fails with Docker's words (%d, \"%s\")", r,
+		      msg ? msg : "");
+		free(msg);
+		msg = NULL;
+	}
+out:
+	free(loaded);
+	free(msg);
+	fetch_free(f);
+}
+
+int main(void)
+{
+	const char *ca = env("STACK_CA");
+
+	test_odd_servers();
+	test_closed_port();
+	if (ca) {
+		test_api(ca);
+		test_nginx(ca);
+		test_tls(ca);
+		test_s3(ca);
+	}
+	test_docker();
+	free(log_text);
+	return check_done();
+}

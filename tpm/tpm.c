@@ -1,0 +1,1689 @@
+/*
+ * tpm.c - the device's TPM objects of tpm.md (storage root key, device
+ * key, sealed store) and the flows on them, through tpm2-tss's ESAPI.
+ *
+ * This is the only file that talks to the TPM. A struct tpm owns one TCTI
+ * and one ESYS context. Locking: every public function except
+ * tpm_last_error() holds t->lock for its whole run, because an ESYS context
+ * is not thread-safe and the handles it keeps (SRK, device key) are shared
+ * state; holding it across TPM commands costs nothing, the TPM runs one
+ * command at a time anyway.
+ *
+ * Sessions: every command that carries a secret (Create of the sealed
+ * object, Unseal, RSA_Decrypt) runs with an HMAC session salted with the
+ * SRK and parameter encryption (AES-128-CFB), so that nothing secret
+ * crosses the bus in the clear. With a PCR binding the object is
+ * authorised by a policy session (salted too, PolicyPCR) and the HMAC
+ * session rides along in the second slot for the encryption only.
+ *
+ * Files in state_dir, mode 0600, each written to a temporary and renamed:
+ *   tpm-srk.pub           the SRK's TPM2B_PUBLIC at enrolment
+ *   tpm-pcrs              the PCR selection the objects are bound to (text)
+ *   tpm-dk.pub, .priv     device key, TPM2B_PUBLIC and TPM2B_PRIVATE
+ *   tpm-seal.pub, .priv   sealed object holding the store key
+ *   tpm-store             "AZTS" 1 0 0 0 || nonce(12) || AES-256-GCM(secret)
+ *                         || tag(16), the header and nonce authenticated
+ */
+#include "tpm/tpm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_mu.h>
+#include <tss2/tss2_rc.h>
+#include <tss2/tss2_tctildr.h>
+
+#define TPM_SRK_HANDLE 0x81000001u
+#define TPM_STORE_KEY_LEN 32
+#define TPM_STORE_MAX (64 * 1024)       /* largest secret the store holds */
+#define TPM_STORE_HDR 8
+#define TPM_STORE_NONCE 12
+#define TPM_STORE_TAG 16
+#define TPM_FILE_MAX (TPM_STORE_MAX + 256) /* largest state file read */
+#define TPM_PCR_MAX 24
+#define TPM_ERR_LEN 512
+
+static const uint8_t tpm_store_magic[TPM_STORE_HDR] = { 'A', 'Z', 'T', 'S', 1, 0, 0, 0 };
+
+#define F_SRK "tpm-srk.pub"
+#define F_PCRS "tpm-pcrs"
+#define F_DK_PUB "tpm-dk.pub"
+#define F_DK_PRIV "tpm-dk.priv"
+#define F_SEAL_PUB "tpm-seal.pub"
+#define F_SEAL_PRIV "tpm-seal.priv"
+#define F_STORE "tpm-store"
+
+static const char *const tpm_files[] = { F_SRK, F_PCRS, F_DK_PUB, F_DK_PRIV,
+					 F_SEAL_PUB, F_SEAL_PRIV, F_STORE };
+#define TPM_NFILES (sizeof(tpm_files) / sizeof(tpm_files[0]))
+
+struct tpm {
+	pthread_mutex_t lock;
+	TSS2_TCTI_CONTEXT *tcti;
+	ESYS_CONTEXT *esys;
+	tpm_log_fn log;
+	char *tcti_conf;
+	char *state_dir;
+	TPML_PCR_SELECTION conf_pcrs; /* from opts, used at enrolment */
+	uint8_t owner_auth[sizeof(TPMU_HA)];
+	size_t owner_auth_len;
+
+	ESYS_TR srk;       /* ESYS_TR_NONE until first needed */
+	int srk_transient; /* created here, so flushed at close */
+	TPM2B_PUBLIC srk_pub;
+
+	/* Valid once loaded: the enrolled objects. */
+	int loaded;
+	ESYS_TR dk;
+	TPM2B_PUBLIC dk_pub;
+	TPM2B_PUBLIC seal_pub;
+	TPM2B_PRIVATE seal_priv;
+	TPML_PCR_SELECTION pcrs; /* what the objects are bound to */
+	uint8_t *store;
+	size_t store_len;
+
+	char err[TPM_ERR_LEN];
+};
+
+/* Enrolment's output before it replaces anything. */
+struct tpm_enrolment {
+	TPM2B_PUBLIC dk_pub;
+	TPM2B_PRIVATE dk_priv;
+	TPM2B_PUBLIC seal_pub;
+	TPM2B_PRIVATE seal_priv;
+	uint8_t *store;
+	size_t store_len;
+};
+
+/* ---- messages ---------------------------------------------------------- */
+
+static void tpm_say(struct tpm *t, int prio, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int tpm_fail(struct tpm *t, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void tpm_vsay(struct tpm *t, int prio, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
+static void tpm_vsay(struct tpm *t, int prio, const char *fmt, va_list ap)
+{
+	char msg[TPM_ERR_LEN];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (prio <= LOG_ERR)
+		snprintf(t->err, sizeof(t->err), "%s", msg);
+	if (t->log)
+		t->log(prio, msg);
+}
+
+static void tpm_say(struct tpm *t, int prio, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	tpm_vsay(t, prio, fmt, ap);
+	va_end(ap);
+}
+
+/* Records and logs the cause once; returns err (a negative errno). */
+static int tpm_fail(struct tpm *t, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	tpm_vsay(t, LOG_ERR, fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+/* The TPM's own response code without layer and parameter/handle/session number. */
+static TSS2_RC rc_base(TSS2_RC rc)
+{
+	TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
+
+	if (layer != TSS2_TPM_RC_LAYER && layer != TSS2_RESMGR_TPM_RC_LAYER)
+		return rc;
+	rc &= ~TSS2_RC_LAYER_MASK;
+	if (rc & TPM2_RC_FMT1)
+		return rc & (TPM2_RC_FMT1 | 0x3f);
+	return rc & 0xfff;
+}
+
+/*
+ * The one translation of a TSS2_RC: decoded, logged, recorded, mapped to
+ * an errno. what names the operation for the operator.
+ */
+static int tpm_rc(struct tpm *t, TSS2_RC rc, const char *what)
+{
+	TSS2_RC base = rc_base(rc);
+	const char *dec = Tss2_RC_Decode(rc);
+
+	switch (base) {
+	case TPM2_RC_POLICY_FAIL:
+	case TPM2_RC_PCR_CHANGED:
+		return tpm_fail(t, -EACCES,
+				"tpm: %s: the PCR policy does not hold, the boot state changed "
+				"since enrolment (%s); a new login re-enrols the device",
+				what, dec);
+	case TPM2_RC_AUTH_FAIL:
+	case TPM2_RC_BAD_AUTH:
+		return tpm_fail(t, -EACCES,
+				"tpm: %s: authorisation refused (%s); is the owner password "
+				"(tpm_owner_auth_file) right?",
+				what, dec);
+	case TPM2_RC_INTEGRITY:
+	case TPM2_RC_BINDING:
+		return tpm_fail(t, -ESTALE,
+				"tpm: %s: the blobs in state_dir are not this TPM's (%s); a new "
+				"login re-enrols the device",
+				what, dec);
+	case TPM2_RC_LOCKOUT:
+		return tpm_fail(t, -EIO, "tpm: %s: the TPM is in dictionary-attack lockout (%s)",
+				what, dec);
+	default:
+		return tpm_fail(t, -EIO, "tpm: %s: %s", what, dec);
+	}
+}
+
+/* ---- PCR selection ----------------------------------------------------- */
+
+static const struct {
+	const char *name;
+	TPMI_ALG_HASH alg;
+} tpm_banks[] = {
+	{ "sha1", TPM2_ALG_SHA1 },
+	{ "sha256", TPM2_ALG_SHA256 },
+	{ "sha384", TPM2_ALG_SHA384 },
+	{ "sha512", TPM2_ALG_SHA512 },
+};
+#define TPM_NBANKS (sizeof(tpm_banks) / sizeof(tpm_banks[0]))
+
+/*
+ * "sha256:0,2,7", several banks joined by '+' ("sha1:7+sha256:7"), NULL or
+ * "" for none. On error, why says what is wrong.
+ */
+static int pcr_parse(const char *s, TPML_PCR_SELECTION *ret, char *why, size_t whylen)
+{
+	TPML_PCR_SELECTION sel = { 0 };
+	const char *p = s;
+
+	if (!s)
+		s = p = "";
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (*p == '\0') {
+		*ret = sel;
+		return 0;
+	}
+	for (;;) {
+		const char *colon = strchr(p, ':');
+		TPMS_PCR_SELECTION *bank;
+		size_t i, n;
+
+		if (!colon) {
+			snprintf(why, whylen, "expected BANK:N[,N...] (e.g. sha256:0,2,7)");
+			return -EINVAL;
+		}
+		n = (size_t)(colon - p);
+		for (i = 0; i < TPM_NBANKS; i++)
+			if (strlen(tpm_banks[i].name) == n && !strncmp(p, tpm_banks[i].name, n))
+				break;
+		if (i == TPM_NBANKS) {
+			snprintf(why, whylen,
+				 "unknown bank \"%.*s\" (sha1, sha256, sha384, sha512)",
+				 (int)(n > 16 ? 16 : n), p);
+			return -EINVAL;
+		}
+		for (n = 0; n < sel.count; n++)
+			if (sel.pcrSelections[n].hash == tpm_banks[i].alg) {
+				snprintf(why, whylen, "bank %s named twice", tpm_banks[i].name);
+				return -EINVAL;
+			}
+		if (sel.count >= TPM2_NUM_PCR_BANKS) {
+			snprintf(why, whylen, "too many banks");
+			return -EINVAL;
+		}
+		bank = &sel.pcrSelections[sel.count++];
+		bank->hash = tpm_banks[i].alg;
+		bank->sizeofSelect = 3;
+		p = colon + 1;
+		for (;;) {
+			char *end;
+			unsigned long v;
+
+			if (*p < '0' || *p > '9') {
+				snprintf(why, whylen, "expected a PCR number after \"%.*s\"",
+					 (int)(p - s > 40 ? 40 : p - s), s);
+				return -EINVAL;
+			}
+			errno = 0;
+			v = strtoul(p, &end, 10);
+			if (errno || v >= TPM_PCR_MAX) {
+				snprintf(why, whylen, "PCR %.*s out of range 0..%d",
+					 (int)(end - p > 10 ? 10 : end - p), p, TPM_PCR_MAX - 1);
+				return -EINVAL;
+			}
+			bank->pcrSelect[v / 8] |= (uint8_t)(1u << (v % 8));
+			p = end;
+			if (*p != ',')
+				break;
+			p++;
+		}
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\0')
+			break;
+		if (*p != '+') {
+			snprintf(why, whylen, "unexpected \"%c\" after \"%.*s\"", *p,
+				 (int)(p - s > 40 ? 40 : p - s), s);
+			return -EINVAL;
+		}
+		p++;
+	}
+	*ret = sel;
+	return 0;
+}
+
+/* The canonical text of a selection ("" for none). */
+static void pcr_format(const TPML_PCR_SELECTION *sel, char *buf, size_t len)
+{
+	size_t off = 0;
+	uint32_t b;
+
+	buf[0] = '\0';
+	for (b = 0; b < sel->count && b < TPM2_NUM_PCR_BANKS; b++) {
+		const TPMS_PCR_SELECTION *bank = &sel->pcrSelections[b];
+		const char *name = "?";
+		int first = 1;
+		size_t i;
+
+		for (i = 0; i < TPM_NBANKS; i++)
+			if (tpm_banks[i].alg == bank->hash)
+				name = tpm_banks[i].name;
+		off += (size_t)snprintf(buf + off, off < len ? len - off : 0, "%s%s:",
+					b ? "+" : "", name);
+		for (i = 0; i < TPM_PCR_MAX && i / 8 < bank->sizeofSelect; i++) {
+			if (!(bank->pcrSelect[i / 8] & (1u << (i % 8))))
+				continue;
+			off += (size_t)snprintf(buf + off, off < len ? len - off : 0, "%s%zu",
+						first ? "" : ",", i);
+			first = 0;
+		}
+	}
+}
+
+static int pcr_equal(const TPML_PCR_SELECTION *a, const TPML_PCR_SELECTION *b)
+{
+	char fa[256], fb[256];
+
+	pcr_format(a, fa, sizeof(fa));
+	pcr_format(b, fb, sizeof(fb));
+	return !strcmp(fa, fb);
+}
+
+/* ---- state_dir files --------------------------------------------------- */
+
+static int state_path(struct tpm *t, const char *name, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/%s", t->state_dir, name);
+
+	if (n < 0 || (size_t)n >= len)
+		return tpm_fail(t, -ENAMETOOLONG, "tpm: state_dir path too long");
+	return 0;
+}
+
+/*
+ * Reads a whole state file, at most TPM_FILE_MAX bytes. -ENOENT is
+ * returned without a message: the caller knows what a missing file means.
+ */
+static int file_read(struct tpm *t, const char *name, uint8_t **ret_buf, size_t *ret_len)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	uint8_t *buf = NULL;
+	size_t off = 0;
+	int fd, r;
+
+	r = state_path(t, name, path, sizeof(path));
+	if (r < 0)
+		return r;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return -ENOENT;
+		return tpm_fail(t, -EIO, "tpm: cannot open %s: %s", path, strerror(errno));
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > TPM_FILE_MAX) {
+		r = tpm_fail(t, -EIO, "tpm: %s is not a regular file of at most %d bytes", path,
+			     TPM_FILE_MAX);
+		goto out_close;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		r = tpm_fail(t, -ENOMEM, "tpm: out of memory reading %s", path);
+		goto out_close;
+	}
+	while (off < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + off, (size_t)st.st_size - off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = tpm_fail(t, -EIO, "tpm: cannot read %s: %s", path,
+				     n < 0 ? strerror(errno) : "short file");
+			goto out_free;
+		}
+		off += (size_t)n;
+	}
+	buf[off] = '\0';
+	*ret_buf = buf;
+	*ret_len = off;
+	buf = NULL;
+	r = 0;
+out_free:
+	free(buf);
+out_close:
+	close(fd);
+	return r;
+}
+
+/* Writes data to a new temporary file next to name (mode 0600); returns its path. */
+static int file_write_tmp(struct tpm *t, const char *name, const void *data, size_t len,
+			  char *ret_tmp, size_t tmplen)
+{
+	const uint8_t *p = data;
+	int fd, r;
+
+	if (snprintf(ret_tmp, tmplen, "%s/.%s.XXXXXX", t->state_dir, name) >= (int)tmplen)
+		return tpm_fail(t, -ENAMETOOLONG, "tpm: state_dir path too long");
+	fd = mkostemp(ret_tmp, O_CLOEXEC);
+	if (fd < 0)
+		return tpm_fail(t, -EIO, "tpm: cannot create a file in %s: %s", t->state_dir,
+				strerror(errno));
+	if (fchmod(fd, 0600) < 0) {
+		r = tpm_fail(t, -EIO, "tpm: chmod %s: %s", ret_tmp, strerror(errno));
+		goto out_unlink;
+	}
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = tpm_fail(t, -EIO, "tpm: cannot write %s: %s", ret_tmp,
+				     n < 0 ? strerror(errno) : "no progress");
+			goto out_unlink;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	if (fsync(fd) < 0) {
+		r = tpm_fail(t, -EIO, "tpm: fsync %s: %s", ret_tmp, strerror(errno));
+		goto out_unlink;
+	}
+	if (close(fd) < 0) {
+		fd = -1;
+		r = tpm_fail(t, -EIO, "tpm: close %s: %s", ret_tmp, strerror(errno));
+		goto out_unlink;
+	}
+	return 0;
+out_unlink:
+	if (fd >= 0)
+		close(fd);
+	unlink(ret_tmp);
+	return r;
+}
+
+static int state_dir_prepare(struct tpm *t)
+{
+	struct stat st;
+
+	if (mkdir(t->state_dir, 0700) < 0 && errno != EEXIST)
+		return tpm_fail(t, -EIO, "tpm: cannot create state_dir %s: %s", t->state_dir,
+				strerror(errno));
+	if (stat(t->state_dir, &st) < 0 || !S_ISDIR(st.st_mode))
+		return tpm_fail(t, -EIO, "tpm: state_dir %s is not a directory", t->state_dir);
+	return 0;
+}
+
+/* ---- marshalling -------------------------------------------------------- */
+
+static int pub_marshal(struct tpm *t, const TPM2B_PUBLIC *pub, uint8_t *buf, size_t cap,
+		       size_t *ret_len)
+{
+	size_t off = 0;
+	TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, cap, &off);
+
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, "marshalling a public area");
+	*ret_len = off;
+	return 0;
+}
+
+static int pub_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, size_t len,
+			 TPM2B_PUBLIC *ret)
+{
+	TPM2B_PUBLIC pub = { 0 };
+	size_t off = 0;
+	TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(buf, len, &off, &pub);
+
+	if (rc != TSS2_RC_SUCCESS || off != len)
+		return tpm_fail(t, -EIO, "tpm: %s/%s is corrupt", t->state_dir, name);
+	*ret = pub;
+	return 0;
+}
+
+static int priv_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, size_t len,
+			  TPM2B_PRIVATE *ret)
+{
+	TPM2B_PRIVATE priv = { 0 };
+	size_t off = 0;
+	TSS2_RC rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal(buf, len, &off, &priv);
+
+	if (rc != TSS2_RC_SUCCESS || off != len)
+		return tpm_fail(t, -EIO, "tpm: %s/%s is corrupt", t->state_dir, name);
+	*ret = priv;
+	return 0;
+}
+
+/* ---- OpenSSL: the store's AES-256-GCM and the PEM export --------------- */
+
+static int store_seal(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const void *secret,
+		      size_t len, uint8_t **ret_blob, size_t *ret_len)
+{
+	size_t total = TPM_STORE_HDR + TPM_STORE_NONCE + len + TPM_STORE_TAG;
+	uint8_t *blob, *nonce, *ct;
+	EVP_CIPHER_CTX *c;
+	int n, r = -EIO;
+
+	if (len > TPM_STORE_MAX)
+		return tpm_fail(t, -EINVAL, "tpm: secret of %zu bytes exceeds the store's %d",
+				len, TPM_STORE_MAX);
+	blob = malloc(total);
+	if (!blob)
+		return tpm_fail(t, -ENOMEM, "tpm: out of memory");
+	memcpy(blob, tpm_store_magic, TPM_STORE_HDR);
+	nonce = blob + TPM_STORE_HDR;
+	ct = nonce + TPM_STORE_NONCE;
+	if (RAND_bytes(nonce, TPM_STORE_NONCE) != 1) {
+		r = tpm_fail(t, -EIO, "tpm: no random bytes for the store");
+		goto out_free;
+	}
+	c = EVP_CIPHER_CTX_new();
+	if (!c) {
+		r = tpm_fail(t, -ENOMEM, "tpm: out of memory");
+		goto out_free;
+	}
+	if (EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, TPM_STORE_NONCE, NULL) != 1 ||
+	    EVP_EncryptInit_ex(c, NULL, NULL, key, nonce) != 1 ||
+	    EVP_EncryptUpdate(c, NULL, &n, blob, TPM_STORE_HDR + TPM_STORE_NONCE) != 1 ||
+	    (len > 0 && EVP_EncryptUpdate(c, ct, &n, secret, (int)len) != 1) ||
+	    EVP_EncryptFinal_ex(c, ct + len, &n) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TPM_STORE_TAG, ct + len) != 1) {
+		r = tpm_fail(t, -EIO, "tpm: AES-256-GCM encryption of the store failed");
+		goto out_ctx;
+	}
+	*ret_blob = blob;
+	*ret_len = total;
+	blob = NULL;
+	r = 0;
+out_ctx:
+	EVP_CIPHER_CTX_free(c);
+out_free:
+	free(blob);
+	return r;
+}
+
+static int store_open(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const uint8_t *blob,
+		      size_t len, uint8_t *buf, size_t cap, size_t *ret_len)
+{
+	const size_t aad = TPM_STORE_HDR + TPM_STORE_NONCE;
+	const uint8_t *ct = blob + aad;
+	uint8_t tag[TPM_STORE_TAG];
+	EVP_CIPHER_CTX *c;
+	size_t ptlen;
+	uint8_t *pt;
+	int n, r = -EBADMSG;
+
+	if (len < aad + TPM_STORE_TAG || memcmp(blob, tpm_store_magic, TPM_STORE_HDR))
+		return tpm_fail(t, -EBADMSG, "tpm: %s/%s is not a sealed store", t->state_dir,
+				F_STORE);
+	ptlen = len - aad - TPM_STORE_TAG;
+	if (ptlen > TPM_STORE_MAX)
+		return tpm_fail(t, -EBADMSG, "tpm: sealed store too large");
+	if (ptlen > cap)
+		return tpm_fail(t, -ENOBUFS, "tpm: the sealed store holds %zu bytes, room for %zu",
+				ptlen, cap);
+	/* Decrypted aside first: the caller's buffer never sees unauthenticated bytes. */
+	pt = OPENSSL_secure_malloc(ptlen + 1);
+	if (!pt)
+		return tpm_fail(t, -ENOMEM, "tpm: out of memory");
+	memcpy(tag, ct + ptlen, TPM_STORE_TAG);
+	c = EVP_CIPHER_CTX_new();
+	if (!c) {
+		r = tpm_fail(t, -ENOMEM, "tpm: out of memory");
+		goto out_free;
+	}
+	if (EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, TPM_STORE_NONCE, NULL) != 1 ||
+	    EVP_DecryptInit_ex(c, NULL, NULL, key, blob + TPM_STORE_HDR) != 1 ||
+	    EVP_DecryptUpdate(c, NULL, &n, blob, (int)aad) != 1 ||
+	    (ptlen > 0 && EVP_DecryptUpdate(c, pt, &n, ct, (int)ptlen) != 1) ||
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TPM_STORE_TAG, tag) != 1 ||
+	    EVP_DecryptFinal_ex(c, pt + ptlen, &n) != 1) {
+		r = tpm_fail(t, -EBADMSG,
+			     "tpm: the sealed store does not decrypt under its sealed key "
+			     "(state_dir damaged or mixed from two enrolments)");
+		goto out_ctx;
+	}
+	memcpy(buf, pt, ptlen);
+	*ret_len = ptlen;
+	r = 0;
+out_ctx:
+	EVP_CIPHER_CTX_free(c);
+out_free:
+	OPENSSL_secure_clear_free(pt, ptlen + 1);
+	return r;
+}
+
+/* SubjectPublicKeyInfo PEM of an RSA public key given as big-endian n and e. */
+static int rsa_pem(struct tpm *t, const uint8_t *n, size_t nlen, uint32_t e, char **ret_pem)
+{
+	OSSL_PARAM_BLD *bld = NULL;
+	OSSL_PARAM *params = NULL;
+	EVP_PKEY_CTX *pctx = NULL;
+	EVP_PKEY *pkey = NULL;
+	BIGNUM *bn_n = NULL, *bn_e = NULL;
+	BIO *bio = NULL;
+	char *data, *pem;
+	long len;
+	int r = -EIO;
+
+	bn_n = BN_bin2bn(n, (int)nlen, NULL);
+	bn_e = BN_new();
+	bld = OSSL_PARAM_BLD_new();
+	if (!bn_n || !bn_e || !bld || BN_set_word(bn_e, e) != 1 ||
+	    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) != 1 ||
+	    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) != 1) {
+		r = tpm_fail(t, -ENOMEM, "tpm: out of memory building the public key");
+		goto out;
+	}
+	params = OSSL_PARAM_BLD_to_param(bld);
+	pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+	if (!params || !pctx || EVP_PKEY_fromdata_init(pctx) != 1 ||
+	    EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1) {
+		r = tpm_fail(t, -EIO, "tpm: OpenSSL rejects the device key's public half");
+		goto out;
+	}
+	bio = BIO_new(BIO_s_mem());
+	if (!bio || PEM_write_bio_PUBKEY(bio, pkey) != 1) {
+		r = tpm_fail(t, -EIO, "tpm: PEM encoding of the device key failed");
+		goto out;
+	}
+	len = BIO_get_mem_data(bio, &data);
+	if (len <= 0) {
+		r = tpm_fail(t, -EIO, "tpm: PEM encoding of the device key is empty");
+		goto out;
+	}
+	pem = malloc((size_t)len + 1);
+	if (!pem) {
+		r = tpm_fail(t, -ENOMEM, "tpm: out of memory");
+		goto out;
+	}
+	memcpy(pem, data, (size_t)len);
+	pem[len] = '\0';
+	*ret_pem = pem;
+	r = 0;
+out:
+	BIO_free(bio);
+	EVP_PKEY_free(pkey);
+	EVP_PKEY_CTX_free(pctx);
+	OSSL_PARAM_free(params);
+	OSSL_PARAM_BLD_free(bld);
+	BN_free(bn_e);
+	BN_free(bn_n);
+	return r;
+}
+
+static int dk_pem(struct tpm *t, const TPM2B_PUBLIC *pub, char **ret_pem)
+{
+	const TPMT_PUBLIC *a = &pub->publicArea;
+	uint32_t e = a->parameters.rsaDetail.exponent;
+
+	return rsa_pem(t, a->unique.rsa.buffer, a->unique.rsa.size, e ? e : 65537, ret_pem);
+}
+
+/* ---- sessions and handles ---------------------------------------------- */
+
+static void handle_flush(struct tpm *t, ESYS_TR *h)
+{
+	TSS2_RC rc;
+
+	if (*h == ESYS_TR_NONE)
+		return;
+	rc = Esys_FlushContext(t->esys, *h);
+	if (rc != TSS2_RC_SUCCESS) {
+		/* The TPM may have dropped it already; the ESYS object must go anyway. */
+		tpm_say(t, LOG_WARNING, "tpm: flushing a handle: %s", Tss2_RC_Decode(rc));
+		Esys_TR_Close(t->esys, h);
+	}
+	*h = ESYS_TR_NONE;
+}
+
+/*
+ * An HMAC or policy session salted with the SRK (AES-128-CFB for parameter
+ * encryption), or, with salted == 0, an unsalted one (trial, or before an
+ * SRK exists).
+ */
+static int session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSION attrs,
+			 ESYS_TR *ret)
+{
+	TPMT_SYM_DEF sym = { .algorithm = TPM2_ALG_AES,
+			     .keyBits = { .aes = 128 },
+			     .mode = { .aes = TPM2_ALG_CFB } };
+	TPMT_SYM_DEF none = { .algorithm = TPM2_ALG_NULL };
+	ESYS_TR s = ESYS_TR_NONE;
+	TSS2_RC rc;
+
+	rc = Esys_StartAuthSession(t->esys, salted ? t->srk : ESYS_TR_NONE, ESYS_TR_NONE,
+				   ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, NULL, type,
+				   salted ? &sym : &none, TPM2_ALG_SHA256, &s);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, "starting a session");
+	rc = Esys_TRSess_SetAttributes(t->esys, s, attrs | TPMA_SESSION_CONTINUESESSION, 0xff);
+	if (rc != TSS2_RC_SUCCESS) {
+		handle_flush(t, &s);
+		return tpm_rc(t, rc, "setting session attributes");
+	}
+	*ret = s;
+	return 0;
+}
+
+/*
+ * The sessions for a command on an enrolled object: *ret_auth authorises
+ * it, *ret_enc (ESYS_TR_NONE when the auth session does it) encrypts the
+ * parameters as enc says. Both salted with the SRK.
+ */
+static int sessions_start(struct tpm *t, TPMA_SESSION enc, ESYS_TR *ret_auth, ESYS_TR *ret_enc)
+{
+	TPM2B_DIGEST empty = { .size = 0 };
+	ESYS_TR hmac = ESYS_TR_NONE, pol = ESYS_TR_NONE;
+	TSS2_RC rc;
+	int r;
+
+	r = session_start(t, TPM2_SE_HMAC, 1, enc, &hmac);
+	if (r < 0)
+		return r;
+	if (t->pcrs.count == 0) {
+		*ret_auth = hmac;
+		*ret_enc = ESYS_TR_NONE;
+		return 0;
+	}
+	r = session_start(t, TPM2_SE_POLICY, 1, 0, &pol);
+	if (r < 0)
+		goto out_hmac;
+	/* An empty digest makes the TPM take the PCRs' current values. */
+	rc = Esys_PolicyPCR(t->esys, pol, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty,
+			    &t->pcrs);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_rc(t, rc, "PolicyPCR");
+		goto out_pol;
+	}
+	*ret_auth = pol;
+	*ret_enc = hmac;
+	return 0;
+out_pol:
+	handle_flush(t, &pol);
+out_hmac:
+	handle_flush(t, &hmac);
+	return r;
+}
+
+/* The PolicyPCR digest over sel's current values, from a trial session. */
+static int policy_digest(struct tpm *t, const TPML_PCR_SELECTION *sel, TPM2B_DIGEST *ret)
+{
+	TPM2B_DIGEST empty = { .size = 0 };
+	TPM2B_DIGEST *digest = NULL;
+	ESYS_TR trial = ESYS_TR_NONE;
+	TSS2_RC rc;
+	int r;
+
+	r = session_start(t, TPM2_SE_TRIAL, 0, 0, &trial);
+	if (r < 0)
+		return r;
+	rc = Esys_PolicyPCR(t->esys, trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty,
+			    sel);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_rc(t, rc, "PolicyPCR (trial; are those PCR banks active?)");
+		goto out;
+	}
+	rc = Esys_PolicyGetDigest(t->esys, trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+				  &digest);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_rc(t, rc, "PolicyGetDigest");
+		goto out;
+	}
+	*ret = *digest;
+	Esys_Free(digest);
+	r = 0;
+out:
+	handle_flush(t, &trial);
+	return r;
+}
+
+/* ---- the storage root key ---------------------------------------------- */
+
+static int srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
+{
+	/* TCG's standard ECC P-256 storage template: deterministic per seed. */
+	TPM2B_PUBLIC tmpl = {
+		.publicArea = {
+			.type = TPM2_ALG_ECC,
+			.nameAlg = TPM2_ALG_SHA256,
+			.objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT |
+					    TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+					    TPMA_OBJECT_SENSITIVEDATAORIGIN |
+					    TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA,
+			.parameters.eccDetail = {
+				.symmetric = { .algorithm = TPM2_ALG_AES,
+					       .keyBits = { .aes = 128 },
+					       .mode = { .aes = TPM2_ALG_CFB } },
+				.scheme = { .scheme = TPM2_ALG_NULL },
+				.curveID = TPM2_ECC_NIST_P256,
+				.kdf = { .scheme = TPM2_ALG_NULL },
+			},
+		},
+	};
+	TPM2B_SENSITIVE_CREATE in = { 0 };
+	TPM2B_DATA outside = { 0 };
+	TPML_PCR_SELECTION creation = { 0 };
+	TPM2B_AUTH auth = { 0 };
+	ESYS_TR s = ESYS_TR_NONE, h = ESYS_TR_NONE;
+	TPM2B_PUBLIC *pub = NULL;
+	TSS2_RC rc;
+	int r;
+
+	auth.size = (UINT16)t->owner_auth_len;
+	memcpy(auth.buffer, t->owner_auth, t->owner_auth_len);
+	rc = Esys_TR_SetAuth(t->esys, ESYS_TR_RH_OWNER, &auth);
+	OPENSSL_cleanse(&auth, sizeof(auth));
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, "setting the owner password");
+	/* An HMAC session, so that an owner password never crosses the bus in clear. */
+	r = session_start(t, TPM2_SE_HMAC, 0, 0, &s);
+	if (r < 0)
+		goto out_auth;
+	rc = Esys_CreatePrimary(t->esys, ESYS_TR_RH_OWNER, s, ESYS_TR_NONE, ESYS_TR_NONE, &in,
+				&tmpl, &outside, &creation, &h, &pub, NULL, NULL, NULL);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_rc(t, rc, "creating the storage root key (CreatePrimary, owner)");
+		goto out_session;
+	}
+	*ret = h;
+	*ret_pub = pub;
+	r = 0;
+out_session:
+	handle_flush(t, &s);
+out_auth:
+	Esys_TR_SetAuth(t->esys, ESYS_TR_RH_OWNER, &(TPM2B_AUTH){ .size = 0 });
+	return r;
+}
+
+/* Makes t->srk usable: the persistent SRK when there is one, else a new primary. */
+static int srk_get(struct tpm *t)
+{
+	TPMS_CAPABILITY_DATA *cap = NULL;
+	TPM2B_PUBLIC *pub = NULL;
+	ESYS_TR h = ESYS_TR_NONE;
+	TPMA_OBJECT need = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
+	int persistent, r;
+	TSS2_RC rc;
+
+	if (t->srk != ESYS_TR_NONE)
+		return 0;
+	rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+				TPM2_CAP_HANDLES, TPM_SRK_HANDLE, 1, NULL, &cap);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, "listing persistent handles");
+	persistent = cap->data.handles.count > 0 &&
+		     cap->data.handles.handle[0] == TPM_SRK_HANDLE;
+	Esys_Free(cap);
+	if (!persistent) {
+		r = srk_create(t, &h, &pub);
+		if (r < 0)
+			return r;
+		t->srk_transient = 1;
+		goto done;
+	}
+	rc = Esys_TR_FromTPMPublic(t->esys, TPM_SRK_HANDLE, ESYS_TR_NONE, ESYS_TR_NONE,
+				   ESYS_TR_NONE, &h);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, "opening the persistent SRK 0x81000001");
+	rc = Esys_ReadPublic(t->esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub, NULL,
+			     NULL);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_rc(t, rc, "reading the persistent SRK 0x81000001");
+		Esys_TR_Close(t->esys, &h);
+		return r;
+	}
+	if ((pub->publicArea.objectAttributes & need) != need ||
+	    (pub->publicArea.type != TPM2_ALG_ECC && pub->publicArea.type != TPM2_ALG_RSA)) {
+		Esys_Free(pub);
+		Esys_TR_Close(t->esys, &h);
+		return tpm_fail(t, -EIO,
+				"tpm: the persistent key at 0x81000001 is not an RSA or ECC "
+				"storage key");
+	}
+	t->srk_transient = 0;
+done:
+	t->srk_pub = *pub;
+	Esys_Free(pub);
+	t->srk = h;
+	return 0;
+}
+
+static void srk_drop(struct tpm *t)
+{
+	if (t->srk == ESYS_TR_NONE)
+		return;
+	if (t->srk_transient)
+		handle_flush(t, &t->srk);
+	else
+		Esys_TR_Close(t->esys, &t->srk);
+	t->srk = ESYS_TR_NONE;
+}
+
+/* ---- objects ----------------------------------------------------------- */
+
+static int object_create(struct tpm *t, const char *what, const TPM2B_PUBLIC *tmpl,
+			 const TPM2B_SENSITIVE_CREATE *in, TPM2B_PUBLIC *ret_pub,
+			 TPM2B_PRIVATE *ret_priv)
+{
+	TPM2B_DATA outside = { 0 };
+	TPML_PCR_SELECTION creation = { 0 };
+	TPM2B_PUBLIC *pub = NULL;
+	TPM2B_PRIVATE *priv = NULL;
+	ESYS_TR s = ESYS_TR_NONE;
+	TSS2_RC rc;
+	int r;
+
+	/* DECRYPT: inSensitive, the sealed data, goes to the TPM encrypted. */
+	r = session_start(t, TPM2_SE_HMAC, 1, TPMA_SESSION_DECRYPT, &s);
+	if (r < 0)
+		return r;
+	rc = Esys_Create(t->esys, t->srk, s, ESYS_TR_NONE, ESYS_TR_NONE, in, tmpl, &outside,
+			 &creation, &priv, &pub, NULL, NULL, NULL);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_rc(t, rc, what);
+		goto out;
+	}
+	*ret_pub = *pub;
+	*ret_priv = *priv;
+	Esys_Free(pub);
+	Esys_Free(priv);
+	r = 0;
+out:
+	handle_flush(t, &s);
+	return r;
+}
+
+static int object_load(struct tpm *t, const char *what, const TPM2B_PUBLIC *pub,
+		       const TPM2B_PRIVATE *priv, ESYS_TR *ret)
+{
+	ESYS_TR h = ESYS_TR_NONE;
+	TSS2_RC rc;
+
+	/* Nothing secret in Load: the private blob is wrapped by the SRK. */
+	rc = Esys_Load(t->esys, t->srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, priv, pub,
+		       &h);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, what);
+	*ret = h;
+	return 0;
+}
+
+static TPMA_OBJECT auth_attrs(const TPM2B_DIGEST *policy)
+{
+	/* PCR-bound objects answer to their policy only. */
+	return policy->size ? TPMA_OBJECT_ADMINWITHPOLICY : TPMA_OBJECT_USERWITHAUTH;
+}
+
+static int dk_create(struct tpm *t, const TPM2B_DIGEST *policy, TPM2B_PUBLIC *ret_pub,
+		     TPM2B_PRIVATE *ret_priv)
+{
+	TPM2B_PUBLIC tmpl = {
+		.publicArea = {
+			.type = TPM2_ALG_RSA,
+			.nameAlg = TPM2_ALG_SHA256,
+			.objectAttributes = TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
+					    TPMA_OBJECT_FIXEDPARENT |
+					    TPMA_OBJECT_SENSITIVEDATAORIGIN |
+					    auth_attrs(policy),
+			.authPolicy = *policy,
+			.parameters.rsaDetail = {
+				.symmetric = { .algorithm = TPM2_ALG_NULL },
+				/* The scheme (OAEP-SHA256) is chosen at each use. */
+				.scheme = { .scheme = TPM2_ALG_NULL },
+				.keyBits = 2048,
+				.exponent = 0,
+			},
+		},
+	};
+	TPM2B_SENSITIVE_CREATE in = { 0 };
+
+	return object_create(t, "creating the device key", &tmpl, &in, ret_pub, ret_priv);
+}
+
+static int seal_create(struct tpm *t, const TPM2B_DIGEST *policy,
+		       const uint8_t key[TPM_STORE_KEY_LEN], TPM2B_PUBLIC *ret_pub,
+		       TPM2B_PRIVATE *ret_priv)
+{
+	TPM2B_PUBLIC tmpl = {
+		.publicArea = {
+			.type = TPM2_ALG_KEYEDHASH,
+			.nameAlg = TPM2_ALG_SHA256,
+			.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+					    auth_attrs(policy),
+			.authPolicy = *policy,
+			.parameters.keyedHashDetail.scheme = { .scheme = TPM2_ALG_NULL },
+		},
+	};
+	TPM2B_SENSITIVE_CREATE in = { 0 };
+	int r;
+
+	in.sensitive.data.size = TPM_STORE_KEY_LEN;
+	memcpy(in.sensitive.data.buffer, key, TPM_STORE_KEY_LEN);
+	r = object_create(t, "creating the sealed store", &tmpl, &in, ret_pub, ret_priv);
+	OPENSSL_cleanse(&in, sizeof(in));
+	return r;
+}
+
+/* ---- load -------------------------------------------------------------- */
+
+static void loaded_drop(struct tpm *t)
+{
+	handle_flush(t, &t->dk);
+	free(t->store);
+	t->store = NULL;
+	t->store_len = 0;
+	t->loaded = 0;
+}
+
+/* Compares the current SRK with the recorded one. */
+static int srk_check(struct tpm *t, const uint8_t *rec, size_t rec_len)
+{
+	uint8_t cur[sizeof(TPM2B_PUBLIC)];
+	size_t cur_len = 0;
+	int r;
+
+	r = pub_marshal(t, &t->srk_pub, cur, sizeof(cur), &cur_len);
+	if (r < 0)
+		return r;
+	if (cur_len != rec_len || memcmp(cur, rec, cur_len))
+		return tpm_fail(t, -ESTALE,
+				"tpm: the storage root key differs from the one recorded at "
+				"enrolment: this is a different TPM or a cleared one; a new login "
+				"re-enrols the device");
+	return 0;
+}
+
+static int state_load(struct tpm *t)
+{
+	uint8_t *data[TPM_NFILES] = { 0 };
+	size_t len[TPM_NFILES] = { 0 };
+	TPM2B_PUBLIC dk_pub, seal_pub;
+	TPM2B_PRIVATE dk_priv, seal_priv;
+	TPML_PCR_SELECTION pcrs;
+	const TPMT_PUBLIC *a;
+	ESYS_TR dk = ESYS_TR_NONE;
+	char why[160];
+	size_t i;
+	int r;
+
+	for (i = 0; i < TPM_NFILES; i++) {
+		r = file_read(t, tpm_files[i], &data[i], &len[i]);
+		if (r == -ENOENT) {
+			r = tpm_fail(t, -ENOENT, "tpm: not enrolled: %s/%s is missing",
+				     t->state_dir, tpm_files[i]);
+			goto out;
+		}
+		if (r < 0)
+			goto out;
+	}
+	/* Order of tpm_files[]: srk, pcrs, dk pub, dk priv, seal pub, seal priv, store. */
+	r = srk_get(t);
+	if (r < 0)
+		goto out;
+	r = srk_check(t, data[0], len[0]);
+	if (r < 0)
+		goto out;
+	data[1][strcspn((char *)data[1], "\n")] = '\0';
+	r = pcr_parse((char *)data[1], &pcrs, why, sizeof(why));
+	if (r < 0) {
+		r = tpm_fail(t, -EIO, "tpm: %s/%s is corrupt: %s", t->state_dir, F_PCRS, why);
+		goto out;
+	}
+	r = pub_unmarshal(t, F_DK_PUB, data[2], len[2], &dk_pub);
+	if (r == 0)
+		r = priv_unmarshal(t, F_DK_PRIV, data[3], len[3], &dk_priv);
+	if (r == 0)
+		r = pub_unmarshal(t, F_SEAL_PUB, data[4], len[4], &seal_pub);
+	if (r == 0)
+		r = priv_unmarshal(t, F_SEAL_PRIV, data[5], len[5], &seal_priv);
+	if (r < 0)
+		goto out;
+	a = &dk_pub.publicArea;
+	if (a->type != TPM2_ALG_RSA || !(a->objectAttributes & TPMA_OBJECT_DECRYPT) ||
+	    a->unique.rsa.size == 0 || (a->authPolicy.size != 0) != (pcrs.count != 0)) {
+		r = tpm_fail(t, -EIO, "tpm: %s/%s is not this program's device key", t->state_dir,
+			     F_DK_PUB);
+		goto out;
+	}
+	if (!pcr_equal(&pcrs, &t->conf_pcrs)) {
+		char was[256], now[256];
+
+		pcr_format(&pcrs, was, sizeof(was));
+		pcr_format(&t->conf_pcrs, now, sizeof(now));
+		tpm_say(t, LOG_WARNING,
+			"tpm: the keys are bound to PCRs \"%s\", the configuration says \"%s\"; "
+			"the new binding applies from the next enrolment",
+			was, now);
+	}
+	r = object_load(t, "loading the device key", &dk_pub, &dk_priv, &dk);
+	if (r < 0)
+		goto out;
+
+	loaded_drop(t);
+	t->dk = dk;
+	t->dk_pub = dk_pub;
+	t->seal_pub = seal_pub;
+	t->seal_priv = seal_priv;
+	t->pcrs = pcrs;
+	t->store = data[6];
+	t->store_len = len[6];
+	data[6] = NULL;
+	t->loaded = 1;
+	r = 0;
+out:
+	for (i = 0; i < TPM_NFILES; i++)
+		free(data[i]);
+	return r;
+}
+
+static int ensure_loaded(struct tpm *t)
+{
+	return t->loaded ? 0 : state_load(t);
+}
+
+/* ---- open, close ------------------------------------------------------- */
+
+static void connection_drop(struct tpm *t)
+{
+	if (t->esys)
+		Esys_Finalize(&t->esys);
+	if (t->tcti)
+		Tss2_TctiLdr_Finalize(&t->tcti);
+	t->esys = NULL;
+	t->tcti = NULL;
+}
+
+/*
+ * One attempt to reach a started TPM: TCTI, ESYS context, and a
+ * GetCapability, since some TCTIs connect only at the first command.
+ */
+static int connection_try(struct tpm *t, char *why, size_t whylen)
+{
+	TPMS_CAPABILITY_DATA *cap = NULL;
+	TSS2_RC rc;
+	uint32_t man;
+	char vendor[5];
+	int i;
+
+	rc = Tss2_TctiLdr_Initialize(t->tcti_conf, &t->tcti);
+	if (rc != TSS2_RC_SUCCESS) {
+		t->tcti = NULL;
+		snprintf(why, whylen, "TCTI: %s", Tss2_RC_Decode(rc));
+		return -ENODEV;
+	}
+	rc = Esys_Initialize(&t->esys, t->tcti, NULL);
+	if (rc != TSS2_RC_SUCCESS) {
+		t->esys = NULL;
+		snprintf(why, whylen, "ESYS: %s", Tss2_RC_Decode(rc));
+		goto fail;
+	}
+	rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+				TPM2_CAP_TPM_PROPERTIES, TPM2_PT_MANUFACTURER, 1, NULL, &cap);
+	if (rc != TSS2_RC_SUCCESS) {
+		if (rc_base(rc) == TPM2_RC_INITIALIZE)
+			snprintf(why, whylen,
+				 "the TPM is not started (TPM2_Startup is the platform's job)");
+		else
+			snprintf(why, whylen, "%s", Tss2_RC_Decode(rc));
+		goto fail;
+	}
+	man = cap->data.tpmProperties.count ? cap->data.tpmProperties.tpmProperty[0].value : 0;
+	Esys_Free(cap);
+	for (i = 0; i < 4; i++) {
+		char c = (char)(man >> (24 - 8 * i));
+
+		vendor[i] = c >= 0x20 && c < 0x7f ? c : ' ';
+	}
+	vendor[4] = '\0';
+	tpm_say(t, LOG_INFO, "tpm: TPM 2.0 by \"%s\" through %s", vendor, t->tcti_conf);
+	return 0;
+fail:
+	connection_drop(t);
+	return -ENODEV;
+}
+
+static double now_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int connection_open(struct tpm *t, unsigned wait_seconds)
+{
+	double deadline = now_seconds() + wait_seconds;
+	double delay = 0.1;
+	char why[256] = "";
+
+	for (;;) {
+		double left;
+		struct timespec ts;
+
+		if (connection_try(t, why, sizeof(why)) == 0)
+			return 0;
+		left = deadline - now_seconds();
+		if (left <= 0)
+			break;
+		if (delay > left)
+			delay = left;
+		ts.tv_sec = (time_t)delay;
+		ts.tv_nsec = (long)((delay - (double)ts.tv_sec) * 1e9);
+		nanosleep(&ts, NULL);
+		if (delay < 1.0)
+			delay *= 2;
+	}
+	return tpm_fail(t, -ENODEV, "tpm: no TPM through \"%s\" within %u s: %s", t->tcti_conf,
+			wait_seconds, why);
+}
+
+static void tpm_free(struct tpm *t)
+{
+	OPENSSL_cleanse(t->owner_auth, sizeof(t->owner_auth));
+	free(t->tcti_conf);
+	free(t->state_dir);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+int tpm_open(const struct tpm_opts *opts, struct tpm **ret)
+{
+	struct tpm *t;
+	char why[160];
+	int r;
+
+	if (!opts || !ret)
+		return -EINVAL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	if (pthread_mutex_init(&t->lock, NULL) != 0) {
+		free(t);
+		return -ENOMEM;
+	}
+	t->log = opts->log;
+	t->srk = ESYS_TR_NONE;
+	t->dk = ESYS_TR_NONE;
+	if (!opts->tcti || !*opts->tcti || !opts->state_dir || !*opts->state_dir) {
+		r = tpm_fail(t, -EINVAL, "tpm: tpm_tcti and state_dir are required");
+		goto out_free;
+	}
+	r = pcr_parse(opts->pcrs, &t->conf_pcrs, why, sizeof(why));
+	if (r < 0) {
+		r = tpm_fail(t, -EINVAL, "tpm: bad tpm_pcrs \"%.64s\": %s", opts->pcrs, why);
+		goto out_free;
+	}
+	if (opts->owner_auth_len > sizeof(t->owner_auth) ||
+	    (opts->owner_auth_len && !opts->owner_auth)) {
+		r = tpm_fail(t, -EINVAL, "tpm: the owner password is longer than %zu bytes",
+			     sizeof(t->owner_auth));
+		goto out_free;
+	}
+	if (opts->owner_auth_len)
+		memcpy(t->owner_auth, opts->owner_auth, opts->owner_auth_len);
+	t->owner_auth_len = opts->owner_auth_len;
+	t->tcti_conf = strdup(opts->tcti);
+	t->state_dir = strdup(opts->state_dir);
+	if (!t->tcti_conf || !t->state_dir) {
+		r = -ENOMEM;
+		goto out_free;
+	}
+	r = connection_open(t, opts->wait_seconds);
+	if (r < 0)
+		goto out_free;
+	*ret = t;
+	return 0;
+out_free:
+	tpm_free(t);
+	return r;
+}
+
+void tpm_close(struct tpm *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->lock);
+	loaded_drop(t);
+	srk_drop(t);
+	connection_drop(t);
+	pthread_mutex_unlock(&t->lock);
+	tpm_free(t);
+}
+
+/* ---- public flows ------------------------------------------------------ */
+
+static void call_begin(struct tpm *t)
+{
+	pthread_mutex_lock(&t->lock);
+	t->err[0] = '\0';
+}
+
+static int call_end(struct tpm *t, int r)
+{
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}
+
+int tpm_is_enrolled(struct tpm *t)
+{
+	char path[PATH_MAX];
+	size_t i;
+
+	if (!t)
+		return 0;
+	for (i = 0; i < TPM_NFILES; i++) {
+		if (snprintf(path, sizeof(path), "%s/%s", t->state_dir, tpm_files[i]) >=
+		    (int)sizeof(path))
+			return 0;
+		if (access(path, F_OK) < 0)
+			return 0;
+	}
+	return 1;
+}
+
+static void enrolment_free(struct tpm_enrolment *e)
+{
+	free(e->store);
+	e->store = NULL;
+}
+
+/* Writes the enrolment's files: all to temporaries first, then renamed. */
+static int enrolment_write(struct tpm *t, const struct tpm_enrolment *e,
+			   const TPML_PCR_SELECTION *pcrs)
+{
+	/* Indexed like tpm_files[]: srk, pcrs, dk pub, dk priv, seal pub, seal priv, store. */
+	uint8_t blob[TPM_NFILES - 1][sizeof(TPM2B_PRIVATE) + sizeof(TPM2B_PUBLIC)];
+	const void *data[TPM_NFILES];
+	size_t len[TPM_NFILES] = { 0 };
+	char tmp[TPM_NFILES][PATH_MAX];
+	char path[PATH_MAX], text[256];
+	size_t i, n;
+	TSS2_RC rc = TSS2_RC_SUCCESS;
+	int fd, r;
+
+	for (i = 0; i < TPM_NFILES - 1; i++)
+		data[i] = blob[i];
+	r = pub_marshal(t, &t->srk_pub, blob[0], sizeof(blob[0]), &len[0]);
+	if (r < 0)
+		return r;
+	pcr_format(pcrs, text, sizeof(text) - 1);
+	strcat(text, "\n");
+	data[1] = text;
+	len[1] = strlen(text);
+	r = pub_marshal(t, &e->dk_pub, blob[2], sizeof(blob[2]), &len[2]);
+	if (r < 0)
+		return r;
+	r = pub_marshal(t, &e->seal_pub, blob[4], sizeof(blob[4]), &len[4]);
+	if (r < 0)
+		return r;
+	rc = Tss2_MU_TPM2B_PRIVATE_Marshal(&e->dk_priv, blob[3], sizeof(blob[3]), &len[3]);
+	if (rc == TSS2_RC_SUCCESS)
+		rc = Tss2_MU_TPM2B_PRIVATE_Marshal(&e->seal_priv, blob[5], sizeof(blob[5]),
+						   &len[5]);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, "marshalling a private blob");
+	data[6] = e->store;
+	len[6] = e->store_len;
+
+	for (n = 0; n < TPM_NFILES; n++) {
+		r = file_write_tmp(t, tpm_files[n], data[n], len[n], tmp[n], sizeof(tmp[n]));
+		if (r < 0)
+			goto out_unlink;
+	}
+	for (i = 0; i < TPM_NFILES; i++) {
+		r = state_path(t, tpm_files[i], path, sizeof(path));
+		if (r < 0)
+			goto out_unlink;
+		if (rename(tmp[i], path) < 0) {
+			r = tpm_fail(t, -EIO, "tpm: rename to %s: %s", path, strerror(errno));
+			goto out_unlink;
+		}
+		tmp[i][0] = '\0';
+	}
+	fd = open(t->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+	return 0;
+out_unlink:
+	for (i = 0; i < n; i++)
+		if (tmp[i][0])
+			unlink(tmp[i]);
+	return r;
+}
+
+int tpm_enroll(struct tpm *t, const void *secret, size_t len, char **ret_pem)
+{
+	struct tpm_enrolment e = { 0 };
+	TPM2B_DIGEST policy = { .size = 0 };
+	uint8_t key[TPM_STORE_KEY_LEN];
+	ESYS_TR dk = ESYS_TR_NONE;
+	char *pem = NULL;
+	int r;
+
+	if (!t || (!secret && len) || !ret_pem)
+		return -EINVAL;
+	call_begin(t);
+	if (len > TPM_STORE_MAX) {
+		r = tpm_fail(t, -EINVAL, "tpm: secret of %zu bytes exceeds the store's %d", len,
+			     TPM_STORE_MAX);
+		goto out;
+	}
+	r = state_dir_prepare(t);
+	if (r < 0)
+		goto out;
+	r = srk_get(t);
+	if (r < 0)
+		goto out;
+	if (t->conf_pcrs.count) {
+		r = policy_digest(t, &t->conf_pcrs, &policy);
+		if (r < 0)
+			goto out;
+	}
+	r = dk_create(t, &policy, &e.dk_pub, &e.dk_priv);
+	if (r < 0)
+		goto out;
+	if (RAND_priv_bytes(key, sizeof(key)) != 1) {
+		r = tpm_fail(t, -EIO, "tpm: no random bytes for the store key");
+		goto out;
+	}
+	r = seal_create(t, &policy, key, &e.seal_pub, &e.seal_priv);
+	if (r < 0)
+		goto out_key;
+	r = store_seal(t, key, secret, len, &e.store, &e.store_len);
+	if (r < 0)
+		goto out_key;
+	r = object_load(t, "loading the new device key", &e.dk_pub, &e.dk_priv, &dk);
+	if (r < 0)
+		goto out_store;
+	r = dk_pem(t, &e.dk_pub, &pem);
+	if (r < 0)
+		goto out_dk;
+	r = enrolment_write(t, &e, &t->conf_pcrs);
+	if (r < 0)
+		goto out_pem;
+
+	loaded_drop(t);
+	t->dk = dk;
+	t->dk_pub = e.dk_pub;
+	t->seal_pub = e.seal_pub;
+	t->seal_priv = e.seal_priv;
+	t->pcrs = t->conf_pcrs;
+	t->store = e.store;
+	t->store_len = e.store_len;
+	e.store = NULL;
+	t->loaded = 1;
+	dk = ESYS_TR_NONE;
+	*ret_pem = pem;
+	pem = NULL;
+	tpm_say(t, LOG_INFO, "tpm: enrolled; device key and sealed store in %s", t->state_dir);
+	r = 0;
+out_pem:
+	free(pem);
+out_dk:
+	handle_flush(t, &dk);
+out_store:
+	enrolment_free(&e);
+out_key:
+	OPENSSL_cleanse(key, sizeof(key));
+out:
+	return call_end(t, r);
+}
+
+int tpm_load(struct tpm *t)
+{
+	int r;
+
+	if (!t)
+		return -EINVAL;
+	call_begin(t);
+	r = state_load(t);
+	return call_end(t, r);
+}
+
+int tpm_public_pem(struct tpm *t, char **ret_pem)
+{
+	int r;
+
+	if (!t || !ret_pem)
+		return -EINVAL;
+	call_begin(t);
+	r = ensure_loaded(t);
+	if (r == 0)
+		r = dk_pem(t, &t->dk_pub, ret_pem);
+	return call_end(t, r);
+}
+
+/*
+ * ESYS decrypts a response parameter in place, in the context's one
+ * command/response buffer, where it stays until a longer response
+ * overwrites it. A GetCapability over the fixed properties answers some
+ * hundreds of bytes and so scrubs an unsealed or unwrapped key from it.
+ */
+static void esys_scrub(struct tpm *t)
+{
+	TPMS_CAPABILITY_DATA *cap = NULL;
+	TSS2_RC rc;
+
+	rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+				TPM2_CAP_TPM_PROPERTIES, TPM2_PT_FIXED, TPM2_MAX_TPM_PROPERTIES,
+				NULL, &cap);
+	if (rc == TSS2_RC_SUCCESS)
+		Esys_Free(cap);
+}
+
+/* One try at unsealing the store key; -EAGAIN when a PCR changed meanwhile. */
+static int unseal_key(struct tpm *t, uint8_t key[TPM_STORE_KEY_LEN])
+{
+	TPM2B_SENSITIVE_DATA *out = NULL;
+	ESYS_TR obj = ESYS_TR_NONE, auth = ESYS_TR_NONE, enc = ESYS_TR_NONE;
+	TSS2_RC rc;
+	int r;
+
+	r = object_load(t, "loading the sealed store", &t->seal_pub, &t->seal_priv, &obj);
+	if (r < 0)
+		return r;
+	/* Unseal has no command parameter to encrypt, only the response. */
+	r = sessions_start(t, TPMA_SESSION_ENCRYPT, &auth, &enc);
+	if (r < 0)
+		goto out_obj;
+	rc = Esys_Unseal(t->esys, obj, auth, enc, ESYS_TR_NONE, &out);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = rc_base(rc) == TPM2_RC_PCR_CHANGED ? -EAGAIN
+						       : tpm_rc(t, rc, "unsealing the store");
+		goto out_sessions;
+	}
+	if (out->size != TPM_STORE_KEY_LEN) {
+		r = tpm_fail(t, -EBADMSG, "tpm: the sealed store key has %u bytes, not %d",
+			     out->size, TPM_STORE_KEY_LEN);
+	} else {
+		memcpy(key, out->buffer, TPM_STORE_KEY_LEN);
+		r = 0;
+	}
+	OPENSSL_cleanse(out, sizeof(*out));
+	Esys_Free(out);
+	esys_scrub(t);
+out_sessions:
+	handle_flush(t, &enc);
+	handle_flush(t, &auth);
+out_obj:
+	handle_flush(t, &obj);
+	return r;
+}
+
+int tpm_unseal(struct tpm *t, uint8_t *buf, size_t cap, size_t *ret_len)
+{
+	uint8_t key[TPM_STORE_KEY_LEN];
+	int r, tries = 0;
+
+	if (!t || (!buf && cap) || !ret_len)
+		return -EINVAL;
+	call_begin(t);
+	r = ensure_loaded(t);
+	if (r < 0)
+		goto out;
+	do
+		r = unseal_key(t, key);
+	while (r == -EAGAIN && ++tries < 2);
+	if (r == -EAGAIN)
+		r = tpm_fail(t, -EACCES, "tpm: unsealing the store: the PCRs keep changing");
+	if (r < 0)
+		goto out_key;
+	r = store_open(t, key, t->store, t->store_len, buf, cap, ret_len);
+out_key:
+	OPENSSL_cleanse(key, sizeof(key));
+out:
+	return call_end(t, r);
+}
+
+/*
+ * libtpms (swtpm, and the vTPMs built on it) answers TPM_RC_FAILURE when
+ * OAEP decoding fails, where a hardware TPM says TPM_RC_VALUE. A TPM really
+ * in failure mode refuses every command but a few, GetRandom among those
+ * it refuses; one that answers it is well and the ciphertext was bad.
+ */
+static int tpm_healthy(struct tpm *t)
+{
+	TPM2B_DIGEST *rnd = NULL;
+	TSS2_RC rc;
+
+	rc = Esys_GetRandom(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, 1, &rnd);
+	if (rc != TSS2_RC_SUCCESS)
+		return 0;
+	Esys_Free(rnd);
+	return 1;
+}
+
+/* One try at the RSA decryption; -EAGAIN when a PCR changed meanwhile. */
+static int unwrap_once(struct tpm *t, const TPM2B_PUBLIC_KEY_RSA *in, uint8_t *buf, size_t cap,
+		       size_t *ret_len)
+{
+	TPMT_RSA_DECRYPT scheme = { .scheme = TPM2_ALG_OAEP,
+				    .details = { .oaep = { .hashAlg = TPM2_ALG_SHA256 } } };
+	TPM2B_DATA label = { .size = 0 };
+	TPM2B_PUBLIC_KEY_RSA *out = NULL;
+	ESYS_TR auth = ESYS_TR_NONE, enc = ESYS_TR_NONE;
+	TSS2_RC rc, base;
+	int r;
+
+	r = sessions_start(t, TPMA_SESSION_DECRYPT | TPMA_SESSION_ENCRYPT, &auth, &enc);
+	if (r < 0)
+		return r;
+	rc = Esys_RSA_Decrypt(t->esys, t->dk, auth, enc, ESYS_TR_NONE, in, &scheme, &label, &out);
+	if (rc != TSS2_RC_SUCCESS) {
+		base = rc_base(rc);
+		if (base == TPM2_RC_PCR_CHANGED)
+			r = -EAGAIN;
+		else if (base == TPM2_RC_VALUE || base == TPM2_RC_SIZE ||
+			 (base == TPM2_RC_FAILURE && tpm_healthy(t)))
+			r = tpm_fail(t, -EBADMSG,
+				     "tpm: the wrapped key does not decrypt with the device key "
+				     "(%s): wrapped for another device?",
+				     Tss2_RC_Decode(rc));
+		else
+			r = tpm_rc(t, rc, "unwrapping a key (RSA_Decrypt)");
+		goto out;
+	}
+	if (out->size > cap) {
+		r = tpm_fail(t, -ENOBUFS, "tpm: the unwrapped key has %u bytes, room for %zu",
+			     out->size, cap);
+	} else {
+		memcpy(buf, out->buffer, out->size);
+		*ret_len = out->size;
+		r = 0;
+	}
+	OPENSSL_cleanse(out, sizeof(*out));
+	Esys_Free(out);
+	esys_scrub(t);
+out:
+	handle_flush(t, &enc);
+	handle_flush(t, &auth);
+	return r;
+}
+
+int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf, size_t cap,
+	       size_t *ret_len)
+{
+	TPM2B_PUBLIC_KEY_RSA in = { 0 };
+	int r, tries = 0;
+
+	if (!t || !wrapped || (!buf && cap) || !ret_len)
+		return -EINVAL;
+	call_begin(t);
+	r = ensure_loaded(t);
+	if (r < 0)
+		goto out;
+	if (len != t->dk_pub.publicArea.unique.rsa.size) {
+		r = tpm_fail(t, -EBADMSG,
+			     "tpm: a wrapped key has %zu bytes, the device key takes %u", len,
+			     t->dk_pub.publicArea.unique.rsa.size);
+		goto out;
+	}
+	in.size = (UINT16)len;
+	memcpy(in.buffer, wrapped, len);
+	do
+		r = unwrap_once(t, &in, buf, cap, ret_len);
+	while (r == -EAGAIN && ++tries < 2);
+	if (r == -EAGAIN)
+		r = tpm_fail(t, -EACCES, "tpm: unwrapping a key: the PCRs keep changing");
+out:
+	return call_end(t, r);
+}
+
+const char *tpm_last_error(struct tpm *t)
+{
+	return t ? t->err : "";
+}
