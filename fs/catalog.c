@@ -24,16 +24,17 @@
 
 #define CATALOG_MAX_ENTRIES 100000
 #define CATALOG_FILE "catalog.json"
-#define CATALOG_RETRY_SECONDS 30   /* after a failed refresh, when catalog_ttl is longer */
+#define CATALOG_RETRY_SECONDS 30 /* after a failed refresh, when catalog_ttl is longer */
 
 struct catalog {
 	const struct config *c;
 	struct session *s;
 	catalog_probe_fn probe;
 	void *probe_ctx;
-	char *path;                    /* state_dir/catalog.json */
+	char *path; /* state_dir/catalog.json */
 
 	pthread_mutex_t refresh_lock;
+	int failed; /* the last refresh failed (under refresh_lock) */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct catalog_list *cur;
@@ -98,7 +99,8 @@ static int catalog_hex_decode(const char *hex, uint8_t out[32])
 	for (int i = 0; i < 32; i++) {
 		unsigned v;
 
-		if (sscanf(hex + 2 * i, "%2x", &v) != 1 || !strchr("0123456789abcdefABCDEF", hex[2 * i]) ||
+		if (sscanf(hex + 2 * i, "%2x", &v) != 1 ||
+		    !strchr("0123456789abcdefABCDEF", hex[2 * i]) ||
 		    !strchr("0123456789abcdefABCDEF", hex[2 * i + 1]))
 			return -EINVAL;
 		out[i] = (uint8_t)v;
@@ -135,14 +137,16 @@ static int catalog_parse_entry(json_t *o, size_t idx, struct catalog_entry *e)
 	if (strlen(n) != json_string_length(name) || !names_valid(n)) {
 		/* %.64s: a hostile name is not copied whole into the log. */
 		log_warn("catalog: refused the name \"%.64s\" (entry %zu): empty, longer than "
-			 "255 bytes, or holding '/' or NUL, or '.' or '..'", n, idx);
+			 "255 bytes, or holding '/' or NUL, or '.' or '..'",
+			 n, idx);
 		return -EINVAL;
 	}
 	memset(e, 0, sizeof(*e));
 	e->format = 1;
 	v = json_object_get(o, "format");
 	if (v && !json_is_null(v)) {
-		if (!json_is_integer(v) || (json_integer_value(v) != 1 && json_integer_value(v) != 2)) {
+		if (!json_is_integer(v) ||
+		    (json_integer_value(v) != 1 && json_integer_value(v) != 2)) {
 			log_warn("catalog: %s has an unknown format; ignored", n);
 			return -EINVAL;
 		}
@@ -261,7 +265,7 @@ int catalog_entry_same(const struct catalog_entry *a, const struct catalog_entry
 
 /* ---- saved copy ---------------------------------------------------------- */
 
-static json_t *catalog_to_json(const struct catalog_list *l)
+static json_t *catalog_to_json(const struct catalog_list *l, const char *folder)
 {
 	json_t *arr = json_array(), *doc;
 
@@ -269,9 +273,9 @@ static json_t *catalog_to_json(const struct catalog_list *l)
 		return NULL;
 	for (size_t i = 0; i < l->n; i++) {
 		const struct catalog_entry *e = &l->e[i];
-		json_t *o = json_pack("{s:s, s:i, s:I, s:I}", "name", e->name, "format", e->format,
-				      "size", (json_int_t)e->size, "big_size",
-				      (json_int_t)e->big_size);
+		json_t *o =
+			json_pack("{s:s, s:i, s:I, s:I}", "name", e->name, "format", e->format,
+				  "size", (json_int_t)e->size, "big_size", (json_int_t)e->big_size);
 		char hex[65];
 
 		if (!o)
@@ -285,7 +289,8 @@ static json_t *catalog_to_json(const struct catalog_list *l)
 		if (json_array_append_new(arr, o) < 0)
 			goto err;
 	}
-	doc = json_pack("{s:o}", "resources", arr);
+	/* The folder too: a copy of another folder's list must not be shown. */
+	doc = json_pack("{s:s, s:o}", "folder", folder, "resources", arr);
 	return doc;
 err:
 	json_decref(arr);
@@ -299,7 +304,7 @@ static int catalog_save(struct catalog *cat, const struct catalog_list *l)
 	size_t len;
 	int fd = -1, r = -EIO;
 
-	doc = catalog_to_json(l);
+	doc = catalog_to_json(l, cat->c->folder);
 	if (!doc)
 		return -ENOMEM;
 	text = json_dumps(doc, JSON_COMPACT);
@@ -348,6 +353,12 @@ static int catalog_load_saved(struct catalog *cat, struct catalog_list **ret)
 	if (!doc) {
 		if (access(cat->path, F_OK) == 0)
 			log_warn("catalog: %s: %s (line %d)", cat->path, err.text, err.line);
+		return -ENOENT;
+	}
+	if (!json_is_string(json_object_get(doc, "folder")) ||
+	    strcmp(json_string_value(json_object_get(doc, "folder")), cat->c->folder) != 0) {
+		log_info("catalog: %s is another folder's list; not used", cat->path);
+		json_decref(doc);
 		return -ENOENT;
 	}
 	r = catalog_parse(doc, ret);
@@ -403,7 +414,8 @@ static void catalog_complete(struct catalog *cat, struct catalog_list *l,
 		}
 		/* An unchanged version needs no new probe. */
 		if (p && e->format && e->updated && p->updated && p->format == e->format &&
-		    strcmp(p->updated, e->updated) == 0 && (!e->big_size || e->big_size == p->big_size) &&
+		    strcmp(p->updated, e->updated) == 0 &&
+		    (!e->big_size || e->big_size == p->big_size) &&
 		    (!e->has_size || e->size == p->size)) {
 			e->size = p->size;
 			e->big_size = p->big_size;
@@ -413,7 +425,8 @@ static void catalog_complete(struct catalog *cat, struct catalog_list *l,
 		}
 		if (r < 0) {
 			log_warn("catalog: %s left out: its size cannot be derived from the big "
-				 "part (%s)", e->name, strerror(-r));
+				 "part (%s)",
+				 e->name, strerror(-r));
 			catalog_entry_clear(e);
 			continue;
 		}
@@ -433,14 +446,14 @@ static void catalog_publish(struct catalog *cat, struct catalog_list *l)
 	catalog_put(cat, old);
 }
 
-int catalog_refresh(struct catalog *cat)
+int catalog_refresh(struct catalog *cat, int offline)
 {
 	struct catalog_list *l = NULL, *prev;
 	json_t *doc = NULL;
 	int r;
 
 	pthread_mutex_lock(&cat->refresh_lock);
-	r = session_list(cat->s, cat->c->folder, &doc);
+	r = offline ? -EHOSTUNREACH : session_list(cat->s, cat->c->folder, &doc);
 	if (r == 0) {
 		r = catalog_parse(doc, &l);
 		json_decref(doc);
@@ -449,7 +462,7 @@ int catalog_refresh(struct catalog *cat)
 			log_warn("catalog: the API has no catalog for %s and `models` is not set",
 				 cat->c->folder);
 		r = catalog_from_models(cat->c, &l);
-	} else {
+	} else if (!offline) {
 		log_warn("catalog: cannot list %s: %s", cat->c->folder, strerror(-r));
 	}
 	if (r < 0) {
@@ -459,6 +472,7 @@ int catalog_refresh(struct catalog *cat)
 			catalog_publish(cat, l);
 		}
 		catalog_put(cat, prev);
+		cat->failed = 1;
 		pthread_mutex_unlock(&cat->refresh_lock);
 		return r;
 	}
@@ -468,6 +482,7 @@ int catalog_refresh(struct catalog *cat)
 	catalog_save(cat, l);
 	log_debug("catalog: %zu files", l->n);
 	catalog_publish(cat, l);
+	cat->failed = 0;
 	pthread_mutex_unlock(&cat->refresh_lock);
 	return 0;
 }
@@ -501,6 +516,11 @@ static void *catalog_thread(void *arg)
 	struct catalog *cat = arg;
 	unsigned wait = cat->c->catalog_ttl;
 
+	pthread_mutex_lock(&cat->refresh_lock);
+	if (cat->failed && wait > CATALOG_RETRY_SECONDS)
+		wait = CATALOG_RETRY_SECONDS;
+	pthread_mutex_unlock(&cat->refresh_lock);
+
 	pthread_mutex_lock(&cat->lock);
 	while (!cat->stop) {
 		struct timespec ts;
@@ -512,7 +532,7 @@ static void *catalog_thread(void *arg)
 		if (cat->stop || r != ETIMEDOUT)
 			continue;
 		pthread_mutex_unlock(&cat->lock);
-		r = catalog_refresh(cat);
+		r = catalog_refresh(cat, 0);
 		wait = cat->c->catalog_ttl;
 		if (r < 0 && wait > CATALOG_RETRY_SECONDS)
 			wait = CATALOG_RETRY_SECONDS;
@@ -535,8 +555,8 @@ int catalog_start(struct catalog *cat)
 	return 0;
 }
 
-int catalog_new(const struct config *c, struct session *s, catalog_probe_fn probe,
-		void *probe_ctx, struct catalog **ret)
+int catalog_new(const struct config *c, struct session *s, catalog_probe_fn probe, void *probe_ctx,
+		struct catalog **ret)
 {
 	struct catalog *cat = calloc(1, sizeof(*cat));
 	pthread_condattr_t ca;

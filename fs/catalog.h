@@ -18,19 +18,19 @@
 
 struct catalog_entry {
 	char *name;
-	int format;                    /* 1 or 2 */
-	uint64_t size;                 /* plaintext bytes */
-	int has_size;                  /* 0 until derived from the big part */
+	int format;    /* 1 or 2 */
+	uint64_t size; /* plaintext bytes */
+	int has_size;  /* 0 until derived from the big part */
 	int has_sha256;
-	uint8_t sha256[32];            /* of the plaintext */
-	uint64_t big_size;             /* 0: unknown */
-	char *updated;                 /* the API's version mark, or NULL */
+	uint8_t sha256[32]; /* of the plaintext */
+	uint64_t big_size;  /* 0: unknown */
+	char *updated;	    /* the API's version mark, or NULL */
 };
 
 struct catalog_list {
-	unsigned refs;                 /* under the catalog's lock */
+	unsigned refs; /* under the catalog's lock */
 	size_t n;
-	struct catalog_entry *e;       /* sorted by name */
+	struct catalog_entry *e; /* sorted by name */
 };
 
 /*
@@ -41,17 +41,18 @@ struct catalog_list {
 typedef int (*catalog_probe_fn)(void *ctx, struct catalog_entry *e);
 
 struct catalog;
-int catalog_new(const struct config *c, struct session *s, catalog_probe_fn probe,
-		void *probe_ctx, struct catalog **ret);
+int catalog_new(const struct config *c, struct session *s, catalog_probe_fn probe, void *probe_ctx,
+		struct catalog **ret);
 /* Stops the refresher (if started) and frees everything. */
 void catalog_free(struct catalog *cat);
 
 /*
  * Refreshes now: the API's list (or `models`), probed, published and saved
  * to state_dir/catalog.json. On failure the current list stays, and when
- * it is empty the saved copy is loaded.
+ * it is empty the saved copy is loaded. offline: only that last step (the
+ * API is known to be out of reach).
  */
-int catalog_refresh(struct catalog *cat);
+int catalog_refresh(struct catalog *cat, int offline);
 /* Starts the background refresher thread. */
 int catalog_start(struct catalog *cat);
 

@@ -24,7 +24,7 @@
 #include "fs/session.h"
 
 #define CTL_USAGE                                                                          \
-	"usage: azaionctl [-c CONFIG] [-o key=value]... COMMAND [ARGS]\n"                 \
+	"usage: azaionctl [-c CONFIG] [-o key=value]... [--json] [-v] COMMAND [ARGS]\n"   \
 	"commands:\n"                                                                      \
 	"  publish [--format 1|2] [--name NAME] [--folder F] [--shift N] [--out DIR] FILE\n" \
 	"          encrypt and split a model; without --out, upload it to the CDN and\n"     \
@@ -34,6 +34,7 @@
 struct ctl {
 	struct config *config;
 	int json;
+	int verbose;
 };
 
 static int ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -75,8 +76,13 @@ static int ctl_session(struct ctl *ctl, struct fetch **ret_fetch, struct session
 	if (r < 0) {
 		session_free(s);
 		fetch_free(f);
-		return ctl_error("login to %s failed: %s%s", ctl->config->api_url, strerror(-r),
-				 r == -ENOKEY ? " (set credentials = FILE)" : "");
+		if (r == -ENOKEY)
+			return ctl_error("login to %s: no credentials (set credentials = FILE)",
+					 ctl->config->api_url);
+		if (r == -EACCES)
+			return ctl_error("login to %s: the API refused the credentials",
+					 ctl->config->api_url);
+		return ctl_error("login to %s failed: %s", ctl->config->api_url, strerror(-r));
 	}
 	*ret_fetch = f;
 	*ret_session = s;
@@ -345,7 +351,11 @@ static int ctl_load_config(struct ctl *ctl, const char *path, char **options, in
 		if (r < 0)
 			goto fail;
 	}
-	log_set_level(ctl->config->log_level);
+	/*
+	 * A command reports its own failure in one line; the modules' logs
+	 * would repeat it, so they show only with -v.
+	 */
+	log_set_level(ctl->verbose ? ctl->config->log_level : LOG_CRIT);
 	return 0;
 fail:
 	ctl_error("%s", msg ? msg : strerror(-r));
@@ -359,6 +369,7 @@ int main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "option", required_argument, NULL, 'o' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -372,7 +383,7 @@ int main(int argc, char **argv)
 	if (!options)
 		return ctl_error("out of memory");
 	/* "+": stop at the command, whose options are its own. */
-	while ((c = getopt_long(argc, argv, "+c:o:jh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+c:o:jvh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
 			config_path = optarg;
@@ -382,6 +393,9 @@ int main(int argc, char **argv)
 			break;
 		case 'j':
 			ctl.json = 1;
+			break;
+		case 'v':
+			ctl.verbose = 1;
 			break;
 		case 'h':
 			fputs(CTL_USAGE, stdout);

@@ -25,12 +25,12 @@
 struct device {
 	const struct config *c;
 	struct session *s;
-	struct tpm *tpm;               /* NULL: none */
+	struct tpm *tpm; /* NULL: none */
 	char *id_path;
 
 	pthread_mutex_t lock;
-	char id[DEVICE_ID_MAX + 1];    /* "" when not enrolled */
-	int loaded;                    /* the device key is loaded */
+	char id[DEVICE_ID_MAX + 1]; /* "" when not enrolled */
+	int loaded;		    /* the device key is loaded */
 	int enrolling;
 	const char *status;
 	char reason[256];
@@ -98,7 +98,7 @@ static int device_write_id(struct device *d, const char *id)
 
 int device_new(const struct config *c, struct session *s, struct device **ret)
 {
-	struct tpm_opts o = { 0 };
+	struct tpm_opts o = {0};
 	struct device *d;
 	char *auth = NULL, *msg = NULL;
 	size_t auth_len = 0;
@@ -274,8 +274,8 @@ int device_id(struct device *d, char *buf, size_t cap)
 	return r;
 }
 
-int device_unwrap(struct device *d, const uint8_t *wrapped, size_t len, uint8_t *key,
-		  size_t cap, size_t *ret_len)
+int device_unwrap(struct device *d, const uint8_t *wrapped, size_t len, uint8_t *key, size_t cap,
+		  size_t *ret_len)
 {
 	int r;
 

@@ -35,8 +35,8 @@ int device_enroll_if_needed(struct device *d);
 int device_id(struct device *d, char *buf, size_t cap);
 
 /* Unwraps a format-2 content key into key (locked memory of the caller). */
-int device_unwrap(struct device *d, const uint8_t *wrapped, size_t len, uint8_t *key,
-		  size_t cap, size_t *ret_len);
+int device_unwrap(struct device *d, const uint8_t *wrapped, size_t len, uint8_t *key, size_t cap,
+		  size_t *ret_len);
 
 /* "ok", "absent" or "error"; the reason, if any, is copied into reason (cap bytes). */
 const char *device_status(struct device *d, char *reason, size_t cap);

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,12 +38,12 @@
 #define MAIN_MAX_SETS 256
 #define MAIN_MAX_THREADS 16
 
-#define MAIN_USAGE                                                                         \
-	"usage: azaionfs SOURCE MOUNTPOINT [-o key=value,...] [-f] [-d]\n"                 \
+#define MAIN_USAGE                                                                                 \
+	"usage: azaionfs SOURCE MOUNTPOINT [-o key=value,...] [-f] [-d]\n"                         \
 	"  -o config=PATH   configuration file (default " CONFIG_DEFAULT_PATH " when it exists)\n" \
-	"  -o KEY=VALUE     any key of the configuration file; wins over the file\n"        \
-	"  -o allow_other,default_permissions,uid=N,gid=N,umask=M,auto_unmount\n"          \
-	"  -f               stay in the foreground\n"                                       \
+	"  -o KEY=VALUE     any key of the configuration file; wins over the file\n"               \
+	"  -o allow_other,default_permissions,uid=N,gid=N,umask=M,auto_unmount\n"                  \
+	"  -f               stay in the foreground\n"                                              \
 	"  -d               debug output (implies -f)\n"
 
 enum {
@@ -62,20 +63,20 @@ struct main_opts {
 	int help;
 	int version;
 	int bad;
-	char *sets[MAIN_MAX_SETS];     /* "key=value" of config.md, in order */
+	char *sets[MAIN_MAX_SETS]; /* "key=value" of config.md, in order */
 	unsigned n_sets;
 	unsigned uid, gid, umask;
 	int has_uid, has_gid, has_umask;
 };
 
 static const struct fuse_opt main_opt_spec[] = {
-	{ "config=%s", offsetof(struct main_opts, config_path), 0 },
-	{ "uid=%u", offsetof(struct main_opts, uid), 0 },
-	{ "uid=", offsetof(struct main_opts, has_uid), 1 },
-	{ "gid=%u", offsetof(struct main_opts, gid), 0 },
-	{ "gid=", offsetof(struct main_opts, has_gid), 1 },
-	{ "umask=%o", offsetof(struct main_opts, umask), 0 },
-	{ "umask=", offsetof(struct main_opts, has_umask), 1 },
+	{"config=%s", offsetof(struct main_opts, config_path), 0},
+	{"uid=%u", offsetof(struct main_opts, uid), 0},
+	{"uid=", offsetof(struct main_opts, has_uid), 1},
+	{"gid=%u", offsetof(struct main_opts, gid), 0},
+	{"gid=", offsetof(struct main_opts, has_gid), 1},
+	{"umask=%o", offsetof(struct main_opts, umask), 0},
+	{"umask=", offsetof(struct main_opts, has_umask), 1},
 	FUSE_OPT_KEY("-f", KEY_FOREGROUND),
 	FUSE_OPT_KEY("-d", KEY_DEBUG),
 	FUSE_OPT_KEY("debug", KEY_DEBUG),
@@ -112,8 +113,7 @@ static const struct fuse_opt main_opt_spec[] = {
 	FUSE_OPT_KEY("noatime", KEY_KEEP),
 	FUSE_OPT_KEY("relatime", KEY_KEEP),
 	FUSE_OPT_KEY("nodiratime", KEY_KEEP),
-	FUSE_OPT_END
-};
+	FUSE_OPT_END};
 
 static int main_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
@@ -228,7 +228,7 @@ err:
 /* No core dumps, no ptrace by other users: plaintext and keys live in this process. */
 static void main_harden(void)
 {
-	struct rlimit rl = { 0, 0 };
+	struct rlimit rl = {0, 0};
 
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
 		log_warn("prctl(PR_SET_DUMPABLE): %s", strerror(errno));
@@ -332,10 +332,10 @@ int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_loop_config *loop = NULL;
-	struct main_opts o = { 0 };
-	struct main_state ms = { 0 };
-	struct fetch_opts fo = { 0 };
-	struct ops_opts oo = { 0 };
+	struct main_opts o = {0};
+	struct main_state ms = {0};
+	struct fetch_opts fo = {0};
+	struct ops_opts oo = {0};
 	struct fuse_session *se = NULL;
 	struct config *c = NULL;
 	struct fetch *f = NULL;
@@ -402,7 +402,8 @@ int main(int argc, char **argv)
 	r = catalog_new(c, s, store_probe, ms.st, &ms.cat);
 	if (r < 0)
 		goto out_store;
-	catalog_refresh(ms.cat);
+	/* After a failed login, the saved list at once rather than another wait. */
+	catalog_refresh(ms.cat, session_has_credentials(s) && !session_logged_in(s));
 
 	oo.c = c;
 	oo.cat = ms.cat;
@@ -431,7 +432,8 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_set_clone_fd(loop, 0);
 	r = fuse_session_loop_mt(se, loop);
 	fuse_loop_cfg_destroy(loop);
-	rc = r == 0 ? 0 : 1;
+	/* The loop returns the signal that ended it: a requested stop is success. */
+	rc = r == 0 || r == SIGTERM || r == SIGINT || r == SIGHUP ? 0 : 1;
 	log_info("unmounting %s", o.mountpoint);
 
 out_unmount:

@@ -23,13 +23,13 @@
 #include "fs/ops.h"
 
 #define OPS_ROOT 1
-#define OPS_TIMEOUT 1.0                /* seconds the kernel may cache names and sizes */
+#define OPS_TIMEOUT 1.0 /* seconds the kernel may cache names and sizes */
 #define OPS_BLOCK 4096
 
 struct ops_inode {
 	char *name;
 	fuse_ino_t ino;
-	uint64_t version;              /* of the catalog entry last opened */
+	uint64_t version; /* of the catalog entry last opened */
 	struct ops_inode *hnext;
 };
 
@@ -40,9 +40,9 @@ struct ops_handle {
 
 struct ops {
 	struct ops_opts o;
-	time_t t0;                     /* shown as every file's times */
+	time_t t0; /* shown as every file's times */
 	pthread_mutex_t lock;
-	struct ops_inode **by_ino;     /* index ino - 2 */
+	struct ops_inode **by_ino; /* index ino - 2 */
 	size_t n_ino, cap_ino;
 	struct ops_inode **hash;
 	size_t hash_mask;
@@ -275,13 +275,13 @@ static void ops_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 }
 
 /* Fills buf (cap bytes) with the entries from off; *ret_len the bytes used. */
-static int ops_do_readdir(fuse_req_t req, struct ops *ops, const struct catalog_list *l,
-			  off_t off, char *buf, size_t cap, size_t *ret_len)
+static int ops_do_readdir(fuse_req_t req, struct ops *ops, const struct catalog_list *l, off_t off,
+			  char *buf, size_t cap, size_t *ret_len)
 {
 	size_t used = 0;
 
 	for (size_t i = (size_t)off; i < l->n + 2; i++) {
-		struct stat st = { 0 };
+		struct stat st = {0};
 		const char *name;
 		size_t need;
 
@@ -432,7 +432,7 @@ static void ops_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct ops *ops = ops_of(req);
 	struct catalog_list *l = catalog_get(ops->o.cat);
-	struct statvfs sv = { 0 };
+	struct statvfs sv = {0};
 	uint64_t bytes = 0;
 
 	for (size_t i = 0; i < l->n; i++)
@@ -455,8 +455,7 @@ static void ops_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	fuse_reply_err(req, EROFS);
 }
 
-static void ops_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-		      dev_t rdev)
+static void ops_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
 	fuse_reply_err(req, EROFS);
 }
@@ -476,8 +475,8 @@ static void ops_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, con
 	fuse_reply_err(req, EROFS);
 }
 
-static void ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
-		       fuse_ino_t newparent, const char *newname, unsigned int flags)
+static void ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		       const char *newname, unsigned int flags)
 {
 	fuse_reply_err(req, EROFS);
 }

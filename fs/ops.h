@@ -19,9 +19,9 @@ struct ops_opts {
 	const struct config *c;
 	struct catalog *cat;
 	struct store *st;
-	uid_t uid;                     /* owner shown for every file */
+	uid_t uid; /* owner shown for every file */
 	gid_t gid;
-	mode_t umask;                  /* applied to 0444 files and the 0555 root */
+	mode_t umask; /* applied to 0444 files and the 0555 root */
 	/* Called once from the FUSE init callback, after daemonising. */
 	void (*on_init)(void *arg);
 	void *on_init_arg;

@@ -22,20 +22,20 @@
 #include "fs/log.h"
 #include "fs/session.h"
 
-#define SESSION_FIELD_MAX 1024  /* email, password, a cdn.yaml value */
+#define SESSION_FIELD_MAX 1024	/* email, password, a cdn.yaml value */
 #define SESSION_TOKEN_MARGIN 30 /* seconds before exp that count as expired */
 #define SESSION_YAML_MAX 65536
 
 struct session_creds {
-	unsigned refs;          /* under session.lock */
-	char *email;            /* both point into this block */
+	unsigned refs; /* under session.lock */
+	char *email;   /* both point into this block */
 	char *password;
 	uint8_t api_key[CRYPTO_KEY_SIZE];
 };
 
 struct session_s3 {
 	char *access_key;
-	char *secret_key;       /* locked memory */
+	char *secret_key; /* locked memory */
 	struct fetch_s3 s3;
 	int on;
 };
@@ -51,7 +51,7 @@ struct session {
 	const struct config *c;
 	struct fetch *f;
 	char *hw;
-	char *conf_secret;      /* s3_secret_key_file's content, locked memory */
+	char *conf_secret; /* s3_secret_key_file's content, locked memory */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -61,7 +61,7 @@ struct session {
 	unsigned token_gen;
 	int logging_in;
 	int logged_in;
-	struct session_cdn_snap *cdn_all;  /* kept until session_free */
+	struct session_cdn_snap *cdn_all; /* kept until session_free */
 	struct session_cdn_snap *cdn_cur;
 };
 
@@ -301,7 +301,8 @@ int session_new(const struct config *c, struct fetch *f, struct session **ret)
 			goto err;
 		}
 		/* A trailing newline is not part of the key. */
-		while (len > 0 && (s->conf_secret[len - 1] == '\n' || s->conf_secret[len - 1] == '\r'))
+		while (len > 0 &&
+		       (s->conf_secret[len - 1] == '\n' || s->conf_secret[len - 1] == '\r'))
 			s->conf_secret[--len] = '\0';
 	}
 	if (c->credentials) {
@@ -384,8 +385,8 @@ static int session_token_valid_locked(struct session *s)
 static void session_fetch_cdn_yaml(struct session *s, const char *token,
 				   const struct session_creds *cr)
 {
-	struct session_cdn_yaml y = { 0 };
-	struct fetch_buf buf = { 0 };
+	struct session_cdn_yaml y = {0};
+	struct fetch_buf buf = {0};
 	uint8_t *plain = NULL;
 	size_t len;
 	int r;
@@ -426,8 +427,10 @@ out:
 /*
  * Logs in unless, once any login in progress has finished, a valid token
  * newer than seen_gen exists (force) or any valid token exists (!force).
+ * with_yaml fetches cdn.yaml too (a full login); a token renewal skips it
+ * while a CDN is known, so that it costs a reader one call, not two.
  */
-static int session_do_login(struct session *s, int force, unsigned seen_gen)
+static int session_do_login(struct session *s, int force, unsigned seen_gen, int with_yaml)
 {
 	struct session_creds *cr;
 	char *tok = NULL;
@@ -448,12 +451,14 @@ static int session_do_login(struct session *s, int force, unsigned seen_gen)
 	}
 	cr->refs++;
 	s->logging_in = 1;
+	with_yaml = with_yaml || !s->cdn_cur;
 	pthread_mutex_unlock(&s->lock);
 
 	r = fetch_api_login(s->f, s->c->api_url, cr->email, cr->password, &tok, &exp);
 	if (r == 0) {
 		log_info("logged in to %s", s->c->api_url);
-		session_fetch_cdn_yaml(s, tok, cr);
+		if (with_yaml)
+			session_fetch_cdn_yaml(s, tok, cr);
 	} else {
 		log_warn("login to %s failed: %s", s->c->api_url, strerror(-r));
 	}
@@ -483,7 +488,7 @@ int session_login(struct session *s)
 	pthread_mutex_lock(&s->lock);
 	gen = s->token_gen;
 	pthread_mutex_unlock(&s->lock);
-	return session_do_login(s, 1, gen);
+	return session_do_login(s, 1, gen, 1);
 }
 
 int session_set_credentials(struct session *s, const char *email, const char *password)
@@ -547,7 +552,7 @@ static int session_token(struct session *s, char **ret_tok, struct session_creds
 	}
 	if (!session_token_valid_locked(s)) {
 		pthread_mutex_unlock(&s->lock);
-		r = session_do_login(s, 0, 0);
+		r = session_do_login(s, 0, 0, 0);
 		if (r < 0)
 			return r;
 		pthread_mutex_lock(&s->lock);
@@ -570,8 +575,8 @@ static int session_token(struct session *s, char **ret_tok, struct session_creds
 	return 0;
 }
 
-typedef int (*session_fn)(struct session *s, const char *token,
-			  const struct session_creds *cr, void *ctx);
+typedef int (*session_fn)(struct session *s, const char *token, const struct session_creds *cr,
+			  void *ctx);
 
 /* Runs fn with a token; on -EACCES logs in again once and retries. */
 static int session_call(struct session *s, session_fn fn, void *ctx)
@@ -591,7 +596,7 @@ static int session_call(struct session *s, session_fn fn, void *ctx)
 		if (r != -EACCES || attempt > 0)
 			return r;
 		log_info("the API refused the token; logging in again");
-		r = session_do_login(s, 1, gen);
+		r = session_do_login(s, 1, gen, 0);
 		if (r < 0)
 			return r;
 	}
@@ -604,11 +609,11 @@ struct session_resource_ctx {
 	size_t len;
 };
 
-static int session_resource_fn(struct session *s, const char *token,
-			       const struct session_creds *cr, void *ctx)
+static int session_resource_fn(struct session *s, const char *token, const struct session_creds *cr,
+			       void *ctx)
 {
 	struct session_resource_ctx *rc = ctx;
-	struct fetch_buf buf = { 0 };
+	struct fetch_buf buf = {0};
 	uint8_t *out;
 	size_t len;
 	int r;
@@ -645,10 +650,10 @@ out:
 	return r;
 }
 
-int session_get_resource(struct session *s, const char *folder, const char *name,
-			 uint8_t **ret, size_t *ret_len)
+int session_get_resource(struct session *s, const char *folder, const char *name, uint8_t **ret,
+			 size_t *ret_len)
 {
-	struct session_resource_ctx rc = { .folder = folder, .name = name };
+	struct session_resource_ctx rc = {.folder = folder, .name = name};
 	int r;
 
 	r = session_call(s, session_resource_fn, &rc);
@@ -668,8 +673,8 @@ struct session_json_ctx {
 	json_t *doc;
 };
 
-static int session_list_fn(struct session *s, const char *token,
-			   const struct session_creds *cr, void *ctx)
+static int session_list_fn(struct session *s, const char *token, const struct session_creds *cr,
+			   void *ctx)
 {
 	struct session_json_ctx *jc = ctx;
 
@@ -678,7 +683,7 @@ static int session_list_fn(struct session *s, const char *token,
 
 int session_list(struct session *s, const char *folder, json_t **ret)
 {
-	struct session_json_ctx jc = { .folder = folder };
+	struct session_json_ctx jc = {.folder = folder};
 	int r;
 
 	r = session_call(s, session_list_fn, &jc);
@@ -693,14 +698,14 @@ static int session_device_key_fn(struct session *s, const char *token,
 {
 	struct session_json_ctx *jc = ctx;
 
-	return fetch_api_device_key(s->f, s->c->api_url, token, jc->folder, jc->name,
-				    jc->device_id, &jc->doc);
+	return fetch_api_device_key(s->f, s->c->api_url, token, jc->folder, jc->name, jc->device_id,
+				    &jc->doc);
 }
 
 int session_device_key(struct session *s, const char *folder, const char *name,
 		       const char *device_id, json_t **ret)
 {
-	struct session_json_ctx jc = { .folder = folder, .name = name, .device_id = device_id };
+	struct session_json_ctx jc = {.folder = folder, .name = name, .device_id = device_id};
 	int r;
 
 	r = session_call(s, session_device_key_fn, &jc);
@@ -716,8 +721,8 @@ struct session_register_ctx {
 	char *id;
 };
 
-static int session_register_fn(struct session *s, const char *token,
-			       const struct session_creds *cr, void *ctx)
+static int session_register_fn(struct session *s, const char *token, const struct session_creds *cr,
+			       void *ctx)
 {
 	struct session_register_ctx *rc = ctx;
 
@@ -725,10 +730,9 @@ static int session_register_fn(struct session *s, const char *token,
 					 &rc->id);
 }
 
-int session_register_device(struct session *s, const char *name, const char *pem,
-			    char **ret_id)
+int session_register_device(struct session *s, const char *name, const char *pem, char **ret_id)
 {
-	struct session_register_ctx rc = { .name = name, .pem = pem };
+	struct session_register_ctx rc = {.name = name, .pem = pem};
 	int r;
 
 	r = session_call(s, session_register_fn, &rc);
@@ -772,8 +776,8 @@ struct session_upload_ctx {
 	const char *const *fields;
 };
 
-static int session_upload_fn(struct session *s, const char *token,
-			     const struct session_creds *cr, void *ctx)
+static int session_upload_fn(struct session *s, const char *token, const struct session_creds *cr,
+			     void *ctx)
 {
 	struct session_upload_ctx *uc = ctx;
 
@@ -781,10 +785,10 @@ static int session_upload_fn(struct session *s, const char *token,
 				uc->len, uc->fields);
 }
 
-int session_upload(struct session *s, const char *folder, const char *file_name,
-		   const void *data, size_t len, const char *const *fields)
+int session_upload(struct session *s, const char *folder, const char *file_name, const void *data,
+		   size_t len, const char *const *fields)
 {
-	struct session_upload_ctx uc = { folder, file_name, data, len, fields };
+	struct session_upload_ctx uc = {folder, file_name, data, len, fields};
 
 	return session_call(s, session_upload_fn, &uc);
 }
@@ -804,17 +808,16 @@ static int session_key_fn(struct session *s, const char *token, const struct ses
 {
 	struct session_key_ctx *kc = ctx;
 
-	return fetch_api_register_key(s->f, s->c->api_url, token, kc->folder, kc->name,
-				      kc->key_b64, kc->size, kc->sha256_hex, kc->file_id_hex,
-				      kc->big_size);
+	return fetch_api_register_key(s->f, s->c->api_url, token, kc->folder, kc->name, kc->key_b64,
+				      kc->size, kc->sha256_hex, kc->file_id_hex, kc->big_size);
 }
 
 int session_register_key(struct session *s, const char *folder, const char *name,
 			 const char *key_b64, uint64_t size, const char *sha256_hex,
 			 const char *file_id_hex, uint64_t big_size)
 {
-	struct session_key_ctx kc = { folder, name, key_b64, size, sha256_hex, file_id_hex,
-				      big_size };
+	struct session_key_ctx kc = {folder,	 name,	      key_b64, size,
+				     sha256_hex, file_id_hex, big_size};
 
 	return session_call(s, session_key_fn, &kc);
 }
@@ -834,7 +837,7 @@ static char *session_unquote(char *v)
 
 int session_parse_cdn_yaml(const char *text, size_t len, struct session_cdn_yaml *ret)
 {
-	struct session_cdn_yaml y = { 0 };
+	struct session_cdn_yaml y = {0};
 	char *copy, *p, *end;
 	int r = 0;
 

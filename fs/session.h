@@ -48,16 +48,15 @@ int session_credentials_blob(struct session *s, char **ret, size_t *ret_len);
  * password and hardware string and decrypted with api_key. *ret is locked
  * memory (secmem_free).
  */
-int session_get_resource(struct session *s, const char *folder, const char *name,
-			 uint8_t **ret, size_t *ret_len);
+int session_get_resource(struct session *s, const char *folder, const char *name, uint8_t **ret,
+			 size_t *ret_len);
 /* GET /resources/list/{folder}. */
 int session_list(struct session *s, const char *folder, json_t **ret);
 /* GET /resources/key/{folder}/{name} with X-Device-Id. */
 int session_device_key(struct session *s, const char *folder, const char *name,
 		       const char *device_id, json_t **ret);
 /* POST /devices; *ret_id malloc()ed. */
-int session_register_device(struct session *s, const char *name, const char *pem,
-			    char **ret_id);
+int session_register_device(struct session *s, const char *name, const char *pem, char **ret_id);
 
 /*
  * Where big parts live. The configured cdn_url and S3 keys win; keys from
@@ -65,8 +64,8 @@ int session_register_device(struct session *s, const char *name, const char *pem
  * the configured one. The pointers stay valid until session_free.
  */
 struct session_cdn {
-	const char *url;               /* base URL, no trailing '/' */
-	const struct fetch_s3 *s3;     /* NULL: unsigned requests */
+	const char *url;	   /* base URL, no trailing '/' */
+	const struct fetch_s3 *s3; /* NULL: unsigned requests */
 };
 /* -ENOENT when no CDN is configured and cdn.yaml is not (yet) known. */
 int session_cdn(struct session *s, struct session_cdn *ret);
@@ -74,8 +73,8 @@ int session_cdn(struct session *s, struct session_cdn *ret);
 int session_cdn_upload(struct session *s, struct session_cdn *ret);
 
 /* POST /resources/{folder}: a small part, with extra form fields (name, value, ..., NULL). */
-int session_upload(struct session *s, const char *folder, const char *file_name,
-		   const void *data, size_t len, const char *const *fields);
+int session_upload(struct session *s, const char *folder, const char *file_name, const void *data,
+		   size_t len, const char *const *fields);
 /* POST /resources/key/{folder}/{name}: a format-2 content key (publishing). */
 int session_register_key(struct session *s, const char *folder, const char *name,
 			 const char *key_b64, uint64_t size, const char *sha256_hex,
@@ -85,9 +84,9 @@ int session_register_key(struct session *s, const char *folder, const char *name
 struct session_cdn_yaml {
 	char *host;
 	char *access_key;
-	char *secret_key;              /* locked memory */
+	char *secret_key; /* locked memory */
 	char *up_access_key;
-	char *up_secret_key;           /* locked memory */
+	char *up_secret_key; /* locked memory */
 };
 int session_parse_cdn_yaml(const char *text, size_t len, struct session_cdn_yaml *ret);
 void session_cdn_yaml_clear(struct session_cdn_yaml *y);

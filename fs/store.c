@@ -18,7 +18,9 @@
  * never held across I/O or decryption. An object's prepared fields (url,
  * blob, small part, header, key) are written only by the thread that moved
  * prep to LOADING and read only while prep is READY and opens > 0. A
- * handle's read-ahead and checksum state is guarded by its own h->lock.
+ * handle's read-ahead state is guarded by its own h->lock, an object's
+ * whole-file checksum by its o->sha_lock (hashing happens under it, never
+ * under st->lock).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -33,19 +35,28 @@
 #include "fs/names.h"
 #include "fs/store.h"
 
-#define STORE_RUN_MAX 16                 /* units per range request (1 MiB) */
-#define STORE_RA_JOB 8                   /* units per read-ahead job */
-#define STORE_RA_MIN (256 * 1024)        /* first read-ahead window */
-#define STORE_RA_SLACK (1024 * 1024)     /* reordering still counted as sequential */
+#define STORE_RUN_MAX 16	     /* units per range request (1 MiB) */
+#define STORE_RA_JOB 8		     /* units per read-ahead job */
+#define STORE_RA_MIN (256 * 1024)    /* first read-ahead window */
+#define STORE_RA_SLACK (1024 * 1024) /* reordering still counted as sequential */
 #define STORE_WORKERS 4
 #define STORE_JOBS_MAX 64
 #define STORE_READ_MAX (16u * 1024 * 1024)
-#define STORE_MIN_UNITS 64               /* 4 MiB: room for every thread's units */
-#define STORE_SHA_WAIT_MS 1000           /* how long an early read waits for its turn */
+#define STORE_MIN_UNITS 64     /* 4 MiB: room for every thread's units */
+#define STORE_SHA_WAIT_MS 1000 /* how long an early read waits for its turn */
 #define STORE_WRAPPED_MAX 1024
 
-enum { UNIT_FREE, UNIT_LOADING, UNIT_READY, UNIT_FAILED };
-enum { PREP_NONE, PREP_LOADING, PREP_READY };
+enum {
+	UNIT_FREE,
+	UNIT_LOADING,
+	UNIT_READY,
+	UNIT_FAILED
+};
+enum {
+	PREP_NONE,
+	PREP_LOADING,
+	PREP_READY
+};
 
 struct store_unit {
 	uint64_t obj_id;
@@ -55,29 +66,43 @@ struct store_unit {
 	unsigned refs;
 	int on_lru;
 	size_t len;
-	uint8_t *data;                   /* STORE_UNIT bytes of the slab */
+	uint8_t *data; /* STORE_UNIT bytes of the slab */
 	struct store_unit *hnext;
 	struct store_unit *lprev, *lnext;
 };
 
 struct store_obj {
-	struct store_obj *next;          /* the table */
+	struct store_obj *next; /* the table */
 	int in_table;
 	unsigned refs;
-	unsigned opens;                  /* handles and read-ahead jobs */
+	unsigned opens; /* handles and read-ahead jobs */
 	int prep;
 	uint64_t id;
-	struct catalog_entry e;          /* own copy */
+	struct catalog_entry e; /* own copy */
 
 	/* prepared (see the locking rules above) */
 	char *url;
 	char cache_id[33];
 	struct store_blob blob;
-	uint64_t size;                   /* plaintext */
-	uint8_t *small;                  /* format 1: E[0:n], locked memory */
+	uint64_t size;	/* plaintext */
+	uint8_t *small; /* format 1: E[0:n], locked memory */
 	size_t small_len;
-	struct f2_header hdr;            /* format 2 */
-	uint8_t *key;                    /* format 2: K, locked memory, while opens > 0 */
+	struct f2_header hdr; /* format 2 */
+	uint8_t *key;	      /* format 2: K, locked memory, while opens > 0 */
+
+	/* format 1 with a catalog sha256: the plaintext's prefix hashed so far */
+	pthread_mutex_t sha_lock;
+	pthread_cond_t sha_cond;
+	struct crypto_sha256 *sha; /* NULL: nothing to check */
+	uint64_t sha_next;
+	int sha_state;
+	unsigned sha_busy; /* reads in flight that may extend the prefix */
+};
+
+enum {
+	SHA_RUNNING,
+	SHA_GOOD,
+	SHA_BAD
 };
 
 struct store_job {
@@ -93,12 +118,12 @@ struct store {
 	struct session *s;
 	struct device *d;
 	struct store_src *src;
-	uint8_t *rkey;                   /* format 1 resource key, locked memory */
+	uint8_t *rkey; /* format 1 resource key, locked memory */
 	uint64_t ra_max;
 	unsigned timeout_s;
 
 	pthread_mutex_t lock;
-	pthread_cond_t cond;             /* unit state changes, freed units, prep, jobs */
+	pthread_cond_t cond; /* unit state changes, freed units, prep, jobs */
 	uint8_t *slab;
 	struct store_unit *units;
 	size_t n_units;
@@ -119,16 +144,12 @@ struct store_file {
 	struct store *st;
 	struct store_obj *o;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	uint64_t next_off;               /* where a sequential reader reads next */
-	uint64_t seq;                    /* bytes read sequentially so far */
-	uint64_t ra_until;               /* read-ahead issued up to here */
-	struct crypto_sha256 *sha;       /* format 1 with a catalog sha256 */
-	uint64_t sha_next;
-	int sha_off;                     /* out of order: no check for this pass */
+	uint64_t next_off; /* where a sequential reader reads next */
+	uint64_t seq;	   /* bytes read sequentially so far */
+	uint64_t ra_until; /* read-ahead issued up to here */
 };
 
-/* ---- helpers ----------------------------------------------------------------- */
+/* ---- small functions ----------------------------------------------------------------- */
 
 static void store_deadline(struct store *st, struct timespec *ts)
 {
@@ -293,7 +314,8 @@ static int store_fill_f1(struct store *st, struct store_obj *o, uint64_t first, 
 			 struct store_unit **u)
 {
 	uint64_t p1 = (first + n) * STORE_UNIT < o->size ? (first + n) * STORE_UNIT : o->size;
-	uint64_t j0 = first * STORE_UNIT / CRYPTO_BLOCK, j1 = (p1 + CRYPTO_BLOCK - 1) / CRYPTO_BLOCK;
+	uint64_t j0 = first * STORE_UNIT / CRYPTO_BLOCK,
+		 j1 = (p1 + CRYPTO_BLOCK - 1) / CRYPTO_BLOCK;
 	size_t clen = (size_t)(j1 - j0) * CRYPTO_BLOCK + CRYPTO_BLOCK;
 	uint8_t *buf;
 	int r;
@@ -373,7 +395,8 @@ static int store_fill_f2(struct store *st, struct store_obj *o, uint64_t first, 
 		}
 		if (r < 0) {
 			log_err("%s: chunk %llu fails its check (%s): tampered, truncated or "
-				"not this file's", o->e.name, (unsigned long long)c, strerror(-r));
+				"not this file's",
+				o->e.name, (unsigned long long)c, strerror(-r));
 			r = -EIO;
 		}
 	}
@@ -512,6 +535,9 @@ static int store_units_get(struct store *st, struct store_obj *o, uint64_t first
 
 static void store_obj_free(struct store_obj *o)
 {
+	crypto_sha256_free(o->sha);
+	pthread_cond_destroy(&o->sha_cond);
+	pthread_mutex_destroy(&o->sha_lock);
 	free(o->e.name);
 	free(o->e.updated);
 	free(o->url);
@@ -548,15 +574,20 @@ static struct store_obj *store_obj_get_locked(struct store *st, const struct cat
 	o = calloc(1, sizeof(*o));
 	if (!o)
 		return NULL;
+	pthread_mutex_init(&o->sha_lock, NULL);
+	pthread_cond_init(&o->sha_cond, NULL);
 	o->e = *e;
 	o->e.name = strdup(e->name);
 	o->e.updated = e->updated ? strdup(e->updated) : NULL;
-	if (!o->e.name || (e->updated && !o->e.updated)) {
+	if (e->format == 1 && e->has_sha256)
+		o->sha = crypto_sha256_new();
+	if (!o->e.name || (e->updated && !o->e.updated) ||
+	    (e->format == 1 && e->has_sha256 && !o->sha)) {
 		store_obj_free(o);
 		return NULL;
 	}
 	o->id = ++st->next_id;
-	o->refs = 2;                     /* the table's and the caller's */
+	o->refs = 2; /* the table's and the caller's */
 	o->in_table = 1;
 	o->next = st->objs;
 	st->objs = o;
@@ -582,7 +613,8 @@ static int store_obj_locate(struct store *st, struct store_obj *o)
 	r = session_cdn(st->s, &cdn);
 	if (r < 0) {
 		log_err("%s: no CDN address: cdn_url is not set and cdn.yaml is not known "
-			"(not logged in)", o->e.name);
+			"(not logged in)",
+			o->e.name);
 		return -EACCES;
 	}
 	if (!o->url) {
@@ -604,8 +636,14 @@ static int store_obj_locate(struct store *st, struct store_obj *o)
 	return 0;
 }
 
-/* Names the big part's blocks in cache_dir: a new publication gets a new name. */
-static void store_obj_cache_id(struct store_obj *o, const void *mark, size_t mark_len)
+/*
+ * Names the big part's blocks in cache_dir. Not by URL, so that the cache
+ * still serves when the CDN's address changes or it is down; mark (the
+ * small part, whose IV is random, or the format-2 file_id) makes every
+ * publication's name new.
+ */
+static void store_obj_cache_id(struct store *st, struct store_obj *o, const void *mark,
+			       size_t mark_len)
 {
 	struct crypto_sha256 *h = crypto_sha256_new();
 	uint8_t d[32];
@@ -616,7 +654,8 @@ static void store_obj_cache_id(struct store_obj *o, const void *mark, size_t mar
 		return;
 	}
 	snprintf(size, sizeof(size), "%llu", (unsigned long long)o->blob.size);
-	crypto_sha256_update(h, o->url, strlen(o->url) + 1);
+	crypto_sha256_update(h, st->c->folder, strlen(st->c->folder) + 1);
+	crypto_sha256_update(h, o->e.name, strlen(o->e.name) + 1);
 	crypto_sha256_update(h, size, strlen(size) + 1);
 	crypto_sha256_update(h, mark, mark_len);
 	crypto_sha256_final(h, d);
@@ -643,7 +682,8 @@ static int store_prepare_f1(struct store *st, struct store_obj *o)
 	free(small_name);
 	if (r < 0) {
 		if (r == -ENOKEY)
-			log_err("%s: not logged in (no credentials): its small part is out of reach",
+			log_err("%s: not logged in (no credentials): its small part is out of "
+				"reach",
 				o->e.name);
 		else
 			log_err("%s: cannot get its small part: %s", o->e.name, strerror(-r));
@@ -656,7 +696,7 @@ static int store_prepare_f1(struct store *st, struct store_obj *o)
 		r = -EIO;
 		goto err;
 	}
-	store_obj_cache_id(o, o->small, o->small_len);
+	store_obj_cache_id(st, o, o->small, o->small_len);
 	if (o->e.has_size) {
 		o->size = o->e.size;
 		if (f1_cipher_size(o->size) != e_size) {
@@ -696,7 +736,8 @@ static int store_prepare_f2(struct store *st, struct store_obj *o)
 		return r;
 	r = device_id(st->d, id, sizeof(id));
 	if (r < 0) {
-		log_err("%s: format 2 needs an enrolled TPM device, and this one is not", o->e.name);
+		log_err("%s: format 2 needs an enrolled TPM device, and this one is not",
+			o->e.name);
 		return -EACCES;
 	}
 	r = session_device_key(st->s, st->c->folder, o->e.name, id, &doc);
@@ -713,7 +754,7 @@ static int store_prepare_f2(struct store *st, struct store_obj *o)
 		r = -EIO;
 		goto out;
 	}
-	store_obj_cache_id(o, fid, strlen(fid));
+	store_obj_cache_id(st, o, fid, strlen(fid));
 	r = st->src->ops->read(st->src, &o->blob, 0, F2_HEADER_SIZE, raw);
 	if (r == 0)
 		r = f2_header_parse(raw, &o->hdr);
@@ -769,7 +810,6 @@ int store_open(struct store *st, const struct catalog_entry *e, struct store_fil
 		return -ENOMEM;
 	h->st = st;
 	pthread_mutex_init(&h->lock, NULL);
-	pthread_cond_init(&h->cond, NULL);
 	store_deadline(st, &dl);
 	/* Preparing may take two API calls and a CDN read. */
 	dl.tv_sec += st->timeout_s;
@@ -806,17 +846,9 @@ int store_open(struct store *st, const struct catalog_entry *e, struct store_fil
 	o->opens++;
 	pthread_mutex_unlock(&st->lock);
 	h->o = o;
-	if (o->e.format == 1 && o->e.has_sha256) {
-		h->sha = crypto_sha256_new();
-		if (!h->sha) {
-			store_close(h);
-			return -ENOMEM;
-		}
-	}
 	*ret = h;
 	return 0;
 err:
-	pthread_cond_destroy(&h->cond);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 	return r;
@@ -833,8 +865,6 @@ void store_close(struct store_file *h)
 	store_obj_close_locked(h->o);
 	store_obj_put_locked(h->o);
 	pthread_mutex_unlock(&st->lock);
-	crypto_sha256_free(h->sha);
-	pthread_cond_destroy(&h->cond);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 }
@@ -912,47 +942,87 @@ static void store_readahead(struct store_file *h, uint64_t off, size_t len)
 	}
 }
 
-/* Feeds a read into the whole-file check; -EIO when it completes a mismatch. */
-static int store_check_sha(struct store_file *h, uint64_t off, const struct store_read *rd)
+/*
+ * Feeds a read into the whole-file check of o. The object, not the handle,
+ * keeps the hashed prefix: with the kernel's page cache in between, one
+ * pass over the file may arrive through several opens. A read that starts
+ * past the prefix waits while other reads are in flight (parallel FUSE
+ * threads deliver neighbours out of order), else it is left out. -EIO for
+ * the read that completes a mismatching file, and for every read after.
+ * Ends the read's sha_busy mark (store_sha_begin).
+ */
+static int store_check_sha(struct store_obj *o, uint64_t off, const struct store_read *rd)
 {
-	struct store_obj *o = h->o;
 	struct timespec dl;
+	uint64_t skip;
 	uint8_t d[32];
 	int r = 0;
 
 	clock_gettime(CLOCK_REALTIME, &dl);
 	dl.tv_sec += STORE_SHA_WAIT_MS / 1000;
-	pthread_mutex_lock(&h->lock);
-	if (off == 0) {
-		crypto_sha256_reset(h->sha);
-		h->sha_next = 0;
-		h->sha_off = 0;
-	}
-	/* Parallel FUSE threads may deliver neighbouring reads out of order. */
-	while (!h->sha_off && off > h->sha_next && off - h->sha_next <= STORE_RA_SLACK) {
-		if (pthread_cond_timedwait(&h->cond, &h->lock, &dl) == ETIMEDOUT)
+	pthread_mutex_lock(&o->sha_lock);
+	while (o->sha_state == SHA_RUNNING && off > o->sha_next && o->sha_busy > 1 &&
+	       off - o->sha_next <= STORE_RA_SLACK) {
+		if (pthread_cond_timedwait(&o->sha_cond, &o->sha_lock, &dl) == ETIMEDOUT)
 			break;
 	}
-	if (h->sha_off || off != h->sha_next) {
-		h->sha_off = 1;
-		pthread_mutex_unlock(&h->lock);
+	o->sha_busy--;
+	pthread_cond_broadcast(&o->sha_cond);
+	if (o->sha_state == SHA_BAD) {
+		pthread_mutex_unlock(&o->sha_lock);
+		return -EIO;
+	}
+	if (o->sha_state != SHA_RUNNING || off > o->sha_next || off + rd->len <= o->sha_next) {
+		pthread_mutex_unlock(&o->sha_lock);
 		return 0;
 	}
-	for (int i = 0; i < rd->iovcnt; i++)
-		crypto_sha256_update(h->sha, rd->iov[i].iov_base, rd->iov[i].iov_len);
-	h->sha_next += rd->len;
-	if (h->sha_next == o->size) {
-		crypto_sha256_final(h->sha, d);
-		crypto_sha256_reset(h->sha);
-		h->sha_off = 1;
+	skip = o->sha_next - off;
+	for (int i = 0; i < rd->iovcnt; i++) {
+		size_t n = rd->iov[i].iov_len;
+
+		if (skip >= n) {
+			skip -= n;
+			continue;
+		}
+		crypto_sha256_update(o->sha, (uint8_t *)rd->iov[i].iov_base + skip, n - skip);
+		skip = 0;
+	}
+	o->sha_next = off + rd->len;
+	if (o->sha_next == o->size) {
+		crypto_sha256_final(o->sha, d);
 		if (crypto_memcmp(d, o->e.sha256, 32) != 0) {
 			log_err("%s: the plaintext's sha256 differs from the catalog's", o->e.name);
+			o->sha_state = SHA_BAD;
 			r = -EIO;
+		} else {
+			o->sha_state = SHA_GOOD;
 		}
 	}
-	pthread_cond_broadcast(&h->cond);
-	pthread_mutex_unlock(&h->lock);
+	pthread_mutex_unlock(&o->sha_lock);
 	return r;
+}
+
+/* Marks a read in flight for store_check_sha; 1 when the check applies. */
+static int store_sha_begin(struct store_obj *o)
+{
+	int on;
+
+	if (!o->sha)
+		return 0;
+	pthread_mutex_lock(&o->sha_lock);
+	on = o->sha_state != SHA_GOOD;
+	if (on)
+		o->sha_busy++;
+	pthread_mutex_unlock(&o->sha_lock);
+	return on;
+}
+
+static void store_sha_abort(struct store_obj *o)
+{
+	pthread_mutex_lock(&o->sha_lock);
+	o->sha_busy--;
+	pthread_cond_broadcast(&o->sha_cond);
+	pthread_mutex_unlock(&o->sha_lock);
 }
 
 int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret)
@@ -963,7 +1033,7 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 	struct timespec dl;
 	uint64_t first, n;
 	size_t done = 0;
-	int r;
+	int r, check;
 
 	memset(ret, 0, sizeof(*ret));
 	ret->st = st;
@@ -985,8 +1055,11 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 	}
 	store_readahead(h, off, len);
 	store_deadline(st, &dl);
+	check = store_sha_begin(o);
 	r = store_units_get(st, o, first, n, u, &dl);
 	if (r < 0) {
+		if (check)
+			store_sha_abort(o);
 		free(u);
 		free(ret->iov);
 		ret->iov = NULL;
@@ -1006,8 +1079,8 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 		done += take;
 	}
 	ret->len = done;
-	if (h->sha) {
-		r = store_check_sha(h, off, ret);
+	if (check) {
+		r = store_check_sha(o, off, ret);
 		if (r < 0) {
 			store_read_release(ret);
 			return r;
@@ -1036,8 +1109,8 @@ void store_read_release(struct store_read *r)
 /* Fills the units of a job that nobody has or loads; never waits for room. */
 static void store_run_job(struct store *st, struct store_job *j)
 {
-	struct store_unit *u[STORE_RA_JOB] = { 0 };
-	uint8_t mine[STORE_RA_JOB] = { 0 };
+	struct store_unit *u[STORE_RA_JOB] = {0};
+	uint8_t mine[STORE_RA_JOB] = {0};
 	uint64_t n = j->n;
 	size_t claimed = 0;
 
@@ -1166,7 +1239,7 @@ int store_probe(void *arg, struct catalog_entry *e)
 			r = -EIO;
 	} else {
 		/* A tiny file: its last block begins in the small part. */
-		struct fetch_buf b = { 0 };
+		struct fetch_buf b = {0};
 		uint8_t *small = NULL;
 		size_t small_len = 0;
 		char *small_name = NULL;
@@ -1216,7 +1289,8 @@ static int store_resource_key(struct store *st)
 	if (!st->rkey)
 		return -errno;
 	if (!st->c->legacy_resource_secret_file) {
-		f1_aes_key(F1_DEFAULT_RESOURCE_SECRET, strlen(F1_DEFAULT_RESOURCE_SECRET), st->rkey);
+		f1_aes_key(F1_DEFAULT_RESOURCE_SECRET, strlen(F1_DEFAULT_RESOURCE_SECRET),
+			   st->rkey);
 		return 0;
 	}
 	r = config_read_secret_file(st->c->legacy_resource_secret_file, 1, &secret, &len, &msg);
@@ -1362,7 +1436,8 @@ static int store_cdn_read(struct store_src *src, const struct store_blob *b, uin
 		return r;
 	if (got != len) {
 		log_err("%s: %zu bytes at %llu, wanted %zu: the big part is shorter than "
-			"expected", b->url, got, (unsigned long long)off, len);
+			"expected",
+			b->url, got, (unsigned long long)off, len);
 		return -EIO;
 	}
 	return 0;

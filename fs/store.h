@@ -31,16 +31,16 @@
 #include "fs/device.h"
 #include "fs/session.h"
 
-#define STORE_UNIT (64 * 1024)         /* plaintext bytes per cache entry */
+#define STORE_UNIT (64 * 1024) /* plaintext bytes per cache entry */
 
 /* ---- source layers -------------------------------------------------------- */
 
 /* One big part as the source layers see it. */
 struct store_blob {
 	const char *url;
-	const struct fetch_s3 *s3;     /* NULL: unsigned */
-	uint64_t size;                 /* bytes of the big part */
-	const char *cache_id;          /* its name in cache_dir (hex) */
+	const struct fetch_s3 *s3; /* NULL: unsigned */
+	uint64_t size;		   /* bytes of the big part */
+	const char *cache_id;	   /* its name in cache_dir (hex) */
 };
 
 struct store_src;
@@ -95,7 +95,7 @@ void store_close(struct store_file *h);
 struct store_read {
 	struct iovec *iov;
 	int iovcnt;
-	size_t len;                    /* total bytes; 0 at or past the end */
+	size_t len; /* total bytes; 0 at or past the end */
 	/* private */
 	struct store *st;
 	void **units;

@@ -36,11 +36,11 @@
 struct disk_file {
 	struct disk_file *next;
 	char id[DISK_ID_LEN + 1];
-	int fd;                          /* -1: not open */
+	int fd; /* -1: not open */
 	int map_fd;
 	uint8_t *map;
 	uint64_t nblocks;
-	uint64_t bytes;                  /* blocks present * DISK_BLOCK */
+	uint64_t bytes; /* blocks present * DISK_BLOCK */
 	unsigned users;
 	time_t used;
 };
@@ -266,8 +266,8 @@ static int disk_present(struct disk_src *d, struct disk_file *f, uint64_t i)
 	return p;
 }
 
-static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t off,
-		     size_t len, uint8_t *buf)
+static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len,
+		     uint8_t *buf)
 {
 	struct disk_src *d = (struct disk_src *)src;
 	uint64_t end = off + len, i, last;

@@ -11,11 +11,13 @@
 need cc /usr/bin/docker
 fs_init t20
 
-# nginx models live in their own folder; S3's bucket is "models".
+# nginx models live in their own folder; S3's bucket is "models". One
+# state_dir: the device enrols once. One TPM user at a time: swtpm has no
+# resource manager, so two daemons would compete for its object slots.
 NF=n20$TAG
-fs_conf "$W/nginx.conf" "cdn_url=$NGINX_URL" "folder=$NF" "state_dir=$W/state-n" \
-	"cache_dir=$W/cache-n" "cache_max=64M"
-fs_conf "$W/s3.conf" "folder=models" "state_dir=$W/state-s" "cache_dir=$W/cache-s" \
+fs_conf "$W/nginx.conf" "cdn_url=$NGINX_URL" "folder=$NF" "state_dir=$W/state" \
+	"cache_dir=$W/cache-n" "cache_max=64M" "tpm=auto" "tpm_tcti=$TPM_TCTI" "tpm_wait=5"
+fs_conf "$W/s3.conf" "folder=models" "state_dir=$W/state" "cache_dir=$W/cache-s" \
 	"tpm=auto" "tpm_tcti=$TPM_TCTI" "tpm_wait=5" "catalog_ttl=1"
 
 # Sizes: one byte, not a multiple of 16, a multiple of 16, a few MiB.
@@ -32,73 +34,71 @@ for cdn in nginx s3; do
 	done
 done
 
-# The S3 mount enrols the device (format 2 needs it) before its models are
-# published; format-2 keys are wrapped per device on request anyway.
+# The first mount enrols the device; the models are published after it.
 fs_mount "$W/mnt-s" "$W/s3.conf"
 pid_s=$FS_PID
-check "the S3 mount enrolled the device" test -s "$W/state-s/device_id"
-
+check "the first mount enrolled the device" test -s "$W/state/device_id"
 for e in "${names[@]}"; do
 	cdn=${e%%:*} n=${e#*:}
 	fmt=${n#*-f}
 	fmt=${fmt%%-*}
-	fs_publish "$W/$cdn.conf" "$fmt" "$n" "$W/plain/$n" || bail "publishing $n failed: $(tail -3 "$W/publish.log")"
+	fs_publish "$W/$cdn.conf" "$fmt" "$n" "$W/plain/$n" ||
+		bail "publishing $n failed: $(tail -3 "$W/publish.log")"
 done
 ok "azaionctl published ${#names[@]} models"
+check "the running mount's catalog refresh (catalog_ttl = 1) lists the new models" \
+	wait_for 15 test -e "$W/mnt-s/${TAG}-s3-f2-3500001.onnx"
+
+# read_all CDN: cat, mmap and stat of every model of that CDN.
+read_all() {
+	local cdn=$1 e n m want got want_ls
+	local bad_cat=() bad_mmap=() bad_size=()
+	for e in "${names[@]}"; do
+		[ "${e%%:*}" = "$cdn" ] || continue
+		n=${e#*:}
+		m=$W/mnt-${cdn:0:1}/$n
+		want=$(sha_of "$W/plain/$n")
+		[ "$(sha_of "$m" 2>/dev/null)" = "$want" ] || bad_cat+=("$n")
+		[ "$(mmap_sha "$m" 2>/dev/null)" = "$want" ] || bad_mmap+=("$n")
+		[ "$(stat -c %s "$m" 2>/dev/null)" = "$(stat -c %s "$W/plain/$n")" ] ||
+			bad_size+=("$n")
+	done
+	check_eq "$cdn, cat: every model's sha256 equals its plaintext's" "${bad_cat[*]}" ""
+	check_eq "$cdn, mmap: every model's sha256 equals its plaintext's" "${bad_mmap[*]}" ""
+	check_eq "$cdn, stat: every model shows its plaintext size" "${bad_size[*]}" ""
+	got=$(ls -l "$W/mnt-${cdn:0:1}" | awk -v t="$TAG-$cdn-" 'index($9, t) == 1 {print $5, $9}' |
+		sort)
+	want_ls=$(for e in "${names[@]}"; do
+		[ "${e%%:*}" = "$cdn" ] && echo "$(stat -c %s "$W/plain/${e#*:}") ${e#*:}"
+	done | sort)
+	check_eq "$cdn, ls -l: the models with their plaintext sizes" "$got" "$want_ls"
+}
+
+# preads NAME: thousands of random preads from several threads.
+preads() {
+	local n=$1 cdn out
+	cdn=${n#*-}
+	cdn=${cdn%%-*}
+	out=$("$PY" "$AZ_TOP/tests/tools/preads.py" "$W/plain/$n" "$W/mnt-${cdn:0:1}/$n" 6 1000)
+	check_eq "6000 random preads of $n from 6 threads equal the plaintext" "$out" "6000 0"
+}
+
+read_all s3
+preads "${TAG}-s3-f1-3500001.onnx"
+preads "${TAG}-s3-f2-3500001.onnx"
+
+# A container of the stack's dockerd reads a model through a bind mount.
+n=${TAG}-s3-f2-1048576.onnx
+got=$(/usr/bin/docker -H "unix://$DOCKER_SOCK" run --rm --network none \
+	-v "$W/mnt-s:/models:ro" "$DOCKER_TEST_IMAGE" sha256sum "/models/$n" 2>&1 | cut -d' ' -f1)
+check_eq "a container reads $n through -v MOUNT:/models:ro" "$got" "$(sha_of "$W/plain/$n")"
+fs_umount "$W/mnt-s" "$pid_s"
 
 fs_mount "$W/mnt-n" "$W/nginx.conf"
 pid_n=$FS_PID
-# The S3 mount started before the models existed: its catalog refresh
-# (catalog_ttl = 1) brings them in.
-check "the S3 mount's catalog refresh lists the new models" \
-	wait_for 15 test -e "$W/mnt-s/${TAG}-s3-f2-3500001.onnx"
-
-bad_cat=() bad_mmap=() bad_size=()
-for e in "${names[@]}"; do
-	cdn=${e%%:*} n=${e#*:}
-	m=$W/mnt-${cdn:0:1}/$n
-	want=$(sha_of "$W/plain/$n")
-	[ "$(sha_of "$m" 2>/dev/null)" = "$want" ] || bad_cat+=("$n")
-	[ "$(mmap_sha "$m" 2>/dev/null)" = "$want" ] || bad_mmap+=("$n")
-	[ "$(stat -c %s "$m" 2>/dev/null)" = "$(stat -c %s "$W/plain/$n")" ] || bad_size+=("$n")
-done
-check_eq "cat: every model's sha256 equals its plaintext's" "${bad_cat[*]}" ""
-check_eq "mmap: every model's sha256 equals its plaintext's" "${bad_mmap[*]}" ""
-check_eq "stat: every model shows its plaintext size" "${bad_size[*]}" ""
-ls_sizes=$(ls -l "$W/mnt-n" | awk -v t="$TAG" '$9 ~ t {print $5, $9}' | sort)
-want_sizes=$(for e in "${names[@]}"; do
-	case $e in nginx:*) n=${e#*:}; echo "$(stat -c %s "$W/plain/$n") $n" ;; esac
-done | sort)
-check_eq "ls -l lists the nginx models with plaintext sizes" "$ls_sizes" "$want_sizes"
-
-# Thousands of random preads from several threads, both formats.
-for n in "${TAG}-nginx-f1-3500001.onnx" "${TAG}-s3-f2-3500001.onnx"; do
-	cdn=${n#*-}
-	cdn=${cdn%%-*}
-	out=$("$PY" - "$W/plain/$n" "$W/mnt-${cdn:0:1}/$n" <<'EOF'
-import os, random, sys, threading
-plain = open(sys.argv[1], "rb").read()
-fd = os.open(sys.argv[2], os.O_RDONLY)
-bad, done = [], [0]
-lock = threading.Lock()
-def worker(seed):
-    r = random.Random(seed)
-    for _ in range(1000):
-        off = r.randrange(len(plain) + 10)
-        n = r.choice([1, 15, 16, 17, 4096, 65536, 65537, r.randrange(1, 300000)])
-        got = os.pread(fd, n, off)
-        with lock:
-            done[0] += 1
-            if got != plain[off:off + n]:
-                bad.append((off, n))
-ts = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-[t.start() for t in ts]
-[t.join() for t in ts]
-print(done[0], len(bad))
-EOF
-)
-	check_eq "6000 random preads of $n from 6 threads equal the plaintext" "$out" "6000 0"
-done
+read_all nginx
+preads "${TAG}-nginx-f1-3500001.onnx"
+preads "${TAG}-nginx-f2-3500001.onnx"
 
 # Read-only.
 err=$( (echo x >"$W/mnt-n/new-file") 2>&1)
@@ -110,26 +110,18 @@ case $err in *"Read-only file system"*) ok "writing to a model fails with EROFS"
 err=$(rm -f "$W/mnt-n/${TAG}-nginx-f1-1.onnx" 2>&1)
 case $err in *"Read-only file system"*) ok "removing a model fails with EROFS" ;;
 *) not_ok "removing a model: '$err'" ;; esac
-
-# A container of the stack's dockerd reads a model through a bind mount.
-n=${TAG}-s3-f2-1048576.onnx
-got=$(/usr/bin/docker -H "unix://$DOCKER_SOCK" run --rm --network none \
-	-v "$W/mnt-s:/models:ro" "$DOCKER_TEST_IMAGE" sha256sum "/models/$n" 2>&1 | cut -d' ' -f1)
-check_eq "a container reads $n through -v MOUNT:/models:ro" "$got" "$(sha_of "$W/plain/$n")"
-
 fs_umount "$W/mnt-n" "$pid_n"
-fs_umount "$W/mnt-s" "$pid_s"
 
 # Canary: no 32-byte window of any plaintext in anything the test, the
 # daemons or the servers wrote. The plaintexts themselves are the only
 # exception, so they are kept apart while the rest is scanned.
 cc -O2 -o "$W/canary" "$AZ_TOP/tests/tools/canary.c" || bail "cannot build the canary scanner"
-hits=$("$W/canary" "$W"/plain/* -- "$W/state-n" "$W/state-s" "$W/cache-n" "$W/cache-s" \
-	"$W/mnt-n" "$W/mnt-s" "$W/nginx.conf" "$W/s3.conf" "$W/publish.log" "$W"/mnt-*.log \
-	"$CDN_ROOT" "${S3_DATA:-/nonexistent}" "$API_DATA" /tmp/azaionfs-*.log 2>&1)
+hits=$("$W/canary" "$W"/plain/* -- "$W/state" "$W/cache-n" "$W/cache-s" "$W/mnt-n" "$W/mnt-s" \
+	"$W/nginx.conf" "$W/s3.conf" "$W/publish.log" "$W"/mnt-*.log "$CDN_ROOT" \
+	"${S3_DATA:-/nonexistent}" "$API_DATA" 2>&1)
 check_eq "canary: no plaintext window in state_dir, cache_dir, logs, CDN or API data" "$hits" ""
 check "the disk caches hold ciphertext blocks" test -n "$(ls "$W/cache-n")"
-bad_modes=$(find "$W/state-n" "$W/state-s" "$W/cache-n" "$W/cache-s" -type f -perm /077)
+bad_modes=$(find "$W/state" "$W/cache-n" "$W/cache-s" -type f -perm /077)
 check_eq "files in state_dir and cache_dir are 0600" "$bad_modes" ""
 
 fs_no_leftovers

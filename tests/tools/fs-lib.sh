@@ -25,7 +25,7 @@ fs_cleanup() {
 	for p in "${FS_PIDS[@]}"; do
 		wait_for 10 fs_gone "$p" || kill -KILL "$p" 2>/dev/null
 	done
-	[ -n "${W:-}" ] && rm -rf "$W"
+	[ -n "${W:-}" ] && [ -z "${FS_KEEP:-}" ] && rm -rf "$W"
 }
 
 fs_gone() { ! kill -0 "$1" 2>/dev/null; }
