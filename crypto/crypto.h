@@ -23,10 +23,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CRYPTO_KEY_SIZE 32       /* AES-256 */
-#define CRYPTO_KS_LEN 64         /* b64(SHA-384), without the NUL */
-#define CRYPTO_BLOCK 16          /* AES block, also the CBC IV size */
-#define CRYPTO_TAG_SIZE 16       /* GCM tag */
+#define CRYPTO_KEY_SIZE 32 /* AES-256 */
+#define CRYPTO_KS_LEN 64   /* b64(SHA-384), without the NUL */
+#define CRYPTO_BLOCK 16	   /* AES block, also the CBC IV size */
+#define CRYPTO_TAG_SIZE 16 /* GCM tag */
 
 /* ---- secret memory --------------------------------------------------- */
 
@@ -64,8 +64,7 @@ size_t crypto_b64_encode(const void *in, size_t n, char *out);
  * Decodes standard base64 (padding required, no whitespace, unused bits
  * zero): -EINVAL when malformed, -ENOBUFS when the result exceeds cap.
  */
-int crypto_b64_decode(const char *in, size_t len, uint8_t *out, size_t cap,
-		      size_t *ret_len);
+int crypto_b64_decode(const char *in, size_t len, uint8_t *out, size_t cap, size_t *ret_len);
 void crypto_sha256(const void *in, size_t n, uint8_t out[32]);
 void crypto_sha384(const void *in, size_t n, uint8_t out[48]);
 
@@ -100,8 +99,8 @@ void f1_archive_key(const void *fragment, size_t n, uint8_t out[CRYPTO_KEY_SIZE]
  * "CPU: c. GPU: g. Memory: m. DriveSerial: s" into out (cap bytes);
  * -ENOBUFS when it does not fit (never truncated).
  */
-int f1_hardware_string(const char *cpu, const char *gpu, const char *memory,
-		       const char *serial, char *out, size_t cap);
+int f1_hardware_string(const char *cpu, const char *gpu, const char *memory, const char *serial,
+		       char *out, size_t cap);
 
 /* ---- format 1: whole-buffer CBC (small parts, cdn.yaml) -------------- */
 
@@ -111,15 +110,15 @@ uint64_t f1_cipher_size(uint64_t plain_size);
 uint64_t f1_small_size(uint64_t e_size);
 
 /* out = iv || CBC(key, in) with a random IV; out holds f1_cipher_size(n). */
-int f1_encrypt(const uint8_t key[CRYPTO_KEY_SIZE], const void *in, size_t n,
-	       uint8_t *out, size_t *ret_len);
+int f1_encrypt(const uint8_t key[CRYPTO_KEY_SIZE], const void *in, size_t n, uint8_t *out,
+	       size_t *ret_len);
 /*
  * in = iv || ciphertext; out holds n - 16 bytes; padding is checked in
  * constant time. -EBADMSG (out wiped) for a bad padding or an n that is not
  * a multiple of 16 of at least 32.
  */
-int f1_decrypt(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *in, size_t n,
-	       uint8_t *out, size_t *ret_len);
+int f1_decrypt(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *in, size_t n, uint8_t *out,
+	       size_t *ret_len);
 
 /* ---- format 1: streaming encryption (publishing) --------------------- */
 
@@ -128,8 +127,8 @@ struct f1_encryptor;
 int f1_encryptor_new(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *iv,
 		     struct f1_encryptor **ret);
 /* out must hold n + 32 bytes; writes *ret_len bytes (IV included once). */
-int f1_encryptor_update(struct f1_encryptor *e, const void *in, size_t n,
-			uint8_t *out, size_t *ret_len);
+int f1_encryptor_update(struct f1_encryptor *e, const void *in, size_t n, uint8_t *out,
+			size_t *ret_len);
 /* Writes the padded last block(s); out must hold 32 bytes. Further calls: -EINVAL. */
 int f1_encryptor_final(struct f1_encryptor *e, uint8_t *out, size_t *ret_len);
 void f1_encryptor_free(struct f1_encryptor *e);
@@ -142,15 +141,14 @@ void f1_encryptor_free(struct f1_encryptor *e);
  * n - 16 plaintext bytes of blocks j .. j + n/16 - 2 to out, padding not
  * removed. out may not overlap e. -EINVAL for any other n.
  */
-int f1_decrypt_blocks(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *e,
-		      size_t n, uint8_t *out);
+int f1_decrypt_blocks(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *e, size_t n, uint8_t *out);
 /*
  * Plaintext size of an E of e_size bytes from its last 32 bytes: decrypts
  * the last block and checks its PKCS#7 padding (-EBADMSG when invalid, or
  * when e_size is not a multiple of 16 of at least 32).
  */
-int f1_plain_size(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t last32[32],
-		  uint64_t e_size, uint64_t *ret_size);
+int f1_plain_size(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t last32[32], uint64_t e_size,
+		  uint64_t *ret_size);
 
 /* ---- format 2 --------------------------------------------------------- */
 
@@ -164,9 +162,9 @@ int f1_plain_size(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t last32[32],
 
 struct f2_header {
 	unsigned chunk_shift;
-	uint64_t size;                     /* plaintext size */
+	uint64_t size; /* plaintext size */
 	uint8_t file_id[F2_FILE_ID_SIZE];
-	uint8_t raw[F2_HEADER_SIZE];       /* the bytes, as authenticated */
+	uint8_t raw[F2_HEADER_SIZE]; /* the bytes, as authenticated */
 };
 
 /*
@@ -181,8 +179,8 @@ int f2_header_init(struct f2_header *h, uint64_t size, unsigned chunk_shift,
  */
 int f2_header_parse(const uint8_t raw[F2_HEADER_SIZE], struct f2_header *ret);
 
-uint64_t f2_chunk_size(const struct f2_header *h);       /* cs */
-uint64_t f2_chunk_count(const struct f2_header *h);      /* max(1, ceil(size/cs)) */
+uint64_t f2_chunk_size(const struct f2_header *h);  /* cs */
+uint64_t f2_chunk_count(const struct f2_header *h); /* max(1, ceil(size/cs)) */
 /*
  * Plaintext bytes in chunk i (the last may be shorter; 0 for empty files
  * and for i past the last chunk).
@@ -198,15 +196,15 @@ uint64_t f2_big_size(const struct f2_header *h);
  * plain_len must equal f2_chunk_plain_len(h, i) and i be a chunk of h,
  * else -EINVAL.
  */
-int f2_seal_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h,
-		  uint64_t i, const uint8_t *plain, size_t plain_len, uint8_t *out);
+int f2_seal_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h, uint64_t i,
+		  const uint8_t *plain, size_t plain_len, uint8_t *out);
 /*
  * Opens chunk i from ct (ciphertext || tag, ct_len bytes, which must be
  * f2_chunk_plain_len(h, i) + 16). Writes ct_len - 16 bytes to out only when
  * the tag verifies; -EBADMSG otherwise (out is wiped), also for a ct_len
  * that differs (a truncated big part). -EINVAL for an i past the last chunk.
  */
-int f2_open_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h,
-		  uint64_t i, const uint8_t *ct, size_t ct_len, uint8_t *out);
+int f2_open_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h, uint64_t i,
+		  const uint8_t *ct, size_t ct_len, uint8_t *out);
 
 #endif

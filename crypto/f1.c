@@ -73,8 +73,7 @@ free_ctx:
 }
 
 /* aes(pieces) = SHA256(ks(pieces)). */
-static int f1_aes_pieces(const struct f1_piece *pieces, size_t count,
-			 uint8_t out[CRYPTO_KEY_SIZE])
+static int f1_aes_pieces(const struct f1_piece *pieces, size_t count, uint8_t out[CRYPTO_KEY_SIZE])
 {
 	char ks[CRYPTO_KS_LEN + 1];
 	int err;
@@ -88,7 +87,7 @@ static int f1_aes_pieces(const struct f1_piece *pieces, size_t count,
 
 void f1_key_string(const void *s, size_t n, char out[CRYPTO_KS_LEN + 1])
 {
-	struct f1_piece piece = { s, n };
+	struct f1_piece piece = {s, n};
 
 	/* See encode.c: a failed digest must not turn into a key. */
 	if (f1_ks_pieces(&piece, 1, out) < 0)
@@ -97,7 +96,7 @@ void f1_key_string(const void *s, size_t n, char out[CRYPTO_KS_LEN + 1])
 
 void f1_aes_key(const void *s, size_t n, uint8_t out[CRYPTO_KEY_SIZE])
 {
-	struct f1_piece piece = { s, n };
+	struct f1_piece piece = {s, n};
 
 	if (f1_aes_pieces(&piece, 1, out) < 0)
 		abort();
@@ -107,9 +106,9 @@ void f1_hw_hash(const char *hw, char out[CRYPTO_KS_LEN + 1])
 {
 	static const char pre[] = "Azaion_", post[] = "_%$$$)0_";
 	struct f1_piece pieces[] = {
-		{ pre, sizeof(pre) - 1 },
-		{ hw, strlen(hw) },
-		{ post, sizeof(post) - 1 },
+		{pre, sizeof(pre) - 1},
+		{hw, strlen(hw)},
+		{post, sizeof(post) - 1},
 	};
 
 	if (f1_ks_pieces(pieces, 3, out) < 0)
@@ -124,12 +123,12 @@ int f1_api_key(const char *email, const char *password, const char *hw_hash,
 
 	if (!email || !password || !hw_hash)
 		return -EINVAL;
-	pieces[0] = (struct f1_piece){ email, strlen(email) };
-	pieces[1] = (struct f1_piece){ dash, 1 };
-	pieces[2] = (struct f1_piece){ password, strlen(password) };
-	pieces[3] = (struct f1_piece){ dash, 1 };
-	pieces[4] = (struct f1_piece){ hw_hash, strlen(hw_hash) };
-	pieces[5] = (struct f1_piece){ post, sizeof(post) - 1 };
+	pieces[0] = (struct f1_piece){email, strlen(email)};
+	pieces[1] = (struct f1_piece){dash, 1};
+	pieces[2] = (struct f1_piece){password, strlen(password)};
+	pieces[3] = (struct f1_piece){dash, 1};
+	pieces[4] = (struct f1_piece){hw_hash, strlen(hw_hash)};
+	pieces[5] = (struct f1_piece){post, sizeof(post) - 1};
 	return f1_aes_pieces(pieces, 6, out);
 }
 
@@ -145,8 +144,8 @@ int f1_hardware_string(const char *cpu, const char *gpu, const char *memory, con
 
 	if (!cpu || !gpu || !memory || !serial || !out || cap == 0)
 		return -EINVAL;
-	len = snprintf(out, cap, "CPU: %s. GPU: %s. Memory: %s. DriveSerial: %s", cpu, gpu,
-		       memory, serial);
+	len = snprintf(out, cap, "CPU: %s. GPU: %s. Memory: %s. DriveSerial: %s", cpu, gpu, memory,
+		       serial);
 	if (len < 0)
 		return -EINVAL;
 	if ((size_t)len >= cap) {
@@ -331,8 +330,7 @@ static unsigned f1_pad_len(const uint8_t last[CRYPTO_BLOCK])
 }
 
 /* CBC decryption of whole blocks, no padding: in = iv || c, out gets |c| bytes. */
-static int f1_cbc_raw(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *in, size_t n,
-		      uint8_t *out)
+static int f1_cbc_raw(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *in, size_t n, uint8_t *out)
 {
 	EVP_CIPHER_CTX *ctx;
 	size_t len;
@@ -385,8 +383,7 @@ int f1_decrypt(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *in, size_t n, 
 
 /* ---- range decryption ------------------------------------------------- */
 
-int f1_decrypt_blocks(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *e, size_t n,
-		      uint8_t *out)
+int f1_decrypt_blocks(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *e, size_t n, uint8_t *out)
 {
 	if (n < 2 * CRYPTO_BLOCK || n % CRYPTO_BLOCK)
 		return -EINVAL;

@@ -147,10 +147,10 @@ uint64_t f2_big_size(const struct f2_header *h)
 }
 
 /* Creates a GCM context for chunk i: key, nonce and additional data set. */
-static int f2_chunk_ctx(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h,
-			uint64_t i, int enc, EVP_CIPHER_CTX **ret)
+static int f2_chunk_ctx(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h, uint64_t i,
+			int enc, EVP_CIPHER_CTX **ret)
 {
-	uint8_t nonce[F2_NONCE_SIZE] = { 0 };
+	uint8_t nonce[F2_NONCE_SIZE] = {0};
 	uint8_t aad[F2_AAD_SIZE];
 	EVP_CIPHER_CTX *ctx;
 	int len;

@@ -33,8 +33,8 @@
 
 struct secmem_header {
 	uint64_t magic;
-	size_t size;     /* what the caller asked for */
-	size_t map_len;  /* the whole mapping, guard page included */
+	size_t size;	/* what the caller asked for */
+	size_t map_len; /* the whole mapping, guard page included */
 };
 
 static size_t secmem_page(void)

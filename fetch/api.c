@@ -118,7 +118,7 @@ static void body_free(char *body, size_t len)
 static int api_exchange(struct fetch *f, const struct fetch_request *req,
 			const struct fetch_hooks *hooks, int quiet_404, struct fetch_buf *ret)
 {
-	struct fetch_response resp = { 0 };
+	struct fetch_response resp = {0};
 	int r;
 
 	r = fetch_exchange(f, req, hooks, &resp);
@@ -145,8 +145,8 @@ static int api_bad_answer(struct fetch *f, const struct fetch_request *req, cons
 	return -EPROTO;
 }
 
-static int api_parse(struct fetch *f, const struct fetch_request *req,
-		     const struct fetch_buf *b, json_t **ret)
+static int api_parse(struct fetch *f, const struct fetch_request *req, const struct fetch_buf *b,
+		     json_t **ret)
 {
 	json_error_t e;
 	json_t *j;
@@ -165,10 +165,13 @@ static int api_get_json(struct fetch *f, const char *url, const char *token,
 			const char *const *headers, size_t max, int quiet_404, json_t **ret)
 {
 	struct fetch_request req = {
-		.method = "GET", .url = url, .bearer = token, .headers = headers,
+		.method = "GET",
+		.url = url,
+		.bearer = token,
+		.headers = headers,
 		.max_response = max,
 	};
-	struct fetch_buf b = { 0 };
+	struct fetch_buf b = {0};
 	int r;
 
 	r = api_exchange(f, &req, NULL, quiet_404, &b);
@@ -258,10 +261,11 @@ int fetch_api_login(struct fetch *f, const char *api_url_base, const char *email
 		    const char *password, char **ret_token, time_t *ret_exp)
 {
 	struct fetch_request req = {
-		.method = "POST", .content_type = "application/json",
+		.method = "POST",
+		.content_type = "application/json",
 		.max_response = API_JSON_MAX,
 	};
-	struct fetch_buf b = { 0 };
+	struct fetch_buf b = {0};
 	json_t *obj, *ans = NULL, *tok;
 	char *body = NULL, *url, *token;
 	size_t body_len = 0;
@@ -316,12 +320,13 @@ out_url:
 }
 
 int fetch_api_resource(struct fetch *f, const char *api_url_base, const char *token,
-		       const char *folder, const char *file_name,
-		       const char *password, const char *hardware,
-		       struct fetch_buf *ret)
+		       const char *folder, const char *file_name, const char *password,
+		       const char *hardware, struct fetch_buf *ret)
 {
 	struct fetch_request req = {
-		.method = "POST", .bearer = token, .content_type = "application/json",
+		.method = "POST",
+		.bearer = token,
+		.content_type = "application/json",
 		.max_response = API_PART_MAX,
 	};
 	char *body = NULL, *url;
@@ -334,8 +339,8 @@ int fetch_api_resource(struct fetch *f, const char *api_url_base, const char *to
 	url = api_url(api_url_base, "/resources/get/", folder ? folder : "", NULL);
 	if (!url)
 		return -EINVAL;
-	obj = json_pack("{s:s, s:s, s:s}", "password", password, "hardware", hardware,
-			"fileName", file_name);
+	obj = json_pack("{s:s, s:s, s:s}", "password", password, "hardware", hardware, "fileName",
+			file_name);
 	if (!obj) {
 		r = -EINVAL;
 		goto out;
@@ -355,8 +360,8 @@ out:
 	return r;
 }
 
-int fetch_api_list(struct fetch *f, const char *api_url_base, const char *token,
-		   const char *folder, json_t **ret)
+int fetch_api_list(struct fetch *f, const char *api_url_base, const char *token, const char *folder,
+		   json_t **ret)
 {
 	char *url = api_url(api_url_base, "/resources/list/", folder ? folder : "", NULL);
 	int r;
@@ -368,12 +373,15 @@ int fetch_api_list(struct fetch *f, const char *api_url_base, const char *token,
 	return r;
 }
 
-int fetch_api_key_fragment(struct fetch *f, const char *api_url_base,
-			   const char *token, struct fetch_buf *ret)
+int fetch_api_key_fragment(struct fetch *f, const char *api_url_base, const char *token,
+			   struct fetch_buf *ret)
 {
 	char *url = api_url(api_url_base, "/binary-split/key-fragment", NULL, NULL);
 	struct fetch_request req = {
-		.method = "GET", .url = url, .bearer = token, .max_response = API_PART_MAX,
+		.method = "GET",
+		.url = url,
+		.bearer = token,
+		.max_response = API_PART_MAX,
 	};
 	int r;
 
@@ -450,13 +458,16 @@ static void upload_undo(void *ctx)
 }
 
 int fetch_api_upload(struct fetch *f, const char *api_url_base, const char *token,
-		     const char *folder, const char *file_name,
-		     const void *data, size_t len, const char *const *fields)
+		     const char *folder, const char *file_name, const void *data, size_t len,
+		     const char *const *fields)
 {
-	struct upload u = { .data = data, .len = len, .file_name = file_name, .fields = fields };
-	struct fetch_hooks hooks = { .setup = upload_setup, .undo = upload_undo, .ctx = &u };
+	struct upload u = {.data = data, .len = len, .file_name = file_name, .fields = fields};
+	struct fetch_hooks hooks = {.setup = upload_setup, .undo = upload_undo, .ctx = &u};
 	struct fetch_request req = {
-		.method = "POST", .bearer = token, .max_response = API_JSON_MAX, .no_retry = 1,
+		.method = "POST",
+		.bearer = token,
+		.max_response = API_JSON_MAX,
+		.no_retry = 1,
 	};
 	const char *const *fp;
 	char *url;
@@ -476,16 +487,17 @@ int fetch_api_upload(struct fetch *f, const char *api_url_base, const char *toke
 	return r;
 }
 
-int fetch_api_register_device(struct fetch *f, const char *api_url_base,
-			      const char *token, const char *name,
-			      const char *hardware, const char *public_pem,
+int fetch_api_register_device(struct fetch *f, const char *api_url_base, const char *token,
+			      const char *name, const char *hardware, const char *public_pem,
 			      char **ret_device_id)
 {
 	struct fetch_request req = {
-		.method = "POST", .bearer = token, .content_type = "application/json",
+		.method = "POST",
+		.bearer = token,
+		.content_type = "application/json",
 		.max_response = API_JSON_MAX,
 	};
-	struct fetch_buf b = { 0 };
+	struct fetch_buf b = {0};
 	json_t *obj, *ans = NULL, *id;
 	char *body = NULL, *url, *dev = NULL;
 	size_t body_len = 0;
@@ -496,8 +508,8 @@ int fetch_api_register_device(struct fetch *f, const char *api_url_base,
 	url = api_url(api_url_base, "/devices", NULL, NULL);
 	if (!url)
 		return -EINVAL;
-	obj = json_pack("{s:s, s:s, s:s}", "name", name, "hardware", hardware,
-			"public_key", public_pem);
+	obj = json_pack("{s:s, s:s, s:s}", "name", name, "hardware", hardware, "public_key",
+			public_pem);
 	if (!obj) {
 		r = -EINVAL;
 		goto out;
@@ -540,11 +552,10 @@ out:
 }
 
 int fetch_api_device_key(struct fetch *f, const char *api_url_base, const char *token,
-			 const char *folder, const char *name,
-			 const char *device_id, json_t **ret)
+			 const char *folder, const char *name, const char *device_id, json_t **ret)
 {
 	char hdr[512];
-	const char *headers[] = { hdr, NULL };
+	const char *headers[] = {hdr, NULL};
 	char *url;
 	int r;
 
@@ -559,15 +570,16 @@ int fetch_api_device_key(struct fetch *f, const char *api_url_base, const char *
 	return r;
 }
 
-int fetch_api_register_key(struct fetch *f, const char *api_url_base,
-			   const char *token, const char *folder,
-			   const char *name, const char *key_b64,
-			   uint64_t size, const char *sha256_hex,
-			   const char *file_id_hex, uint64_t big_size)
+int fetch_api_register_key(struct fetch *f, const char *api_url_base, const char *token,
+			   const char *folder, const char *name, const char *key_b64, uint64_t size,
+			   const char *sha256_hex, const char *file_id_hex, uint64_t big_size)
 {
 	struct fetch_request req = {
-		.method = "POST", .bearer = token, .content_type = "application/json",
-		.max_response = API_JSON_MAX, .no_retry = 1,
+		.method = "POST",
+		.bearer = token,
+		.content_type = "application/json",
+		.max_response = API_JSON_MAX,
+		.no_retry = 1,
 	};
 	char *body = NULL, *url;
 	size_t body_len = 0;
@@ -580,8 +592,8 @@ int fetch_api_register_key(struct fetch *f, const char *api_url_base,
 	url = api_url(api_url_base, "/resources/key/", folder ? folder : "", name);
 	if (!url)
 		return -EINVAL;
-	obj = json_pack("{s:s, s:I, s:s}", "key", key_b64, "size", (json_int_t)size,
-			"sha256", sha256_hex);
+	obj = json_pack("{s:s, s:I, s:s}", "key", key_b64, "size", (json_int_t)size, "sha256",
+			sha256_hex);
 	if (obj && file_id_hex && json_object_set_new(obj, "file_id", json_string(file_id_hex))) {
 		wipe_member(obj, "key");
 		json_decref(obj);

@@ -33,8 +33,8 @@ struct range {
 	uint8_t *buf;
 	/* per attempt */
 	enum range_mode mode;
-	uint64_t pos;                  /* RANGE_FULL: offset of the next byte */
-	size_t want;                   /* bytes the answer should give */
+	uint64_t pos; /* RANGE_FULL: offset of the next byte */
+	size_t want;  /* bytes the answer should give */
 	size_t got;
 	size_t dropped;
 	uint64_t total;
@@ -132,7 +132,7 @@ static int range_head(struct fetch_call *c)
 		rg->mode = RANGE_FULL;
 		if (c->length >= 0) {
 			rg->total = (uint64_t)c->length;
-			rg->want = rg->total <= rg->off ? 0
+			rg->want = rg->total <= rg->off		   ? 0
 				   : rg->total - rg->off < rg->len ? (size_t)(rg->total - rg->off)
 								   : rg->len;
 		} else {
@@ -220,13 +220,12 @@ static const struct fetch_body_ops range_ops = {
 	.end = range_end,
 };
 
-int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3,
-		    uint64_t off, size_t len, uint8_t *buf, size_t *ret_len,
-		    uint64_t *ret_total)
+int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t off,
+		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total)
 {
-	struct fetch_request req = { .method = "GET", .url = url, .s3 = s3 };
-	struct range rg = { .off = off, .len = len, .buf = buf };
-	struct fetch_call c = { .f = f, .req = &req, .ops = &range_ops, .ctx = &rg };
+	struct fetch_request req = {.method = "GET", .url = url, .s3 = s3};
+	struct range rg = {.off = off, .len = len, .buf = buf};
+	struct fetch_call c = {.f = f, .req = &req, .ops = &range_ops, .ctx = &rg};
 	char spec[48];
 	int r;
 
@@ -251,11 +250,10 @@ int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3,
 	return 0;
 }
 
-int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3,
-		   uint64_t *ret_size)
+int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t *ret_size)
 {
-	struct fetch_request req = { .method = "HEAD", .url = url, .s3 = s3 };
-	struct fetch_call c = { .f = f, .req = &req };
+	struct fetch_request req = {.method = "HEAD", .url = url, .s3 = s3};
+	struct fetch_call c = {.f = f, .req = &req};
 	uint64_t total = RANGE_UNKNOWN;
 	uint8_t one;
 	size_t got;
@@ -285,8 +283,8 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3,
 	return 0;
 }
 
-int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3,
-		  fetch_read_fn rd, void *ctx, uint64_t size)
+int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3, fetch_read_fn rd,
+		  void *ctx, uint64_t size)
 {
 	uint64_t timeout = fetch_timeout_ms(f) + (size >> 17) * PUT_MS_PER_128K;
 	struct fetch_request req = {
@@ -298,7 +296,7 @@ int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3,
 		.body_size = (int64_t)size,
 		.content_type = "application/octet-stream",
 	};
-	struct fetch_response resp = { 0 };
+	struct fetch_response resp = {0};
 	int r;
 
 	if (!rd || size > INT64_MAX)

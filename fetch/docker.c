@@ -23,9 +23,9 @@
 struct load {
 	char *line;
 	size_t len;
-	int failed;                    /* an "error" line came */
-	char *message;                 /* Docker's first error words */
-	char *loaded;                  /* "Loaded image..." lines */
+	int failed;    /* an "error" line came */
+	char *message; /* Docker's first error words */
+	char *loaded;  /* "Loaded image..." lines */
 	size_t loaded_len;
 };
 
@@ -148,11 +148,10 @@ static int load_sink(void *ctx, const uint8_t *data, size_t len)
 	return 0;
 }
 
-int fetch_docker_load(struct fetch *f, const char *socket_path,
-		      fetch_read_fn rd, void *ctx, char **ret_loaded,
-		      char **ret_message)
+int fetch_docker_load(struct fetch *f, const char *socket_path, fetch_read_fn rd, void *ctx,
+		      char **ret_loaded, char **ret_message)
 {
-	struct load ld = { 0 };
+	struct load ld = {0};
 	struct fetch_request req = {
 		.method = "POST",
 		/* Progress lines keep the answer moving while Docker
@@ -168,8 +167,8 @@ int fetch_docker_load(struct fetch *f, const char *socket_path,
 		.no_retry = 1,
 		.timeout_ms = DOCKER_LOAD_TIMEOUT_MS,
 	};
-	struct fetch_hooks hooks = { .low_speed_s = DOCKER_LOAD_STALL_S };
-	struct fetch_response resp = { 0 };
+	struct fetch_hooks hooks = {.low_speed_s = DOCKER_LOAD_STALL_S};
+	struct fetch_response resp = {0};
 	int r;
 
 	if (ret_message)
@@ -192,8 +191,8 @@ int fetch_docker_load(struct fetch *f, const char *socket_path,
 		r = fetch_status_errno(resp.status);
 		if (r != -EACCES)
 			r = -EIO;
-		fetch_logf(f, LOG_ERR, "docker load on %s: HTTP %ld: %s", socket_path,
-			   resp.status, ld.message ? ld.message : "no message");
+		fetch_logf(f, LOG_ERR, "docker load on %s: HTTP %ld: %s", socket_path, resp.status,
+			   ld.message ? ld.message : "no message");
 		if (ret_message) {
 			*ret_message = ld.message;
 			ld.message = NULL;
@@ -231,7 +230,7 @@ int fetch_docker_image_exists(struct fetch *f, const char *socket_path, const ch
 		.unix_socket = socket_path,
 		.sink = discard_sink,
 	};
-	struct fetch_response resp = { 0 };
+	struct fetch_response resp = {0};
 	char url[1024] = DOCKER_URL "/images/";
 	size_t pos = strlen(url);
 	const unsigned char *p;

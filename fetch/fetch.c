@@ -45,7 +45,7 @@
 
 struct fetch {
 	char *ca_file;
-	unsigned timeout_ms;           /* read and written atomically */
+	unsigned timeout_ms; /* read and written atomically */
 	unsigned connect_timeout_ms;
 	unsigned max_retries;
 	fetch_log_fn log;
@@ -129,7 +129,7 @@ static int64_t now_ms(void)
 
 static void sleep_ms(unsigned ms)
 {
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
 
 	while (nanosleep(&ts, &ts) && errno == EINTR)
 		;
@@ -172,16 +172,16 @@ int fetch_status_errno(long status)
 	return -EIO;
 }
 
-int fetch_check_status(struct fetch *f, const char *method, const char *url,
-		       long status, int quiet_404)
+int fetch_check_status(struct fetch *f, const char *method, const char *url, long status,
+		       int quiet_404)
 {
 	char u[512];
 	int r = fetch_status_errno(status);
 
 	if (r) {
 		fetch_url_for_log(url, u, sizeof(u));
-		fetch_logf(f, quiet_404 && status == 404 ? LOG_DEBUG : LOG_ERR,
-			   "%s %s: HTTP %ld", method, u, status);
+		fetch_logf(f, quiet_404 && status == 404 ? LOG_DEBUG : LOG_ERR, "%s %s: HTTP %ld",
+			   method, u, status);
 	}
 	return r;
 }
@@ -264,7 +264,7 @@ int fetch_new(const struct fetch_opts *opts, struct fetch **ret)
 		goto err_global;
 	f->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : FETCH_DEFAULT_TIMEOUT_MS;
 	f->connect_timeout_ms = opts && opts->connect_timeout_ms ? opts->connect_timeout_ms
-								: FETCH_DEFAULT_CONNECT_MS;
+								 : FETCH_DEFAULT_CONNECT_MS;
 	f->max_retries = opts ? opts->max_retries : 0;
 	f->log = opts ? opts->log : NULL;
 	if (opts && opts->ca_file) {
@@ -359,15 +359,15 @@ static void pool_put(struct fetch *f, CURL *h, int keep)
 struct xfer {
 	struct fetch_call *c;
 	CURL *h;
-	size_t body_pos;               /* buffered request body */
-	int64_t sent;                  /* bytes taken from the body reader */
+	size_t body_pos; /* buffered request body */
+	int64_t sent;	 /* bytes taken from the body reader */
 	int reader_used;
-	int err;                       /* a callback's errno */
-	int headed;                    /* head() ran */
-	int discard;                   /* a transient status: body dropped */
+	int err;     /* a callback's errno */
+	int headed;  /* head() ran */
+	int discard; /* a transient status: body dropped */
 	size_t discarded;
-	int stopped;                   /* body() had all it wanted */
-	int retry_ok;                  /* the request may be sent again */
+	int stopped;  /* body() had all it wanted */
+	int retry_ok; /* the request may be sent again */
 };
 
 static int start_body(struct xfer *x)
@@ -719,7 +719,7 @@ int fetch_run(struct fetch_call *c)
 		return r;
 	}
 	for (attempt = 0;; attempt++) {
-		struct xfer x = { .c = c };
+		struct xfer x = {.c = c};
 		int transient = 0, keep = 1, sent;
 		long request_size = 0;
 		CURLcode rc;
@@ -772,8 +772,8 @@ int fetch_run(struct fetch_call *c)
 			r = curl_errno(rc, &transient);
 			if (rc == CURLE_OPERATION_TIMEDOUT && deadline - now_ms() <= 0)
 				transient = 0;
-			if (transient && sent && (req->no_retry || x.reader_used ||
-						  c->no_more_retries))
+			if (transient && sent &&
+			    (req->no_retry || x.reader_used || c->no_more_retries))
 				transient = 0;
 			snprintf(cause, sizeof(cause), "%s%s%s", curl_easy_strerror(rc),
 				 errbuf[0] ? ": " : "", errbuf);
@@ -908,9 +908,13 @@ static const struct fetch_body_ops generic_ops = {
 int fetch_exchange(struct fetch *f, const struct fetch_request *req,
 		   const struct fetch_hooks *hooks, struct fetch_response *ret)
 {
-	struct generic g = { .max = req->max_response ? req->max_response : FETCH_MIB };
-	struct fetch_call c = { .f = f, .req = req, .ops = &generic_ops, .ctx = &g,
-				.hooks = hooks, .low_speed_s = hooks ? hooks->low_speed_s : 0 };
+	struct generic g = {.max = req->max_response ? req->max_response : FETCH_MIB};
+	struct fetch_call c = {.f = f,
+			       .req = req,
+			       .ops = &generic_ops,
+			       .ctx = &g,
+			       .hooks = hooks,
+			       .low_speed_s = hooks ? hooks->low_speed_s : 0};
 	int r;
 
 	r = fetch_run(&c);

@@ -37,11 +37,11 @@
 typedef void (*fetch_log_fn)(int priority, const char *msg);
 
 struct fetch_opts {
-	const char *ca_file;           /* NULL: the system store */
-	unsigned timeout_ms;           /* bound of one call, retries included */
-	unsigned connect_timeout_ms;   /* bound of one connection attempt */
-	unsigned max_retries;          /* transient failures retried, e.g. 5 */
-	fetch_log_fn log;              /* may be NULL */
+	const char *ca_file;	     /* NULL: the system store */
+	unsigned timeout_ms;	     /* bound of one call, retries included */
+	unsigned connect_timeout_ms; /* bound of one connection attempt */
+	unsigned max_retries;	     /* transient failures retried, e.g. 5 */
+	fetch_log_fn log;	     /* may be NULL */
 };
 
 struct fetch;
@@ -67,33 +67,33 @@ typedef int (*fetch_write_fn)(void *ctx, const uint8_t *data, size_t len);
 struct fetch_s3 {
 	const char *access_key;
 	const char *secret_key;
-	const char *region;            /* NULL: us-east-1 */
+	const char *region; /* NULL: us-east-1 */
 };
 
 /* ---- generic exchange (azaionctl, tests) ------------------------------ */
 
 struct fetch_request {
-	const char *method;            /* "GET", "POST", "PUT", "HEAD", "DELETE" */
+	const char *method; /* "GET", "POST", "PUT", "HEAD", "DELETE" */
 	const char *url;
-	const char *unix_socket;       /* NULL: TCP */
-	const char *bearer;            /* Authorization: Bearer ... */
-	const char *const *headers;    /* NULL-terminated, "Name: value" */
-	const void *body;              /* buffered request body, or */
+	const char *unix_socket;    /* NULL: TCP */
+	const char *bearer;	    /* Authorization: Bearer ... */
+	const char *const *headers; /* NULL-terminated, "Name: value" */
+	const void *body;	    /* buffered request body, or */
 	size_t body_len;
-	fetch_read_fn body_reader;     /* a streamed one */
+	fetch_read_fn body_reader; /* a streamed one */
 	void *body_ctx;
-	int64_t body_size;             /* streamed size; -1: chunked */
+	int64_t body_size; /* streamed size; -1: chunked */
 	const char *content_type;
 	const struct fetch_s3 *s3;
-	size_t max_response;           /* cap of a buffered answer; 0: 1 MiB */
-	fetch_write_fn sink;           /* stream the answer instead */
+	size_t max_response; /* cap of a buffered answer; 0: 1 MiB */
+	fetch_write_fn sink; /* stream the answer instead */
 	void *sink_ctx;
-	int no_retry;                  /* requests that are not idempotent */
-	unsigned timeout_ms;           /* 0: the fetch's; for long uploads */
+	int no_retry;	     /* requests that are not idempotent */
+	unsigned timeout_ms; /* 0: the fetch's; for long uploads */
 };
 struct fetch_response {
 	long status;
-	struct fetch_buf body;         /* empty when a sink was given */
+	struct fetch_buf body; /* empty when a sink was given */
 };
 /*
  * Runs one exchange (retrying transient transport failures, 5xx and 429
@@ -106,8 +106,7 @@ struct fetch_response {
  * of a 5xx or 429 answer that may still be retried is dropped, so such a
  * final answer can come back with an empty body.
  */
-int fetch_request(struct fetch *f, const struct fetch_request *req,
-		  struct fetch_response *ret);
+int fetch_request(struct fetch *f, const struct fetch_request *req, struct fetch_response *ret);
 void fetch_response_free(struct fetch_response *r);
 /* Maps an HTTP status to 0 or a negative errno as above. */
 int fetch_status_errno(long status);
@@ -115,49 +114,44 @@ int fetch_status_errno(long status);
 /* ---- the Resource API (resource-api.md) -------------------------------- */
 
 /* POST /login; *ret_token is malloc()ed, *ret_exp the JWT exp (0: none). */
-int fetch_api_login(struct fetch *f, const char *api_url, const char *email,
-		    const char *password, char **ret_token, time_t *ret_exp);
+int fetch_api_login(struct fetch *f, const char *api_url, const char *email, const char *password,
+		    char **ret_token, time_t *ret_exp);
 /* POST /resources/get/{folder} {"password","hardware","fileName"}. */
-int fetch_api_resource(struct fetch *f, const char *api_url, const char *token,
-		       const char *folder, const char *file_name,
-		       const char *password, const char *hardware,
+int fetch_api_resource(struct fetch *f, const char *api_url, const char *token, const char *folder,
+		       const char *file_name, const char *password, const char *hardware,
 		       struct fetch_buf *ret);
 /* GET /resources/list/{folder}; -ENOENT when the API has no catalog (that
  * 404 is logged at LOG_DEBUG only). */
-int fetch_api_list(struct fetch *f, const char *api_url, const char *token,
-		   const char *folder, json_t **ret);
+int fetch_api_list(struct fetch *f, const char *api_url, const char *token, const char *folder,
+		   json_t **ret);
 /* GET /binary-split/key-fragment. */
-int fetch_api_key_fragment(struct fetch *f, const char *api_url,
-			   const char *token, struct fetch_buf *ret);
+int fetch_api_key_fragment(struct fetch *f, const char *api_url, const char *token,
+			   struct fetch_buf *ret);
 /*
  * POST /resources/{folder}, multipart file field "data" named file_name;
  * fields (may be NULL) is a NULL-terminated list of name, value pairs sent
  * as extra form fields (the publisher's size, sha256, big_size).
  */
-int fetch_api_upload(struct fetch *f, const char *api_url, const char *token,
-		     const char *folder, const char *file_name,
-		     const void *data, size_t len, const char *const *fields);
+int fetch_api_upload(struct fetch *f, const char *api_url, const char *token, const char *folder,
+		     const char *file_name, const void *data, size_t len,
+		     const char *const *fields);
 /* POST /devices; *ret_device_id malloc()ed. */
-int fetch_api_register_device(struct fetch *f, const char *api_url,
-			      const char *token, const char *name,
-			      const char *hardware, const char *public_pem,
+int fetch_api_register_device(struct fetch *f, const char *api_url, const char *token,
+			      const char *name, const char *hardware, const char *public_pem,
 			      char **ret_device_id);
 /* GET /resources/key/{folder}/{name} with X-Device-Id: the JSON small part;
  * -ENOENT (logged at LOG_DEBUG) for an unknown or revoked device or a
  * resource that is not format 2. */
 int fetch_api_device_key(struct fetch *f, const char *api_url, const char *token,
-			 const char *folder, const char *name,
-			 const char *device_id, json_t **ret);
+			 const char *folder, const char *name, const char *device_id, json_t **ret);
 /*
  * POST /resources/key/{folder}/{name} {"key","size","sha256"}, plus the
  * extra fields "file_id" (when file_id_hex is not NULL) and "big_size"
  * (when not 0) that the API needs to build the small part.
  */
-int fetch_api_register_key(struct fetch *f, const char *api_url,
-			   const char *token, const char *folder,
-			   const char *name, const char *key_b64,
-			   uint64_t size, const char *sha256_hex,
-			   const char *file_id_hex, uint64_t big_size);
+int fetch_api_register_key(struct fetch *f, const char *api_url, const char *token,
+			   const char *folder, const char *name, const char *key_b64, uint64_t size,
+			   const char *sha256_hex, const char *file_id_hex, uint64_t big_size);
 
 /* ---- the CDN ------------------------------------------------------------ */
 
@@ -169,17 +163,15 @@ int fetch_api_register_key(struct fetch *f, const char *api_url,
  * the answer does not tell it. A range that starts at or past the end (416)
  * reads 0 bytes. A short body is retried as a transient failure.
  */
-int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3,
-		    uint64_t off, size_t len, uint8_t *buf, size_t *ret_len,
-		    uint64_t *ret_total);
+int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t off,
+		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total);
 /* Size of the object at url (HEAD, or a one-byte range). */
-int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3,
-		   uint64_t *ret_size);
+int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t *ret_size);
 /* PUTs size bytes read from rd to url (plain PUT, or S3 with s3 keys).
  * Its deadline is the call's timeout plus 1 s per 128 KiB; a stall fails
  * sooner. rd must give exactly size bytes. */
-int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3,
-		  fetch_read_fn rd, void *ctx, uint64_t size);
+int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3, fetch_read_fn rd,
+		  void *ctx, uint64_t size);
 
 /* ---- the Docker Engine API ---------------------------------------------- */
 
@@ -192,11 +184,9 @@ int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3,
  * ret_message, when not NULL, is always written: NULL unless Docker said
  * why the load failed.
  */
-int fetch_docker_load(struct fetch *f, const char *socket_path,
-		      fetch_read_fn rd, void *ctx, char **ret_loaded,
-		      char **ret_message);
+int fetch_docker_load(struct fetch *f, const char *socket_path, fetch_read_fn rd, void *ctx,
+		      char **ret_loaded, char **ret_message);
 /* GET /images/{ref}/json: 0 present, -ENOENT absent. */
-int fetch_docker_image_exists(struct fetch *f, const char *socket_path,
-			      const char *ref);
+int fetch_docker_image_exists(struct fetch *f, const char *socket_path, const char *ref);
 
 #endif

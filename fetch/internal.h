@@ -13,7 +13,7 @@
 
 /* Answers of body hooks besides 0 and a negative errno. */
 enum {
-	FETCH_STOP = 1,  /* body(): all wanted bytes are in; end the transfer */
+	FETCH_STOP = 1,	 /* body(): all wanted bytes are in; end the transfer */
 	FETCH_SHORT = 2, /* end(): the body was short; a transient failure */
 };
 
@@ -39,24 +39,24 @@ struct fetch_hooks {
 	int (*setup)(void *ctx, CURL *h);
 	void (*undo)(void *ctx);
 	void *ctx;
-	unsigned low_speed_s;          /* 0: the default */
+	unsigned low_speed_s; /* 0: the default */
 };
 
 struct fetch_call {
 	struct fetch *f;
 	const struct fetch_request *req;
 	const struct fetch_body_ops *ops;
-	void *ctx;                     /* for ops */
+	void *ctx; /* for ops */
 	const struct fetch_hooks *hooks;
-	const char *range;             /* CURLOPT_RANGE, "a-b" */
-	unsigned low_speed_s;          /* 0: the default stall bound */
-	int quiet;                     /* a final failure is logged at debug */
+	const char *range;    /* CURLOPT_RANGE, "a-b" */
+	unsigned low_speed_s; /* 0: the default stall bound */
+	int quiet;	      /* a final failure is logged at debug */
 
 	/* Written by the engine for the hooks, per attempt. */
 	long status;
-	curl_off_t length;             /* Content-Length, -1 unknown */
-	char content_range[128];       /* "" when absent */
-	int no_more_retries;           /* set by body(): bytes left for good */
+	curl_off_t length;	 /* Content-Length, -1 unknown */
+	char content_range[128]; /* "" when absent */
+	int no_more_retries;	 /* set by body(): bytes left for good */
 	const char *why;
 };
 
@@ -79,8 +79,8 @@ void fetch_logf(struct fetch *f, int priority, const char *fmt, ...)
  * Maps a status to 0 or -errno like fetch_status_errno() and logs the
  * failure once (at debug for an expected 404 when quiet_404).
  */
-int fetch_check_status(struct fetch *f, const char *method, const char *url,
-		       long status, int quiet_404);
+int fetch_check_status(struct fetch *f, const char *method, const char *url, long status,
+		       int quiet_404);
 
 /* Copies url without userinfo, query and fragment, for logs. */
 void fetch_url_for_log(const char *url, char *out, size_t cap);

@@ -23,13 +23,13 @@
 #define CONFIG_SECRET_MAX (64 * 1024)
 
 enum config_type {
-	T_STR,     /* text, never empty */
-	T_OPT,     /* text, may be empty (NULL) */
-	T_URL,     /* http:// or https:// */
-	T_LIST,    /* comma-separated names */
+	T_STR,	/* text, never empty */
+	T_OPT,	/* text, may be empty (NULL) */
+	T_URL,	/* http:// or https:// */
+	T_LIST, /* comma-separated names */
 	T_BOOL,
 	T_SECONDS, /* unsigned */
-	T_SIZE,    /* bytes with K, M, G suffix */
+	T_SIZE,	   /* bytes with K, M, G suffix */
 	T_TPM,
 	T_LEVEL,
 	T_PCRS,
@@ -42,7 +42,10 @@ struct config_key {
 	const char *def; /* NULL: unset */
 };
 
-#define K(n, t, d) { #n, t, offsetof(struct config, n), d }
+#define K(n, t, d)                                   \
+	{                                            \
+#n, t, offsetof(struct config, n), d \
+	}
 static const struct config_key config_keys[] = {
 	K(api_url, T_URL, "https://api.azaion.com"),
 	K(cdn_url, T_URL, NULL),
@@ -654,8 +657,7 @@ static int config_secret_dup(const char *s, char **ret)
 	return 0;
 }
 
-int config_read_credentials(const char *path, char **ret_email, char **ret_password,
-			    char **ret_msg)
+int config_read_credentials(const char *path, char **ret_email, char **ret_password, char **ret_msg)
 {
 	char *text = NULL, *email = NULL, *password = NULL;
 	char *line, *save = NULL;
@@ -672,8 +674,8 @@ int config_read_credentials(const char *path, char **ret_email, char **ret_passw
 			continue;
 		eq = strchr(line, '=');
 		if (!eq) {
-			*ret_msg = config_fmt("%s: expected 'email = ...' or 'password = ...'",
-					      path);
+			*ret_msg =
+				config_fmt("%s: expected 'email = ...' or 'password = ...'", path);
 			r = -EINVAL;
 			goto out;
 		}

@@ -10,40 +10,44 @@
 #include <stdint.h>
 #include <stddef.h>
 
-enum config_tpm { CONFIG_TPM_AUTO, CONFIG_TPM_REQUIRED, CONFIG_TPM_OFF };
+enum config_tpm {
+	CONFIG_TPM_AUTO,
+	CONFIG_TPM_REQUIRED,
+	CONFIG_TPM_OFF
+};
 
 struct config {
 	char *api_url;
-	char *cdn_url;                  /* NULL: from cdn.yaml */
-	char *s3_access_key;            /* NULL: from cdn.yaml */
+	char *cdn_url;	     /* NULL: from cdn.yaml */
+	char *s3_access_key; /* NULL: from cdn.yaml */
 	char *s3_secret_key_file;
 	char *s3_region;
 	char *folder;
-	char **models;                  /* NULL-terminated, or NULL */
+	char **models; /* NULL-terminated, or NULL */
 	char *ca_file;
 	char *credentials;
-	char *hardware_id;              /* NULL: derived */
+	char *hardware_id; /* NULL: derived */
 	char *legacy_resource_secret_file;
 	enum config_tpm tpm;
 	char *tpm_tcti;
-	char *tpm_pcrs;                 /* "" for none */
+	char *tpm_pcrs; /* "" for none */
 	char *tpm_owner_auth_file;
-	unsigned tpm_wait;              /* seconds */
+	unsigned tpm_wait; /* seconds */
 	char *state_dir;
 	char *cache_dir;
-	uint64_t cache_max;             /* bytes */
-	uint64_t memory_cache;          /* bytes */
-	unsigned catalog_ttl;           /* seconds */
-	unsigned io_timeout;            /* seconds */
-	uint64_t readahead_max;         /* bytes */
+	uint64_t cache_max;	/* bytes */
+	uint64_t memory_cache;	/* bytes */
+	unsigned catalog_ttl;	/* seconds */
+	unsigned io_timeout;	/* seconds */
+	uint64_t readahead_max; /* bytes */
 	char *rest_listen;
 	int rest_public;
 	char *images_archive;
 	char *images_resource;
-	char **images;                  /* NULL-terminated */
+	char **images; /* NULL-terminated */
 	char *images_version;
 	char *docker_socket;
-	int log_level;                  /* LOG_* */
+	int log_level; /* LOG_* */
 };
 
 #define CONFIG_DEFAULT_PATH "/etc/azaion/azaionfs.conf"
@@ -57,8 +61,8 @@ void config_free(struct config *c);
  * ("azaionfs.conf:12" or "-o"); on error *ret_msg (may be NULL) gets a
  * malloc()ed one-line message naming the key. -EINVAL or -ENOENT (unknown).
  */
-int config_set(struct config *c, const char *key, const char *value,
-	       const char *where, char **ret_msg);
+int config_set(struct config *c, const char *key, const char *value, const char *where,
+	       char **ret_msg);
 /* Reads a file of key = value lines; same error reporting. */
 int config_load_file(struct config *c, const char *path, char **ret_msg);
 /* 1 when key is one of config.md's keys. */
@@ -73,8 +77,8 @@ int config_parse_size(const char *s, uint64_t *ret);
  * owner auth) into locked memory, refusing a file readable by group or
  * others when must_be_private. *ret is secmem; free with secmem_free.
  */
-int config_read_secret_file(const char *path, int must_be_private, char **ret,
-			    size_t *ret_len, char **ret_msg);
+int config_read_secret_file(const char *path, int must_be_private, char **ret, size_t *ret_len,
+			    char **ret_msg);
 
 /*
  * Reads a credentials file (mode 0600 or stricter) of "email = ..." and

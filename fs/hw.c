@@ -46,7 +46,7 @@ static void hw_read_line(const char *path, char *out, size_t cap)
 /* The value of the first "key : value" line of /proc/cpuinfo with that key. */
 static void hw_cpu(char *out, size_t cap)
 {
-	static const char *const keys[] = { "model name", "Model", "Hardware", "CPU part" };
+	static const char *const keys[] = {"model name", "Model", "Hardware", "CPU part"};
 	char line[512];
 	FILE *f;
 
@@ -124,9 +124,8 @@ static void hw_memory(char *out, size_t cap)
 /* Serial of the first non-virtual block device (sda, nvme0n1, mmcblk0 ...). */
 static void hw_serial(char *out, size_t cap)
 {
-	static const char *const prefixes[] = { "nvme", "sd", "mmcblk", "vd", "xvd" };
-	static const char *const files[] = { "device/serial", "serial", "device/cid",
-					     "device/wwid" };
+	static const char *const prefixes[] = {"nvme", "sd", "mmcblk", "vd", "xvd"};
+	static const char *const files[] = {"device/serial", "serial", "device/cid", "device/wwid"};
 	char path[512];
 
 	out[0] = '\0';

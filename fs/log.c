@@ -94,10 +94,10 @@ int log_level_parse(const char *name)
 		const char *name;
 		int level;
 	} levels[] = {
-		{ "error", LOG_ERR },
-		{ "warn", LOG_WARNING },
-		{ "info", LOG_INFO },
-		{ "debug", LOG_DEBUG },
+		{"error", LOG_ERR},
+		{"warn", LOG_WARNING},
+		{"info", LOG_INFO},
+		{"debug", LOG_DEBUG},
 	};
 
 	for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)

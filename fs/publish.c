@@ -25,9 +25,9 @@
 
 struct pub_stream {
 	const struct publish_req *req;
-	uint8_t *plain;                /* secmem: one step of plaintext */
+	uint8_t *plain; /* secmem: one step of plaintext */
 	size_t plain_cap;
-	uint8_t *out;                  /* pending big-part bytes */
+	uint8_t *out; /* pending big-part bytes */
 	size_t out_cap, out_len, out_pos;
 	uint64_t src_done;
 	uint64_t emitted;
@@ -38,11 +38,11 @@ struct pub_stream {
 	char *msg;
 	/* format 1 */
 	struct f1_encryptor *enc;
-	uint8_t *small;                /* secmem */
+	uint8_t *small; /* secmem */
 	size_t small_len, small_want;
 	/* format 2 */
 	struct f2_header header;
-	uint8_t *key;                  /* secmem, CRYPTO_KEY_SIZE */
+	uint8_t *key; /* secmem, CRYPTO_KEY_SIZE */
 	uint64_t chunk;
 	int header_sent;
 };
@@ -341,8 +341,9 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 
 		r = session_cdn_upload(t->session, &cdn);
 		if (r < 0) {
-			pub_fail(&s, r, "no CDN to upload to: set cdn_url, or log in so that "
-					"cdn.yaml names one");
+			pub_fail(&s, r,
+				 "no CDN to upload to: set cdn_url, or log in so that "
+				 "cdn.yaml names one");
 			goto out;
 		}
 		escaped = names_url_escape(req->name);
@@ -373,15 +374,15 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 					   s.small, s.small_len);
 		} else {
 			char file_name[300], size[24], big_size[24];
-			const char *fields[] = { "size", size, "sha256", res.sha256,
-						 "big_size", big_size, NULL };
+			const char *fields[] = {"size",	    size,     "sha256", res.sha256,
+						"big_size", big_size, NULL};
 
 			snprintf(file_name, sizeof(file_name), "%s.small", req->name);
 			snprintf(size, sizeof(size), "%llu", (unsigned long long)res.size);
 			snprintf(big_size, sizeof(big_size), "%llu",
 				 (unsigned long long)res.big_size);
-			r = session_upload(t->session, req->folder, file_name, s.small,
-					   s.small_len, fields);
+			r = session_upload(t->session, req->folder, file_name, s.small, s.small_len,
+					   fields);
 		}
 		if (r < 0) {
 			pub_fail(&s, r, "storing the small part failed: %s", strerror(-r));

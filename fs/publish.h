@@ -14,12 +14,12 @@
 #include "fs/session.h"
 
 struct publish_req {
-	const char *name;              /* resource name, no '/' */
+	const char *name; /* resource name, no '/' */
 	const char *folder;
-	int format;                    /* 1 or 2 */
-	unsigned chunk_shift;          /* format 2; 0: the default */
-	const uint8_t *resource_key;   /* format 1: aes(resource_secret) */
-	fetch_read_fn src;             /* the plaintext, exactly size bytes */
+	int format;		     /* 1 or 2 */
+	unsigned chunk_shift;	     /* format 2; 0: the default */
+	const uint8_t *resource_key; /* format 1: aes(resource_secret) */
+	fetch_read_fn src;	     /* the plaintext, exactly size bytes */
 	void *src_ctx;
 	uint64_t size;
 	/* Called as the big part is written; may be NULL. */
@@ -39,11 +39,11 @@ struct publish_target {
 };
 
 struct publish_result {
-	uint64_t size;                 /* plaintext */
+	uint64_t size; /* plaintext */
 	uint64_t big_size;
-	uint64_t small_size;           /* format 1 */
-	char sha256[65];               /* of the plaintext, hex */
-	char file_id[33];              /* format 2, hex */
+	uint64_t small_size; /* format 1 */
+	char sha256[65];     /* of the plaintext, hex */
+	char file_id[33];    /* format 2, hex */
 };
 
 /*

@@ -11,23 +11,22 @@
 
 static int check_n, check_failed;
 
-#define CHECK(cond, ...)                                                       \
-	do {                                                                   \
-		int check_ok_ = !!(cond);                                      \
-		check_n++;                                                     \
-		if (!check_ok_)                                                \
-			check_failed++;                                        \
-		printf("%sok %d - ", check_ok_ ? "" : "not ", check_n);        \
-		printf(__VA_ARGS__);                                           \
-		if (!check_ok_)                                                \
-			printf(" (%s:%d: %s)", __FILE__, __LINE__, #cond);     \
-		printf("\n");                                                  \
-		fflush(stdout);                                                \
+#define CHECK(cond, ...)                                                   \
+	do {                                                               \
+		int check_ok_ = !!(cond);                                  \
+		check_n++;                                                 \
+		if (!check_ok_)                                            \
+			check_failed++;                                    \
+		printf("%sok %d - ", check_ok_ ? "" : "not ", check_n);    \
+		printf(__VA_ARGS__);                                       \
+		if (!check_ok_)                                            \
+			printf(" (%s:%d: %s)", __FILE__, __LINE__, #cond); \
+		printf("\n");                                              \
+		fflush(stdout);                                            \
 	} while (0)
 
 /* Counts many sub-checks as one line: fails with the first bad one. */
-#define CHECK_ALL(count_bad, total, ...)                                       \
-	CHECK((count_bad) == 0, __VA_ARGS__)
+#define CHECK_ALL(count_bad, total, ...) CHECK((count_bad) == 0, __VA_ARGS__)
 
 static inline int check_done(void)
 {

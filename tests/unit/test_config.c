@@ -97,8 +97,8 @@ static void expect_file_error(const char *text, const char *want1, const char *w
 
 	config_new(&c);
 	r = config_load_file(c, path, &msg);
-	CHECK(r < 0 && msg && strstr(msg, want1) && strstr(msg, want2),
-	      "bad file refused with: %s", msg ? msg : "(no message)");
+	CHECK(r < 0 && msg && strstr(msg, want1) && strstr(msg, want2), "bad file refused with: %s",
+	      msg ? msg : "(no message)");
 	config_free(c);
 	free(msg);
 }
@@ -200,8 +200,8 @@ static void test_names(void)
 	long_name[256] = '\0';
 	CHECK(names_valid("yolo11m.onnx") && names_valid("a b") && names_valid(".hidden"),
 	      "ordinary names valid");
-	CHECK(!names_valid("") && !names_valid(".") && !names_valid("..") &&
-		      !names_valid("a/b") && !names_valid(long_name),
+	CHECK(!names_valid("") && !names_valid(".") && !names_valid("..") && !names_valid("a/b") &&
+		      !names_valid(long_name),
 	      "hostile names refused");
 	long_name[255] = '\0';
 	CHECK(names_valid(long_name), "255 bytes is the limit");

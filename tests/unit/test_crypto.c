@@ -147,12 +147,17 @@ static void test_encodings(void)
 	static const struct {
 		const char *plain, *b64;
 	} rfc4648[] = {
-		{ "", "" }, { "f", "Zg==" }, { "fo", "Zm8=" }, { "foo", "Zm9v" },
-		{ "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" }, { "foobar", "Zm9vYmFy" },
+		{"", ""},
+		{"f", "Zg=="},
+		{"fo", "Zm8="},
+		{"foo", "Zm9v"},
+		{"foob", "Zm9vYg=="},
+		{"fooba", "Zm9vYmE="},
+		{"foobar", "Zm9vYmFy"},
 	};
 	static const char *bad[] = {
-		"Zg=", "Zg===", "Z===", "====", "Zm9v\n", " Zm9", "Zm=v", "Zh==", "Zm9=",
-		"Zm9vY!==", "Zm9v Yg==",
+		"Zg=",	"Zg===", "Z===", "====",     "Zm9v\n",	  " Zm9",
+		"Zm=v", "Zh==",	 "Zm9=", "Zm9vY!==", "Zm9v Yg==",
 	};
 	uint8_t all[256], dec[300], md[48];
 	char enc[400], hex[100];
@@ -532,7 +537,7 @@ out:
 
 static void test_vectors(void)
 {
-	struct vec_stats st = { 0 };
+	struct vec_stats st = {0};
 	char *buf, *line, *save = NULL, *f[8], *tok, *save2;
 	uint8_t rkey[32], want[33];
 	size_t len = 0;
@@ -638,7 +643,7 @@ static void test_f1_sizes_and_padding(void)
 	 */
 	bad = 0;
 	for (n = 0; n <= 40; n++) {
-		static const uint8_t flips[] = { 0x80, 0x10, 0x1f };
+		static const uint8_t flips[] = {0x80, 0x10, 0x1f};
 		size_t k;
 
 		f1_encrypt(key, p, n, e, &len);
@@ -824,8 +829,8 @@ static int f2_ranges(const uint8_t *key, const uint8_t *p, size_t size, unsigned
 		}
 		if (err || memcmp(out + (off - (c0 << shift)), p + off, len) != 0) {
 			if (bad++ < 3)
-				printf("# shift %u size %zu range %zu+%zu: %d\n", shift, size,
-				       off, len, err);
+				printf("# shift %u size %zu range %zu+%zu: %d\n", shift, size, off,
+				       len, err);
 		}
 	}
 	free(out);
@@ -836,7 +841,7 @@ static int f2_ranges(const uint8_t *key, const uint8_t *p, size_t size, unsigned
 static void test_ranges(void)
 {
 	const size_t big = 3 * MIB + 5;
-	const size_t sizes[] = { 0, 1, 15, 16, 17, 4095, 4096, 4097, 65535, 65536, 65537, big };
+	const size_t sizes[] = {0, 1, 15, 16, 17, 4095, 4096, 4097, 65535, 65536, 65537, big};
 	uint8_t key[32], *p;
 	size_t k;
 	int bad1 = 0, bad2 = 0, bad3 = 0, pairs = 0, per;
@@ -862,7 +867,7 @@ static void test_ranges(void)
 
 static void test_f2_geometry(void)
 {
-	uint8_t fid[16] = { 1, 2, 3 }, key[32] = { 9 }, buf[64];
+	uint8_t fid[16] = {1, 2, 3}, key[32] = {9}, buf[64];
 	struct f2_header h, g;
 	int err;
 
@@ -905,16 +910,16 @@ static void test_f2_header_reject(void)
 	crypto_random(fid, sizeof(fid));
 	f2_header_init(&h, 12345, 16, fid);
 
-#define REJECT(what, edit)                                                              \
-	do {                                                                           \
-		memcpy(raw, h.raw, 64);                                                \
-		edit;                                                                  \
-		memset(&g, 0x5a, sizeof(g));                                           \
-		err = f2_header_parse(raw, &g);                                        \
-		if (err != -EBADMSG || g.chunk_shift != 0x5a5a5a5a) {                  \
-			printf("# header with %s: %d\n", what, err);                   \
-			bad++;                                                         \
-		}                                                                      \
+#define REJECT(what, edit)                                            \
+	do {                                                          \
+		memcpy(raw, h.raw, 64);                               \
+		edit;                                                 \
+		memset(&g, 0x5a, sizeof(g));                          \
+		err = f2_header_parse(raw, &g);                       \
+		if (err != -EBADMSG || g.chunk_shift != 0x5a5a5a5a) { \
+			printf("# header with %s: %d\n", what, err);  \
+			bad++;                                        \
+		}                                                     \
 	} while (0)
 
 	for (i = 0; i < 4; i++)
@@ -1009,8 +1014,9 @@ static void test_f2_tamper(void)
 	for (i = 0; i < n; i++) {
 		off = f2_chunk_offset(&h, i);
 		for (j = 0; j < f2_chunk_plain_len(&h, i) + CRYPTO_TAG_SIZE; j++) {
-			memcpy(t + off, big + off, cs + CRYPTO_TAG_SIZE > big_len - off
-							 ? big_len - off : cs + CRYPTO_TAG_SIZE);
+			memcpy(t + off, big + off,
+			       cs + CRYPTO_TAG_SIZE > big_len - off ? big_len - off
+								    : cs + CRYPTO_TAG_SIZE);
 			t[off + j] ^= (uint8_t)(1u << (j % 8));
 			memset(out, 0xa5, cs);
 			err = f2_open_chunk(key, &h, i, t + off,
@@ -1072,8 +1078,7 @@ static void test_f2_tamper(void)
 			bad++;
 	}
 	CHECK(bad == 0, "chunks of another file (same key, other file_id) fail in place: -EBADMSG");
-	CHECK(f2_all_refused(key2, big, big_len) == 0,
-	      "every chunk under a wrong key: -EBADMSG");
+	CHECK(f2_all_refused(key2, big, big_len) == 0, "every chunk under a wrong key: -EBADMSG");
 	err = f2_open_chunk(key, &h, 0, big + 64, 15, out);
 	CHECK(err == -EBADMSG, "a chunk shorter than a tag: -EBADMSG");
 	err = f2_open_chunk(key, &h, 0, big + 64, cs + 16, out);
@@ -1198,13 +1203,13 @@ static void test_secmem(void)
 	fflush(stdout);
 	pid = fork();
 	if (pid == 0) {
-		struct rlimit rl = { 64 * 1024, 64 * 1024 };
+		struct rlimit rl = {64 * 1024, 64 * 1024};
 		uint8_t *q, *r;
 
 		if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
 			_exit(10);
-		if (getuid() == 0 && (setgroups(0, NULL) < 0 || setgid(65534) < 0 ||
-				      setuid(65534) < 0))
+		if (getuid() == 0 &&
+		    (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0))
 			_exit(11);
 		errno = 0;
 		q = secmem_alloc(MIB);
@@ -1226,7 +1231,7 @@ static void test_secmem(void)
 
 		memset(w, 0x77, sizeof(w));
 		crypto_wipe(w, sizeof(w));
-		CHECK(all_zero_or(w, sizeof(w), 0) , "crypto_wipe zeroes");
+		CHECK(all_zero_or(w, sizeof(w), 0), "crypto_wipe zeroes");
 	}
 }
 
@@ -1275,7 +1280,8 @@ static void throughput(void)
 	f2_rate = (double)bytes / MIB / (t1 - t0);
 	CHECK(err == 0 && memcmp(out, p, size) == 0, "throughput runs decrypted correctly");
 	printf("# throughput (64 KiB calls): f1_decrypt_blocks %.0f MB/s, "
-	       "f2_open_chunk %.0f MB/s\n", f1_rate, f2_rate);
+	       "f2_open_chunk %.0f MB/s\n",
+	       f1_rate, f2_rate);
 	free(big);
 	free(out);
 	free(e);

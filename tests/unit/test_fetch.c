@@ -159,12 +159,12 @@ static ssize_t mem_read(void *ctx, uint8_t *buf, size_t cap)
 enum ts_mode {
 	TS_IGNORE_RANGE,       /* 200, whole object, Content-Length */
 	TS_IGNORE_RANGE_NOLEN, /* 200, whole object, ends by closing */
-	TS_BAD_RANGE,          /* 206 with a Content-Range one byte off */
-	TS_SHORT_ONCE,         /* first answer short, then right */
-	TS_503_ONCE,           /* first answer 503, then right */
-	TS_503,                /* always 503 */
-	TS_STALL,              /* reads the request, never answers */
-	TS_CHUNKED_BIG,        /* 200, 2 MiB chunked, no length */
+	TS_BAD_RANGE,	       /* 206 with a Content-Range one byte off */
+	TS_SHORT_ONCE,	       /* first answer short, then right */
+	TS_503_ONCE,	       /* first answer 503, then right */
+	TS_503,		       /* always 503 */
+	TS_STALL,	       /* reads the request, never answers */
+	TS_CHUNKED_BIG,	       /* 200, 2 MiB chunked, no length */
 };
 
 #define TS_SIZE ((size_t)1 << 20 | 7)
@@ -229,8 +229,10 @@ static void ts_answer(int fd, const char *req)
 		b = TS_SIZE - 1;
 	switch (ts.mode) {
 	case TS_IGNORE_RANGE:
-		snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n"
-			 "Connection: close\r\n\r\n", TS_SIZE);
+		snprintf(hdr, sizeof(hdr),
+			 "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n"
+			 "Connection: close\r\n\r\n",
+			 TS_SIZE);
 		if (!send_all(fd, hdr, strlen(hdr)))
 			send_object(fd, 0, TS_SIZE);
 		return;
@@ -240,29 +242,36 @@ static void ts_answer(int fd, const char *req)
 			send_object(fd, 0, TS_SIZE);
 		return;
 	case TS_BAD_RANGE:
-		snprintf(hdr, sizeof(hdr), "HTTP/1.1 206 Partial Content\r\n"
+		snprintf(hdr, sizeof(hdr),
+			 "HTTP/1.1 206 Partial Content\r\n"
 			 "Content-Length: %llu\r\nContent-Range: bytes %llu-%llu/%zu\r\n"
-			 "Connection: close\r\n\r\n", b - a + 1, a + 1, b + 1, TS_SIZE);
+			 "Connection: close\r\n\r\n",
+			 b - a + 1, a + 1, b + 1, TS_SIZE);
 		if (!send_all(fd, hdr, strlen(hdr)))
 			send_object(fd, a + 1, b + 2);
 		return;
 	case TS_SHORT_ONCE:
 	case TS_503_ONCE:
 		if (first && ts.mode == TS_503_ONCE) {
-			snprintf(hdr, sizeof(hdr), "HTTP/1.1 503 Busy\r\nContent-Length: 5\r\n"
+			snprintf(hdr, sizeof(hdr),
+				 "HTTP/1.1 503 Busy\r\nContent-Length: 5\r\n"
 				 "Connection: close\r\n\r\nbusy\n");
 			send_all(fd, hdr, strlen(hdr));
 			return;
 		}
-		snprintf(hdr, sizeof(hdr), "HTTP/1.1 206 Partial Content\r\n"
+		snprintf(hdr, sizeof(hdr),
+			 "HTTP/1.1 206 Partial Content\r\n"
 			 "Content-Length: %llu\r\nContent-Range: bytes %llu-%llu/%zu\r\n"
-			 "Connection: close\r\n\r\n", b - a + 1, a, b, TS_SIZE);
+			 "Connection: close\r\n\r\n",
+			 b - a + 1, a, b, TS_SIZE);
 		if (!send_all(fd, hdr, strlen(hdr)))
-			send_object(fd, a, first && ts.mode == TS_SHORT_ONCE ? a + (b - a + 1) / 2
-									      : b + 1);
+			send_object(fd, a,
+				    first && ts.mode == TS_SHORT_ONCE ? a + (b - a + 1) / 2
+								      : b + 1);
 		return;
 	case TS_503:
-		snprintf(hdr, sizeof(hdr), "HTTP/1.1 503 Busy\r\nContent-Length: 5\r\n"
+		snprintf(hdr, sizeof(hdr),
+			 "HTTP/1.1 503 Busy\r\nContent-Length: 5\r\n"
 			 "Connection: close\r\n\r\nbusy\n");
 		send_all(fd, hdr, strlen(hdr));
 		return;
@@ -275,7 +284,8 @@ static void ts_answer(int fd, const char *req)
 		static uint8_t chunk[65536];
 		int i;
 
-		snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+		snprintf(hdr, sizeof(hdr),
+			 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
 			 "Connection: close\r\n\r\n");
 		if (send_all(fd, hdr, strlen(hdr)))
 			return;
@@ -324,15 +334,15 @@ static void *ts_main(void *arg)
 
 static int ts_start(void)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_in sa = {.sin_family = AF_INET};
 	socklen_t sl = sizeof(sa);
 	int one = 1;
 
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	ts.fd = socket(AF_INET, SOCK_STREAM, 0);
 	setsockopt(ts.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ts.fd < 0 || bind(ts.fd, (struct sockaddr *)&sa, sizeof(sa)) ||
-	    listen(ts.fd, 16) || getsockname(ts.fd, (struct sockaddr *)&sa, &sl))
+	if (ts.fd < 0 || bind(ts.fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(ts.fd, 16) ||
+	    getsockname(ts.fd, (struct sockaddr *)&sa, &sl))
 		return -1;
 	ts.port = ntohs(sa.sin_port);
 	return pthread_create(&ts.thread, NULL, ts_main, NULL) ? -1 : 0;
@@ -340,7 +350,7 @@ static int ts_start(void)
 
 static void ts_stop(void)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_in sa = {.sin_family = AF_INET};
 	int fd;
 
 	ts.stop = 1;
@@ -427,9 +437,9 @@ static void test_odd_servers(void)
 	CHECK(r == -EIO && ts.requests == 4, "503 every time: -EIO after 1 + 3 attempts (%d, %d)",
 	      r, ts.requests);
 	{
-		struct fetch_request req = { .method = "POST", .url = url, .body = "x",
-					     .body_len = 1, .no_retry = 1 };
-		struct fetch_response resp = { 0 };
+		struct fetch_request req = {
+			.method = "POST", .url = url, .body = "x", .body_len = 1, .no_retry = 1};
+		struct fetch_response resp = {0};
 
 		ts_mode(TS_503);
 		r = fetch_request(f, &req, &resp);
@@ -439,8 +449,8 @@ static void test_odd_servers(void)
 		fetch_response_free(&resp);
 	}
 	{
-		struct fetch_request req = { .method = "GET", .url = url };
-		struct fetch_response resp = { 0 };
+		struct fetch_request req = {.method = "GET", .url = url};
+		struct fetch_response resp = {0};
 
 		ts_mode(TS_CHUNKED_BIG);
 		r = fetch_request(f, &req, &resp);
@@ -466,7 +476,7 @@ out:
 static void test_closed_port(void)
 {
 	struct fetch *f = new_fetch(NULL, 5000, 3);
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_in sa = {.sin_family = AF_INET};
 	socklen_t sl = sizeof(sa);
 	uint8_t buf[16];
 	size_t got;
@@ -517,7 +527,8 @@ static int list_has(json_t *list, const char *name, json_int_t size)
 	json_t *res = json_object_get(list, "resources"), *e;
 	size_t i;
 
-	json_array_foreach(res, i, e) {
+	json_array_foreach(res, i, e)
+	{
 		if (!strcmp(json_string_value(json_object_get(e, "name")) ?: "", name) &&
 		    (!size || json_integer_value(json_object_get(e, "size")) == size))
 			return 1;
@@ -531,7 +542,7 @@ static void test_api(const char *ca)
 	const char *fragfile = env("KEY_FRAGMENT_FILE");
 	struct fetch *f = new_fetch(ca, 10000, 3);
 	char *token = NULL, *token2 = NULL, *dev = NULL, *dev2 = NULL, *pem = NULL;
-	struct fetch_buf b = { 0 };
+	struct fetch_buf b = {0};
 	json_t *j = NULL;
 	time_t exp = 0;
 	char name[64], small[80];
@@ -576,9 +587,13 @@ static void test_api(const char *ca)
 	fill_random(part, sizeof(part));
 	{
 		const char *fields[] = {
-			"size", "123456", "big_size", "122000", "sha256",
-			"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", NULL
-		};
+			"size",
+			"123456",
+			"big_size",
+			"122000",
+			"sha256",
+			"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+			NULL};
 
 		r = fetch_api_upload(f, api, token, "models", small, part, sizeof(part), fields);
 		CHECK(r == 0, "upload of a small part (%d)", r);
@@ -611,7 +626,7 @@ static void test_api(const char *ca)
 	CHECK(r == 0, "key registration (%d)", r);
 	r = fetch_api_device_key(f, api, token, "models", name, dev, &j);
 	CHECK(r == 0 && json_is_string(json_object_get(j, "wrapped_key")) &&
-	      json_integer_value(json_object_get(j, "format")) == 2,
+		      json_integer_value(json_object_get(j, "format")) == 2,
 	      "device key: a wrapped key for this device (%d)", r);
 	json_decref(j);
 	j = NULL;
@@ -682,7 +697,8 @@ static void nginx_conns(const char *log, const char *uri, int *ret_conns, int *r
 		return;
 	while (fgets(line, sizeof(line), fp)) {
 		if (sscanf(line, "%15s %511s %7s %127s %ld %lu %ld", m, u, st, rg, &bytes, &c,
-			   &cr) != 7 || strcmp(m, "GET") || strcmp(u, uri))
+			   &cr) != 7 ||
+		    strcmp(m, "GET") || strcmp(u, uri))
 			continue;
 		reqs++;
 		for (i = 0, seen = 0; i < n; i++)
@@ -702,7 +718,7 @@ static void test_nginx(const char *ca)
 	struct fetch *f = new_fetch(ca, 20000, 3);
 	size_t size = 3 * 1024 * 1024 + 12345, got = 0, flen = 0;
 	uint8_t *data = malloc(size), *buf = malloc(size);
-	struct mem_reader mr = { .data = data, .len = size };
+	struct mem_reader mr = {.data = data, .len = size};
 	char url[512], path[512], uri[128];
 	uint64_t total = 0, sz = 0;
 	char *file = NULL;
@@ -734,8 +750,7 @@ static void test_nginx(const char *ca)
 	      "nginx: range over the end is short (%d, %zu)", r, got);
 	r = fetch_cdn_range(f, url, NULL, size, 4096, buf, &got, &total);
 	CHECK(r == 0 && got == 0 && total == size,
-	      "nginx: range at the end: 0 bytes, size known (%d, %zu, %" PRIu64 ")", r, got,
-	      total);
+	      "nginx: range at the end: 0 bytes, size known (%d, %zu, %" PRIu64 ")", r, got, total);
 	r = fetch_cdn_range(f, url, NULL, size + 1000, 10, buf, &got, &total);
 	CHECK(r == 0 && got == 0, "nginx: range past the end: 0 bytes (%d, %zu)", r, got);
 	r = fetch_cdn_range(f, url, NULL, 0, size, buf, &got, &total);
@@ -749,8 +764,8 @@ static void test_nginx(const char *ca)
 		CHECK(r == -ENOENT, "nginx: a missing object: -ENOENT (%d)", r);
 	}
 	{
-		struct fetch_request req = { .method = "GET", .url = url, .max_response = 65536 };
-		struct fetch_response resp = { 0 };
+		struct fetch_request req = {.method = "GET", .url = url, .max_response = 65536};
+		struct fetch_response resp = {0};
 
 		r = fetch_request(f, &req, &resp);
 		CHECK(r == -EFBIG && !resp.body.data,
@@ -763,8 +778,11 @@ static void test_nginx(const char *ca)
 		int bad = 0, errors = 0, conns = 0, reqs = 0;
 
 		for (i = 0; i < 16; i++) {
-			a[i] = (struct reader_arg){ .f = f, .url = url, .data = data, .size = size,
-						    .seed = (unsigned)(i * 7919 + getpid()) };
+			a[i] = (struct reader_arg){.f = f,
+						   .url = url,
+						   .data = data,
+						   .size = size,
+						   .seed = (unsigned)(i * 7919 + getpid())};
 			pthread_create(&th[i], NULL, reader_main, &a[i]);
 		}
 		for (i = 0; i < 16; i++) {
@@ -805,8 +823,7 @@ static void test_tls(const char *ca)
 	r = fetch_cdn_range(f, url, NULL, 0, sizeof(buf), buf, &got, NULL);
 	t0 = now_s() - t0;
 	CHECK(r == -EIO && t0 < 2.0,
-	      "TLS: the stack's server is refused without its CA, not retried (%d, %.2f s)", r,
-	      t0);
+	      "TLS: the stack's server is refused without its CA, not retried (%d, %.2f s)", r, t0);
 out:
 	fetch_free(f);
 }
@@ -821,7 +838,7 @@ static void test_s3(const char *ca)
 	struct fetch *f = new_fetch(ca, 20000, 3);
 	size_t size = 5 * 1024 * 1024 + 333, got = 0;
 	uint8_t *data = malloc(size), *buf = malloc(size);
-	struct mem_reader mr = { .data = data, .len = size };
+	struct mem_reader mr = {.data = data, .len = size};
 	uint64_t total = 0, sz = 0;
 	char url[512];
 	int r;
@@ -829,11 +846,12 @@ static void test_s3(const char *ca)
 	if (!base || !ak || !sk || !region || !f || !data || !buf)
 		goto out;
 	{
-		struct fetch_s3 up = { .access_key = uak ? uak : ak, .secret_key = usk ? usk : sk,
-				       .region = region };
-		struct fetch_s3 down = { .access_key = ak, .secret_key = sk, .region = region };
-		struct fetch_s3 wrong = { .access_key = ak, .secret_key = "not-the-secret",
-					  .region = region };
+		struct fetch_s3 up = {.access_key = uak ? uak : ak,
+				      .secret_key = usk ? usk : sk,
+				      .region = region};
+		struct fetch_s3 down = {.access_key = ak, .secret_key = sk, .region = region};
+		struct fetch_s3 wrong = {
+			.access_key = ak, .secret_key = "not-the-secret", .region = region};
 
 		fill_random(data, size);
 		snprintf(url, sizeof(url), "%s/models/fetchtest-%d.big", base, (int)getpid());
@@ -841,7 +859,7 @@ static void test_s3(const char *ca)
 		CHECK(r == 0, "S3: signed streamed PUT of %zu bytes (%d)", size, r);
 		r = fetch_cdn_range(f, url, &down, 1234567, 2000000, buf, &got, &total);
 		CHECK(r == 0 && got == 2000000 && total == size &&
-		      !memcmp(buf, data + 1234567, got),
+			      !memcmp(buf, data + 1234567, got),
 		      "S3: signed ranged GET gives the right bytes (%d, %zu)", r, got);
 		r = fetch_cdn_range(f, url, &down, size - 33, 100, buf, &got, &total);
 		CHECK(r == 0 && got == 33 && !memcmp(buf, data + size - 33, got),
@@ -885,7 +903,7 @@ static void test_docker(void)
 	const char *image = "azaion-test/busybox:latest";
 	struct fetch *f = new_fetch(NULL, 20000, 2);
 	char *loaded = NULL, *msg = NULL, cmd[1024];
-	struct pipe_reader pr = { 0 };
+	struct pipe_reader pr = {0};
 	int r, st;
 
 	if (!sock || !f)
@@ -911,7 +929,7 @@ static void test_docker(void)
 
 	{
 		static uint8_t junk[200000];
-		struct mem_reader mr = { .data = junk, .len = sizeof(junk) };
+		struct mem_reader mr = {.data = junk, .len = sizeof(junk)};
 
 		memset(junk, 'g', sizeof(junk));
 		r = fetch_docker_load(f, sock, mem_read, &mr, &loaded, &msg);
