@@ -2,9 +2,15 @@
 # `make test` runs the whole suite, `make asan` the same under ASan+UBSan.
 # V=1 shows the commands.
 
+# mount(8) gives mount.fuse3 the PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:
+# /usr/bin:/sbin:/bin, and mount.fuse3 runs the daemon by name: SBINDIR must be
+# on it (the default, and PREFIX=/usr, are).
 PREFIX ?= /usr/local
 DESTDIR ?=
-SBINDIR ?= /sbin
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 BUILD ?= build
 SAN ?=
 
@@ -85,28 +91,86 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(ALL_LIBS)
 test: all
 	tests/run --build $(BUILD)
 
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
 asan:
 	$(MAKE) BUILD=build-asan SAN=1 all
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		tests/run --build build-asan --label asan
+	$(ASAN_ENV) tests/run --build build-asan --label asan
+
+# What CI runs: the suite on the release build, then under ASan+UBSan, and
+# one closing line that sums both.
+check: all
+	$(MAKE) BUILD=build-asan SAN=1 all
+	@rm -f $(BUILD)/.summary-release $(BUILD)/.summary-asan
+	-tests/run --build $(BUILD) --label release --summary $(BUILD)/.summary-release
+	-$(ASAN_ENV) tests/run --build build-asan --label asan --summary $(BUILD)/.summary-asan
+	@cat $(BUILD)/.summary-release $(BUILD)/.summary-asan 2>/dev/null | \
+		awk '{p += $$1; f += $$2; n++} END {if (n < 2) f++; \
+		printf "%d passed, %d failed\n", p, f; exit (f > 0 || p == 0)}'
 
 demo: all
 	scripts/demo
+
+# libFuzzer targets (clang, ASan+UBSan) for every parser of outside data:
+# `make fuzz` builds them in $(FUZZ_BUILD)/fuzz/ and runs each for
+# FUZZ_SECONDS over its seeds in tests/fuzz/corpus/TARGET/; a crash fails.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/fuzz/%,$(FUZZ_SRC))
+
+$(BUILD)/fuzz/%: $(BUILD)/tests/fuzz/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS)
+
+fuzz-build:
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang SAN=1 CFLAGS=-fsanitize=fuzzer-no-link $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	tests/fuzz/run --build $(FUZZ_BUILD) --seconds $(FUZZ_SECONDS)
+
+# The unit test programs under valgrind's memcheck, against the local stack
+# (test_fetch and test_tpm need it): no error and no definite leak.
+valgrind: all
+	tests/run --build $(BUILD) --label valgrind 74-valgrind
+
+# 16 readers over every model for SOAK_SECONDS (default 300); not in `make test`.
+soak: all
+	tests/soak --build $(BUILD)
 
 format-check:
 	clang-format --dry-run --Werror crypto/*.[ch] fetch/*.[ch] tpm/*.[ch] fs/*.[ch] tests/unit/*.[ch]
 
 install: $(BUILD)/azaionfs $(BUILD)/azaionctl
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR) $(DESTDIR)/etc/azaion
-	install -m 0755 $(BUILD)/azaionfs $(DESTDIR)$(PREFIX)/bin/azaionfs
-	install -m 0755 $(BUILD)/azaionctl $(DESTDIR)$(PREFIX)/bin/azaionctl
-	ln -sf $(PREFIX)/bin/azaionfs $(DESTDIR)$(SBINDIR)/mount.fuse.azaionfs
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
+		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/azaion
+	install -m 0755 $(BUILD)/azaionfs $(DESTDIR)$(SBINDIR)/azaionfs
+	install -m 0755 $(BUILD)/azaionctl $(DESTDIR)$(BINDIR)/azaionctl
+	install -m 0644 man/azaionfs.8 $(DESTDIR)$(MANDIR)/man8/azaionfs.8
+	install -m 0644 man/azaionctl.1 $(DESTDIR)$(MANDIR)/man1/azaionctl.1
+	sed 's|/usr/local/sbin/azaionfs|$(SBINDIR)/azaionfs|' scripts/azaionfs.service \
+		>$(DESTDIR)$(UNITDIR)/azaionfs.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/azaionfs.service
+	@# An existing configuration is the operator's: never overwrite it.
 	test -e $(DESTDIR)/etc/azaion/azaionfs.conf || \
-		install -m 0600 azaionfs.conf $(DESTDIR)/etc/azaion/azaionfs.conf
+		install -m 0644 azaionfs.conf $(DESTDIR)/etc/azaion/azaionfs.conf
+
+# Leaves the configuration, state_dir and cache_dir alone.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/azaionfs $(DESTDIR)$(BINDIR)/azaionctl \
+		$(DESTDIR)$(MANDIR)/man8/azaionfs.8 $(DESTDIR)$(MANDIR)/man1/azaionctl.1 \
+		$(DESTDIR)$(UNITDIR)/azaionfs.service
+
+# aarch64 binaries in build-arm64/ with Debian's cross compiler, unit tests
+# under qemu-user (installs the packages it needs on first use).
+cross-arm64:
+	scripts/cross-arm64
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-arm64 $(FUZZ_BUILD)
 
-.PHONY: all test asan demo install clean format-check
+.PHONY: all test asan check demo install uninstall cross-arm64 clean format-check \
+	fuzz fuzz-build valgrind soak
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

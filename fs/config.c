@@ -645,6 +645,27 @@ out_fd:
 	return r;
 }
 
+int config_resource_key(const struct config *c, uint8_t key[CRYPTO_KEY_SIZE], char **ret_msg)
+{
+	char *secret = NULL, *msg = NULL;
+	size_t len = 0;
+	int r;
+
+	if (!c->legacy_resource_secret_file) {
+		f1_aes_key(F1_DEFAULT_RESOURCE_SECRET, strlen(F1_DEFAULT_RESOURCE_SECRET), key);
+		return 0;
+	}
+	r = config_read_secret_file(c->legacy_resource_secret_file, 1, &secret, &len, &msg);
+	if (r < 0) {
+		*ret_msg = config_fmt("legacy_resource_secret_file: %s", msg ? msg : strerror(-r));
+		free(msg);
+		return r;
+	}
+	f1_aes_key(secret, len, key);
+	secmem_free(secret);
+	return 0;
+}
+
 static int config_secret_dup(const char *s, char **ret)
 {
 	size_t n = strlen(s);

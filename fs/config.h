@@ -81,6 +81,13 @@ int config_read_secret_file(const char *path, int must_be_private, char **ret, s
 			    char **ret_msg);
 
 /*
+ * The format-1 resource key aes(resource_secret) from
+ * legacy_resource_secret_file, or from the original loader's documented
+ * secret when none is configured. key is the caller's locked memory.
+ */
+int config_resource_key(const struct config *c, uint8_t key[32], char **ret_msg);
+
+/*
  * Reads a credentials file (mode 0600 or stricter) of "email = ..." and
  * "password = ..." lines; both results are NUL-terminated secmem.
  */

@@ -1,11 +1,19 @@
 /*
- * device.c - the TPM wiring of the filesystem (see device.h): kept in one
- * small place so that unattended start (unsealing the stored credentials)
- * can grow here.
+ * device.c - the TPM wiring of the filesystem (see device.h): start-up
+ * (load, unseal, hand the sealed credentials to the session), enrolment
+ * and re-enrolment, and the unwrapping of format-2 content keys.
  *
- * Locking: d->lock guards the id, the status and the enrolling flag. It is
- * not held across TPM or API calls; an enrolment in progress makes a second
- * one return -EBUSY. The struct tpm serialises its own calls.
+ * The sealed store's content, packed here (tpm/ sees an opaque secret):
+ *   "AZDS" 1 0 0 0 || u32 n || credentials (session_credentials_blob's
+ *   "email = ...\npassword = ...\n") || u32 m || resource_secret (m = 0:
+ *   none), little-endian lengths.
+ *
+ * Locking: d->lock guards the id, its file's stamp, the status, the flags,
+ * the unsealed credentials waiting for device_login and the resource
+ * secret. It is never held across TPM or API calls; d->busy makes a second
+ * enrolment or reload return -EBUSY (or skip, for a reload) instead. The
+ * struct tpm serialises its own calls. Messages of tpm/ at error level are
+ * demoted to debug: each failure is logged here once, with its context.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "crypto/crypto.h"
@@ -21,6 +30,18 @@
 #include "tpm/tpm.h"
 
 #define DEVICE_ID_MAX 128
+#define DEVICE_SEALED_MAX (16 * 1024) /* largest sealed content unsealed */
+#define DEVICE_SECRET_MAX 4096	      /* largest resource_secret sealed */
+#define DEVICE_FIX "a new login re-enrols the device"
+
+static const uint8_t device_magic[8] = {'A', 'Z', 'D', 'S', 1, 0, 0, 0};
+
+struct device_stamp {
+	dev_t dev;
+	ino_t ino;
+	struct timespec mtime;
+	off_t size;
+};
 
 struct device {
 	const struct config *c;
@@ -29,31 +50,88 @@ struct device {
 	char *id_path;
 
 	pthread_mutex_t lock;
-	char id[DEVICE_ID_MAX + 1]; /* "" when not enrolled */
-	int loaded;		    /* the device key is loaded */
-	int enrolling;
+	char id[DEVICE_ID_MAX + 1];   /* "" when not enrolled */
+	struct device_stamp id_stamp; /* of the id file when last read or written */
+	int loaded;		      /* the device key is loaded */
+	int sealed_ok;		      /* the sealed store unsealed (or was just written) */
+	int busy;		      /* an enrolment or reload runs */
+	int creds_sealed;	      /* the session's credentials came from the store */
+	uint8_t sealed_digest[32];    /* SHA-256 of the sealed credentials */
+	char *email, *password;	      /* unsealed, until device_login takes them */
+	char *rsecret;		      /* unsealed resource_secret, or NULL */
+	size_t rsecret_len;
 	const char *status;
-	char reason[256];
+	char reason[512];
 };
+
+/* ---- small helpers --------------------------------------------------------- */
+
+/* The last error tpm/ reported on this thread: tpm_open's, which has no struct to keep it. */
+static __thread char device_tpm_why[256];
+
+static void device_tpm_log(int priority, const char *msg)
+{
+	if (priority <= LOG_ERR)
+		snprintf(device_tpm_why, sizeof(device_tpm_why), "%s", msg);
+	log_sink(priority <= LOG_ERR ? LOG_DEBUG : priority, msg);
+}
+
+/* Under d->lock. */
+static void device_status_locked(struct device *d, const char *status, const char *reason)
+{
+	d->status = status;
+	if (!strcmp(status, "error") && reason && !strstr(reason, "re-enrol"))
+		snprintf(d->reason, sizeof(d->reason), "%s; " DEVICE_FIX, reason);
+	else
+		snprintf(d->reason, sizeof(d->reason), "%s", reason ? reason : "");
+}
 
 static void device_set_status(struct device *d, const char *status, const char *reason)
 {
 	pthread_mutex_lock(&d->lock);
-	d->status = status;
-	snprintf(d->reason, sizeof(d->reason), "%s", reason ? reason : "");
+	device_status_locked(d, status, reason);
 	pthread_mutex_unlock(&d->lock);
 }
 
-static int device_read_id(struct device *d)
+static int device_stamp_of(const char *path, struct device_stamp *ret)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return -errno;
+	ret->dev = st.st_dev;
+	ret->ino = st.st_ino;
+	ret->mtime = st.st_mtim;
+	ret->size = st.st_size;
+	return 0;
+}
+
+static int device_stamp_eq(const struct device_stamp *a, const struct device_stamp *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->mtime.tv_sec == b->mtime.tv_sec &&
+	       a->mtime.tv_nsec == b->mtime.tv_nsec && a->size == b->size;
+}
+
+/* Reads state_dir/device_id into d->id and records its stamp; under d->lock. */
+static int device_read_id_locked(struct device *d)
 {
 	char buf[DEVICE_ID_MAX + 2];
+	struct stat st;
 	ssize_t n;
 	int fd;
 
+	d->id[0] = '\0';
+	memset(&d->id_stamp, 0, sizeof(d->id_stamp));
 	fd = open(d->id_path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	n = read(fd, buf, sizeof(buf) - 1);
+	if (fstat(fd, &st) == 0) {
+		d->id_stamp.dev = st.st_dev;
+		d->id_stamp.ino = st.st_ino;
+		d->id_stamp.mtime = st.st_mtim;
+		d->id_stamp.size = st.st_size;
+	}
 	close(fd);
 	if (n < 0)
 		return -EIO;
@@ -96,6 +174,187 @@ static int device_write_id(struct device *d, const char *id)
 	return r;
 }
 
+static void device_drop_unsealed_locked(struct device *d)
+{
+	secmem_free(d->email);
+	secmem_free(d->password);
+	d->email = d->password = NULL;
+}
+
+/* ---- the sealed content ------------------------------------------------------ */
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static int device_pack(const char *creds, size_t clen, const char *rs, size_t rlen, uint8_t **ret,
+		       size_t *ret_len)
+{
+	size_t len = sizeof(device_magic) + 4 + clen + 4 + rlen;
+	uint8_t *p, *buf;
+
+	if (len > DEVICE_SEALED_MAX)
+		return -E2BIG;
+	buf = secmem_alloc(len);
+	if (!buf)
+		return -ENOMEM;
+	p = buf;
+	memcpy(p, device_magic, sizeof(device_magic));
+	p += sizeof(device_magic);
+	put_u32(p, (uint32_t)clen);
+	memcpy(p + 4, creds, clen);
+	p += 4 + clen;
+	put_u32(p, (uint32_t)rlen);
+	if (rlen)
+		memcpy(p + 4, rs, rlen);
+	*ret = buf;
+	*ret_len = len;
+	return 0;
+}
+
+/* A NUL-terminated copy in locked memory. */
+static char *device_secdup(const void *p, size_t n)
+{
+	char *s = secmem_alloc(n + 1);
+
+	if (s) {
+		memcpy(s, p, n);
+		s[n] = '\0';
+	}
+	return s;
+}
+
+/*
+ * Splits the sealed content; the credentials text is
+ * "email = E\npassword = P\n", P taken up to the last newline so that it
+ * may hold any byte. Results are secmem; rs NULL when none was sealed.
+ */
+static int device_unpack(const uint8_t *buf, size_t len, char **ret_email, char **ret_password,
+			 char **ret_rs, size_t *ret_rlen, uint8_t digest[32])
+{
+	static const char ek[] = "email = ", pk[] = "\npassword = ";
+	const uint8_t *p = buf + sizeof(device_magic);
+	const char *creds, *pw, *end;
+	char *email = NULL, *password = NULL, *rs = NULL;
+	size_t clen, rlen;
+
+	if (len < sizeof(device_magic) + 8 || memcmp(buf, device_magic, sizeof(device_magic)))
+		return -EBADMSG;
+	clen = get_u32(p);
+	if (clen > len - sizeof(device_magic) - 8)
+		return -EBADMSG;
+	creds = (const char *)p + 4;
+	p += 4 + clen;
+	rlen = get_u32(p);
+	if (rlen != len - sizeof(device_magic) - 8 - clen)
+		return -EBADMSG;
+	end = creds + clen;
+	if (clen < sizeof(ek) + sizeof(pk) || memcmp(creds, ek, sizeof(ek) - 1) || end[-1] != '\n')
+		return -EBADMSG;
+	pw = memmem(creds, clen, pk, sizeof(pk) - 1);
+	if (!pw)
+		return -EBADMSG;
+	email = device_secdup(creds + sizeof(ek) - 1, (size_t)(pw - creds) - (sizeof(ek) - 1));
+	pw += sizeof(pk) - 1;
+	password = device_secdup(pw, (size_t)(end - 1 - pw));
+	if (rlen)
+		rs = device_secdup(p + 4, rlen);
+	if (!email || !password || (rlen && !rs)) {
+		secmem_free(email);
+		secmem_free(password);
+		secmem_free(rs);
+		return -ENOMEM;
+	}
+	crypto_sha256(creds, clen, digest);
+	*ret_email = email;
+	*ret_password = password;
+	*ret_rs = rs;
+	*ret_rlen = rlen;
+	return 0;
+}
+
+/*
+ * Load and unseal: on success the unsealed credentials wait in d for
+ * device_login, the resource secret is kept, and the status is ok. On
+ * failure the status is error with the reason. Runs with d->busy set or
+ * before any other thread exists.
+ */
+static int device_unseal(struct device *d)
+{
+	char *email = NULL, *password = NULL, *rs = NULL;
+	uint8_t *buf = NULL, digest[32];
+	size_t len = 0, rlen = 0;
+	int r;
+
+	r = tpm_load(d->tpm);
+	if (r < 0) {
+		log_err("TPM: cannot load the device key: %s", tpm_last_error(d->tpm));
+		pthread_mutex_lock(&d->lock);
+		d->loaded = 0;
+		d->sealed_ok = 0;
+		device_status_locked(d, "error", tpm_last_error(d->tpm));
+		pthread_mutex_unlock(&d->lock);
+		return r;
+	}
+	pthread_mutex_lock(&d->lock);
+	d->loaded = 1;
+	pthread_mutex_unlock(&d->lock);
+	buf = secmem_alloc(DEVICE_SEALED_MAX);
+	if (!buf)
+		return -ENOMEM;
+	r = tpm_unseal(d->tpm, buf, DEVICE_SEALED_MAX, &len);
+	if (r < 0) {
+		log_err("TPM: cannot unseal the stored credentials: %s", tpm_last_error(d->tpm));
+		pthread_mutex_lock(&d->lock);
+		d->sealed_ok = 0;
+		device_status_locked(d, "error", tpm_last_error(d->tpm));
+		pthread_mutex_unlock(&d->lock);
+		goto out;
+	}
+	r = device_unpack(buf, len, &email, &password, &rs, &rlen, digest);
+	if (r < 0) {
+		log_err("TPM: the sealed store holds no credentials this program wrote");
+		pthread_mutex_lock(&d->lock);
+		d->sealed_ok = 0;
+		device_status_locked(d, "error", "the sealed store is not in the expected form");
+		pthread_mutex_unlock(&d->lock);
+		goto out;
+	}
+	pthread_mutex_lock(&d->lock);
+	device_drop_unsealed_locked(d);
+	d->email = email;
+	d->password = password;
+	if (rs || !d->rsecret) {
+		secmem_free(d->rsecret);
+		d->rsecret = rs;
+		d->rsecret_len = rlen;
+		rs = NULL;
+	}
+	memcpy(d->sealed_digest, digest, sizeof(digest));
+	d->sealed_ok = 1;
+	device_status_locked(d, "ok", NULL);
+	pthread_mutex_unlock(&d->lock);
+	log_info("TPM: the sealed store unsealed (credentials%s)",
+		 rlen ? " and the legacy resource_secret" : "");
+	r = 0;
+out:
+	secmem_free(rs);
+	crypto_wipe(digest, sizeof(digest));
+	secmem_free(buf);
+	return r;
+}
+
+/* ---- start ------------------------------------------------------------------ */
+
 int device_new(const struct config *c, struct session *s, struct device **ret)
 {
 	struct tpm_opts o = {0};
@@ -118,6 +377,7 @@ int device_new(const struct config *c, struct session *s, struct device **ret)
 	}
 	if (c->tpm == CONFIG_TPM_OFF) {
 		snprintf(d->reason, sizeof(d->reason), "tpm = off");
+		log_info("tpm = off: format-2 files will not be readable (EACCES)");
 		*ret = d;
 		return 0;
 	}
@@ -135,35 +395,37 @@ int device_new(const struct config *c, struct session *s, struct device **ret)
 	o.owner_auth = (const uint8_t *)auth;
 	o.owner_auth_len = auth_len;
 	o.state_dir = c->state_dir;
-	o.log = log_sink;
+	o.log = device_tpm_log;
+	o.quick = c->tpm == CONFIG_TPM_AUTO;
+	device_tpm_why[0] = '\0';
 	r = tpm_open(&o, &d->tpm);
 	secmem_free(auth);
 	if (r < 0) {
+		const char *why = device_tpm_why[0] ? device_tpm_why : strerror(-r);
+
 		d->tpm = NULL;
 		if (c->tpm == CONFIG_TPM_REQUIRED) {
-			log_err("tpm = required, but no TPM at %s: %s", c->tpm_tcti, strerror(-r));
+			log_err("tpm = required, but no TPM answers at %s: not starting (%s)",
+				c->tpm_tcti, why);
 			r = -ENODEV;
 			goto err;
 		}
-		log_info("no TPM at %s (%s): format-2 files will not be readable", c->tpm_tcti,
-			 strerror(-r));
-		snprintf(d->reason, sizeof(d->reason), "no TPM at %s: %s", c->tpm_tcti,
-			 strerror(-r));
+		log_info("no TPM at %s: format-2 files will not be readable (%s)", c->tpm_tcti,
+			 why);
+		snprintf(d->reason, sizeof(d->reason), "no TPM at %s: %s", c->tpm_tcti, why);
 		*ret = d;
 		return 0;
 	}
 	d->status = "ok";
-	if (tpm_is_enrolled(d->tpm)) {
-		r = tpm_load(d->tpm);
-		if (r < 0) {
-			log_err("TPM: cannot load the device key: %s", tpm_last_error(d->tpm));
-			d->status = "error";
-			snprintf(d->reason, sizeof(d->reason), "%s", tpm_last_error(d->tpm));
-		} else {
-			d->loaded = 1;
-			device_read_id(d);
-		}
+	if (!tpm_is_enrolled(d->tpm)) {
+		snprintf(d->reason, sizeof(d->reason), "not enrolled yet: the first login enrols");
+		*ret = d;
+		return 0;
 	}
+	device_unseal(d);
+	pthread_mutex_lock(&d->lock);
+	device_read_id_locked(d);
+	pthread_mutex_unlock(&d->lock);
 	*ret = d;
 	return 0;
 
@@ -177,10 +439,56 @@ void device_free(struct device *d)
 	if (!d)
 		return;
 	tpm_close(d->tpm);
+	device_drop_unsealed_locked(d);
+	secmem_free(d->rsecret);
+	crypto_wipe(d->sealed_digest, sizeof(d->sealed_digest));
 	free(d->id_path);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
 }
+
+/* Hands unsealed credentials, if any wait, to the session (which logs in). */
+static int device_hand_over(struct device *d)
+{
+	char *email, *password;
+	int r;
+
+	pthread_mutex_lock(&d->lock);
+	email = d->email;
+	password = d->password;
+	d->email = d->password = NULL;
+	pthread_mutex_unlock(&d->lock);
+	if (!email)
+		return -ENOKEY;
+	log_info("logging in with the credentials sealed in the TPM");
+	r = session_set_credentials(d->s, email, password);
+	pthread_mutex_lock(&d->lock);
+	d->creds_sealed = 1;
+	pthread_mutex_unlock(&d->lock);
+	secmem_free(email);
+	secmem_free(password);
+	return r;
+}
+
+int device_login(struct device *d)
+{
+	int r;
+
+	if (session_has_credentials(d->s)) {
+		/* The configured credentials win; the unsealed copy is not needed. */
+		pthread_mutex_lock(&d->lock);
+		device_drop_unsealed_locked(d);
+		pthread_mutex_unlock(&d->lock);
+		return session_login(d->s);
+	}
+	r = device_hand_over(d);
+	if (r == -ENOKEY)
+		log_info("no credentials yet: files need a login (credentials = FILE, the side "
+			 "endpoint, or azaionctl enroll on a TPM device)");
+	return r;
+}
+
+/* ---- enrolment -------------------------------------------------------------- */
 
 static int device_register(struct device *d, const char *pem)
 {
@@ -197,6 +505,7 @@ static int device_register(struct device *d, const char *pem)
 	if (r == 0) {
 		pthread_mutex_lock(&d->lock);
 		snprintf(d->id, sizeof(d->id), "%s", id);
+		device_stamp_of(d->id_path, &d->id_stamp);
 		pthread_mutex_unlock(&d->lock);
 		log_info("TPM: device enrolled as %s", id);
 	}
@@ -204,67 +513,211 @@ static int device_register(struct device *d, const char *pem)
 	return r;
 }
 
-int device_enroll_if_needed(struct device *d)
+/* The legacy resource_secret to seal: the configured file's, else the one unsealed. */
+static int device_secret_to_seal(struct device *d, char **ret, size_t *ret_len)
 {
-	char *blob = NULL, *pem = NULL;
-	size_t len;
-	int r, enrolled, have_id;
+	char *secret = NULL, *msg = NULL;
+	size_t len = 0;
+	int r = 0;
 
-	if (!d->tpm)
-		return -ENODEV;
+	*ret = NULL;
+	*ret_len = 0;
+	if (d->c->legacy_resource_secret_file) {
+		r = config_read_secret_file(d->c->legacy_resource_secret_file, 1, &secret, &len,
+					    &msg);
+		if (r < 0) {
+			log_err("TPM: enrolment needs legacy_resource_secret_file: %s",
+				msg ? msg : strerror(-r));
+			free(msg);
+			return r;
+		}
+		/* As the read path takes it: trailing line ends are not part of it. */
+		while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
+			len--;
+		if (len > DEVICE_SECRET_MAX) {
+			secmem_free(secret);
+			log_err("TPM: legacy_resource_secret_file holds more than %d bytes",
+				DEVICE_SECRET_MAX);
+			return -E2BIG;
+		}
+		*ret = secret;
+		*ret_len = len;
+		return 0;
+	}
 	pthread_mutex_lock(&d->lock);
-	have_id = d->id[0] != '\0';
-	if (d->enrolling || (have_id && d->loaded)) {
-		r = d->enrolling ? -EBUSY : 0;
-		pthread_mutex_unlock(&d->lock);
-		return r;
+	if (d->rsecret) {
+		secret = device_secdup(d->rsecret, d->rsecret_len);
+		len = d->rsecret_len;
+		r = secret ? 0 : -ENOMEM;
 	}
-	d->enrolling = 1;
 	pthread_mutex_unlock(&d->lock);
+	if (r < 0)
+		return r;
+	*ret = secret;
+	*ret_len = len;
+	return 0;
+}
 
-	enrolled = tpm_is_enrolled(d->tpm) && d->loaded;
-	if (enrolled) {
-		/* Enrolled before, but never registered: the same key gets the same id. */
-		r = tpm_public_pem(d->tpm, &pem);
-		if (r == 0)
-			r = device_register(d, pem);
-		goto out;
-	}
-	r = session_credentials_blob(d->s, &blob, &len);
+/* A new device key and sealed store, then POST /devices. d->busy is held. */
+static int device_do_enroll(struct device *d, const char *creds, size_t clen)
+{
+	char *rs = NULL, *pem = NULL;
+	uint8_t *packed = NULL, digest[32];
+	size_t rlen = 0, plen = 0;
+	int r;
+
+	r = device_secret_to_seal(d, &rs, &rlen);
+	if (r < 0)
+		return r;
+	r = device_pack(creds, clen, rs, rlen, &packed, &plen);
 	if (r < 0)
 		goto out;
-	r = tpm_enroll(d->tpm, blob, len, &pem);
-	secmem_free(blob);
+	r = tpm_enroll(d->tpm, packed, plen, &pem);
 	if (r < 0) {
 		log_err("TPM: enrolment failed: %s", tpm_last_error(d->tpm));
 		device_set_status(d, "error", tpm_last_error(d->tpm));
 		goto out;
 	}
-	r = tpm_load(d->tpm);
-	if (r < 0) {
-		log_err("TPM: cannot load the new device key: %s", tpm_last_error(d->tpm));
-		device_set_status(d, "error", tpm_last_error(d->tpm));
-		goto out;
-	}
+	crypto_sha256(creds, clen, digest);
 	pthread_mutex_lock(&d->lock);
 	d->loaded = 1;
+	d->sealed_ok = 1;
+	memcpy(d->sealed_digest, digest, sizeof(digest));
+	if (rs) {
+		secmem_free(d->rsecret);
+		d->rsecret = rs;
+		d->rsecret_len = rlen;
+		rs = NULL;
+	}
+	/* A new key: the old id is another device's now. */
+	d->id[0] = '\0';
+	device_status_locked(d, "ok", NULL);
 	pthread_mutex_unlock(&d->lock);
-	device_set_status(d, "ok", NULL);
+	crypto_wipe(digest, sizeof(digest));
+	unlink(d->id_path);
 	r = device_register(d, pem);
 out:
 	free(pem);
+	secmem_free(packed);
+	secmem_free(rs);
+	return r;
+}
+
+static int device_enroll_common(struct device *d, int force)
+{
+	char *blob = NULL, *pem = NULL;
+	uint8_t digest[32];
+	size_t len = 0;
+	int r, need, have_id, differ = 0;
+
+	if (!d->tpm)
+		return -ENODEV;
 	pthread_mutex_lock(&d->lock);
-	d->enrolling = 0;
+	if (d->busy) {
+		pthread_mutex_unlock(&d->lock);
+		return -EBUSY;
+	}
+	d->busy = 1;
+	need = force || !d->loaded || !d->sealed_ok;
+	have_id = d->id[0] != '\0';
+	pthread_mutex_unlock(&d->lock);
+
+	r = session_credentials_blob(d->s, &blob, &len);
+	if (r == 0 && !need) {
+		crypto_sha256(blob, len, digest);
+		pthread_mutex_lock(&d->lock);
+		differ = crypto_memcmp(digest, d->sealed_digest, sizeof(digest)) != 0;
+		pthread_mutex_unlock(&d->lock);
+		crypto_wipe(digest, sizeof(digest));
+		if (differ) {
+			log_info("TPM: the credentials differ from the sealed ones: re-enrolling");
+			need = 1;
+		}
+	}
+	if (!need) {
+		r = 0;
+		if (!have_id) {
+			/* Enrolled before, but never registered: the same key gets the same id. */
+			r = tpm_public_pem(d->tpm, &pem);
+			if (r == 0)
+				r = device_register(d, pem);
+		}
+		goto out;
+	}
+	if (r < 0) {
+		log_info("TPM: enrolment waits for credentials (a login)");
+		goto out;
+	}
+	r = device_do_enroll(d, blob, len);
+out:
+	free(pem);
+	secmem_free(blob);
+	pthread_mutex_lock(&d->lock);
+	d->busy = 0;
 	pthread_mutex_unlock(&d->lock);
 	return r;
+}
+
+int device_enroll_if_needed(struct device *d)
+{
+	return device_enroll_common(d, 0);
+}
+
+int device_enroll(struct device *d)
+{
+	return device_enroll_common(d, 1);
+}
+
+/* ---- use -------------------------------------------------------------------- */
+
+/*
+ * Another process (azaionctl enroll) enrolled this state_dir anew: the
+ * device_id file changed. Reloads the key and the store, takes the new id,
+ * and gives the session the new sealed credentials unless it has
+ * configured ones.
+ */
+static void device_refresh(struct device *d)
+{
+	struct device_stamp now = {0};
+	int changed, creds_sealed, has_creds;
+
+	if (device_stamp_of(d->id_path, &now) < 0)
+		return;
+	pthread_mutex_lock(&d->lock);
+	changed = !d->busy && !device_stamp_eq(&now, &d->id_stamp);
+	if (changed)
+		d->busy = 1;
+	pthread_mutex_unlock(&d->lock);
+	if (!changed)
+		return;
+	log_info("TPM: %s changed: another process enrolled this device; reloading", d->id_path);
+	device_unseal(d);
+	pthread_mutex_lock(&d->lock);
+	device_read_id_locked(d);
+	creds_sealed = d->creds_sealed;
+	pthread_mutex_unlock(&d->lock);
+	has_creds = session_has_credentials(d->s);
+	if (!has_creds || creds_sealed) {
+		device_hand_over(d);
+	} else {
+		pthread_mutex_lock(&d->lock);
+		device_drop_unsealed_locked(d);
+		pthread_mutex_unlock(&d->lock);
+	}
+	pthread_mutex_lock(&d->lock);
+	d->busy = 0;
+	pthread_mutex_unlock(&d->lock);
 }
 
 int device_id(struct device *d, char *buf, size_t cap)
 {
 	int r = 0;
 
+	if (!d->tpm)
+		return -ENOENT;
+	device_refresh(d);
 	pthread_mutex_lock(&d->lock);
-	if (!d->id[0] || !d->loaded)
+	if (!d->id[0])
 		r = -ENOENT;
 	else if (strlen(d->id) >= cap)
 		r = -ENAMETOOLONG;
@@ -284,10 +737,38 @@ int device_unwrap(struct device *d, const uint8_t *wrapped, size_t len, uint8_t 
 		return -EACCES;
 	}
 	r = tpm_unwrap(d->tpm, wrapped, len, key, cap, ret_len);
-	if (r < 0) {
-		log_err("TPM: the content key does not unwrap: %s", tpm_last_error(d->tpm));
-		return r == -EBADMSG ? -EIO : -EACCES;
+	if (r == 0)
+		return 0;
+	log_err("TPM: the content key does not unwrap: %s", tpm_last_error(d->tpm));
+	if (r == -EBADMSG)
+		return -EIO;
+	if (r == -EACCES || r == -ESTALE) {
+		/* The boot state changed while running, or the blobs are not this TPM's. */
+		pthread_mutex_lock(&d->lock);
+		d->sealed_ok = 0;
+		device_status_locked(d, "error", tpm_last_error(d->tpm));
+		pthread_mutex_unlock(&d->lock);
 	}
+	return -EACCES;
+}
+
+int device_resource_secret(struct device *d, char **ret, size_t *ret_len)
+{
+	char *s = NULL;
+	size_t n = 0;
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&d->lock);
+	if (d->rsecret) {
+		s = device_secdup(d->rsecret, d->rsecret_len);
+		n = d->rsecret_len;
+		r = s ? 0 : -ENOMEM;
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (r < 0)
+		return r;
+	*ret = s;
+	*ret_len = n;
 	return 0;
 }
 

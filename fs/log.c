@@ -39,16 +39,14 @@ int log_enabled(int priority)
 
 static const char *log_prefix(int priority)
 {
-	switch (priority) {
-	case LOG_ERR:
+	/* libfuse also logs at the levels around these (crit, notice). */
+	if (priority <= LOG_ERR)
 		return "error";
-	case LOG_WARNING:
+	if (priority == LOG_WARNING)
 		return "warn";
-	case LOG_INFO:
+	if (priority <= LOG_INFO)
 		return "info";
-	default:
-		return "debug";
-	}
+	return "debug";
 }
 
 static void log_write(int priority, const char *msg)
@@ -69,17 +67,28 @@ static void log_write(int priority, const char *msg)
 		log_prefix(priority), msg);
 }
 
-void log_msg(int priority, const char *fmt, ...)
+void log_vmsg(int priority, const char *fmt, va_list ap)
 {
 	char buf[1024];
-	va_list ap;
+	size_t n;
 
 	if (!log_enabled(priority))
 		return;
-	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
+	/* libfuse ends its messages with a newline; a log line has none. */
+	n = strlen(buf);
+	while (n > 0 && buf[n - 1] == '\n')
+		buf[--n] = '\0';
 	log_write(priority, buf);
+}
+
+void log_msg(int priority, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vmsg(priority, fmt, ap);
+	va_end(ap);
 }
 
 void log_sink(int priority, const char *msg)

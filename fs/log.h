@@ -6,6 +6,7 @@
 #ifndef AZAION_LOG_H
 #define AZAION_LOG_H
 
+#include <stdarg.h>
 #include <syslog.h>
 
 /* level: LOG_ERR, LOG_WARNING, LOG_INFO or LOG_DEBUG. */
@@ -15,6 +16,7 @@ void log_set_level(int level);
 void log_use_syslog(void);
 int log_enabled(int priority);
 void log_msg(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_vmsg(int priority, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /* Adapter for the lower modules' log callbacks. */
 void log_sink(int priority, const char *msg);
 /* "error" "warn" "info" "debug" -> LOG_*; -1 when unknown. */

@@ -31,6 +31,7 @@
 #include "fs/device.h"
 #include "fs/log.h"
 #include "fs/ops.h"
+#include "fs/rest.h"
 #include "fs/session.h"
 #include "fs/store.h"
 
@@ -306,6 +307,7 @@ static void main_report(int *fd, unsigned char status)
 struct main_state {
 	struct catalog *cat;
 	struct store *st;
+	struct rest *rest; /* NULL: the side endpoint could not listen */
 };
 
 static void main_on_init(void *arg)
@@ -316,6 +318,22 @@ static void main_on_init(void *arg)
 		log_warn("read-ahead is off: no worker thread could start");
 	if (catalog_start(ms->cat) < 0)
 		log_warn("the catalog will not be refreshed: no thread could start");
+	if (ms->rest && rest_start(ms->rest) < 0) {
+		rest_free(ms->rest);
+		ms->rest = NULL;
+	}
+}
+
+/*
+ * libfuse's own messages (a lost connection, a bad option) would go to
+ * stderr, which is /dev/null once detached: they take the daemon's path.
+ * Its levels are syslog's.
+ */
+static void main_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
+	__attribute__((format(printf, 2, 0)));
+static void main_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	log_vmsg((int)level, fmt, ap);
 }
 
 static int main_fuse_args(const struct main_opts *o, struct fuse_args *args)
@@ -336,6 +354,7 @@ int main(int argc, char **argv)
 	struct main_state ms = {0};
 	struct fetch_opts fo = {0};
 	struct ops_opts oo = {0};
+	struct rest_deps rd = {0};
 	struct fuse_session *se = NULL;
 	struct config *c = NULL;
 	struct fetch *f = NULL;
@@ -345,6 +364,9 @@ int main(int argc, char **argv)
 	int r, rc = 1, report = -1;
 
 	log_init("azaionfs", LOG_INFO);
+	/* tpm2-tss writes its own warnings to stderr; the causes reach the log through tpm/. */
+	setenv("TSS2_LOG", "all+NONE", 0);
+	fuse_set_log_func(main_fuse_log);
 	if (fuse_opt_parse(&args, &o, main_opt_spec, main_opt_proc) < 0 || o.bad) {
 		fputs(MAIN_USAGE, stderr);
 		goto out_args;
@@ -384,14 +406,15 @@ int main(int argc, char **argv)
 	}
 	if (session_new(c, f, &s) < 0)
 		goto out_fetch;
-	/* A failed login does not stop the mount: reads then fail with the cause logged. */
-	if (session_has_credentials(s))
-		session_login(s);
-	else
-		log_info("no credentials yet: files need a login (credentials = FILE, or the "
-			 "side endpoint)");
+	/*
+	 * The TPM first: tpm = required without one stops here, before any
+	 * network I/O; an enrolled device unseals the credentials it logs in
+	 * with (unattended start). A failed login does not stop the mount:
+	 * reads then fail with the cause logged.
+	 */
 	if (device_new(c, s, &d) < 0)
 		goto out_session;
+	device_login(d);
 	if (session_logged_in(s))
 		device_enroll_if_needed(d);
 	r = store_new(c, f, s, d, &ms.st);
@@ -405,6 +428,21 @@ int main(int argc, char **argv)
 	/* After a failed login, the saved list at once rather than another wait. */
 	catalog_refresh(ms.cat, session_has_credentials(s) && !session_logged_in(s));
 
+	/*
+	 * The side endpoint listens now, so that a busy port shows on the
+	 * terminal, and serves from the FUSE init on. Without it the mount
+	 * still works: it is the model files that matter most.
+	 */
+	rd.c = c;
+	rd.mountpoint = o.mountpoint;
+	rd.f = f;
+	rd.s = s;
+	rd.d = d;
+	rd.cat = ms.cat;
+	rd.st = ms.st;
+	if (rest_new(&rd, &ms.rest) < 0)
+		log_warn("the side endpoint is off: it cannot listen on %s", c->rest_listen);
+
 	oo.c = c;
 	oo.cat = ms.cat;
 	oo.st = ms.st;
@@ -414,7 +452,7 @@ int main(int argc, char **argv)
 	oo.on_init = main_on_init;
 	oo.on_init_arg = &ms;
 	if (ops_new(&oo, &ops) < 0 || main_fuse_args(&o, &args) < 0)
-		goto out_catalog;
+		goto out_rest;
 	se = fuse_session_new(&args, ops_table(), sizeof(struct fuse_lowlevel_ops), ops);
 	if (!se)
 		goto out_ops;
@@ -444,7 +482,9 @@ out_session_fuse:
 	fuse_session_destroy(se);
 out_ops:
 	ops_free(ops);
-out_catalog:
+out_rest:
+	/* Before the store: F2 streams read from it. */
+	rest_free(ms.rest);
 	catalog_free(ms.cat);
 out_store:
 	store_free(ms.st);

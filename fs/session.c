@@ -715,6 +715,53 @@ int session_device_key(struct session *s, const char *folder, const char *name,
 	return 0;
 }
 
+struct session_fragment_ctx {
+	uint8_t *out;
+	size_t len;
+};
+
+#define SESSION_FRAGMENT_MAX 4096
+
+static int session_fragment_fn(struct session *s, const char *token,
+			       const struct session_creds *cr, void *ctx)
+{
+	struct session_fragment_ctx *fc = ctx;
+	struct fetch_buf buf = {0};
+	int r;
+
+	r = fetch_api_key_fragment(s->f, s->c->api_url, token, &buf);
+	if (r < 0)
+		return r;
+	if (buf.len == 0 || buf.len > SESSION_FRAGMENT_MAX) {
+		log_err("key fragment: an answer of %zu bytes", buf.len);
+		r = -EPROTO;
+		goto out;
+	}
+	fc->out = secmem_alloc(buf.len);
+	if (!fc->out) {
+		r = -errno;
+		goto out;
+	}
+	memcpy(fc->out, buf.data, buf.len);
+	fc->len = buf.len;
+out:
+	fetch_buf_free(&buf);
+	return r;
+}
+
+int session_key_fragment(struct session *s, uint8_t **ret, size_t *ret_len)
+{
+	struct session_fragment_ctx fc = {0};
+	int r;
+
+	r = session_call(s, session_fragment_fn, &fc);
+	if (r < 0)
+		return r;
+	*ret = fc.out;
+	*ret_len = fc.len;
+	return 0;
+}
+
 struct session_register_ctx {
 	const char *name;
 	const char *pem;

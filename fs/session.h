@@ -55,6 +55,8 @@ int session_list(struct session *s, const char *folder, json_t **ret);
 /* GET /resources/key/{folder}/{name} with X-Device-Id. */
 int session_device_key(struct session *s, const char *folder, const char *name,
 		       const char *device_id, json_t **ret);
+/* GET /binary-split/key-fragment (Docker unlock, format 1); *ret is secmem_free()d. */
+int session_key_fragment(struct session *s, uint8_t **ret, size_t *ret_len);
 /* POST /devices; *ret_id malloc()ed. */
 int session_register_device(struct session *s, const char *name, const char *pem, char **ret_id);
 

@@ -23,12 +23,15 @@
  * under st->lock).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "crypto/crypto.h"
 #include "fs/log.h"
@@ -36,7 +39,7 @@
 #include "fs/store.h"
 
 #define STORE_RUN_MAX 16	     /* units per range request (1 MiB) */
-#define STORE_RA_JOB 8		     /* units per read-ahead job */
+#define STORE_RA_JOB 16		     /* units per read-ahead job: one range request */
 #define STORE_RA_MIN (256 * 1024)    /* first read-ahead window */
 #define STORE_RA_SLACK (1024 * 1024) /* reordering still counted as sequential */
 #define STORE_WORKERS 4
@@ -44,7 +47,19 @@
 #define STORE_READ_MAX (16u * 1024 * 1024)
 #define STORE_MIN_UNITS 64     /* 4 MiB: room for every thread's units */
 #define STORE_SHA_WAIT_MS 1000 /* how long an early read waits for its turn */
+#define STORE_SHA_FLY 32       /* reads in flight that an early read can wait for */
+#define STORE_SHA_GRACE_MS 50  /* for the read before it to arrive, when none is in flight */
 #define STORE_WRAPPED_MAX 1024
+#define STORE_FAIL_HOLD_MS 1000 /* a failed fill answers new reads at once for this long */
+/*
+ * Ciphertext buffers of one run (STORE_RUN_MAX units, their tags or the
+ * block before them, and slack), kept between fills: a fresh buffer of
+ * this size is a new mapping whose every page faults in and is zeroed.
+ */
+#define STORE_BUF_SIZE (STORE_RUN_MAX * STORE_UNIT + 8192)
+#define STORE_BUFS_KEPT 6
+#define STORE_KEY_DOC_MAX (64 * 1024) /* a kept key document, read back */
+#define STORE_KEYS_DIR "keys"	       /* under state_dir */
 
 enum {
 	UNIT_FREE,
@@ -96,7 +111,15 @@ struct store_obj {
 	struct crypto_sha256 *sha; /* NULL: nothing to check */
 	uint64_t sha_next;
 	int sha_state;
-	unsigned sha_busy; /* reads in flight that may extend the prefix */
+	/* reads in flight while the check runs: [off, end) each, or end 0 */
+	struct {
+		uint64_t off, end;
+	} sha_fly[STORE_SHA_FLY];
+	uint64_t sha_stuck; /* 1 + a prefix end that no read came to extend; 0: none */
+
+	/* the last failed fill (under st->lock): see store_units_get */
+	int64_t fail_ms;
+	int fail_err;
 };
 
 enum {
@@ -138,6 +161,13 @@ struct store {
 	int stop;
 	pthread_t workers[STORE_WORKERS];
 	unsigned n_workers;
+	unsigned n_handles; /* open store_files; atomic, no lock */
+
+	struct store_stats stats; /* atomic adds only, no lock */
+
+	pthread_mutex_t buf_lock; /* the kept buffers only */
+	uint8_t *bufs[STORE_BUFS_KEPT];
+	unsigned n_bufs;
 };
 
 struct store_file {
@@ -150,6 +180,65 @@ struct store_file {
 };
 
 /* ---- small functions ----------------------------------------------------------------- */
+
+#define STORE_COUNT(st, field, n) __atomic_fetch_add(&(st)->stats.field, (n), __ATOMIC_RELAXED)
+
+/* The source layers' read, counted for /metrics. */
+static int store_src_read(struct store *st, const struct store_blob *b, uint64_t off, size_t len,
+			  uint8_t *buf)
+{
+	int r = st->src->ops->read(st->src, b, off, len, buf);
+
+	STORE_COUNT(st, fetches, 1);
+	if (r < 0)
+		STORE_COUNT(st, fetch_errors, 1);
+	else
+		STORE_COUNT(st, fetch_bytes, len);
+	return r;
+}
+
+/* Makes the source layers forget what they keep of a range (a failed check). */
+static void store_src_drop(struct store *st, const struct store_blob *b, uint64_t off, size_t len)
+{
+	if (st->src->ops->drop)
+		st->src->ops->drop(st->src, b, off, len);
+}
+
+/* A ciphertext buffer of at least len bytes; release it with store_buf_put. */
+static uint8_t *store_buf_get(struct store *st, size_t len)
+{
+	uint8_t *b = NULL;
+
+	if (len > STORE_BUF_SIZE)
+		return malloc(len);
+	pthread_mutex_lock(&st->buf_lock);
+	if (st->n_bufs)
+		b = st->bufs[--st->n_bufs];
+	pthread_mutex_unlock(&st->buf_lock);
+	return b ? b : malloc(STORE_BUF_SIZE);
+}
+
+/* Keeps a buffer of store_buf_get(len) for the next fill, or frees it. */
+static void store_buf_put(struct store *st, uint8_t *b, size_t len)
+{
+	if (b && len <= STORE_BUF_SIZE) {
+		pthread_mutex_lock(&st->buf_lock);
+		if (st->n_bufs < STORE_BUFS_KEPT) {
+			st->bufs[st->n_bufs++] = b;
+			b = NULL;
+		}
+		pthread_mutex_unlock(&st->buf_lock);
+	}
+	free(b);
+}
+
+static int64_t store_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void store_deadline(struct store *st, struct timespec *ts)
 {
@@ -307,7 +396,7 @@ static int store_f1_read_e(struct store *st, struct store_obj *o, uint64_t off, 
 	}
 	if (k == len)
 		return 0;
-	return st->src->ops->read(st->src, &o->blob, off + k - n, len - k, buf + k);
+	return store_src_read(st, &o->blob, off + k - n, len - k, buf + k);
 }
 
 static int store_fill_f1(struct store *st, struct store_obj *o, uint64_t first, size_t n,
@@ -320,10 +409,13 @@ static int store_fill_f1(struct store *st, struct store_obj *o, uint64_t first, 
 	uint8_t *buf;
 	int r;
 
-	buf = malloc(clen);
+	buf = store_buf_get(st, clen);
 	if (!buf)
 		return -ENOMEM;
 	r = store_f1_read_e(st, o, j0 * CRYPTO_BLOCK, clen, buf);
+	/* An answer for other bytes (a wrong Content-Range) may not repeat. */
+	if (r == -EPROTO)
+		r = store_f1_read_e(st, o, j0 * CRYPTO_BLOCK, clen, buf);
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		uint64_t q0 = (first + i) * STORE_UNIT;
 		uint64_t q1 = q0 + STORE_UNIT < o->size ? q0 + STORE_UNIT : o->size;
@@ -338,7 +430,7 @@ static int store_fill_f1(struct store *st, struct store_obj *o, uint64_t first, 
 		}
 		u[i]->len = (size_t)(q1 - q0);
 	}
-	free(buf);
+	store_buf_put(st, buf, clen);
 	return r;
 }
 
@@ -348,7 +440,7 @@ static int store_fill_f2(struct store *st, struct store_obj *o, uint64_t first, 
 	const struct f2_header *h = &o->hdr;
 	uint64_t cs = f2_chunk_size(h), count = f2_chunk_count(h), c0, c1, off0, off1;
 	uint8_t *buf, *tmp = NULL;
-	int r;
+	int r, retried = 0;
 
 	if (cs <= STORE_UNIT) {
 		uint64_t per = STORE_UNIT / cs;
@@ -366,12 +458,13 @@ static int store_fill_f2(struct store *st, struct store_obj *o, uint64_t first, 
 	}
 	off0 = f2_chunk_offset(h, c0);
 	off1 = f2_chunk_offset(h, c1 - 1) + f2_chunk_plain_len(h, c1 - 1) + CRYPTO_TAG_SIZE;
-	buf = malloc(off1 - off0);
+	buf = store_buf_get(st, off1 - off0);
 	if (!buf) {
 		secmem_free(tmp);
 		return -ENOMEM;
 	}
-	r = st->src->ops->read(st->src, &o->blob, off0, off1 - off0, buf);
+	r = store_src_read(st, &o->blob, off0, off1 - off0, buf);
+again:
 	for (uint64_t c = c0; r == 0 && c < c1; c++) {
 		uint64_t plen = f2_chunk_plain_len(h, c), p0 = c * cs;
 		const uint8_t *ct = buf + (f2_chunk_offset(h, c) - off0);
@@ -395,17 +488,31 @@ static int store_fill_f2(struct store *st, struct store_obj *o, uint64_t first, 
 		}
 		if (r < 0) {
 			log_err("%s: chunk %llu fails its check (%s): tampered, truncated or "
-				"not this file's",
-				o->e.name, (unsigned long long)c, strerror(-r));
-			r = -EIO;
+				"not this file's%s",
+				o->e.name, (unsigned long long)c, strerror(-r),
+				retried ? "" : "; reading it again");
+			r = -EBADMSG;
 		}
 	}
+	/*
+	 * A flipped bit on the way or in cache_dir, or an answer for other
+	 * bytes, may not repeat: forget what the disk cache holds of the range
+	 * and read it once more. No plaintext of a failed check is ever kept.
+	 */
+	if ((r == -EBADMSG || r == -EPROTO) && !retried) {
+		retried = 1;
+		store_src_drop(st, &o->blob, off0, off1 - off0);
+		r = store_src_read(st, &o->blob, off0, off1 - off0, buf);
+		goto again;
+	}
+	if (r == -EBADMSG)
+		r = -EIO;
 	for (size_t i = 0; i < n; i++) {
 		uint64_t q0 = (first + i) * STORE_UNIT;
 
 		u[i]->len = o->size - q0 < STORE_UNIT ? (size_t)(o->size - q0) : STORE_UNIT;
 	}
-	free(buf);
+	store_buf_put(st, buf, off1 - off0);
 	secmem_free(tmp);
 	return r;
 }
@@ -452,6 +559,10 @@ static void store_fill_claimed(struct store *st, struct store_obj *o, uint64_t f
 			continue;
 		u[i]->err = res ? res[i] : -ENOMEM;
 		u[i]->state = u[i]->err ? UNIT_FAILED : UNIT_READY;
+		if (u[i]->err && u[i]->err != -ENOMEM) {
+			o->fail_ms = store_now_ms();
+			o->fail_err = u[i]->err;
+		}
 		mine[i] = 0;
 	}
 	free(res);
@@ -461,10 +572,17 @@ static void store_fill_claimed(struct store *st, struct store_obj *o, uint64_t f
 /*
  * Takes a reference to units first .. first + n - 1 of o, READY, filling
  * the missing ones and waiting for the ones others load, until deadline.
+ *
+ * A fill of o that failed (its cause logged) answers for a moment: a read
+ * that starts within STORE_FAIL_HOLD_MS of it, and a read waiting for
+ * units that others load when a fill fails meanwhile, get its error at
+ * once. Else the kernel, which retries a failed read-ahead page by page,
+ * and readers queued behind a dead CDN would each wait io_timeout anew.
  */
 static int store_units_get(struct store *st, struct store_obj *o, uint64_t first, size_t n,
 			   struct store_unit **u, const struct timespec *deadline)
 {
+	int64_t start = store_now_ms();
 	uint8_t *mine;
 	int r = 0;
 
@@ -472,6 +590,12 @@ static int store_units_get(struct store *st, struct store_obj *o, uint64_t first
 	if (!mine)
 		return -ENOMEM;
 	pthread_mutex_lock(&st->lock);
+	if (o->fail_err && start - o->fail_ms < STORE_FAIL_HOLD_MS) {
+		r = o->fail_err;
+		pthread_mutex_unlock(&st->lock);
+		free(mine);
+		return r;
+	}
 	for (;;) {
 		size_t missing = 0, claimed = 0, loading = 0;
 
@@ -481,12 +605,14 @@ static int store_units_get(struct store *st, struct store_obj *o, uint64_t first
 			u[i] = store_unit_find(st, o->id, first + i);
 			if (u[i]) {
 				store_unit_ref(st, u[i]);
+				STORE_COUNT(st, cache_hits, 1);
 				continue;
 			}
 			u[i] = store_unit_claim(st, o->id, first + i);
 			if (u[i]) {
 				mine[i] = 1;
 				claimed++;
+				STORE_COUNT(st, cache_misses, 1);
 			} else {
 				missing++;
 			}
@@ -518,6 +644,10 @@ static int store_units_get(struct store *st, struct store_obj *o, uint64_t first
 			break;
 		}
 		r = 0;
+		if (loading && o->fail_err && o->fail_ms >= start) {
+			r = o->fail_err;
+			break;
+		}
 	}
 	if (r) {
 		for (size_t i = 0; i < n; i++) {
@@ -722,14 +852,107 @@ err:
 	return r;
 }
 
+int store_parse_key_doc(json_t *doc, char ret_file_id[2 * F2_FILE_ID_SIZE + 1], uint8_t *wrapped,
+			size_t cap, size_t *ret_len)
+{
+	const char *fid, *wk;
+	size_t wlen;
+
+	fid = json_string_value(json_object_get(doc, "file_id"));
+	wk = json_string_value(json_object_get(doc, "wrapped_key"));
+	if (!fid || !wk || !json_is_integer(json_object_get(doc, "format")) ||
+	    json_integer_value(json_object_get(doc, "format")) != 2 ||
+	    strlen(fid) != 2 * F2_FILE_ID_SIZE ||
+	    strspn(fid, "0123456789abcdefABCDEF") != 2 * F2_FILE_ID_SIZE ||
+	    crypto_b64_decode(wk, strlen(wk), wrapped, cap, &wlen) < 0 || wlen == 0)
+		return -EBADMSG;
+	memcpy(ret_file_id, fid, 2 * F2_FILE_ID_SIZE + 1);
+	*ret_len = wlen;
+	return 0;
+}
+
+/*
+ * Format-2 small parts are kept in state_dir/keys, one file per folder,
+ * name and device, so that a model read before still opens while the API
+ * is out of reach. They are useless off this TPM. An answer of the API
+ * that the key is gone (404: revoked, republished elsewhere) removes the
+ * copy; only an API out of reach makes the copy serve.
+ */
+static char *store_key_path(struct store *st, const char *name, const char *device)
+{
+	struct crypto_sha256 *h = crypto_sha256_new();
+	char hex[33], *p = NULL;
+	uint8_t d[32];
+
+	if (!h)
+		return NULL;
+	crypto_sha256_update(h, st->c->folder, strlen(st->c->folder) + 1);
+	crypto_sha256_update(h, name, strlen(name) + 1);
+	crypto_sha256_update(h, device, strlen(device) + 1);
+	crypto_sha256_final(h, d);
+	crypto_sha256_free(h);
+	crypto_hex(d, 16, hex);
+	if (asprintf(&p, "%s/%s/%s.json", st->c->state_dir, STORE_KEYS_DIR, hex) < 0)
+		return NULL;
+	return p;
+}
+
+static void store_key_save(struct store *st, const char *name, const char *device, json_t *doc)
+{
+	char *path = store_key_path(st, name, device), *dir = NULL, *tmp = NULL, *text = NULL;
+	size_t len;
+	int fd = -1;
+
+	if (!path || asprintf(&dir, "%s/%s", st->c->state_dir, STORE_KEYS_DIR) < 0 ||
+	    asprintf(&tmp, "%s.tmp", path) < 0)
+		goto out;
+	text = json_dumps(doc, JSON_COMPACT);
+	if (!text || (mkdir(dir, 0700) < 0 && errno != EEXIST))
+		goto out;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	len = text ? strlen(text) : 0;
+	if (fd < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) < 0 ||
+	    close(fd) < 0 || (fd = -1, rename(tmp, path) < 0)) {
+		log_warn("%s: cannot keep its key document in %s: %s", name, dir, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		unlink(tmp);
+	}
+out:
+	free(text);
+	free(tmp);
+	free(dir);
+	free(path);
+}
+
+static json_t *store_key_load(struct store *st, const char *name, const char *device)
+{
+	char *path = store_key_path(st, name, device);
+	json_t *doc = NULL;
+	struct stat sb;
+
+	if (path && stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size <= STORE_KEY_DOC_MAX)
+		doc = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	free(path);
+	return doc;
+}
+
+static void store_key_forget(struct store *st, const char *name, const char *device)
+{
+	char *path = store_key_path(st, name, device);
+
+	if (path && unlink(path) == 0)
+		log_info("%s: the API no longer gives its key; the kept copy is removed", name);
+	free(path);
+}
+
 static int store_prepare_f2(struct store *st, struct store_obj *o)
 {
-	char id[160], file_id[2 * F2_FILE_ID_SIZE + 1];
+	char id[160], file_id[2 * F2_FILE_ID_SIZE + 1], fid[2 * F2_FILE_ID_SIZE + 1];
 	uint8_t raw[F2_HEADER_SIZE], wrapped[STORE_WRAPPED_MAX];
-	const char *fid, *wk;
 	size_t wlen, klen;
 	json_t *doc = NULL;
-	int r;
+	int r, kept = 0;
 
 	r = store_obj_locate(st, o);
 	if (r < 0)
@@ -741,39 +964,59 @@ static int store_prepare_f2(struct store *st, struct store_obj *o)
 		return -EACCES;
 	}
 	r = session_device_key(st->s, st->c->folder, o->e.name, id, &doc);
+	if (r == -ENOENT)
+		store_key_forget(st, o->e.name, id);
+	if (r < 0 && r != -ENOENT && r != -EACCES) {
+		doc = store_key_load(st, o->e.name, id);
+		if (doc) {
+			log_info("%s: the API is out of reach (%s): using its key document kept "
+				 "in state_dir",
+				 o->e.name, strerror(-r));
+			kept = 1;
+			r = 0;
+		}
+	}
 	if (r < 0) {
 		log_err("%s: cannot get its key for device %s: %s", o->e.name, id, strerror(-r));
 		return r == -ENOKEY || r == -ENOENT ? -EACCES : store_reader_errno(r);
 	}
-	fid = json_string_value(json_object_get(doc, "file_id"));
-	wk = json_string_value(json_object_get(doc, "wrapped_key"));
-	if (!fid || !wk || json_integer_value(json_object_get(doc, "format")) != 2 ||
-	    strlen(fid) != 2 * F2_FILE_ID_SIZE ||
-	    crypto_b64_decode(wk, strlen(wk), wrapped, sizeof(wrapped), &wlen) < 0) {
-		log_err("%s: the API's key document is malformed", o->e.name);
+	if (store_parse_key_doc(doc, fid, wrapped, sizeof(wrapped), &wlen) < 0) {
+		log_err("%s: the %s key document is malformed", o->e.name,
+			kept ? "kept" : "API's");
 		r = -EIO;
 		goto out;
 	}
 	store_obj_cache_id(st, o, fid, strlen(fid));
-	r = st->src->ops->read(st->src, &o->blob, 0, F2_HEADER_SIZE, raw);
-	if (r == 0)
-		r = f2_header_parse(raw, &o->hdr);
+	/* A header that fails a check is read once more, as chunks are (store_fill_f2). */
+	for (int retried = 0;; retried = 1) {
+		const char *again = retried ? "" : "; reading it again";
+
+		r = store_src_read(st, &o->blob, 0, F2_HEADER_SIZE, raw);
+		if (r == 0)
+			r = f2_header_parse(raw, &o->hdr);
+		if (r < 0) {
+			log_err("%s: cannot read its header: %s%s", o->e.name, strerror(-r),
+				r == -EBADMSG || r == -EPROTO ? again : "");
+		} else {
+			crypto_hex(o->hdr.file_id, F2_FILE_ID_SIZE, file_id);
+			if (strcasecmp(file_id, fid) != 0) {
+				log_err("%s: the key is for file %s, the big part is file %s%s",
+					o->e.name, fid, file_id, again);
+				r = -EBADMSG;
+			} else if ((o->e.has_size && o->hdr.size != o->e.size) ||
+				   f2_big_size(&o->hdr) != o->blob.size) {
+				log_err("%s: the header's sizes do not match the catalog's or the "
+					"big part's%s",
+					o->e.name, again);
+				r = -EBADMSG;
+			}
+		}
+		if (r == 0 || retried || (r != -EBADMSG && r != -EPROTO))
+			break;
+		store_src_drop(st, &o->blob, 0, F2_HEADER_SIZE);
+	}
 	if (r < 0) {
-		log_err("%s: cannot read its header: %s", o->e.name, strerror(-r));
 		r = store_reader_errno(r);
-		goto out;
-	}
-	crypto_hex(o->hdr.file_id, F2_FILE_ID_SIZE, file_id);
-	if (strcasecmp(file_id, fid) != 0) {
-		log_err("%s: the key is for file %s, the big part is file %s", o->e.name, fid,
-			file_id);
-		r = -EIO;
-		goto out;
-	}
-	if ((o->e.has_size && o->hdr.size != o->e.size) || f2_big_size(&o->hdr) != o->blob.size) {
-		log_err("%s: the header's sizes do not match the catalog's or the big part's",
-			o->e.name);
-		r = -EIO;
 		goto out;
 	}
 	o->size = o->hdr.size;
@@ -790,6 +1033,8 @@ static int store_prepare_f2(struct store *st, struct store_obj *o)
 	if (r < 0) {
 		secmem_free(o->key);
 		o->key = NULL;
+	} else if (!kept) {
+		store_key_save(st, o->e.name, id, doc);
 	}
 out:
 	json_decref(doc);
@@ -844,11 +1089,15 @@ int store_open(struct store *st, const struct catalog_entry *e, struct store_fil
 		}
 	}
 	o->opens++;
+	__atomic_add_fetch(&st->n_handles, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&st->lock);
 	h->o = o;
+	STORE_COUNT(st, opens, 1);
 	*ret = h;
 	return 0;
 err:
+	STORE_COUNT(st, opens, 1);
+	STORE_COUNT(st, open_errors, 1);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 	return r;
@@ -864,6 +1113,7 @@ void store_close(struct store_file *h)
 	pthread_mutex_lock(&st->lock);
 	store_obj_close_locked(h->o);
 	store_obj_put_locked(h->o);
+	__atomic_sub_fetch(&st->n_handles, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&st->lock);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
@@ -909,10 +1159,13 @@ static int store_queue_job(struct store *st, struct store_obj *o, uint64_t first
 static void store_readahead(struct store_file *h, uint64_t off, size_t len)
 {
 	struct store *st = h->st;
-	uint64_t end = off + len, size = h->o->size, win, target, from;
+	uint64_t end = off + len, size = h->o->size, win, target, from, cap;
+	unsigned readers = __atomic_load_n(&st->n_handles, __ATOMIC_RELAXED);
+	int seq;
 
 	pthread_mutex_lock(&h->lock);
-	if (off + STORE_RA_SLACK >= h->next_off && off <= h->next_off + STORE_RA_SLACK) {
+	seq = off + STORE_RA_SLACK >= h->next_off && off <= h->next_off + STORE_RA_SLACK;
+	if (seq) {
 		h->seq += len;
 	} else {
 		h->seq = len;
@@ -920,9 +1173,20 @@ static void store_readahead(struct store_file *h, uint64_t off, size_t len)
 	}
 	if (end > h->next_off || h->seq == len)
 		h->next_off = end;
+	/* A read elsewhere than the start may be random: wait for the next to tell. */
+	if (!seq && off) {
+		pthread_mutex_unlock(&h->lock);
+		return;
+	}
+	/* Open files share the cache: read-ahead evicted unread is read twice. */
+	cap = st->n_units * STORE_UNIT / 2 / (readers ? readers : 1);
+	if (cap > st->ra_max)
+		cap = st->ra_max;
+	if (cap < STORE_RA_MIN)
+		cap = STORE_RA_MIN;
 	win = h->seq < STORE_RA_MIN ? STORE_RA_MIN : h->seq;
-	if (win > st->ra_max)
-		win = st->ra_max;
+	if (win > cap)
+		win = cap;
 	target = end + win < size ? end + win : size;
 	from = h->ra_until > end ? h->ra_until : end;
 	/* Issue in batches of at least half a window, or the file's rest. */
@@ -943,31 +1207,70 @@ static void store_readahead(struct store_file *h, uint64_t off, size_t len)
 }
 
 /*
+ * Under o->sha_lock: whether a read in flight other than slot covers the
+ * end of the prefix, so that waiting for it can let a later read in.
+ */
+static int store_sha_filler(const struct store_obj *o, int slot)
+{
+	for (int i = 0; i < STORE_SHA_FLY; i++)
+		if (i != slot && o->sha_fly[i].end && o->sha_fly[i].off <= o->sha_next &&
+		    o->sha_next < o->sha_fly[i].end)
+			return 1;
+	return 0;
+}
+
+/* Under o->sha_lock: the read of slot is no longer in flight. */
+static void store_sha_end_locked(struct store_obj *o, int slot)
+{
+	if (slot >= 0 && slot < STORE_SHA_FLY)
+		o->sha_fly[slot].end = 0;
+	pthread_cond_broadcast(&o->sha_cond);
+}
+
+/*
  * Feeds a read into the whole-file check of o. The object, not the handle,
  * keeps the hashed prefix: with the kernel's page cache in between, one
  * pass over the file may arrive through several opens. A read that starts
- * past the prefix waits while other reads are in flight (parallel FUSE
- * threads deliver neighbours out of order), else it is left out. -EIO for
+ * past the prefix waits while a read in flight covers the prefix's end
+ * (parallel FUSE threads deliver neighbours out of order), or briefly for
+ * one to arrive, else it is left out: pages the kernel keeps are not read
+ * again, so waiting long for a gap that no read is filling would only
+ * stall the reader. -EIO for
  * the read that completes a mismatching file, and for every read after.
- * Ends the read's sha_busy mark (store_sha_begin).
+ * Ends the read's mark (store_sha_begin).
  */
-static int store_check_sha(struct store_obj *o, uint64_t off, const struct store_read *rd)
+static int store_check_sha(struct store_obj *o, uint64_t off, const struct store_read *rd,
+			   int slot)
 {
-	struct timespec dl;
+	struct timespec dl, grace;
 	uint64_t skip;
 	uint8_t d[32];
 	int r = 0;
 
 	clock_gettime(CLOCK_REALTIME, &dl);
+	grace = dl;
 	dl.tv_sec += STORE_SHA_WAIT_MS / 1000;
-	pthread_mutex_lock(&o->sha_lock);
-	while (o->sha_state == SHA_RUNNING && off > o->sha_next && o->sha_busy > 1 &&
-	       off - o->sha_next <= STORE_RA_SLACK) {
-		if (pthread_cond_timedwait(&o->sha_cond, &o->sha_lock, &dl) == ETIMEDOUT)
-			break;
+	grace.tv_nsec += STORE_SHA_GRACE_MS * 1000000L;
+	if (grace.tv_nsec >= 1000000000L) {
+		grace.tv_sec++;
+		grace.tv_nsec -= 1000000000L;
 	}
-	o->sha_busy--;
-	pthread_cond_broadcast(&o->sha_cond);
+	pthread_mutex_lock(&o->sha_lock);
+	while (o->sha_state == SHA_RUNNING && off > o->sha_next &&
+	       off - o->sha_next <= STORE_RA_SLACK) {
+		int filler = store_sha_filler(o, slot);
+
+		/* A gap that one grace period did not fill is not waited for again. */
+		if (!filler && o->sha_stuck == o->sha_next + 1)
+			break;
+		if (pthread_cond_timedwait(&o->sha_cond, &o->sha_lock, filler ? &dl : &grace) ==
+		    ETIMEDOUT) {
+			if (!store_sha_filler(o, slot))
+				o->sha_stuck = o->sha_next + 1;
+			break;
+		}
+	}
+	store_sha_end_locked(o, slot);
 	if (o->sha_state == SHA_BAD) {
 		pthread_mutex_unlock(&o->sha_lock);
 		return -EIO;
@@ -1002,26 +1305,35 @@ static int store_check_sha(struct store_obj *o, uint64_t off, const struct store
 	return r;
 }
 
-/* Marks a read in flight for store_check_sha; 1 when the check applies. */
-static int store_sha_begin(struct store_obj *o)
+/*
+ * Marks the read of [off, off + len) in flight for store_check_sha: 0 when
+ * the check does not apply, else 1 + its slot (STORE_SHA_FLY: in flight
+ * unmarked, when every slot is taken).
+ */
+static int store_sha_begin(struct store_obj *o, uint64_t off, size_t len)
 {
-	int on;
+	int slot = 0;
 
 	if (!o->sha)
 		return 0;
 	pthread_mutex_lock(&o->sha_lock);
-	on = o->sha_state != SHA_GOOD;
-	if (on)
-		o->sha_busy++;
+	if (o->sha_state != SHA_GOOD) {
+		while (slot < STORE_SHA_FLY && o->sha_fly[slot].end)
+			slot++;
+		if (slot < STORE_SHA_FLY) {
+			o->sha_fly[slot].off = off;
+			o->sha_fly[slot].end = off + len;
+		}
+		slot++;
+	}
 	pthread_mutex_unlock(&o->sha_lock);
-	return on;
+	return slot;
 }
 
-static void store_sha_abort(struct store_obj *o)
+static void store_sha_abort(struct store_obj *o, int slot)
 {
 	pthread_mutex_lock(&o->sha_lock);
-	o->sha_busy--;
-	pthread_cond_broadcast(&o->sha_cond);
+	store_sha_end_locked(o, slot);
 	pthread_mutex_unlock(&o->sha_lock);
 }
 
@@ -1055,11 +1367,13 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 	}
 	store_readahead(h, off, len);
 	store_deadline(st, &dl);
-	check = store_sha_begin(o);
+	check = store_sha_begin(o, off, len);
+	STORE_COUNT(st, reads, 1);
 	r = store_units_get(st, o, first, n, u, &dl);
 	if (r < 0) {
+		STORE_COUNT(st, read_errors, 1);
 		if (check)
-			store_sha_abort(o);
+			store_sha_abort(o, check - 1);
 		free(u);
 		free(ret->iov);
 		ret->iov = NULL;
@@ -1080,13 +1394,25 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 	}
 	ret->len = done;
 	if (check) {
-		r = store_check_sha(o, off, ret);
+		r = store_check_sha(o, off, ret, check - 1);
 		if (r < 0) {
+			STORE_COUNT(st, read_errors, 1);
 			store_read_release(ret);
 			return r;
 		}
 	}
+	STORE_COUNT(st, read_bytes, done);
 	return 0;
+}
+
+void store_stats(struct store *st, struct store_stats *ret)
+{
+	const uint64_t *from = (const uint64_t *)&st->stats;
+	uint64_t *to = (uint64_t *)ret;
+
+	for (size_t i = 0; i < sizeof(*ret) / sizeof(uint64_t); i++)
+		to[i] = __atomic_load_n(&from[i], __ATOMIC_RELAXED);
+	ret->cache_units = st->n_units;
 }
 
 void store_read_release(struct store_read *r)
@@ -1279,6 +1605,7 @@ out:
 
 /* ---- the store ------------------------------------------------------------------------ */
 
+/* The format-1 resource key: the TPM's sealed secret first, then the configuration. */
 static int store_resource_key(struct store *st)
 {
 	char *secret = NULL, *msg = NULL;
@@ -1288,22 +1615,17 @@ static int store_resource_key(struct store *st)
 	st->rkey = secmem_alloc(CRYPTO_KEY_SIZE);
 	if (!st->rkey)
 		return -errno;
-	if (!st->c->legacy_resource_secret_file) {
-		f1_aes_key(F1_DEFAULT_RESOURCE_SECRET, strlen(F1_DEFAULT_RESOURCE_SECRET),
-			   st->rkey);
+	if (st->d && device_resource_secret(st->d, &secret, &len) == 0) {
+		f1_aes_key(secret, len, st->rkey);
+		secmem_free(secret);
 		return 0;
 	}
-	r = config_read_secret_file(st->c->legacy_resource_secret_file, 1, &secret, &len, &msg);
+	r = config_resource_key(st->c, st->rkey, &msg);
 	if (r < 0) {
-		log_err("legacy_resource_secret_file: %s", msg ? msg : strerror(-r));
+		log_err("%s", msg ? msg : strerror(-r));
 		free(msg);
-		return r;
 	}
-	while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
-		len--;
-	f1_aes_key(secret, len, st->rkey);
-	secmem_free(secret);
-	return 0;
+	return r;
 }
 
 int store_new(const struct config *c, struct fetch *f, struct session *s, struct device *d,
@@ -1324,6 +1646,7 @@ int store_new(const struct config *c, struct fetch *f, struct session *s, struct
 	st->d = d;
 	st->timeout_s = c->io_timeout ? c->io_timeout : 1;
 	pthread_mutex_init(&st->lock, NULL);
+	pthread_mutex_init(&st->buf_lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&st->cond, &ca);
@@ -1414,6 +1737,9 @@ void store_free(struct store *st)
 	free(st->hash);
 	pthread_cond_destroy(&st->cond);
 	pthread_mutex_destroy(&st->lock);
+	while (st->n_bufs)
+		free(st->bufs[--st->n_bufs]);
+	pthread_mutex_destroy(&st->buf_lock);
 	free(st);
 }
 

@@ -53,6 +53,11 @@ struct store_src_ops {
 		    uint8_t *buf);
 	/* Frees the layer and the layers below it. */
 	void (*free)(struct store_src *src);
+	/*
+	 * May be NULL: forgets what this layer and the ones below keep of
+	 * [off, off + len) of b, after those bytes failed their check.
+	 */
+	void (*drop)(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len);
 };
 struct store_src {
 	const struct store_src_ops *ops;
@@ -101,6 +106,34 @@ struct store_read {
 	void **units;
 	size_t n_units;
 };
+
+/*
+ * Counters since store_new, for the side endpoint's /metrics. Each is
+ * updated atomically on its own; a snapshot is not one consistent instant.
+ */
+struct store_stats {
+	uint64_t opens;	       /* store_open calls */
+	uint64_t open_errors;
+	uint64_t reads;	       /* store_read calls */
+	uint64_t read_bytes;   /* plaintext bytes handed out */
+	uint64_t read_errors;
+	uint64_t cache_hits;   /* 64 KiB units found in the plaintext cache */
+	uint64_t cache_misses; /* units this reader (or read-ahead) had to fill */
+	uint64_t fetches;      /* ciphertext reads from the source layers */
+	uint64_t fetch_bytes;
+	uint64_t fetch_errors;
+	uint64_t cache_units;  /* capacity of the plaintext cache, in units */
+};
+void store_stats(struct store *st, struct store_stats *ret);
+
+/*
+ * Checks a format-2 small part (formats.md's JSON document): format 2, a
+ * file_id of 32 hex digits (copied to ret_file_id), a wrapped_key that
+ * decodes into at most cap bytes of wrapped. -EBADMSG when it does not.
+ * Exposed for tests.
+ */
+int store_parse_key_doc(json_t *doc, char ret_file_id[33], uint8_t *wrapped, size_t cap,
+			size_t *ret_len);
 
 /* Reads up to len bytes at off; release the result with store_read_release. */
 int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret);

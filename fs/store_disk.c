@@ -9,11 +9,12 @@
  * 1 when the block is in ID.data). Both are mode 0600. Whole files are
  * evicted, least recently used first, to keep the blocks under cache_max.
  *
- * Locking: d->lock guards the file table, every file's users and map and
- * the byte total. It is not held while reading from the layer below; the
- * file reads and writes of cached blocks happen without it too (pread and
- * pwrite on blocks that the map already or not yet marks). An evicted
- * file's names are unlinked after the lock is dropped.
+ * Locking: d->lock guards the file table, every file's users and map,
+ * the byte total, the failing flag and the kept staging buffers. It is not
+ * held while reading from the layer below; the file reads and writes of
+ * cached blocks happen without it too (pread and pwrite on blocks that the
+ * map already or not yet marks). An evicted file's names are unlinked
+ * after the lock is dropped.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -32,6 +33,13 @@
 #define DISK_BLOCK (64 * 1024)
 #define DISK_ID_LEN 32
 #define DISK_MAX_FILES 4096
+/*
+ * Staging buffers for blocks read from below, kept between misses (a
+ * fresh one of this size is a new mapping that faults in page by page):
+ * room for a 1 MiB run and the blocks its ends reach into.
+ */
+#define DISK_TMP_SIZE (18 * DISK_BLOCK)
+#define DISK_TMP_KEPT 4
 
 struct disk_file {
 	struct disk_file *next;
@@ -54,7 +62,57 @@ struct disk_src {
 	struct disk_file *files;
 	unsigned n_files;
 	uint64_t total;
+	/*
+	 * Writing to cache_dir failed (a full file system, an I/O error) and
+	 * that was logged: a full disk is said once, not at every read, and
+	 * again only after a write has worked in between.
+	 */
+	int failing;
+	uint8_t *tmp[DISK_TMP_KEPT]; /* kept staging buffers, under lock */
+	unsigned n_tmp;
 };
+
+static uint8_t *disk_tmp_get(struct disk_src *d, size_t len)
+{
+	uint8_t *t = NULL;
+
+	if (len > DISK_TMP_SIZE)
+		return malloc(len);
+	pthread_mutex_lock(&d->lock);
+	if (d->n_tmp)
+		t = d->tmp[--d->n_tmp];
+	pthread_mutex_unlock(&d->lock);
+	return t ? t : malloc(DISK_TMP_SIZE);
+}
+
+static void disk_tmp_put(struct disk_src *d, uint8_t *t, size_t len)
+{
+	if (t && len <= DISK_TMP_SIZE) {
+		pthread_mutex_lock(&d->lock);
+		if (d->n_tmp < DISK_TMP_KEPT) {
+			d->tmp[d->n_tmp++] = t;
+			t = NULL;
+		}
+		pthread_mutex_unlock(&d->lock);
+	}
+	free(t);
+}
+
+/* Logs "cache_dir DIR: ACTION ID.EXT: cause" unless a failure is already logged. */
+static void disk_fail(struct disk_src *d, const char *action, const char *id, const char *ext,
+		      int err)
+{
+	int first;
+
+	pthread_mutex_lock(&d->lock);
+	first = !d->failing;
+	d->failing = 1;
+	pthread_mutex_unlock(&d->lock);
+	if (first)
+		log_warn("cache_dir %s: %s %s.%s: %s; reading on without storing there until a "
+			 "write works",
+			 d->dir, action, id, ext, strerror(err));
+}
 
 static int disk_id_ok(const char *id)
 {
@@ -135,7 +193,6 @@ static int disk_file_open(struct disk_src *d, struct disk_file *f, uint64_t size
 	f->nblocks = nblocks;
 	goto out;
 err:
-	log_warn("cache_dir: cannot open %s: %s", dp ? dp : f->id, strerror(-r));
 	disk_file_close(f);
 out:
 	free(dp);
@@ -198,6 +255,7 @@ static int disk_make_room(struct disk_src *d, const struct disk_file *keep, uint
 static struct disk_file *disk_get(struct disk_src *d, const struct store_blob *b)
 {
 	struct disk_file *f;
+	int r = 0;
 
 	pthread_mutex_lock(&d->lock);
 	for (f = d->files; f; f = f->next)
@@ -205,7 +263,7 @@ static struct disk_file *disk_get(struct disk_src *d, const struct store_blob *b
 			break;
 	if (!f && d->n_files < DISK_MAX_FILES)
 		f = disk_file_new(d, b->cache_id);
-	if (f && f->fd < 0 && disk_file_open(d, f, b->size) < 0)
+	if (f && f->fd < 0 && (r = disk_file_open(d, f, b->size)) < 0)
 		f = NULL;
 	if (f && f->nblocks != (b->size + DISK_BLOCK - 1) / DISK_BLOCK)
 		f = NULL;
@@ -214,6 +272,8 @@ static struct disk_file *disk_get(struct disk_src *d, const struct store_blob *b
 		f->used = time(NULL);
 	}
 	pthread_mutex_unlock(&d->lock);
+	if (r < 0)
+		disk_fail(d, "cannot open", b->cache_id, "data", -r);
 	return f;
 }
 
@@ -242,7 +302,7 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 	if (!fits)
 		return;
 	if (pwrite(f->fd, data, len, (off_t)(b0 * DISK_BLOCK)) != (ssize_t)len) {
-		log_warn("cache_dir: writing %s.data failed: %s", f->id, strerror(errno));
+		disk_fail(d, "writing", f->id, "data", errno ? errno : ENOSPC);
 		pthread_mutex_lock(&d->lock);
 		d->total -= add;
 		f->bytes -= add;
@@ -252,8 +312,13 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 	pthread_mutex_lock(&d->lock);
 	memset(f->map + b0, 1, b1 - b0);
 	pthread_mutex_unlock(&d->lock);
-	if (pwrite(f->map_fd, f->map + b0, b1 - b0, (off_t)b0) != (ssize_t)(b1 - b0))
-		log_warn("cache_dir: writing %s.map failed: %s", f->id, strerror(errno));
+	if (pwrite(f->map_fd, f->map + b0, b1 - b0, (off_t)b0) != (ssize_t)(b1 - b0)) {
+		disk_fail(d, "writing", f->id, "map", errno ? errno : ENOSPC);
+		return;
+	}
+	pthread_mutex_lock(&d->lock);
+	d->failing = 0;
+	pthread_mutex_unlock(&d->lock);
 }
 
 static int disk_present(struct disk_src *d, struct disk_file *f, uint64_t i)
@@ -297,7 +362,7 @@ static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t
 				r = d->lower->ops->read(d->lower, b, from, to - from,
 							buf + (from - off));
 		} else {
-			uint8_t *tmp = malloc(z - a);
+			uint8_t *tmp = disk_tmp_get(d, z - a);
 			uint64_t from = a > off ? a : off, to = z < end ? z : end;
 
 			if (!tmp) {
@@ -309,7 +374,7 @@ static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t
 				memcpy(buf + (from - off), tmp + (from - a), to - from);
 				disk_store(d, f, i, j, tmp, z - a);
 			}
-			free(tmp);
+			disk_tmp_put(d, tmp, z - a);
 		}
 		i = j;
 	}
@@ -317,6 +382,36 @@ static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t
 	f->users--;
 	pthread_mutex_unlock(&d->lock);
 	return r;
+}
+
+static void disk_drop(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len)
+{
+	struct disk_src *d = (struct disk_src *)src;
+	struct disk_file *f;
+	uint64_t gone = 0;
+
+	pthread_mutex_lock(&d->lock);
+	for (f = d->files; b->cache_id && f; f = f->next)
+		if (strcmp(f->id, b->cache_id) == 0)
+			break;
+	if (f && f->map && len) {
+		uint64_t last = (off + len - 1) / DISK_BLOCK;
+
+		for (uint64_t i = off / DISK_BLOCK; i <= last && i < f->nblocks; i++) {
+			if (f->map[i] != 1)
+				continue;
+			f->map[i] = 0;
+			gone += DISK_BLOCK;
+			if (pwrite(f->map_fd, f->map + i, 1, (off_t)i) != 1)
+				log_warn("cache_dir: cannot forget block %llu of %s",
+					 (unsigned long long)i, f->id);
+		}
+		f->bytes -= gone;
+		d->total -= gone;
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (d->lower->ops->drop)
+		d->lower->ops->drop(d->lower, b, off, len);
 }
 
 static void disk_free(struct store_src *src)
@@ -330,6 +425,8 @@ static void disk_free(struct store_src *src)
 		free(f);
 	}
 	store_src_free(d->lower);
+	while (d->n_tmp)
+		free(d->tmp[--d->n_tmp]);
 	pthread_mutex_destroy(&d->lock);
 	free(d->dir);
 	free(d);
@@ -338,6 +435,7 @@ static void disk_free(struct store_src *src)
 static const struct store_src_ops disk_ops = {
 	.read = disk_read,
 	.free = disk_free,
+	.drop = disk_drop,
 };
 
 /* Counts what an earlier run left in dir, so cache_max holds across restarts. */

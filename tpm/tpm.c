@@ -60,6 +60,13 @@
 #define TPM_FILE_MAX (TPM_STORE_MAX + 256) /* largest state file read */
 #define TPM_PCR_MAX 24
 #define TPM_ERR_LEN 512
+#define TPM_QUICK_WAIT 2 /* seconds: tpm = auto, a TCTI that fails at once */
+/*
+ * Handle ranges for GetCapability, spelled out: tss2's TPM2_HR_TRANSIENT
+ * shifts an int 0x80 left by 24, which is undefined behaviour in C.
+ */
+#define TPM_HANDLES_TRANSIENT 0x80000000u
+#define TPM_HANDLES_SESSIONS 0x02000000u /* loaded HMAC (0x02) and policy (0x03) sessions */
 
 static const uint8_t tpm_store_magic[TPM_STORE_HDR] = { 'A', 'Z', 'T', 'S', 1, 0, 0, 0 };
 
@@ -86,14 +93,25 @@ struct tpm {
 	uint8_t owner_auth[sizeof(TPMU_HA)];
 	size_t owner_auth_len;
 
-	ESYS_TR srk;       /* ESYS_TR_NONE until first needed */
-	int srk_transient; /* created here, so flushed at close */
+	int quick; /* tpm = auto: absent at once when plainly absent */
+
+	/*
+	 * The SRK and the device key occupy TPM slots only during a call:
+	 * call_end saves their contexts and flushes them (park), the next
+	 * call loads the contexts again, so that a TPM without a resource
+	 * manager keeps its few slots free for other users between calls.
+	 */
+	ESYS_TR srk;	   /* ESYS_TR_NONE while parked or not yet needed */
+	int srk_transient; /* created here, so parked and flushed */
 	TPM2B_PUBLIC srk_pub;
+	TPMS_CONTEXT *srk_ctx;
 
 	/* Valid once loaded: the enrolled objects. */
 	int loaded;
 	ESYS_TR dk;
+	TPMS_CONTEXT *dk_ctx;
 	TPM2B_PUBLIC dk_pub;
+	TPM2B_PRIVATE dk_priv;
 	TPM2B_PUBLIC seal_pub;
 	TPM2B_PRIVATE seal_priv;
 	TPML_PCR_SELECTION pcrs; /* what the objects are bound to */
@@ -197,6 +215,18 @@ static int tpm_rc(struct tpm *t, TSS2_RC rc, const char *what)
 	case TPM2_RC_LOCKOUT:
 		return tpm_fail(t, -EIO, "tpm: %s: the TPM is in dictionary-attack lockout (%s)",
 				what, dec);
+	case TPM2_RC_OBJECT_MEMORY:
+	case TPM2_RC_SESSION_MEMORY:
+	case TPM2_RC_OBJECT_HANDLES:
+	case TPM2_RC_SESSION_HANDLES:
+		/* A warning only: the caller flushes leftovers and retries once. */
+		snprintf(t->err, sizeof(t->err),
+			 "tpm: %s: the TPM has no free object or session slot (%s); other "
+			 "programs hold them",
+			 what, dec);
+		if (t->log)
+			t->log(LOG_WARNING, t->err);
+		return -EBUSY;
 	default:
 		return tpm_fail(t, -EIO, "tpm: %s: %s", what, dec);
 	}
@@ -789,6 +819,60 @@ out:
 	return r;
 }
 
+/* ---- parked objects ----------------------------------------------------- */
+
+/*
+ * Loads a parked object's saved context into *ret. -ENOENT (nothing
+ * logged, *ctx freed) when the TPM refuses it, e.g. after a TPM reset:
+ * the caller re-creates the object. A full TPM is an error (-EBUSY).
+ */
+static int context_load(struct tpm *t, const char *what, TPMS_CONTEXT **ctx, ESYS_TR *ret)
+{
+	ESYS_TR h = ESYS_TR_NONE;
+	TSS2_RC rc, base;
+
+	rc = Esys_ContextLoad(t->esys, *ctx, &h);
+	if (rc == TSS2_RC_SUCCESS) {
+		*ret = h;
+		return 0;
+	}
+	base = rc_base(rc);
+	if (base == TPM2_RC_OBJECT_MEMORY || base == TPM2_RC_OBJECT_HANDLES)
+		return tpm_rc(t, rc, what);
+	tpm_say(t, LOG_INFO, "tpm: %s from its saved context: %s; loading it anew", what,
+		Tss2_RC_Decode(rc));
+	free(*ctx);
+	*ctx = NULL;
+	return -ENOENT;
+}
+
+/* Saves a transient object's context (once) and flushes it from the TPM. */
+static void object_park(struct tpm *t, ESYS_TR *h, TPMS_CONTEXT **ctx)
+{
+	TSS2_RC rc;
+
+	if (*h == ESYS_TR_NONE)
+		return;
+	if (!*ctx) {
+		rc = Esys_ContextSave(t->esys, *h, ctx);
+		if (rc != TSS2_RC_SUCCESS) {
+			*ctx = NULL;
+			tpm_say(t, LOG_WARNING, "tpm: saving an object's context: %s",
+				Tss2_RC_Decode(rc));
+		}
+	}
+	handle_flush(t, h);
+}
+
+static void objects_park(struct tpm *t)
+{
+	if (!t->esys)
+		return;
+	object_park(t, &t->dk, &t->dk_ctx);
+	if (t->srk_transient)
+		object_park(t, &t->srk, &t->srk_ctx);
+}
+
 /* ---- the storage root key ---------------------------------------------- */
 
 static int srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
@@ -859,6 +943,11 @@ static int srk_get(struct tpm *t)
 
 	if (t->srk != ESYS_TR_NONE)
 		return 0;
+	if (t->srk_ctx) {
+		r = context_load(t, "reloading the storage root key", &t->srk_ctx, &t->srk);
+		if (r != -ENOENT)
+			return r;
+	}
 	rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
 				TPM2_CAP_HANDLES, TPM_SRK_HANDLE, 1, NULL, &cap);
 	if (rc != TSS2_RC_SUCCESS)
@@ -902,6 +991,8 @@ done:
 
 static void srk_drop(struct tpm *t)
 {
+	free(t->srk_ctx);
+	t->srk_ctx = NULL;
 	if (t->srk == ESYS_TR_NONE)
 		return;
 	if (t->srk_transient)
@@ -1021,6 +1112,8 @@ static int seal_create(struct tpm *t, const TPM2B_DIGEST *policy,
 static void loaded_drop(struct tpm *t)
 {
 	handle_flush(t, &t->dk);
+	free(t->dk_ctx);
+	t->dk_ctx = NULL;
 	free(t->store);
 	t->store = NULL;
 	t->store_len = 0;
@@ -1114,6 +1207,7 @@ static int state_load(struct tpm *t)
 	loaded_drop(t);
 	t->dk = dk;
 	t->dk_pub = dk_pub;
+	t->dk_priv = dk_priv;
 	t->seal_pub = seal_pub;
 	t->seal_priv = seal_priv;
 	t->pcrs = pcrs;
@@ -1131,6 +1225,24 @@ out:
 static int ensure_loaded(struct tpm *t)
 {
 	return t->loaded ? 0 : state_load(t);
+}
+
+/* The loaded device key in t->dk (and the SRK in t->srk), from parking if need be. */
+static int dk_get(struct tpm *t)
+{
+	int r;
+
+	r = ensure_loaded(t);
+	if (r == 0)
+		r = srk_get(t);
+	if (r < 0 || t->dk != ESYS_TR_NONE)
+		return r;
+	if (t->dk_ctx) {
+		r = context_load(t, "reloading the device key", &t->dk_ctx, &t->dk);
+		if (r != -ENOENT)
+			return r;
+	}
+	return object_load(t, "loading the device key", &t->dk_pub, &t->dk_priv, &t->dk);
 }
 
 /* ---- open, close ------------------------------------------------------- */
@@ -1229,6 +1341,76 @@ static int connection_open(struct tpm *t, unsigned wait_seconds)
 			wait_seconds, why);
 }
 
+/*
+ * The device node of a "device[:PATH]" TCTI into buf (the default node
+ * when none is named); 0 for any other TCTI.
+ */
+static int tcti_device_node(const char *conf, char *buf, size_t len)
+{
+	const char *p = conf;
+
+	if (!strncmp(p, "libtss2-tcti-device.so", 22))
+		p += 22;
+	else if (!strncmp(p, "device", 6))
+		p += 6;
+	else
+		return 0;
+	if (*p != '\0' && *p != ':')
+		return 0;
+	if (*p == ':')
+		p++;
+	snprintf(buf, len, "%s", *p ? p : "/dev/tpmrm0");
+	return 1;
+}
+
+static int node_present(const char *node)
+{
+	/* Without a node named, tpm2-tss falls back from tpmrm0 to tpm0. */
+	return access(node, F_OK) == 0 ||
+	       (!strcmp(node, "/dev/tpmrm0") && access("/dev/tpm0", F_OK) == 0);
+}
+
+/* A TEE (OP-TEE on a Jetson) is where a firmware TPM comes from, late. */
+static int tee_present(void)
+{
+	return access("/dev/tee0", F_OK) == 0 || access("/dev/teepriv0", F_OK) == 0;
+}
+
+/*
+ * tpm = auto: how long a TPM is worth waiting for. A device node that
+ * exists, or a TCTI of another kind, gets TPM_QUICK_WAIT; a missing node
+ * is waited for (up to wait_seconds) only where a TEE may still bring a
+ * firmware TPM, and is absent at once elsewhere.
+ */
+static int quick_wait(struct tpm *t, unsigned wait_seconds, unsigned *ret_wait)
+{
+	char node[PATH_MAX];
+	double deadline;
+
+	*ret_wait = wait_seconds < TPM_QUICK_WAIT ? wait_seconds : TPM_QUICK_WAIT;
+	if (!tcti_device_node(t->tcti_conf, node, sizeof(node)) || node_present(node))
+		return 0;
+	if (!tee_present())
+		return tpm_fail(t, -ENODEV,
+				"tpm: no TPM: %s does not exist and no TEE could "
+				"bring a firmware TPM",
+				node);
+	tpm_say(t, LOG_INFO,
+		"tpm: waiting up to %u s for %s (a firmware TPM appears once the "
+		"TEE supplicant runs)",
+		wait_seconds, node);
+	deadline = now_seconds() + wait_seconds;
+	while (!node_present(node)) {
+		struct timespec ts = {0, 250 * 1000 * 1000};
+
+		if (now_seconds() >= deadline)
+			return tpm_fail(t, -ENODEV, "tpm: no TPM: %s did not appear within %u s",
+					node, wait_seconds);
+		nanosleep(&ts, NULL);
+	}
+	return 0;
+}
+
 static void tpm_free(struct tpm *t)
 {
 	OPENSSL_cleanse(t->owner_auth, sizeof(t->owner_auth));
@@ -1242,6 +1424,7 @@ int tpm_open(const struct tpm_opts *opts, struct tpm **ret)
 {
 	struct tpm *t;
 	char why[160];
+	unsigned wait;
 	int r;
 
 	if (!opts || !ret)
@@ -1280,7 +1463,13 @@ int tpm_open(const struct tpm_opts *opts, struct tpm **ret)
 		r = -ENOMEM;
 		goto out_free;
 	}
-	r = connection_open(t, opts->wait_seconds);
+	wait = opts->wait_seconds;
+	if (opts->quick) {
+		r = quick_wait(t, opts->wait_seconds, &wait);
+		if (r < 0)
+			goto out_free;
+	}
+	r = connection_open(t, wait);
 	if (r < 0)
 		goto out_free;
 	*ret = t;
@@ -1312,8 +1501,93 @@ static void call_begin(struct tpm *t)
 
 static int call_end(struct tpm *t, int r)
 {
+	objects_park(t);
 	pthread_mutex_unlock(&t->lock);
 	return r;
+}
+
+/*
+ * Sends TPM2_FlushContext for a raw handle through the TCTI, under ESYS:
+ * ESYS has no object for another program's handles. t->lock is held and
+ * ESYS is between commands, so the TCTI is free.
+ */
+static int raw_flush(struct tpm *t, TPM2_HANDLE h)
+{
+	uint8_t cmd[14], resp[64];
+	size_t off = 0, len = sizeof(resp);
+	TSS2_TCTI_CONTEXT *tcti = NULL;
+	TPM2_RC code = 0;
+	TSS2_RC rc;
+
+	rc = Esys_GetTcti(t->esys, &tcti);
+	if (rc == TSS2_RC_SUCCESS)
+		rc = Tss2_MU_TPM2_ST_Marshal(TPM2_ST_NO_SESSIONS, cmd, sizeof(cmd), &off);
+	if (rc == TSS2_RC_SUCCESS)
+		rc = Tss2_MU_UINT32_Marshal(sizeof(cmd), cmd, sizeof(cmd), &off);
+	if (rc == TSS2_RC_SUCCESS)
+		rc = Tss2_MU_TPM2_CC_Marshal(TPM2_CC_FlushContext, cmd, sizeof(cmd), &off);
+	if (rc == TSS2_RC_SUCCESS)
+		rc = Tss2_MU_TPM2_HANDLE_Marshal(h, cmd, sizeof(cmd), &off);
+	if (rc == TSS2_RC_SUCCESS)
+		rc = Tss2_Tcti_Transmit(tcti, off, cmd);
+	if (rc == TSS2_RC_SUCCESS)
+		rc = Tss2_Tcti_Receive(tcti, &len, resp, 10000);
+	if (rc != TSS2_RC_SUCCESS || len < 10)
+		return -EIO;
+	off = 6;
+	if (Tss2_MU_UINT32_Unmarshal(resp, len, &off, &code) != TSS2_RC_SUCCESS || code != 0)
+		return -EIO;
+	return 0;
+}
+
+/* Flushes every handle of one kind (transient objects, loaded sessions); how many went. */
+static unsigned flush_kind(struct tpm *t, TPM2_HANDLE first)
+{
+	TPMS_CAPABILITY_DATA *cap = NULL;
+	unsigned n = 0;
+	uint32_t i;
+	TSS2_RC rc;
+
+	rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES,
+				first, TPM2_MAX_CAP_HANDLES, NULL, &cap);
+	if (rc != TSS2_RC_SUCCESS)
+		return 0;
+	for (i = 0; i < cap->data.handles.count; i++) {
+		TPM2_HANDLE h = cap->data.handles.handle[i];
+
+		if ((h >> 24) != (first >> 24) &&
+		    !(first == TPM_HANDLES_SESSIONS && (h >> 24) == 0x03))
+			continue;
+		if (raw_flush(t, h) == 0)
+			n++;
+	}
+	Esys_Free(cap);
+	return n;
+}
+
+/*
+ * After a "TPM full" (-EBUSY): what fills the TPM belongs to other
+ * programs, since this one has parked all of its own. Without a resource
+ * manager (swtpm, /dev/tpm0) those are mostly a crashed process's
+ * leftovers, which nothing else would ever flush. Flushes them all and
+ * says so; returns how many went.
+ */
+static unsigned leftovers_flush(struct tpm *t)
+{
+	unsigned objs, sess;
+
+	objects_park(t);
+	objs = flush_kind(t, TPM_HANDLES_TRANSIENT);
+	sess = flush_kind(t, TPM_HANDLES_SESSIONS);
+	if (objs || sess) {
+		t->err[0] = '\0';
+		tpm_say(t, LOG_WARNING,
+			"tpm: the TPM was full: flushed %u transient objects and %u sessions "
+			"left by other programs (a crashed one, or one sharing the TPM without "
+			"a resource manager)",
+			objs, sess);
+	}
+	return objs + sess;
 }
 
 int tpm_is_enrolled(struct tpm *t)
@@ -1405,7 +1679,7 @@ out_unlink:
 	return r;
 }
 
-int tpm_enroll(struct tpm *t, const void *secret, size_t len, char **ret_pem)
+static int enroll_once(struct tpm *t, const void *secret, size_t len, char **ret_pem)
 {
 	struct tpm_enrolment e = { 0 };
 	TPM2B_DIGEST policy = { .size = 0 };
@@ -1414,9 +1688,6 @@ int tpm_enroll(struct tpm *t, const void *secret, size_t len, char **ret_pem)
 	char *pem = NULL;
 	int r;
 
-	if (!t || (!secret && len) || !ret_pem)
-		return -EINVAL;
-	call_begin(t);
 	if (len > TPM_STORE_MAX) {
 		r = tpm_fail(t, -EINVAL, "tpm: secret of %zu bytes exceeds the store's %d", len,
 			     TPM_STORE_MAX);
@@ -1459,6 +1730,7 @@ int tpm_enroll(struct tpm *t, const void *secret, size_t len, char **ret_pem)
 	loaded_drop(t);
 	t->dk = dk;
 	t->dk_pub = e.dk_pub;
+	t->dk_priv = e.dk_priv;
 	t->seal_pub = e.seal_pub;
 	t->seal_priv = e.seal_priv;
 	t->pcrs = t->conf_pcrs;
@@ -1480,6 +1752,19 @@ out_store:
 out_key:
 	OPENSSL_cleanse(key, sizeof(key));
 out:
+	return r;
+}
+
+int tpm_enroll(struct tpm *t, const void *secret, size_t len, char **ret_pem)
+{
+	int r;
+
+	if (!t || (!secret && len) || !ret_pem)
+		return -EINVAL;
+	call_begin(t);
+	r = enroll_once(t, secret, len, ret_pem);
+	if (r == -EBUSY && leftovers_flush(t))
+		r = enroll_once(t, secret, len, ret_pem);
 	return call_end(t, r);
 }
 
@@ -1491,6 +1776,8 @@ int tpm_load(struct tpm *t)
 		return -EINVAL;
 	call_begin(t);
 	r = state_load(t);
+	if (r == -EBUSY && leftovers_flush(t))
+		r = state_load(t);
 	return call_end(t, r);
 }
 
@@ -1567,17 +1854,23 @@ out_obj:
 int tpm_unseal(struct tpm *t, uint8_t *buf, size_t cap, size_t *ret_len)
 {
 	uint8_t key[TPM_STORE_KEY_LEN];
-	int r, tries = 0;
+	int r, tries = 0, flushed = 0;
 
 	if (!t || (!buf && cap) || !ret_len)
 		return -EINVAL;
 	call_begin(t);
-	r = ensure_loaded(t);
-	if (r < 0)
-		goto out;
-	do
-		r = unseal_key(t, key);
-	while (r == -EAGAIN && ++tries < 2);
+	for (;;) {
+		r = ensure_loaded(t);
+		if (r == 0)
+			r = srk_get(t);
+		if (r == 0)
+			r = unseal_key(t, key);
+		if (r == -EAGAIN && ++tries < 2)
+			continue;
+		if (r == -EBUSY && !flushed++ && leftovers_flush(t))
+			continue;
+		break;
+	}
 	if (r == -EAGAIN)
 		r = tpm_fail(t, -EACCES, "tpm: unsealing the store: the PCRs keep changing");
 	if (r < 0)
@@ -1585,7 +1878,6 @@ int tpm_unseal(struct tpm *t, uint8_t *buf, size_t cap, size_t *ret_len)
 	r = store_open(t, key, t->store, t->store_len, buf, cap, ret_len);
 out_key:
 	OPENSSL_cleanse(key, sizeof(key));
-out:
 	return call_end(t, r);
 }
 
@@ -1658,25 +1950,33 @@ int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf, 
 	       size_t *ret_len)
 {
 	TPM2B_PUBLIC_KEY_RSA in = { 0 };
-	int r, tries = 0;
+	int r, tries = 0, flushed = 0;
 
 	if (!t || !wrapped || (!buf && cap) || !ret_len)
 		return -EINVAL;
 	call_begin(t);
-	r = ensure_loaded(t);
-	if (r < 0)
-		goto out;
-	if (len != t->dk_pub.publicArea.unique.rsa.size) {
-		r = tpm_fail(t, -EBADMSG,
-			     "tpm: a wrapped key has %zu bytes, the device key takes %u", len,
-			     t->dk_pub.publicArea.unique.rsa.size);
+	if (len > sizeof(in.buffer)) {
+		r = tpm_fail(t, -EBADMSG, "tpm: a wrapped key of %zu bytes is too long", len);
 		goto out;
 	}
 	in.size = (UINT16)len;
 	memcpy(in.buffer, wrapped, len);
-	do
-		r = unwrap_once(t, &in, buf, cap, ret_len);
-	while (r == -EAGAIN && ++tries < 2);
+	for (;;) {
+		r = dk_get(t);
+		if (r == 0 && len != t->dk_pub.publicArea.unique.rsa.size) {
+			r = tpm_fail(t, -EBADMSG,
+				     "tpm: a wrapped key has %zu bytes, the device key takes %u",
+				     len, t->dk_pub.publicArea.unique.rsa.size);
+			goto out;
+		}
+		if (r == 0)
+			r = unwrap_once(t, &in, buf, cap, ret_len);
+		if (r == -EAGAIN && ++tries < 2)
+			continue;
+		if (r == -EBUSY && !flushed++ && leftovers_flush(t))
+			continue;
+		break;
+	}
 	if (r == -EAGAIN)
 		r = tpm_fail(t, -EACCES, "tpm: unwrapping a key: the PCRs keep changing");
 out:

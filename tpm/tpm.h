@@ -4,7 +4,11 @@
  *
  * A struct tpm owns one ESYS context; calls on it are serialised by an
  * internal mutex, so several threads may share it. A build or a run without
- * a TPM answers -ENODEV from tpm_open ("absent"), never a crash.
+ * a TPM answers -ENODEV from tpm_open ("absent"), never a crash. Between
+ * calls it holds no object or session slot in the TPM (its keys are kept
+ * as saved contexts), so that several programs can share a TPM that has no
+ * resource manager; when the TPM is full all the same, what other
+ * programs left there is flushed, with a warning, and the call retried.
  *
  * Errors are 0 or a negative errno, each cause logged once here:
  *   -ENODEV    no TPM could be reached through the TCTI within wait
@@ -18,6 +22,8 @@
  *   -EINVAL    a bad PCR selection or argument
  *   -ENOBUFS   the caller's buffer is too small for what unseal or unwrap
  *              yields (nothing is written)
+ *   -EBUSY     no free object or session slot in the TPM, even after
+ *              flushing what other programs left there
  *   -EIO       any other TPM or file failure
  * tpm_last_error() keeps the last message, for health reports.
  *
@@ -44,6 +50,7 @@ struct tpm_opts {
 	size_t owner_auth_len;
 	const char *state_dir;         /* where blobs live, mode 0600 */
 	tpm_log_fn log;                /* may be NULL */
+	int quick;		       /* tpm = auto: see tpm_open */
 };
 
 struct tpm;
@@ -51,6 +58,12 @@ struct tpm;
  * Checks opts (-EINVAL for a bad PCR selection, before any waiting), then
  * retries the TCTI until a started TPM answers or wait_seconds pass
  * (-ENODEV). Never sends TPM2_Startup. opts need not outlive the call.
+ *
+ * With opts->quick (tpm = auto) a TPM that is plainly absent is -ENODEV
+ * at once: a "device:" TCTI whose node is missing on a machine without a
+ * TEE, or any TCTI that has not answered within 2 s. Only a missing node
+ * where a TEE exists (a firmware TPM still to come) is waited for, up to
+ * wait_seconds.
  */
 int tpm_open(const struct tpm_opts *opts, struct tpm **ret);
 void tpm_close(struct tpm *t);

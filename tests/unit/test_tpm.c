@@ -61,6 +61,20 @@ static int open_tpm(const char *tcti, const char *dir, const char *pcrs, unsigne
 	return tpm_open(&o, ret);
 }
 
+/* tpm_open as under tpm = auto (opts.quick). */
+static int open_tpm_quick(const char *tcti, const char *dir, unsigned wait, struct tpm **ret)
+{
+	struct tpm_opts o = {
+		.tcti = tcti,
+		.wait_seconds = wait,
+		.state_dir = dir,
+		.log = test_log,
+		.quick = 1,
+	};
+
+	return tpm_open(&o, ret);
+}
+
 /* Runs a tpm2-tools command line against tcti; its exit status. */
 static int tools(const char *tcti, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int tools(const char *tcti, const char *fmt, ...)
@@ -370,6 +384,31 @@ int main(void)
 	CHECK(r == -ENODEV && !t, "a TCTI to a closed port gives -ENODEV (got %d)", r);
 	CHECK(el >= 0.9 && el < 3.0, "after waiting about wait_seconds=1 (%.2f s)", el);
 
+	/* tpm = auto: a TPM that is plainly absent is absent at once. */
+	t0 = now();
+	r = open_tpm_quick(bad_tcti, dir_a, 30, &t);
+	el = now() - t0;
+	CHECK(r == -ENODEV && !t && el < 3.0,
+	      "quick: a closed port is absent within 2 s though tpm_wait is 30 (%d, %.2f s)", r,
+	      el);
+	{
+		int tee = access("/dev/tee0", F_OK) == 0 || access("/dev/teepriv0", F_OK) == 0;
+		size_t mark = logs_len;
+
+		t0 = now();
+		r = open_tpm_quick("device:/dev/azaion-test-no-tpm", dir_a, 1, &t);
+		el = now() - t0;
+		logs[logs_len] = '\0';
+		if (tee)
+			CHECK(r == -ENODEV && strstr(logs + mark, "did not appear within 1 s"),
+			      "quick, with a TEE: a missing device node is waited for (%d, %.2f s)",
+			      r, el);
+		else
+			CHECK(r == -ENODEV && el < 0.5 && strstr(logs + mark, "no TEE"),
+			      "quick, no TEE: a missing device node is absent at once (%d, %.2f s)",
+			      r, el);
+	}
+
 	/* ---- enrolment ---- */
 	r = open_tpm(tcti, dir_a, "", 10, NULL, &t);
 	CHECK(r == 0, "tpm_open on %s (%d)", tcti, r);
@@ -475,6 +514,27 @@ int main(void)
 	olen = 0;
 	r = tpm_unwrap(t, wrapped, wlen, out, sizeof(out), &olen);
 	CHECK(r == 0 && olen == 32 && !memcmp(out, k, 32), "unwrap after the restart (%d)", r);
+	CHECK(!tpm_leaks(tcti), "between calls an open, loaded struct tpm holds no TPM slot");
+
+	/* A crashed program's leftovers fill the TPM (swtpm has three object slots). */
+	r = tools(tcti,
+		  "for i in 1 2 3; do tpm2_createprimary -Q -C o -c %s/left$i.ctx || exit 1;"
+		  " done",
+		  dir_d);
+	CHECK(r == 0, "three transient objects left in the TPM by tpm2_createprimary (%d)", r);
+	{
+		size_t mark = logs_len;
+
+		olen = 0;
+		memset(out, 0, sizeof(out));
+		r = tpm_unwrap(t, wrapped, wlen, out, sizeof(out), &olen);
+		logs[logs_len] = '\0';
+		CHECK(r == 0 && olen == 32 && !memcmp(out, k, 32),
+		      "unwrap works in a full TPM: the leftovers are flushed (%d)", r);
+		CHECK(strstr(logs + mark, "the TPM was full: flushed 3 transient objects") != NULL,
+		      "and a warning says what was flushed");
+		CHECK(!tpm_leaks(tcti), "nothing left in the TPM afterwards");
+	}
 
 	/* Re-enrolment with a 300-byte secret. */
 	free(pem);

@@ -1,0 +1,1283 @@
+/*
+ * rest.c - the side endpoint (see rest.h): request routing, bodies with
+ * caps, and the replies of loader-api.md. The work is elsewhere: the
+ * session and unlock.h log in, the store reads (F2), the publisher
+ * uploads (F3), unlock.c unlocks (F4/F5).
+ *
+ * libmicrohttpd runs one thread per connection, so a handler may block:
+ * F2's content reader waits for the store, F3 publishes before it
+ * answers. Every request answers exactly once, when its body has been
+ * read (rest_dispatch); a body that is over its cap or belongs to a
+ * request already refused is read and dropped, so the client always gets
+ * the answer, except one announced larger than REST_DISCARD_MAX, which is
+ * refused before it is read.
+ *
+ * Secrets: JSON bodies (credentials) are kept in locked memory and wiped;
+ * jansson's free is set to wipe what it frees (strings parsed out of a
+ * body included). F3's plaintext is buffered in locked memory (the part's
+ * size must be known before the publisher starts, formats.md) and wiped.
+ * What libmicrohttpd holds in its own connection buffers is beyond reach.
+ *
+ * Locking: r->lock guards the API probe's cache and the last catalog
+ * refresh time; the counters are atomic; a request's state belongs to its
+ * connection's thread.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crypto/crypto.h"
+#include "fs/log.h"
+#include "fs/names.h"
+#include "fs/publish.h"
+#include "fs/rest.h"
+#include "fs/unlock.h"
+
+#define REST_BODY_MAX (64 * 1024)
+#define REST_DISCARD_MAX (4u * 1024 * 1024) /* larger bodies over a cap are refused unread */
+#define REST_UPLOAD_SLACK (1024 * 1024)	    /* multipart framing and small fields */
+#define REST_UPLOAD_CHUNK (4u * 1024 * 1024)
+#define REST_FIELD_MAX 1024
+#define REST_BACKLOG 256
+#define REST_CONN_MAX 512
+#define REST_CONN_TIMEOUT 300 /* seconds a connection may stay idle */
+#define REST_CONN_MEMORY (512 * 1024)
+#define REST_BLOCK (256 * 1024) /* F2's bytes per write */
+#define REST_PP_BUFFER (64 * 1024)
+#define REST_API_PROBE_S 5
+#define REST_API_PROBE_MS 2000
+#define REST_REFRESH_MIN_S 2
+
+enum rest_route {
+	ROUTE_NONE,
+	ROUTE_LOGIN,
+	ROUTE_LOAD,
+	ROUTE_UPLOAD,
+	ROUTE_UNLOCK,
+	ROUTE_UNLOCK_STATUS,
+	ROUTE_HEALTH,
+	ROUTE_STATUS,
+	ROUTE_METRICS,
+};
+
+struct rest_counters {
+	uint64_t by_class[6]; /* answers by status class, 1xx .. 5xx */
+	uint64_t loads, load_errors, load_bytes;
+	uint64_t uploads, upload_errors, upload_bytes;
+	uint64_t logins, login_errors;
+};
+
+struct rest {
+	struct rest_deps d;
+	int fd;
+	char *unix_path;
+	struct MHD_Daemon *mhd;
+	struct unlock *unlock;
+	uint8_t *rkey; /* format-1 resource key, locked memory */
+	int stopping;
+	uint64_t upload_bytes; /* buffered by uploads in flight */
+	struct rest_counters n;
+
+	pthread_mutex_t lock;
+	time_t api_checked;
+	int api_ok;
+	time_t last_refresh;
+};
+
+struct rest_upload {
+	uint8_t **chunks; /* secmem, REST_UPLOAD_CHUNK each */
+	size_t n_chunks;
+	uint64_t len;
+	uint64_t pos;
+	int has_data;
+	char folder[REST_FIELD_MAX + 1];
+	size_t folder_len;
+	int has_folder;
+	char format[16];
+	size_t format_len;
+	int has_format;
+};
+
+struct rest_req {
+	struct rest *r;
+	enum rest_route route;
+	char *name; /* F2/F3: the path's file name */
+	/* A refusal decided before the body was read: answered after it. */
+	unsigned status;
+	char detail[256];
+	uint8_t *body; /* secmem, REST_BODY_MAX */
+	size_t body_len;
+	int too_big;
+	int answered; /* refused before its body: the rest of it is dropped */
+	int malformed;
+	int nomem;
+	struct MHD_PostProcessor *pp;
+	struct rest_upload up;
+};
+
+#define REST_COUNT(r, field, v) __atomic_fetch_add(&(r)->n.field, (v), __ATOMIC_RELAXED)
+#define REST_LOAD(r, field) __atomic_load_n(&(r)->n.field, __ATOMIC_RELAXED)
+
+static int rest_stopping(struct rest *r)
+{
+	return __atomic_load_n(&r->stopping, __ATOMIC_RELAXED);
+}
+
+/* ---- replies ------------------------------------------------------------------ */
+
+static enum MHD_Result rest_send(struct rest *r, struct MHD_Connection *conn, unsigned status,
+				 struct MHD_Response *resp)
+{
+	enum MHD_Result ret;
+
+	if (!resp)
+		return MHD_NO;
+	ret = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	if (status >= 100 && status < 600)
+		REST_COUNT(r, by_class[status / 100], 1);
+	return ret;
+}
+
+/* Steals body. */
+static enum MHD_Result rest_json(struct rest *r, struct MHD_Connection *conn, unsigned status,
+				 json_t *body)
+{
+	struct MHD_Response *resp;
+	char *text;
+
+	text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	json_decref(body);
+	if (!text)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	return rest_send(r, conn, status, resp);
+}
+
+static enum MHD_Result rest_detail(struct rest *r, struct MHD_Connection *conn, unsigned status,
+				   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static enum MHD_Result rest_detail(struct rest *r, struct MHD_Connection *conn, unsigned status,
+				   const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return rest_json(r, conn, status, json_pack("{s:s}", "detail", msg));
+}
+
+static void rest_refuse(struct rest_req *q, unsigned status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void rest_refuse(struct rest_req *q, unsigned status, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (q->status)
+		return;
+	q->status = status;
+	va_start(ap, fmt);
+	vsnprintf(q->detail, sizeof(q->detail), fmt, ap);
+	va_end(ap);
+}
+
+/* ---- bodies ------------------------------------------------------------------- */
+
+static void rest_upload_clear(struct rest *r, struct rest_upload *up)
+{
+	for (size_t i = 0; i < up->n_chunks; i++)
+		secmem_free(up->chunks[i]);
+	if (up->n_chunks)
+		__atomic_fetch_sub(&r->upload_bytes, (uint64_t)up->n_chunks * REST_UPLOAD_CHUNK,
+				   __ATOMIC_RELAXED);
+	free(up->chunks);
+	up->chunks = NULL;
+	up->n_chunks = 0;
+	up->len = 0;
+}
+
+/* Appends F3's plaintext; -EFBIG past the budget of all uploads, -ENOMEM. */
+static int rest_upload_append(struct rest_req *q, const char *data, size_t size)
+{
+	struct rest_upload *up = &q->up;
+	struct rest *r = q->r;
+
+	while (size) {
+		size_t off = (size_t)(up->len % REST_UPLOAD_CHUNK), n;
+
+		if (off == 0 && up->len == (uint64_t)up->n_chunks * REST_UPLOAD_CHUNK) {
+			uint8_t **grown;
+			uint64_t total;
+
+			total = __atomic_add_fetch(&r->upload_bytes, REST_UPLOAD_CHUNK,
+						   __ATOMIC_RELAXED);
+			if (total > REST_UPLOAD_MAX) {
+				__atomic_fetch_sub(&r->upload_bytes, REST_UPLOAD_CHUNK,
+						   __ATOMIC_RELAXED);
+				return -EFBIG;
+			}
+			grown = realloc(up->chunks, (up->n_chunks + 1) * sizeof(*grown));
+			if (grown)
+				up->chunks = grown;
+			if (!grown ||
+			    !(up->chunks[up->n_chunks] = secmem_alloc(REST_UPLOAD_CHUNK))) {
+				__atomic_fetch_sub(&r->upload_bytes, REST_UPLOAD_CHUNK,
+						   __ATOMIC_RELAXED);
+				return -ENOMEM;
+			}
+			up->n_chunks++;
+		}
+		n = REST_UPLOAD_CHUNK - off < size ? REST_UPLOAD_CHUNK - off : size;
+		memcpy(up->chunks[up->len / REST_UPLOAD_CHUNK] + off, data, n);
+		up->len += n;
+		data += n;
+		size -= n;
+	}
+	return 0;
+}
+
+static int rest_field_append(char *buf, size_t cap, size_t *len, const char *data, size_t size)
+{
+	if (size > cap - 1 - *len)
+		return -EFBIG;
+	memcpy(buf + *len, data, size);
+	*len += size;
+	buf[*len] = '\0';
+	return 0;
+}
+
+static enum MHD_Result rest_upload_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+					const char *filename, const char *content_type,
+					const char *transfer_encoding, const char *data,
+					uint64_t off, size_t size)
+{
+	struct rest_req *q = cls;
+	struct rest_upload *up = &q->up;
+	int r = 0;
+
+	if (strcmp(key, "data") == 0) {
+		if (off == 0 && up->len > 0) {
+			rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				    "the body holds more than one 'data' part");
+			return MHD_NO;
+		}
+		up->has_data = 1;
+		r = rest_upload_append(q, data, size);
+		if (r == -EFBIG) {
+			q->too_big = 1;
+			return MHD_NO;
+		}
+		if (r < 0) {
+			q->nomem = 1;
+			return MHD_NO;
+		}
+	} else if (strcmp(key, "folder") == 0) {
+		up->has_folder = 1;
+		r = rest_field_append(up->folder, sizeof(up->folder), &up->folder_len, data, size);
+	} else if (strcmp(key, "format") == 0) {
+		up->has_format = 1;
+		r = rest_field_append(up->format, sizeof(up->format), &up->format_len, data, size);
+	}
+	if (r < 0) {
+		rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT, "the field '%s' is too long", key);
+		return MHD_NO;
+	}
+	return MHD_YES;
+}
+
+static void rest_take_body(struct rest_req *q, const char *data, size_t size)
+{
+	if (q->status || q->too_big || q->malformed || q->nomem)
+		return; /* answered after the body: drop it */
+	if (q->route == ROUTE_UPLOAD) {
+		if (MHD_post_process(q->pp, data, size) != MHD_YES && !q->too_big && !q->nomem)
+			q->malformed = 1;
+		return;
+	}
+	if (size > REST_BODY_MAX - q->body_len) {
+		q->too_big = 1;
+		return;
+	}
+	if (!q->body) {
+		q->body = secmem_alloc(REST_BODY_MAX);
+		if (!q->body) {
+			q->nomem = 1;
+			return;
+		}
+	}
+	memcpy(q->body + q->body_len, data, size);
+	q->body_len += size;
+}
+
+/*
+ * The JSON object of a body, with the named string fields (NULL-terminated
+ * list of name, const char ** pairs). On error a 422 reason in q.
+ */
+static json_t *rest_body_fields(struct rest_req *q, ...)
+{
+	json_error_t err;
+	const char *name;
+	json_t *doc;
+	va_list ap;
+
+	doc = json_loadb((const char *)q->body, q->body_len, JSON_REJECT_DUPLICATES, &err);
+	if (!doc) {
+		rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT, "malformed JSON at line %d: %s",
+			    err.line, q->body_len ? err.text : "the body is empty");
+		return NULL;
+	}
+	if (!json_is_object(doc)) {
+		rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT, "the body must be a JSON object");
+		json_decref(doc);
+		return NULL;
+	}
+	va_start(ap, q);
+	while ((name = va_arg(ap, const char *))) {
+		const char **out = va_arg(ap, const char **);
+		json_t *v = json_object_get(doc, name);
+
+		if (!v) {
+			rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT, "field '%s' is required",
+				    name);
+			break;
+		}
+		if (!json_is_string(v)) {
+			rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				    "field '%s' must be a string", name);
+			break;
+		}
+		*out = json_string_value(v);
+	}
+	va_end(ap);
+	if (q->status) {
+		json_decref(doc);
+		return NULL;
+	}
+	return doc;
+}
+
+/* jansson's free: strings parsed out of bodies may be credentials. */
+static void rest_json_free(void *p)
+{
+	if (p) {
+		crypto_wipe(p, malloc_usable_size(p));
+		free(p);
+	}
+}
+
+/* ---- F1 login, F4 unlock, F5 --------------------------------------------------- */
+
+static void rest_refresh_catalog(struct rest *r, int force)
+{
+	time_t now = time(NULL);
+	int due;
+
+	pthread_mutex_lock(&r->lock);
+	due = force || now - r->last_refresh >= REST_REFRESH_MIN_S;
+	if (due)
+		r->last_refresh = now;
+	pthread_mutex_unlock(&r->lock);
+	if (due)
+		catalog_refresh(r->d.cat, 0);
+}
+
+static enum MHD_Result rest_login(struct rest *r, struct rest_req *q, struct MHD_Connection *conn)
+{
+	const char *email = NULL, *password = NULL;
+	json_t *doc;
+	int e;
+
+	doc = rest_body_fields(q, "email", &email, "password", &password, NULL);
+	if (!doc)
+		return rest_detail(r, conn, q->status, "%s", q->detail);
+	REST_COUNT(r, logins, 1);
+	e = unlock_login(r->d.c, r->d.f, r->d.s, r->d.d, email, password);
+	json_decref(doc);
+	if (e == -EINVAL) {
+		REST_COUNT(r, login_errors, 1);
+		return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				   "email and password must be 1 to 1024 characters");
+	}
+	if (e < 0) {
+		REST_COUNT(r, login_errors, 1);
+		if (e == -EACCES)
+			return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
+					   "Invalid credentials: the API refused them");
+		return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
+				   "cannot log in: the Resource API at %s is unreachable (%s)",
+				   r->d.c->api_url, strerror(-e));
+	}
+	rest_refresh_catalog(r, 1);
+	return rest_json(r, conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
+}
+
+static enum MHD_Result rest_unlock(struct rest *r, struct rest_req *q, struct MHD_Connection *conn)
+{
+	const char *email = NULL, *password = NULL;
+	enum unlock_state st;
+	json_t *doc;
+	int e;
+
+	doc = rest_body_fields(q, "email", &email, "password", &password, NULL);
+	if (!doc)
+		return rest_detail(r, conn, q->status, "%s", q->detail);
+	e = unlock_start(r->unlock, email, password, &st);
+	json_decref(doc);
+	if (e == -ENOENT)
+		return rest_detail(r, conn, MHD_HTTP_NOT_FOUND, "Encrypted archive not found");
+	if (e == -EINVAL)
+		return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				   "email and password must not be empty");
+	if (e < 0)
+		return rest_detail(r, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				   "cannot start the unlock: %s", strerror(-e));
+	return rest_json(r, conn, MHD_HTTP_OK, json_pack("{s:s}", "state", unlock_state_name(st)));
+}
+
+/* ---- F2 load --------------------------------------------------------------------- */
+
+struct rest_load {
+	struct rest *r;
+	struct store_file *h;
+	uint64_t size;
+	char name[256];
+};
+
+static ssize_t rest_load_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct rest_load *ld = cls;
+	struct store_read rd;
+	size_t done = 0;
+	int e;
+
+	if (pos >= ld->size)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	if (rest_stopping(ld->r))
+		return MHD_CONTENT_READER_END_WITH_ERROR;
+	e = store_read(ld->h, pos, max, &rd);
+	if (e < 0 || rd.len == 0) {
+		/* The status line is gone: the client sees a short body. */
+		log_err("load %s: reading at %llu failed: %s", ld->name, (unsigned long long)pos,
+			e < 0 ? strerror(-e) : "no data");
+		if (e == 0)
+			store_read_release(&rd);
+		REST_COUNT(ld->r, load_errors, 1);
+		return MHD_CONTENT_READER_END_WITH_ERROR;
+	}
+	for (int i = 0; i < rd.iovcnt; i++) {
+		memcpy(buf + done, rd.iov[i].iov_base, rd.iov[i].iov_len);
+		done += rd.iov[i].iov_len;
+	}
+	store_read_release(&rd);
+	REST_COUNT(ld->r, load_bytes, done);
+	return (ssize_t)done;
+}
+
+static void rest_load_free(void *cls)
+{
+	struct rest_load *ld = cls;
+
+	store_close(ld->h);
+	free(ld);
+}
+
+/* The status and words for a store error before the first byte. */
+static unsigned rest_load_status(int e, const char **why)
+{
+	switch (e) {
+	case -ENOENT:
+		*why = "no such resource";
+		return MHD_HTTP_NOT_FOUND;
+	case -EACCES:
+	case -ENOKEY:
+		*why = "not logged in, or the API refused this device (POST /login first)";
+		return MHD_HTTP_UNAUTHORIZED;
+	case -ETIMEDOUT:
+		*why = "the CDN or the API did not answer in time";
+		return MHD_HTTP_BAD_GATEWAY;
+	case -EIO:
+		*why = "the CDN or the API failed, or the data failed its check (see the "
+		       "daemon's log)";
+		return MHD_HTTP_BAD_GATEWAY;
+	default:
+		*why = strerror(-e);
+		return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+static enum MHD_Result rest_load(struct rest *r, struct rest_req *q, struct MHD_Connection *conn)
+{
+	const char *filename = NULL, *folder = NULL, *why;
+	const struct catalog_entry *e;
+	struct catalog_list *l;
+	struct MHD_Response *resp;
+	struct rest_load *ld;
+	struct store_read rd;
+	unsigned status;
+	json_t *doc;
+	int err;
+
+	doc = rest_body_fields(q, "filename", &filename, "folder", &folder, NULL);
+	if (!doc)
+		return rest_detail(r, conn, q->status, "%s", q->detail);
+	REST_COUNT(r, loads, 1);
+	ld = calloc(1, sizeof(*ld));
+	if (!ld) {
+		json_decref(doc);
+		return MHD_NO;
+	}
+	ld->r = r;
+	snprintf(ld->name, sizeof(ld->name), "%s", filename);
+	if (!names_valid(filename)) {
+		status = MHD_HTTP_UNPROCESSABLE_CONTENT;
+		snprintf(q->detail, sizeof(q->detail), "'filename' is not a resource name");
+		goto fail;
+	}
+	if (*folder && strcmp(folder, r->d.c->folder) != 0) {
+		status = MHD_HTTP_NOT_FOUND;
+		snprintf(q->detail, sizeof(q->detail),
+			 "folder '%.64s' is not served here (this device serves '%.64s')", folder,
+			 r->d.c->folder);
+		goto fail;
+	}
+	l = catalog_get(r->d.cat);
+	e = catalog_find(l, ld->name);
+	if (!e && session_logged_in(r->d.s)) {
+		/* Published since the last refresh? */
+		catalog_put(r->d.cat, l);
+		rest_refresh_catalog(r, 0);
+		l = catalog_get(r->d.cat);
+		e = catalog_find(l, ld->name);
+	}
+	if (!e) {
+		catalog_put(r->d.cat, l);
+		status = session_has_credentials(r->d.s) ? MHD_HTTP_NOT_FOUND
+							 : MHD_HTTP_UNAUTHORIZED;
+		snprintf(q->detail, sizeof(q->detail), "%.200s: %s", ld->name,
+			 status == MHD_HTTP_NOT_FOUND ? "no such resource"
+						      : "not logged in (POST /login first)");
+		goto fail;
+	}
+	ld->size = e->size;
+	err = store_open(r->d.st, e, &ld->h);
+	catalog_put(r->d.cat, l);
+	/* The first bytes too, so that a failure still gets a status of its own. */
+	if (err == 0 && ld->size > 0) {
+		err = store_read(ld->h, 0, STORE_UNIT, &rd);
+		if (err == 0)
+			store_read_release(&rd);
+	}
+	if (err < 0) {
+		status = rest_load_status(err, &why);
+		snprintf(q->detail, sizeof(q->detail), "%.200s: %s", ld->name, why);
+		goto fail;
+	}
+	json_decref(doc);
+	resp = MHD_create_response_from_callback(ld->size, REST_BLOCK, rest_load_read, ld,
+						 rest_load_free);
+	if (!resp) {
+		rest_load_free(ld);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
+	return rest_send(r, conn, MHD_HTTP_OK, resp);
+fail:
+	json_decref(doc);
+	REST_COUNT(r, load_errors, 1);
+	log_info("load %s: %u %s", ld->name, status, q->detail);
+	store_close(ld->h);
+	free(ld);
+	return rest_detail(r, conn, status, "%s", q->detail);
+}
+
+/* ---- F3 upload ------------------------------------------------------------------- */
+
+/* fetch_read_fn over the buffered plaintext. */
+static ssize_t rest_upload_src(void *ctx, uint8_t *buf, size_t cap)
+{
+	struct rest_req *q = ctx;
+	struct rest_upload *up = &q->up;
+	size_t off, n;
+
+	if (rest_stopping(q->r))
+		return -ECANCELED;
+	if (up->pos >= up->len)
+		return 0;
+	off = (size_t)(up->pos % REST_UPLOAD_CHUNK);
+	n = REST_UPLOAD_CHUNK - off;
+	if (n > cap)
+		n = cap;
+	if (n > up->len - up->pos)
+		n = (size_t)(up->len - up->pos);
+	memcpy(buf, up->chunks[up->pos / REST_UPLOAD_CHUNK] + off, n);
+	up->pos += n;
+	return (ssize_t)n;
+}
+
+static int rest_resource_key(const struct config *c, uint8_t *key)
+{
+	char *secret = NULL, *msg = NULL;
+	size_t len;
+	int e;
+
+	if (!c->legacy_resource_secret_file) {
+		f1_aes_key(F1_DEFAULT_RESOURCE_SECRET, strlen(F1_DEFAULT_RESOURCE_SECRET), key);
+		return 0;
+	}
+	e = config_read_secret_file(c->legacy_resource_secret_file, 1, &secret, &len, &msg);
+	if (e < 0) {
+		log_err("legacy_resource_secret_file: %s", msg ? msg : strerror(-e));
+		free(msg);
+		return e;
+	}
+	/* As the store reads it: a trailing newline is not part of the secret. */
+	while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
+		len--;
+	f1_aes_key(secret, len, key);
+	secmem_free(secret);
+	return 0;
+}
+
+static unsigned rest_upload_status(int e)
+{
+	switch (e) {
+	case -ENOKEY:
+	case -EACCES:
+		return MHD_HTTP_UNAUTHORIZED;
+	case -EINVAL:
+		return MHD_HTTP_UNPROCESSABLE_CONTENT;
+	case -EHOSTUNREACH:
+	case -ETIMEDOUT:
+	case -EIO:
+	case -EPROTO:
+	case -ENOENT:
+		return MHD_HTTP_BAD_GATEWAY;
+	default:
+		return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MHD_Connection *conn)
+{
+	struct rest_upload *up = &q->up;
+	struct publish_target t = {.fetch = r->d.f, .session = r->d.s};
+	struct publish_req req = {0};
+	struct publish_result res;
+	const char *folder = "models";
+	char *msg = NULL;
+	enum MHD_Result ret;
+	unsigned status;
+	int format = 1, e;
+
+	if (!up->has_data)
+		return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				   "field 'data' is required (multipart file field)");
+	if (up->has_folder && up->folder_len)
+		folder = up->folder;
+	if (!names_valid(folder))
+		return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				   "field 'folder' is not a folder name");
+	if (up->has_format && up->format_len) {
+		if (strcmp(up->format, "1") == 0)
+			format = 1;
+		else if (strcmp(up->format, "2") == 0)
+			format = 2;
+		else
+			return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
+					   "field 'format' must be 1 or 2");
+	}
+	if (!names_valid(q->name))
+		return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				   "the file name in the path is not a resource name");
+	if (!session_has_credentials(r->d.s))
+		return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
+				   "not logged in (POST /login first)");
+	REST_COUNT(r, uploads, 1);
+	req.name = q->name;
+	req.folder = folder;
+	req.format = format;
+	req.resource_key = r->rkey;
+	req.src = rest_upload_src;
+	req.src_ctx = q;
+	req.size = up->len;
+	up->pos = 0;
+	e = publish_model(&req, &t, &res, &msg);
+	if (e < 0) {
+		REST_COUNT(r, upload_errors, 1);
+		status = rest_upload_status(e);
+		log_err("upload %s/%s (format %d, %llu bytes) failed: %s", folder, q->name, format,
+			(unsigned long long)up->len, msg ? msg : strerror(-e));
+		ret = rest_detail(r, conn, status, "upload failed: %s", msg ? msg : strerror(-e));
+		free(msg);
+		return ret;
+	}
+	REST_COUNT(r, upload_bytes, up->len);
+	log_info("uploaded %s/%s: format %d, %llu bytes", folder, q->name, format,
+		 (unsigned long long)res.size);
+	rest_upload_clear(r, up);
+	if (strcmp(folder, r->d.c->folder) == 0)
+		rest_refresh_catalog(r, 1);
+	return rest_json(r, conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
+}
+
+/* ---- F6, /metrics ------------------------------------------------------------------- */
+
+static int rest_api_reachable(struct rest *r)
+{
+	struct fetch_request req = {
+		.method = "GET",
+		.url = r->d.c->api_url,
+		.no_retry = 1,
+		.timeout_ms = REST_API_PROBE_MS,
+		.max_response = 64 * 1024,
+	};
+	struct fetch_response resp = {0};
+	time_t now = time(NULL);
+	int ok;
+
+	pthread_mutex_lock(&r->lock);
+	if (r->api_checked && now - r->api_checked < REST_API_PROBE_S) {
+		ok = r->api_ok;
+		pthread_mutex_unlock(&r->lock);
+		return ok;
+	}
+	pthread_mutex_unlock(&r->lock);
+	/* Any HTTP answer means reachable; only the transport can fail here. */
+	ok = fetch_request(r->d.f, &req, &resp) == 0;
+	fetch_response_free(&resp);
+	pthread_mutex_lock(&r->lock);
+	r->api_checked = now;
+	r->api_ok = ok;
+	pthread_mutex_unlock(&r->lock);
+	return ok;
+}
+
+static size_t rest_models(struct rest *r)
+{
+	struct catalog_list *l = catalog_get(r->d.cat);
+	size_t n = l->n;
+
+	catalog_put(r->d.cat, l);
+	return n;
+}
+
+static enum MHD_Result rest_status(struct rest *r, struct MHD_Connection *conn)
+{
+	char id[160];
+	const char *tpm = device_status(r->d.d, NULL, 0);
+	int has_id = device_id(r->d.d, id, sizeof(id)) == 0;
+
+	return rest_json(r, conn, MHD_HTTP_OK,
+			 json_pack("{s:s, s:b, s:s, s:b, s:s, s:s?, s:s, s:I}", "status", "ok",
+				   "authenticated", session_logged_in(r->d.s), "modelCacheDir",
+				   r->d.mountpoint, "mounted", r->mhd != NULL, "tpm", tpm,
+				   "device_id", has_id ? id : NULL, "api",
+				   rest_api_reachable(r) ? "ok" : "unreachable", "models",
+				   (json_int_t)rest_models(r)));
+}
+
+static void rest_metric(FILE *m, const char *name, const char *type, const char *help,
+			unsigned long long v)
+{
+	fprintf(m, "# HELP azaionfs_%s %s\n# TYPE azaionfs_%s %s\nazaionfs_%s %llu\n", name, help,
+		name, type, name, v);
+}
+
+static enum MHD_Result rest_metrics(struct rest *r, struct MHD_Connection *conn)
+{
+	static const char *const states[] = {"idle",	   "authenticating", "downloading_key",
+					     "decrypting", "loading_images", "ready",
+					     "error"};
+	static const char *const tpms[] = {"ok", "absent", "error"};
+	struct MHD_Response *resp;
+	struct store_stats ss;
+	const char *tpm, *unlock;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *m;
+
+	store_stats(r->d.st, &ss);
+	m = open_memstream(&text, &len);
+	if (!m)
+		return MHD_NO;
+	rest_metric(m, "authenticated", "gauge", "1 when the last login succeeded",
+		    session_logged_in(r->d.s));
+	rest_metric(m, "mounted", "gauge", "1 while the filesystem is mounted", r->mhd != NULL);
+	rest_metric(m, "models", "gauge", "files the mount lists", rest_models(r));
+	tpm = device_status(r->d.d, NULL, 0);
+	fprintf(m, "# HELP azaionfs_tpm The TPM's state, 1 for the current one\n"
+		   "# TYPE azaionfs_tpm gauge\n");
+	for (size_t i = 0; i < sizeof(tpms) / sizeof(tpms[0]); i++)
+		fprintf(m, "azaionfs_tpm{state=\"%s\"} %d\n", tpms[i], strcmp(tpm, tpms[i]) == 0);
+	unlock = unlock_state_name(unlock_state(r->unlock));
+	fprintf(m, "# HELP azaionfs_unlock_state The Docker unlock's state, 1 for the current "
+		   "one\n# TYPE azaionfs_unlock_state gauge\n");
+	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+		fprintf(m, "azaionfs_unlock_state{state=\"%s\"} %d\n", states[i],
+			strcmp(unlock, states[i]) == 0);
+	rest_metric(m, "opens_total", "counter", "files opened (mount and F2)", ss.opens);
+	rest_metric(m, "open_errors_total", "counter", "opens that failed", ss.open_errors);
+	rest_metric(m, "reads_total", "counter", "plaintext reads (mount and F2)", ss.reads);
+	rest_metric(m, "read_bytes_total", "counter", "plaintext bytes read", ss.read_bytes);
+	rest_metric(m, "read_errors_total", "counter", "reads that failed", ss.read_errors);
+	rest_metric(m, "cache_hits_total", "counter", "64 KiB units found in the plaintext cache",
+		    ss.cache_hits);
+	rest_metric(m, "cache_misses_total", "counter", "64 KiB units decrypted into the cache",
+		    ss.cache_misses);
+	rest_metric(m, "cache_units", "gauge", "capacity of the plaintext cache in 64 KiB units",
+		    ss.cache_units);
+	rest_metric(m, "fetches_total", "counter", "ciphertext range reads (CDN or disk cache)",
+		    ss.fetches);
+	rest_metric(m, "fetch_bytes_total", "counter", "ciphertext bytes read", ss.fetch_bytes);
+	rest_metric(m, "fetch_errors_total", "counter", "ciphertext reads that failed",
+		    ss.fetch_errors);
+	rest_metric(m, "loads_total", "counter", "F2 loads", REST_LOAD(r, loads));
+	rest_metric(m, "load_errors_total", "counter", "F2 loads that failed",
+		    REST_LOAD(r, load_errors));
+	rest_metric(m, "load_bytes_total", "counter", "F2 bytes sent", REST_LOAD(r, load_bytes));
+	rest_metric(m, "uploads_total", "counter", "F3 uploads", REST_LOAD(r, uploads));
+	rest_metric(m, "upload_errors_total", "counter", "F3 uploads that failed",
+		    REST_LOAD(r, upload_errors));
+	rest_metric(m, "upload_bytes_total", "counter", "F3 plaintext bytes published",
+		    REST_LOAD(r, upload_bytes));
+	rest_metric(m, "logins_total", "counter", "F1 logins", REST_LOAD(r, logins));
+	rest_metric(m, "login_errors_total", "counter", "F1 logins refused",
+		    REST_LOAD(r, login_errors));
+	rest_metric(m, "errors_total", "counter",
+		    "every failure counted above (opens, reads, fetches, loads, uploads)",
+		    ss.open_errors + ss.read_errors + ss.fetch_errors + REST_LOAD(r, load_errors) +
+			    REST_LOAD(r, upload_errors));
+	fprintf(m, "# HELP azaionfs_http_responses_total Side endpoint answers by status class\n"
+		   "# TYPE azaionfs_http_responses_total counter\n");
+	for (int c = 1; c <= 5; c++)
+		fprintf(m, "azaionfs_http_responses_total{class=\"%dxx\"} %llu\n", c,
+			(unsigned long long)REST_LOAD(r, by_class[c]));
+	if (fclose(m) != 0 || !text) {
+		free(text);
+		return MHD_NO;
+	}
+	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+				"text/plain; version=0.0.4; charset=utf-8");
+	return rest_send(r, conn, MHD_HTTP_OK, resp);
+}
+
+/* ---- routing ------------------------------------------------------------------------ */
+
+struct rest_path {
+	const char *path; /* exact, or a prefix ending in '/' followed by a name */
+	int prefix;
+	enum rest_route route;
+	const char *method;
+};
+
+static const struct rest_path rest_paths[] = {
+	{"/login", 0, ROUTE_LOGIN, "POST"},
+	{"/load/", 1, ROUTE_LOAD, "POST"},
+	{"/upload/", 1, ROUTE_UPLOAD, "POST"},
+	{"/unlock", 0, ROUTE_UNLOCK, "POST"},
+	{"/unlock/status", 0, ROUTE_UNLOCK_STATUS, "GET"},
+	{"/health", 0, ROUTE_HEALTH, "GET"},
+	{"/status", 0, ROUTE_STATUS, "GET"},
+	{"/metrics", 0, ROUTE_METRICS, "GET"},
+};
+
+static const struct rest_path *rest_match(const char *url)
+{
+	for (size_t i = 0; i < sizeof(rest_paths) / sizeof(rest_paths[0]); i++) {
+		const struct rest_path *p = &rest_paths[i];
+		size_t n = strlen(p->path);
+
+		if (p->prefix ? strncmp(url, p->path, n) == 0 && url[n] && !strchr(url + n, '/')
+			      : strcmp(url, p->path) == 0)
+			return p;
+	}
+	return NULL;
+}
+
+static int rest_has_body(enum rest_route route)
+{
+	return route == ROUTE_LOGIN || route == ROUTE_LOAD || route == ROUTE_UPLOAD ||
+	       route == ROUTE_UNLOCK;
+}
+
+/* The first call of a request: its route, and what can be refused before the body. */
+static enum MHD_Result rest_begin(struct rest *r, struct MHD_Connection *conn, const char *url,
+				  const char *method, void **con_cls)
+{
+	const struct rest_path *p = rest_match(url);
+	const char *cl;
+	struct rest_req *q;
+	unsigned long long len = 0;
+	uint64_t cap;
+
+	q = calloc(1, sizeof(*q));
+	if (!q)
+		return MHD_NO;
+	q->r = r;
+	*con_cls = q;
+	if (!p) {
+		rest_refuse(q, MHD_HTTP_NOT_FOUND, "Not Found");
+		return MHD_YES;
+	}
+	q->route = p->route;
+	if (strcmp(method, p->method) != 0 &&
+	    !(strcmp(method, "HEAD") == 0 && strcmp(p->method, "GET") == 0)) {
+		rest_refuse(q, MHD_HTTP_METHOD_NOT_ALLOWED, "Method Not Allowed");
+		return MHD_YES;
+	}
+	if (p->prefix) {
+		q->name = strdup(url + strlen(p->path));
+		if (!q->name)
+			return MHD_NO;
+	}
+	if (!rest_has_body(q->route))
+		return MHD_YES;
+	cap = q->route == ROUTE_UPLOAD ? REST_UPLOAD_MAX + REST_UPLOAD_SLACK : REST_BODY_MAX;
+	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl)
+		len = strtoull(cl, NULL, 10);
+	if (len > cap) {
+		/* Refused at once when reading it all would be a waste, else after it. */
+		if (q->route == ROUTE_UPLOAD || len > REST_DISCARD_MAX) {
+			q->answered = 1;
+			return rest_detail(r, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+					   "the body of %llu bytes is over the limit of %llu", len,
+					   (unsigned long long)cap);
+		}
+		q->too_big = 1;
+	}
+	if (q->route == ROUTE_UPLOAD) {
+		q->pp = MHD_create_post_processor(conn, REST_PP_BUFFER, rest_upload_iter, q);
+		if (!q->pp)
+			rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				    "expected a multipart/form-data body with a 'data' file field");
+	}
+	return MHD_YES;
+}
+
+/* The body is in: one answer. */
+static enum MHD_Result rest_dispatch(struct rest *r, struct rest_req *q,
+				     struct MHD_Connection *conn)
+{
+	enum MHD_Result ret;
+
+	if (q->status == MHD_HTTP_METHOD_NOT_ALLOWED) {
+		const struct rest_path *p = NULL;
+		struct MHD_Response *resp;
+		char *text = NULL;
+
+		for (size_t i = 0; i < sizeof(rest_paths) / sizeof(rest_paths[0]); i++)
+			if (rest_paths[i].route == q->route)
+				p = &rest_paths[i];
+		if (asprintf(&text, "{\"detail\":\"Method Not Allowed\"}") < 0)
+			return MHD_NO;
+		resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+		if (!resp) {
+			free(text);
+			return MHD_NO;
+		}
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+					p && strcmp(p->method, "GET") == 0 ? "GET, HEAD" : "POST");
+		return rest_send(r, conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+	}
+	if (q->status)
+		return rest_detail(r, conn, q->status, "%s", q->detail);
+	if (q->too_big)
+		return rest_detail(r, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+				   q->route == ROUTE_UPLOAD
+					   ? "the upload does not fit in the %llu MiB of locked "
+					     "memory for uploads in flight"
+					   : "the body is over the limit of %llu KiB",
+				   q->route == ROUTE_UPLOAD ? REST_UPLOAD_MAX >> 20
+							    : REST_BODY_MAX >> 10);
+	if (q->nomem)
+		return rest_detail(r, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+				   "cannot lock memory for the body (RLIMIT_MEMLOCK?)");
+	if (q->route == ROUTE_UPLOAD) {
+		enum MHD_Result done = MHD_destroy_post_processor(q->pp);
+
+		q->pp = NULL;
+		if (q->malformed || done != MHD_YES)
+			return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
+					   "malformed or incomplete multipart body");
+	}
+	switch (q->route) {
+	case ROUTE_LOGIN:
+		ret = rest_login(r, q, conn);
+		break;
+	case ROUTE_LOAD:
+		ret = rest_load(r, q, conn);
+		break;
+	case ROUTE_UPLOAD:
+		ret = rest_upload(r, q, conn);
+		break;
+	case ROUTE_UNLOCK:
+		ret = rest_unlock(r, q, conn);
+		break;
+	case ROUTE_UNLOCK_STATUS:
+		ret = rest_json(r, conn, MHD_HTTP_OK, unlock_status_json(r->unlock));
+		break;
+	case ROUTE_HEALTH:
+		ret = rest_json(r, conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "healthy"));
+		break;
+	case ROUTE_STATUS:
+		ret = rest_status(r, conn);
+		break;
+	case ROUTE_METRICS:
+		ret = rest_metrics(r, conn);
+		break;
+	default:
+		ret = rest_detail(r, conn, MHD_HTTP_NOT_FOUND, "Not Found");
+		break;
+	}
+	return ret;
+}
+
+static enum MHD_Result rest_handler(void *cls, struct MHD_Connection *conn, const char *url,
+				    const char *method, const char *version,
+				    const char *upload_data, size_t *upload_data_size,
+				    void **con_cls)
+{
+	struct rest *r = cls;
+	struct rest_req *q = *con_cls;
+
+	if (!q)
+		return rest_begin(r, conn, url, method, con_cls);
+	if (q->answered) {
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		rest_take_body(q, upload_data, *upload_data_size);
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	return rest_dispatch(r, q, conn);
+}
+
+static void rest_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			   enum MHD_RequestTerminationCode toe)
+{
+	struct rest_req *q = *con_cls;
+
+	if (!q)
+		return;
+	if (q->pp)
+		MHD_destroy_post_processor(q->pp);
+	rest_upload_clear(q->r, &q->up);
+	crypto_wipe(q->up.folder, sizeof(q->up.folder));
+	secmem_free(q->body);
+	free(q->name);
+	free(q);
+	*con_cls = NULL;
+}
+
+static void rest_mhd_log(void *cls, const char *fmt, va_list ap)
+	__attribute__((format(printf, 2, 0)));
+static void rest_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char msg[512];
+	size_t n;
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = strlen(msg);
+	while (n && msg[n - 1] == '\n')
+		msg[--n] = '\0';
+	log_debug("side endpoint: %s", msg);
+}
+
+/* ---- listening, start and stop ------------------------------------------------------- */
+
+static int rest_listen_unix(struct rest *r, const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct stat sb;
+	mode_t old;
+	int fd, e;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		log_err("rest_listen: unix:%s is longer than a socket path may be", path);
+		return -ENAMETOOLONG;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	/* A socket left by a daemon that died is replaced; anything else is kept. */
+	if (lstat(path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			log_err("rest_listen: another process serves unix:%s", path);
+			close(fd);
+			return -EADDRINUSE;
+		}
+		unlink(path);
+		close(fd);
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+	}
+	/* No moment with a wider mode than 0660 (no thread runs yet). */
+	old = umask(0117);
+	e = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
+	umask(old);
+	if (e == 0 && chmod(path, 0660) < 0)
+		e = -errno;
+	if (e == 0 && listen(fd, REST_BACKLOG) < 0)
+		e = -errno;
+	if (e < 0) {
+		log_err("rest_listen: unix:%s: %s", path, strerror(-e));
+		close(fd);
+		return e;
+	}
+	r->unix_path = strdup(path);
+	r->fd = fd;
+	return 0;
+}
+
+static int rest_listen_tcp(struct rest *r, const char *spec)
+{
+	struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+				 .ai_socktype = SOCK_STREAM};
+	struct addrinfo *res = NULL, *ai;
+	const char *colon = strrchr(spec, ':');
+	char host[256];
+	size_t hl;
+	int fd = -1, e, one = 1;
+
+	if (!colon || (size_t)(colon - spec) >= sizeof(host))
+		return -EINVAL;
+	hl = (size_t)(colon - spec);
+	if (hl >= 2 && spec[0] == '[' && spec[hl - 1] == ']')
+		snprintf(host, sizeof(host), "%.*s", (int)hl - 2, spec + 1);
+	else
+		snprintf(host, sizeof(host), "%.*s", (int)hl, spec);
+	e = getaddrinfo(*host ? host : NULL, colon + 1, &hints, &res);
+	if (e != 0) {
+		log_err("rest_listen: %s: %s", spec, gai_strerror(e));
+		return -EINVAL;
+	}
+	e = -EADDRNOTAVAIL;
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+		if (fd < 0) {
+			e = -errno;
+			continue;
+		}
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, REST_BACKLOG) == 0)
+			break;
+		e = -errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0) {
+		log_err("rest_listen: cannot listen on %s: %s", spec, strerror(-e));
+		return e;
+	}
+	r->fd = fd;
+	return 0;
+}
+
+int rest_new(const struct rest_deps *deps, struct rest **ret)
+{
+	const char *spec = deps->c->rest_listen;
+	struct rest *r;
+	int e;
+
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->d = *deps;
+	r->fd = -1;
+	pthread_mutex_init(&r->lock, NULL);
+	/* Process-wide, and harmless for every other user of jansson. */
+	json_set_alloc_funcs(malloc, rest_json_free);
+	r->rkey = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!r->rkey) {
+		e = -errno;
+		goto err;
+	}
+	e = rest_resource_key(deps->c, r->rkey);
+	if (e < 0)
+		goto err;
+	e = unlock_new(deps->c, deps->f, deps->s, deps->d, &r->unlock);
+	if (e < 0)
+		goto err;
+	if (strncmp(spec, "unix:", 5) == 0)
+		e = rest_listen_unix(r, spec + 5);
+	else
+		e = rest_listen_tcp(r, spec);
+	if (e < 0)
+		goto err;
+	*ret = r;
+	return 0;
+err:
+	rest_free(r);
+	return e;
+}
+
+int rest_start(struct rest *r)
+{
+	r->mhd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+					  MHD_USE_POLL | MHD_USE_ERROR_LOG,
+				  0, NULL, NULL, rest_handler, r, MHD_OPTION_LISTEN_SOCKET, r->fd,
+				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)REST_CONN_MAX,
+				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)REST_CONN_TIMEOUT,
+				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)REST_CONN_MEMORY,
+				  MHD_OPTION_NOTIFY_COMPLETED, rest_completed, r,
+				  MHD_OPTION_EXTERNAL_LOGGER, rest_mhd_log, r, MHD_OPTION_END);
+	if (!r->mhd) {
+		log_err("the side endpoint on %s did not start", r->d.c->rest_listen);
+		return -EIO;
+	}
+	/* The daemon owns the socket now and closes it when it stops. */
+	r->fd = -1;
+	log_info("side endpoint: listening on %s", r->d.c->rest_listen);
+	return 0;
+}
+
+void rest_free(struct rest *r)
+{
+	if (!r)
+		return;
+	__atomic_store_n(&r->stopping, 1, __ATOMIC_RELAXED);
+	/* Cancel the unlock first: a handler may be waiting for its start lock. */
+	unlock_free(r->unlock);
+	r->unlock = NULL;
+	if (r->mhd)
+		MHD_stop_daemon(r->mhd);
+	if (r->fd >= 0)
+		close(r->fd);
+	if (r->unix_path) {
+		unlink(r->unix_path);
+		free(r->unix_path);
+	}
+	secmem_free(r->rkey);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
