@@ -25,7 +25,6 @@
 #define OPS_ROOT 1
 #define OPS_TIMEOUT 1.0 /* seconds the kernel may cache names and sizes */
 #define OPS_BLOCK 4096
-#define OPS_BACKGROUND 12 /* kernel read-ahead requests in flight */
 
 struct ops_inode {
 	char *name;
@@ -182,12 +181,6 @@ static void ops_init(void *userdata, struct fuse_conn_info *conn)
 	/* Parallel reads of one file are what read-ahead and the slab are for. */
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
-	/*
-	 * The kernel's read-ahead requests are background requests, 12 in
-	 * flight by default for the whole mount: too few for many readers.
-	 */
-	conn->max_background = OPS_BACKGROUND;
-	conn->congestion_threshold = OPS_BACKGROUND * 3 / 4;
 	if (ops->o.on_init)
 		ops->o.on_init(ops->o.on_init_arg);
 }

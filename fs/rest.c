@@ -258,6 +258,8 @@ static int rest_field_append(char *buf, size_t cap, size_t *len, const char *dat
 {
 	if (size > cap - 1 - *len)
 		return -EFBIG;
+	if (!size)
+		return 0; /* data may be NULL then */
 	memcpy(buf + *len, data, size);
 	*len += size;
 	buf[*len] = '\0';
@@ -273,6 +275,9 @@ static enum MHD_Result rest_upload_iter(void *cls, enum MHD_ValueKind kind, cons
 	struct rest_upload *up = &q->up;
 	int r = 0;
 
+	/* libmicrohttpd passes a part without name= in its Content-Disposition with key NULL. */
+	if (!key)
+		return MHD_YES;
 	if (strcmp(key, "data") == 0) {
 		if (off == 0 && up->len > 0) {
 			rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT,

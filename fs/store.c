@@ -14,11 +14,13 @@
  * a reader stay put until it releases them.
  *
  * Locking: st->lock guards the units, the hash, the LRU, the object table
- * and every object's refs, opens and prep state, and the job queue; it is
- * never held across I/O or decryption. An object's prepared fields (url,
+ * and every object's refs, opens and prep state, and the job
+ * queue; it is never held across I/O or decryption (st->buf_lock guards
+ * only the kept ciphertext buffers). An object's prepared fields (url,
  * blob, small part, header, key) are written only by the thread that moved
- * prep to LOADING and read only while prep is READY and opens > 0. A
- * handle's read-ahead state is guarded by its own h->lock, an object's
+ * prep to LOADING and read only while prep is READY and opens > 0; the
+ * last close wipes a format-2 key under st->lock. A handle's
+ * read-ahead state is guarded by its own h->lock, an object's
  * whole-file checksum by its o->sha_lock (hashing happens under it, never
  * under st->lock).
  */
@@ -50,6 +52,12 @@
 #define STORE_SHA_FLY 32       /* reads in flight that an early read can wait for */
 #define STORE_SHA_GRACE_MS 50  /* for the read before it to arrive, when none is in flight */
 #define STORE_WRAPPED_MAX 1024
+/*
+ * Seconds a format-2 key stays after its file's last close: a program that
+ * opens a model again at once (a loader's probe, then its read) would
+ * otherwise wait for the API and the TPM each time. Its plaintext may stay
+ * in the cache far longer anyway.
+ */
 #define STORE_FAIL_HOLD_MS 1000 /* a failed fill answers new reads at once for this long */
 /*
  * Ciphertext buffers of one run (STORE_RUN_MAX units, their tags or the
@@ -58,8 +66,10 @@
  */
 #define STORE_BUF_SIZE (STORE_RUN_MAX * STORE_UNIT + 8192)
 #define STORE_BUFS_KEPT 6
+/* Smaller runs (a reader's own misses, many readers at once) get buffers of their size. */
+#define STORE_BUF_SMALL (4 * STORE_UNIT)
 #define STORE_KEY_DOC_MAX (64 * 1024) /* a kept key document, read back */
-#define STORE_KEYS_DIR "keys"	       /* under state_dir */
+#define STORE_KEYS_DIR "keys"	      /* under state_dir */
 
 enum {
 	UNIT_FREE,
@@ -209,7 +219,7 @@ static uint8_t *store_buf_get(struct store *st, size_t len)
 {
 	uint8_t *b = NULL;
 
-	if (len > STORE_BUF_SIZE)
+	if (len <= STORE_BUF_SMALL || len > STORE_BUF_SIZE)
 		return malloc(len);
 	pthread_mutex_lock(&st->buf_lock);
 	if (st->n_bufs)
@@ -221,7 +231,7 @@ static uint8_t *store_buf_get(struct store *st, size_t len)
 /* Keeps a buffer of store_buf_get(len) for the next fill, or frees it. */
 static void store_buf_put(struct store *st, uint8_t *b, size_t len)
 {
-	if (b && len <= STORE_BUF_SIZE) {
+	if (b && len > STORE_BUF_SMALL && len <= STORE_BUF_SIZE) {
 		pthread_mutex_lock(&st->buf_lock);
 		if (st->n_bufs < STORE_BUFS_KEPT) {
 			st->bufs[st->n_bufs++] = b;
@@ -724,14 +734,29 @@ static struct store_obj *store_obj_get_locked(struct store *st, const struct cat
 	return o;
 }
 
-/* Under st->lock: one user fewer; the last one wipes a format-2 key. */
+/* Under st->lock: wipes a format-2 key; the next open prepares the object again. */
+static void store_obj_wipe_locked(struct store_obj *o)
+{
+	secmem_free(o->key);
+	o->key = NULL;
+	o->prep = PREP_NONE;
+}
+
+/* Under st->lock: one user more (a handle or a read-ahead job). */
+static void store_obj_open_locked(struct store_obj *o)
+{
+	o->opens++;
+}
+
+/*
+ * Under st->lock: one user fewer. The last one wipes a format-2 key
+ * (tpm.md: kept while the file is in use); the next open unwraps it again.
+ */
 static void store_obj_close_locked(struct store_obj *o)
 {
-	if (--o->opens == 0 && o->e.format == 2 && o->prep == PREP_READY) {
-		secmem_free(o->key);
-		o->key = NULL;
-		o->prep = PREP_NONE;
-	}
+	if (--o->opens > 0 || o->e.format != 2 || o->prep != PREP_READY)
+		return;
+	store_obj_wipe_locked(o);
 }
 
 /* The big part's URL and size, and the CDN's keys, into o. */
@@ -897,6 +922,36 @@ static char *store_key_path(struct store *st, const char *name, const char *devi
 	return p;
 }
 
+/*
+ * Whether the document kept at path is for the same file and device as
+ * doc. The API wraps the key anew for every answer (RSA-OAEP is
+ * randomised), and any of its wrappings serves the same.
+ */
+static int store_key_same(const char *path, json_t *doc)
+{
+	static const char *const fields[] = {"file_id", "device_id"};
+	struct stat sb;
+	json_t *kept;
+	int same = 1;
+
+	if (stat(path, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size > STORE_KEY_DOC_MAX)
+		return 0;
+	kept = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	if (!kept)
+		return 0;
+	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+		const char *a = json_string_value(json_object_get(kept, fields[i]));
+		const char *b = json_string_value(json_object_get(doc, fields[i]));
+
+		if (!a || !b || strcasecmp(a, b) != 0)
+			same = 0;
+	}
+	if (!json_is_string(json_object_get(kept, "wrapped_key")))
+		same = 0;
+	json_decref(kept);
+	return same;
+}
+
 static void store_key_save(struct store *st, const char *name, const char *device, json_t *doc)
 {
 	char *path = store_key_path(st, name, device), *dir = NULL, *tmp = NULL, *text = NULL;
@@ -909,15 +964,23 @@ static void store_key_save(struct store *st, const char *name, const char *devic
 	text = json_dumps(doc, JSON_COMPACT);
 	if (!text || (mkdir(dir, 0700) < 0 && errno != EEXIST))
 		goto out;
+	/* Every open brings the document: an fsync per open would hold up each first read. */
+	if (store_key_same(path, doc))
+		goto out;
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	len = text ? strlen(text) : 0;
-	if (fd < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) < 0 ||
-	    close(fd) < 0 || (fd = -1, rename(tmp, path) < 0)) {
-		log_warn("%s: cannot keep its key document in %s: %s", name, dir, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		unlink(tmp);
+	if (fd < 0)
+		goto fail;
+	len = strlen(text);
+	if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0) {
+		close(fd);
+		goto fail;
 	}
+	if (close(fd) < 0 || rename(tmp, path) < 0)
+		goto fail;
+	goto out;
+fail:
+	log_warn("%s: cannot keep its key document in %s: %s", name, dir, strerror(errno));
+	unlink(tmp);
 out:
 	free(text);
 	free(tmp);
@@ -981,8 +1044,7 @@ static int store_prepare_f2(struct store *st, struct store_obj *o)
 		return r == -ENOKEY || r == -ENOENT ? -EACCES : store_reader_errno(r);
 	}
 	if (store_parse_key_doc(doc, fid, wrapped, sizeof(wrapped), &wlen) < 0) {
-		log_err("%s: the %s key document is malformed", o->e.name,
-			kept ? "kept" : "API's");
+		log_err("%s: the %s key document is malformed", o->e.name, kept ? "kept" : "API's");
 		r = -EIO;
 		goto out;
 	}
@@ -1088,7 +1150,7 @@ int store_open(struct store *st, const struct catalog_entry *e, struct store_fil
 			goto err;
 		}
 	}
-	o->opens++;
+	store_obj_open_locked(o);
 	__atomic_add_fetch(&st->n_handles, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&st->lock);
 	h->o = o;
@@ -1139,7 +1201,7 @@ static int store_queue_job(struct store *st, struct store_obj *o, uint64_t first
 		return -EAGAIN;
 	}
 	o->refs++;
-	o->opens++;
+	store_obj_open_locked(o);
 	if (st->jobs_tail)
 		st->jobs_tail->next = j;
 	else
@@ -1239,8 +1301,7 @@ static void store_sha_end_locked(struct store_obj *o, int slot)
  * the read that completes a mismatching file, and for every read after.
  * Ends the read's mark (store_sha_begin).
  */
-static int store_check_sha(struct store_obj *o, uint64_t off, const struct store_read *rd,
-			   int slot)
+static int store_check_sha(struct store_obj *o, uint64_t off, const struct store_read *rd, int slot)
 {
 	struct timespec dl, grace;
 	uint64_t skip;

@@ -18,7 +18,8 @@ for t in "${progs[@]}"; do
 	name=$(basename "$t")
 	case ",${AZ_VALGRIND_ONLY:-$name}," in *",$name,"*) ;; *) continue ;; esac
 	start=$SECONDS
-	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	# Timing checks (test_fetch's) allow for memcheck's slowdown.
+	AZ_TIME_SCALE=10 valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 		--show-leak-kinds=definite --num-callers=30 --log-file="$logs/$name.vg" \
 		"$t" >"$logs/$name.out" 2>&1
 	rc=$?

@@ -1,0 +1,150 @@
+/*
+ * fuzz_rest.c - the side endpoint's HTTP input: a whole request (request
+ * line, headers, body: JSON for F1/F2/F4, multipart for F3) written to a
+ * real endpoint (rest_new on a Unix socket, libmicrohttpd and all) running
+ * in this process over a daemon with no API, no CDN and no TPM reachable,
+ * so every call fails fast. The answer is read to its end; ASan and UBSan
+ * judge what the endpoint did with the bytes.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "fetch/fetch.h"
+#include "fs/catalog.h"
+#include "fs/config.h"
+#include "fs/device.h"
+#include "fs/log.h"
+#include "fs/rest.h"
+#include "fs/session.h"
+#include "fs/store.h"
+#include "tests/fuzz/fuzz.h"
+
+static char fuzz_sock[128];
+
+static void fuzz_set(struct config *c, const char *key, const char *value)
+{
+	char *msg = NULL;
+
+	if (config_set(c, key, value, "fuzz", &msg) < 0) {
+		fprintf(stderr, "fuzz_rest: %s\n", msg ? msg : key);
+		abort();
+	}
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	static char dir[] = "/tmp/fuzz-rest.XXXXXX";
+	struct fetch_opts fo = {.timeout_ms = 1000, .connect_timeout_ms = 500, .max_retries = 0};
+	struct rest_deps rd = {0};
+	struct config *c = NULL;
+	struct fetch *f = NULL;
+	struct session *s = NULL;
+	struct device *d = NULL;
+	struct store *st = NULL;
+	struct catalog *cat = NULL;
+	struct rest *r = NULL;
+	char path[256], listen[160];
+
+	log_init("fuzz", LOG_ERR);
+	if (!mkdtemp(dir) || config_new(&c) < 0)
+		abort();
+	snprintf(fuzz_sock, sizeof(fuzz_sock), "%s/rest.sock", dir);
+	snprintf(listen, sizeof(listen), "unix:%s", fuzz_sock);
+	snprintf(path, sizeof(path), "%s/state", dir);
+	fuzz_set(c, "api_url", "https://127.0.0.1:1");
+	fuzz_set(c, "cdn_url", "https://127.0.0.1:1");
+	fuzz_set(c, "tpm", "off");
+	fuzz_set(c, "state_dir", path);
+	fuzz_set(c, "cache_max", "0");
+	fuzz_set(c, "memory_cache", "4M");
+	fuzz_set(c, "io_timeout", "1");
+	fuzz_set(c, "rest_listen", listen);
+	snprintf(path, sizeof(path), "%s/images.enc", dir);
+	fuzz_set(c, "images_archive", path);
+	snprintf(path, sizeof(path), "%s/docker.sock", dir);
+	fuzz_set(c, "docker_socket", path);
+	snprintf(path, sizeof(path), "%s/state", dir);
+	if (mkdir(path, 0700) < 0 || fetch_new(&fo, &f) < 0 || session_new(c, f, &s) < 0 ||
+	    device_new(c, s, &d) < 0 || store_new(c, f, s, d, &st) < 0 ||
+	    catalog_new(c, s, store_probe, st, &cat) < 0)
+		abort();
+	rd.c = c;
+	rd.mountpoint = dir;
+	rd.f = f;
+	rd.s = s;
+	rd.d = d;
+	rd.cat = cat;
+	rd.st = st;
+	if (rest_new(&rd, &r) < 0 || rest_start(r) < 0)
+		abort();
+	/* Everything lives until the process ends. */
+	return 0;
+}
+
+static int fuzz_connect(void)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd;
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		abort();
+	memcpy(sa.sun_path, fuzz_sock, strlen(fuzz_sock) + 1);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		abort();
+	return fd;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct pollfd p;
+	char buf[4096];
+	size_t off = 0;
+	int fd, waited = 0;
+
+	fd = fuzz_connect();
+	while (off < size) {
+		ssize_t n = send(fd, data + off, size - off, MSG_NOSIGNAL);
+
+		if (n <= 0)
+			break; /* the endpoint closed early: a refusal */
+		off += (size_t)n;
+	}
+	shutdown(fd, SHUT_WR);
+	p.fd = fd;
+	p.events = POLLIN;
+	/*
+	 * The endpoint must answer or close. Every call behind it fails within
+	 * io_timeout (1 s); 30 s leaves room for a loaded machine and still
+	 * catches a connection held open (the endpoint's idle limit is 300 s).
+	 * libmicrohttpd 0.9.75 (thread per connection) closes a finished
+	 * connection's socket from its listening thread, which now and then
+	 * sleeps through the wake-up until the next connection arrives: after
+	 * each second of silence, one more connection (opened and closed) wakes it.
+	 */
+	for (;;) {
+		ssize_t n;
+		int k = poll(&p, 1, 1000);
+
+		if (k == 0 && ++waited < 30) {
+			close(fuzz_connect());
+			continue;
+		}
+		if (k != 1) {
+			fprintf(stderr, "fuzz_rest: no answer within 30 s\n");
+			abort();
+		}
+		n = recv(fd, buf, sizeof(buf), 0);
+		if (n <= 0)
+			break;
+	}
+	close(fd);
+	return 0;
+}
