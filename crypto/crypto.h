@@ -47,6 +47,9 @@
  */
 void *secmem_alloc(size_t size);
 void secmem_free(void *p);
+/* The first n bytes at s as a NUL-terminated
+ * string in secret memory; NULL with errno set on failure. */
+char *secmem_strndup(const void *s, size_t n);
 /* Size that secmem_alloc() was given for p. */
 size_t secmem_size(const void *p);
 /* Wipes n bytes in a way the compiler cannot elide. */

@@ -109,6 +109,17 @@ fail:
 	return NULL;
 }
 
+char *secmem_strndup(const void *s, size_t n)
+{
+	char *p = secmem_alloc(n + 1);
+
+	if (p) {
+		memcpy(p, s, n);
+		p[n] = '\0';
+	}
+	return p;
+}
+
 void secmem_free(void *p)
 {
 	struct secmem_header *hdr;

@@ -666,18 +666,6 @@ int config_resource_key(const struct config *c, uint8_t key[CRYPTO_KEY_SIZE], ch
 	return 0;
 }
 
-static int config_secret_dup(const char *s, char **ret)
-{
-	size_t n = strlen(s);
-	char *p = secmem_alloc(n + 1);
-
-	if (!p)
-		return -errno;
-	memcpy(p, s, n + 1);
-	*ret = p;
-	return 0;
-}
-
 int config_read_credentials(const char *path, char **ret_email, char **ret_password, char **ret_msg)
 {
 	char *text = NULL, *email = NULL, *password = NULL;
@@ -714,8 +702,9 @@ int config_read_credentials(const char *path, char **ret_email, char **ret_passw
 		}
 		secmem_free(*slot);
 		*slot = NULL;
-		r = config_secret_dup(value, slot);
-		if (r < 0) {
+		*slot = secmem_strndup(value, strlen(value));
+		if (!*slot) {
+			r = -ENOMEM;
 			*ret_msg = config_fmt("%s: cannot lock memory for a secret", path);
 			goto out;
 		}

@@ -222,17 +222,6 @@ static int device_pack(const char *creds, size_t clen, const char *rs, size_t rl
 }
 
 /* A NUL-terminated copy in locked memory. */
-static char *device_secdup(const void *p, size_t n)
-{
-	char *s = secmem_alloc(n + 1);
-
-	if (s) {
-		memcpy(s, p, n);
-		s[n] = '\0';
-	}
-	return s;
-}
-
 /*
  * Splits the sealed content; the credentials text is
  * "email = E\npassword = P\n", P taken up to the last newline so that it
@@ -263,11 +252,11 @@ static int device_unpack(const uint8_t *buf, size_t len, char **ret_email, char 
 	pw = memmem(creds, clen, pk, sizeof(pk) - 1);
 	if (!pw)
 		return -EBADMSG;
-	email = device_secdup(creds + sizeof(ek) - 1, (size_t)(pw - creds) - (sizeof(ek) - 1));
+	email = secmem_strndup(creds + sizeof(ek) - 1, (size_t)(pw - creds) - (sizeof(ek) - 1));
 	pw += sizeof(pk) - 1;
-	password = device_secdup(pw, (size_t)(end - 1 - pw));
+	password = secmem_strndup(pw, (size_t)(end - 1 - pw));
 	if (rlen)
-		rs = device_secdup(p + 4, rlen);
+		rs = secmem_strndup(p + 4, rlen);
 	if (!email || !password || (rlen && !rs)) {
 		secmem_free(email);
 		secmem_free(password);
@@ -546,7 +535,7 @@ static int device_secret_to_seal(struct device *d, char **ret, size_t *ret_len)
 	}
 	pthread_mutex_lock(&d->lock);
 	if (d->rsecret) {
-		secret = device_secdup(d->rsecret, d->rsecret_len);
+		secret = secmem_strndup(d->rsecret, d->rsecret_len);
 		len = d->rsecret_len;
 		r = secret ? 0 : -ENOMEM;
 	}
@@ -760,7 +749,7 @@ int device_resource_secret(struct device *d, char **ret, size_t *ret_len)
 
 	pthread_mutex_lock(&d->lock);
 	if (d->rsecret) {
-		s = device_secdup(d->rsecret, d->rsecret_len);
+		s = secmem_strndup(d->rsecret, d->rsecret_len);
 		n = d->rsecret_len;
 		r = s ? 0 : -ENOMEM;
 	}

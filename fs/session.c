@@ -176,23 +176,13 @@ static char *session_base_url(const char *u)
 	return out;
 }
 
-static char *session_secmem_strdup(const char *s)
-{
-	size_t n = strlen(s);
-	char *p = secmem_alloc(n + 1);
-
-	if (p)
-		memcpy(p, s, n + 1);
-	return p;
-}
-
 static int session_s3_set(struct session_s3 *k, const char *access, const char *secret,
 			  const char *region)
 {
 	if (!access || !secret)
 		return 0;
 	k->access_key = strdup(access);
-	k->secret_key = session_secmem_strdup(secret);
+	k->secret_key = secmem_strndup(secret, strlen(secret));
 	if (!k->access_key || !k->secret_key)
 		return -ENOMEM;
 	k->s3.access_key = k->access_key;
@@ -924,7 +914,7 @@ int session_parse_cdn_yaml(const char *text, size_t len, struct session_cdn_yaml
 				r = -ENOMEM;
 		} else if (strcmp(key, "downloader_access_secret") == 0 && *val) {
 			secmem_free(y.secret_key);
-			y.secret_key = session_secmem_strdup(val);
+			y.secret_key = secmem_strndup(val, strlen(val));
 			if (!y.secret_key)
 				r = -ENOMEM;
 		} else if (strcmp(key, "uploader_access_key") == 0 && *val) {
@@ -934,7 +924,7 @@ int session_parse_cdn_yaml(const char *text, size_t len, struct session_cdn_yaml
 				r = -ENOMEM;
 		} else if (strcmp(key, "uploader_access_secret") == 0 && *val) {
 			secmem_free(y.up_secret_key);
-			y.up_secret_key = session_secmem_strdup(val);
+			y.up_secret_key = secmem_strndup(val, strlen(val));
 			if (!y.up_secret_key)
 				r = -ENOMEM;
 		}

@@ -642,16 +642,6 @@ out:
 	return NULL;
 }
 
-static char *unlock_secdup(const char *s)
-{
-	size_t n = strlen(s);
-	char *p = secmem_alloc(n + 1);
-
-	if (p)
-		memcpy(p, s, n + 1);
-	return p;
-}
-
 int unlock_start(struct unlock *u, const char *email, const char *password,
 		 enum unlock_state *ret_state)
 {
@@ -698,8 +688,8 @@ int unlock_start(struct unlock *u, const char *email, const char *password,
 		r = -ENOENT;
 		goto out;
 	}
-	u->email = unlock_secdup(email);
-	u->password = unlock_secdup(password);
+	u->email = secmem_strndup(email, strlen(email));
+	u->password = secmem_strndup(password, strlen(password));
 	if (!u->email || !u->password) {
 		secmem_free(u->email);
 		secmem_free(u->password);
