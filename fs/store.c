@@ -16,7 +16,8 @@
  * Locking: st->lock guards the units, the hash, the LRU, the object table
  * and every object's refs, opens and prep state, and the job
  * queue; it is never held across I/O or decryption (st->buf_lock guards
- * only the kept ciphertext buffers). An object's prepared fields (url,
+ * only the run-sized ciphertext buffers: the kept ones and the count handed
+ * out). An object's prepared fields (url,
  * blob, small part, header, key) are written only by the thread that moved
  * prep to LOADING and read only while prep is READY and opens > 0; the
  * last close wipes a format-2 key under st->lock. A handle's
@@ -52,12 +53,6 @@
 #define STORE_SHA_FLY 32       /* reads in flight that an early read can wait for */
 #define STORE_SHA_GRACE_MS 50  /* for the read before it to arrive, when none is in flight */
 #define STORE_WRAPPED_MAX 1024
-/*
- * Seconds a format-2 key stays after its file's last close: a program that
- * opens a model again at once (a loader's probe, then its read) would
- * otherwise wait for the API and the TPM each time. Its plaintext may stay
- * in the cache far longer anyway.
- */
 #define STORE_FAIL_HOLD_MS 1000 /* a failed fill answers new reads at once for this long */
 /*
  * Ciphertext buffers of one run (STORE_RUN_MAX units, their tags or the
@@ -66,6 +61,12 @@
  */
 #define STORE_BUF_SIZE (STORE_RUN_MAX * STORE_UNIT + 8192)
 #define STORE_BUFS_KEPT 6
+/*
+ * Buffers of that size in use at once, kept ones included: fills past it
+ * wait for one, so that sixteen readers missing at once (each miss a 1 MiB
+ * kernel request) do not each hold a megabyte of their own.
+ */
+#define STORE_BUFS_MAX 10
 /* Smaller runs (a reader's own misses, many readers at once) get buffers of their size. */
 #define STORE_BUF_SMALL (4 * STORE_UNIT)
 #define STORE_KEY_DOC_MAX (64 * 1024) /* a kept key document, read back */
@@ -175,9 +176,11 @@ struct store {
 
 	struct store_stats stats; /* atomic adds only, no lock */
 
-	pthread_mutex_t buf_lock; /* the kept buffers only */
+	pthread_mutex_t buf_lock; /* the run-sized buffers only */
+	pthread_cond_t buf_cond;
 	uint8_t *bufs[STORE_BUFS_KEPT];
 	unsigned n_bufs;
+	unsigned bufs_out; /* handed out, not yet put back */
 };
 
 struct store_file {
@@ -222,10 +225,13 @@ static uint8_t *store_buf_get(struct store *st, size_t len)
 	if (len <= STORE_BUF_SMALL || len > STORE_BUF_SIZE)
 		return malloc(len);
 	pthread_mutex_lock(&st->buf_lock);
-	if (st->n_bufs)
-		b = st->bufs[--st->n_bufs];
+	while (!st->n_bufs && st->bufs_out >= STORE_BUFS_MAX)
+		pthread_cond_wait(&st->buf_cond, &st->buf_lock);
+	b = st->n_bufs ? st->bufs[--st->n_bufs] : malloc(STORE_BUF_SIZE);
+	if (b)
+		st->bufs_out++;
 	pthread_mutex_unlock(&st->buf_lock);
-	return b ? b : malloc(STORE_BUF_SIZE);
+	return b;
 }
 
 /* Keeps a buffer of store_buf_get(len) for the next fill, or frees it. */
@@ -233,10 +239,12 @@ static void store_buf_put(struct store *st, uint8_t *b, size_t len)
 {
 	if (b && len > STORE_BUF_SMALL && len <= STORE_BUF_SIZE) {
 		pthread_mutex_lock(&st->buf_lock);
+		st->bufs_out--;
 		if (st->n_bufs < STORE_BUFS_KEPT) {
 			st->bufs[st->n_bufs++] = b;
 			b = NULL;
 		}
+		pthread_cond_signal(&st->buf_cond);
 		pthread_mutex_unlock(&st->buf_lock);
 	}
 	free(b);
@@ -1009,13 +1017,35 @@ static void store_key_forget(struct store *st, const char *name, const char *dev
 	free(path);
 }
 
+/*
+ * The TPM's unwrap takes as long as the header's CDN read; each runs in its
+ * own thread at open, so that the first byte waits for the slower only.
+ */
+struct store_unwrap {
+	struct device *d;
+	const uint8_t *wrapped;
+	size_t wlen;
+	uint8_t *key; /* CRYPTO_KEY_SIZE, locked */
+	size_t klen;
+	int r;
+};
+
+static void *store_unwrap_main(void *arg)
+{
+	struct store_unwrap *u = arg;
+
+	u->r = device_unwrap(u->d, u->wrapped, u->wlen, u->key, CRYPTO_KEY_SIZE, &u->klen);
+	return NULL;
+}
+
 static int store_prepare_f2(struct store *st, struct store_obj *o)
 {
 	char id[160], file_id[2 * F2_FILE_ID_SIZE + 1], fid[2 * F2_FILE_ID_SIZE + 1];
 	uint8_t raw[F2_HEADER_SIZE], wrapped[STORE_WRAPPED_MAX];
-	size_t wlen, klen;
+	struct store_unwrap unwrap = {.d = st->d, .wrapped = wrapped};
+	pthread_t unwrapper;
+	int r, kept = 0, threaded = 0;
 	json_t *doc = NULL;
-	int r, kept = 0;
 
 	r = store_obj_locate(st, o);
 	if (r < 0)
@@ -1043,12 +1073,20 @@ static int store_prepare_f2(struct store *st, struct store_obj *o)
 		log_err("%s: cannot get its key for device %s: %s", o->e.name, id, strerror(-r));
 		return r == -ENOKEY || r == -ENOENT ? -EACCES : store_reader_errno(r);
 	}
-	if (store_parse_key_doc(doc, fid, wrapped, sizeof(wrapped), &wlen) < 0) {
+	if (store_parse_key_doc(doc, fid, wrapped, sizeof(wrapped), &unwrap.wlen) < 0) {
 		log_err("%s: the %s key document is malformed", o->e.name, kept ? "kept" : "API's");
 		r = -EIO;
 		goto out;
 	}
 	store_obj_cache_id(st, o, fid, strlen(fid));
+	unwrap.key = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!unwrap.key) {
+		r = -ENOMEM;
+		goto out;
+	}
+	threaded = pthread_create(&unwrapper, NULL, store_unwrap_main, &unwrap) == 0;
+	if (!threaded)
+		store_unwrap_main(&unwrap);
 	/* A header that fails a check is read once more, as chunks are (store_fill_f2). */
 	for (int retried = 0;; retried = 1) {
 		const char *again = retried ? "" : "; reading it again";
@@ -1077,28 +1115,26 @@ static int store_prepare_f2(struct store *st, struct store_obj *o)
 			break;
 		store_src_drop(st, &o->blob, 0, F2_HEADER_SIZE);
 	}
+	if (threaded)
+		pthread_join(unwrapper, NULL);
 	if (r < 0) {
 		r = store_reader_errno(r);
 		goto out;
 	}
-	o->size = o->hdr.size;
-	o->key = secmem_alloc(CRYPTO_KEY_SIZE);
-	if (!o->key) {
-		r = -ENOMEM;
-		goto out;
-	}
-	r = device_unwrap(st->d, wrapped, wlen, o->key, CRYPTO_KEY_SIZE, &klen);
-	if (r == 0 && klen != CRYPTO_KEY_SIZE) {
-		log_err("%s: the unwrapped key has %zu bytes", o->e.name, klen);
+	r = unwrap.r;
+	if (r == 0 && unwrap.klen != CRYPTO_KEY_SIZE) {
+		log_err("%s: the unwrapped key has %zu bytes", o->e.name, unwrap.klen);
 		r = -EIO;
 	}
-	if (r < 0) {
-		secmem_free(o->key);
-		o->key = NULL;
-	} else if (!kept) {
+	if (r < 0)
+		goto out;
+	o->size = o->hdr.size;
+	o->key = unwrap.key;
+	unwrap.key = NULL;
+	if (!kept)
 		store_key_save(st, o->e.name, id, doc);
-	}
 out:
+	secmem_free(unwrap.key);
 	json_decref(doc);
 	return r;
 }
@@ -1708,6 +1744,7 @@ int store_new(const struct config *c, struct fetch *f, struct session *s, struct
 	st->timeout_s = c->io_timeout ? c->io_timeout : 1;
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_mutex_init(&st->buf_lock, NULL);
+	pthread_cond_init(&st->buf_cond, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&st->cond, &ca);
@@ -1801,6 +1838,7 @@ void store_free(struct store *st)
 	while (st->n_bufs)
 		free(st->bufs[--st->n_bufs]);
 	pthread_mutex_destroy(&st->buf_lock);
+	pthread_cond_destroy(&st->buf_cond);
 	free(st);
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # 21-fs-mount: how the daemon starts and stops, and how it fails.
-#  - mount -t fuse.azaionfs, an fstab line (with fstab noise), umount,
-#    fusermount3 -u and SIGTERM all work and leave no process or mount;
+#  - mount -t fuse.azaionfs, an fstab line (with fstab noise), a relative
+#    mount point, umount, fusermount3 -u and SIGTERM all work and leave no
+#    process or mount; the mount's kernel read-ahead is raised to 1 MiB;
 #  - configuration errors name the key (and the file's line) and stop the
 #    start; an unknown -o option too;
 #  - an offline start lists the models from the catalog kept in state_dir,
@@ -73,6 +74,19 @@ pid=$(daemon_of "$W/m2")
 FS_PIDS+=(${pid:-}) FS_MNTS+=("$W/m2")
 check_eq "it reads a model" "$(sha_of "$W/m2/$B" 2>&1)" "$(sha_of "$W/$B")"
 fusermount3 -u "$W/m2"
+check "after fusermount3 -u the daemon exits" wait_for 10 fs_gone "${pid:-0}"
+
+# ---- a relative mount point (the daemon detaches into /), the kernel's read-ahead
+mkdir -p "$W/m5"
+out=$(cd "$W" && "$AZ_DAEMON" azaion m5 -o "config=$W/conf" 2>&1)
+fs_mounted "$W/m5" || echo "$out" | sed 's/^/# /'
+check "a relative mount point mounts there" fs_mounted "$W/m5"
+pid=$(daemon_of m5)
+FS_PIDS+=(${pid:-}) FS_MNTS+=("$W/m5")
+check_eq "it reads a model" "$(sha_of "$W/m5/$A" 2>&1)" "$(sha_of "$W/$A")"
+ra=$(cat "/sys/class/bdi/$(mountpoint -d "$W/m5")/read_ahead_kb" 2>&1)
+check_eq "the mount's kernel read-ahead is raised to 1 MiB" "$ra" 1024
+fusermount3 -u "$W/m5"
 check "after fusermount3 -u the daemon exits" wait_for 10 fs_gone "${pid:-0}"
 
 # ---- SIGTERM
