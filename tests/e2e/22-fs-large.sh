@@ -37,8 +37,11 @@ wait_for 10 settled
 fetched=$(tail -n +"$log_from" "$NGINX_LOG" | awk -v u="/$F/$N.big" '$2 == u {s += $5} END {print s + 0}')
 whole=$(tail -n +"$log_from" "$NGINX_LOG" | awk -v u="/$F/$N.big" '$2 == u && $4 == "\"-\"" && $1 == "GET"' | wc -l)
 echo "# reading 1 MiB fetched $fetched bytes of the big part"
-check "reading 1 MiB of 256 MiB fetched at most 4 MiB ($fetched bytes)" \
-	test "$fetched" -le $((4 * 1024 * 1024)) -a "$fetched" -ge $((1024 * 1024))
+# The MiB read, the kernel's read-ahead (1 MiB on this mount) and the
+# daemon's own, whose window starts at 256 KiB and grows only while reads
+# come in order: a few MiB, far from the 256.
+check "reading 1 MiB of 256 MiB fetched at most 8 MiB ($fetched bytes)" \
+	test "$fetched" -le $((8 * 1024 * 1024)) -a "$fetched" -ge $((1024 * 1024))
 check_eq "every GET of the big part was a range request" "$whole" 0
 
 # Stream the whole model: 16 times memory_cache.
