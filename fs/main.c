@@ -23,6 +23,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -47,6 +48,7 @@
  * libfuse takes (max_pages 256) and cuts the daemon's CPU per byte.
  */
 #define MAIN_KERNEL_READAHEAD_KB 1024
+#define MAIN_FUSE_MAGIC 0x65735546 /* statfs f_type of a FUSE mount */
 
 #define MAIN_USAGE                                                                                 \
 	"usage: azaionfs SOURCE MOUNTPOINT [-o key=value,...] [-f] [-d]\n"                         \
@@ -335,10 +337,13 @@ struct main_state {
 static void *main_readahead(void *arg)
 {
 	char *mountpoint = arg, path[96], value[16];
+	struct statfs fs;
 	struct stat sb;
 	int fd = -1, n;
 
-	if (stat(mountpoint, &sb) < 0)
+	/* Only this FUSE mount's: never the read-ahead of the disk beneath it. */
+	if (statfs(mountpoint, &fs) < 0 || fs.f_type != MAIN_FUSE_MAGIC ||
+	    stat(mountpoint, &sb) < 0)
 		goto out;
 	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major(sb.st_dev),
 		 minor(sb.st_dev));
