@@ -25,24 +25,24 @@
 #include "fs/publish.h"
 #include "fs/session.h"
 
-#define CTL_USAGE                                                                          \
-	"usage: azaionctl [-c CONFIG] [-o key=value]... [--json] [-v] COMMAND [ARGS]\n"   \
-	"commands:\n"                                                                      \
-	"  publish [--format 1|2] [--name NAME] [--folder F] [--shift N] [--out DIR] FILE\n" \
-	"          encrypt and split a model; without --out, upload it to the CDN and\n"     \
-	"          the Resource API with the configured credentials\n"                        \
-	"  hw      print the hardware string and its hw_hash\n"                                \
-	"  enroll  enrol this device's TPM anew (device key, sealed credentials, POST\n"      \
-	"          /devices); credentials from the configured file, else from stdin\n"       \
-	"          (\"email = ...\" and \"password = ...\" lines, or a prompt)\n"            \
-	"side endpoint (rest_listen of the configuration, or -o rest_listen=...):\n"          \
-	"  login [--email E] [--password-file F]   F1: give the daemon credentials\n"          \
-	"  load [--folder F] [--out FILE] NAME     F2: a model's plaintext to FILE or stdout\n" \
+#define CTL_USAGE                                                                                 \
+	"usage: azaionctl [-c CONFIG] [-o key=value]... [--json] [-v] COMMAND [ARGS]\n"           \
+	"commands:\n"                                                                             \
+	"  publish [--format 1|2] [--name NAME] [--folder F] [--shift N] [--out DIR] FILE\n"      \
+	"          encrypt and split a model; without --out, upload it to the CDN and\n"          \
+	"          the Resource API with the configured credentials\n"                            \
+	"  hw      print the hardware string and its hw_hash\n"                                   \
+	"  enroll  enrol this device's TPM anew (device key, sealed credentials, POST\n"          \
+	"          /devices); credentials from the configured file, else from stdin\n"            \
+	"          (\"email = ...\" and \"password = ...\" lines, or a prompt)\n"                 \
+	"side endpoint (rest_listen of the configuration, or -o rest_listen=...):\n"              \
+	"  login [--email E] [--password-file F]   F1: give the daemon credentials\n"             \
+	"  load [--folder F] [--out FILE] NAME     F2: a model's plaintext to FILE or stdout\n"   \
 	"  upload [--format 1|2] [--name N] [--folder F] FILE   F3: publish through the daemon\n" \
-	"  unlock [--email E] [--password-file F] [--no-wait]   F4: load the Docker images\n"  \
-	"  status  F5 and F6: the daemon's and the unlock's state\n"                          \
-	"  health  F6: whether the daemon answers\n"                                           \
-	"  Without --email/--password-file the configured credentials file is used, else\n"   \
+	"  unlock [--email E] [--password-file F] [--no-wait]   F4: load the Docker images\n"     \
+	"  status  F5 and F6: the daemon's and the unlock's state\n"                              \
+	"  health  F6: whether the daemon answers\n"                                              \
+	"  Without --email/--password-file the configured credentials file is used, else\n"       \
 	"  a prompt (or two lines on stdin: email, password).\n"
 
 struct ctl {
@@ -166,17 +166,14 @@ static int ctl_resource_key(const struct config *c, uint8_t key[CRYPTO_KEY_SIZE]
 static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "format", required_argument, NULL, 'f' },
-		{ "name", required_argument, NULL, 'n' },
-		{ "folder", required_argument, NULL, 'F' },
-		{ "shift", required_argument, NULL, 's' },
-		{ "out", required_argument, NULL, 'O' },
-		{ NULL, 0, NULL, 0 },
+		{"format", required_argument, NULL, 'f'}, {"name", required_argument, NULL, 'n'},
+		{"folder", required_argument, NULL, 'F'}, {"shift", required_argument, NULL, 's'},
+		{"out", required_argument, NULL, 'O'},	  {NULL, 0, NULL, 0},
 	};
-	struct publish_req req = { 0 };
-	struct publish_target target = { 0 };
+	struct publish_req req = {0};
+	struct publish_target target = {0};
 	struct publish_result res;
-	struct ctl_progress progress = { 0 };
+	struct ctl_progress progress = {0};
 	struct session *session = NULL;
 	struct fetch *fetch = NULL;
 	uint8_t *resource_key = NULL;
@@ -280,12 +277,12 @@ static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 	if (ctl->json)
 		printf("{\"name\": \"%s\", \"format\": %d, \"size\": %llu, \"big_size\": %llu, "
 		       "\"sha256\": \"%s\"}\n",
-		       name, format, (unsigned long long)res.size,
-		       (unsigned long long)res.big_size, res.sha256);
+		       name, format, (unsigned long long)res.size, (unsigned long long)res.big_size,
+		       res.sha256);
 	else
 		printf("published %s: format %d, %llu bytes, big part %llu bytes, sha256 %s\n",
-		       name, format, (unsigned long long)res.size,
-		       (unsigned long long)res.big_size, res.sha256);
+		       name, format, (unsigned long long)res.size, (unsigned long long)res.big_size,
+		       res.sha256);
 	rc = 0;
 out:
 	secmem_free(resource_key);
@@ -481,7 +478,7 @@ out:
 
 struct ctl_rest {
 	struct fetch *f;
-	char *base;	       /* http://host:port or http://localhost */
+	char *base;	    /* http://host:port or http://localhost */
 	const char *socket; /* unix:PATH's path, or NULL */
 };
 
@@ -689,10 +686,10 @@ static void ctl_rest_wipe_body(json_t *body)
 static int ctl_rest_login_like(struct ctl *ctl, int argc, char **argv, int unlock)
 {
 	static const struct option opts[] = {
-		{ "email", required_argument, NULL, 'e' },
-		{ "password-file", required_argument, NULL, 'p' },
-		{ "no-wait", no_argument, NULL, 'n' },
-		{ NULL, 0, NULL, 0 },
+		{"email", required_argument, NULL, 'e'},
+		{"password-file", required_argument, NULL, 'p'},
+		{"no-wait", no_argument, NULL, 'n'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *email_opt = NULL, *pw_file = NULL, *cmd = unlock ? "unlock" : "login";
 	char *email = NULL, *password = NULL;
@@ -738,8 +735,8 @@ static int ctl_rest_login_like(struct ctl *ctl, int argc, char **argv, int unloc
 		printf("logged in\n");
 	if (rc == 0 && unlock) {
 		const char *st = json_string_value(json_object_get(doc, "state"));
-		struct ctl_progress p = { .name = "unlock", .tty = isatty(STDERR_FILENO),
-					  .last_pct = -1 };
+		struct ctl_progress p = {
+			.name = "unlock", .tty = isatty(STDERR_FILENO), .last_pct = -1};
 
 		clock_gettime(CLOCK_MONOTONIC, &p.start);
 		while (wait && st && strcmp(st, "ready") && strcmp(st, "error")) {
@@ -837,15 +834,18 @@ static int ctl_load_write(void *ctx, const uint8_t *data, size_t len)
 static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "folder", required_argument, NULL, 'F' },
-		{ "out", required_argument, NULL, 'O' },
-		{ NULL, 0, NULL, 0 },
+		{"folder", required_argument, NULL, 'F'},
+		{"out", required_argument, NULL, 'O'},
+		{NULL, 0, NULL, 0},
 	};
-	struct ctl_load_sink sink = { .fd = STDOUT_FILENO };
-	struct fetch_request req = { .method = "POST", .content_type = "application/json",
-				     .no_retry = 1, .timeout_ms = CTL_REST_LONG_MS,
-				     .sink = ctl_load_write, .sink_ctx = &sink };
-	struct fetch_response resp = { 0 };
+	struct ctl_load_sink sink = {.fd = STDOUT_FILENO};
+	struct fetch_request req = {.method = "POST",
+				    .content_type = "application/json",
+				    .no_retry = 1,
+				    .timeout_ms = CTL_REST_LONG_MS,
+				    .sink = ctl_load_write,
+				    .sink_ctx = &sink};
+	struct fetch_response resp = {0};
 	const char *folder = ctl->config->folder, *out = NULL, *name;
 	char *url = NULL, *text = NULL, *escaped = NULL, detail[512];
 	struct ctl_rest cr;
@@ -904,9 +904,9 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 	if (r < 0) {
 		ctl_error("load %s: %s", name,
 			  sink.err ? strerror(-sink.err)
-				   : r == -EIO || r == -ECANCELED
-					     ? "the transfer was cut short (see the daemon's log)"
-					     : strerror(-r));
+			  : r == -EIO || r == -ECANCELED
+				  ? "the transfer was cut short (see the daemon's log)"
+				  : strerror(-r));
 		goto out;
 	}
 	if (resp.status != 200) {
@@ -988,16 +988,19 @@ static ssize_t ctl_upload_read(void *ctx, uint8_t *buf, size_t cap)
 static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "format", required_argument, NULL, 'f' },
-		{ "name", required_argument, NULL, 'n' },
-		{ "folder", required_argument, NULL, 'F' },
-		{ NULL, 0, NULL, 0 },
+		{"format", required_argument, NULL, 'f'},
+		{"name", required_argument, NULL, 'n'},
+		{"folder", required_argument, NULL, 'F'},
+		{NULL, 0, NULL, 0},
 	};
-	struct ctl_upload_body b = { .fd = -1 };
-	struct fetch_request req = { .method = "POST", .no_retry = 1,
-				     .timeout_ms = CTL_REST_LONG_MS, .body_reader = ctl_upload_read,
-				     .body_ctx = &b, .max_response = CTL_ERR_BODY_MAX };
-	struct fetch_response resp = { 0 };
+	struct ctl_upload_body b = {.fd = -1};
+	struct fetch_request req = {.method = "POST",
+				    .no_retry = 1,
+				    .timeout_ms = CTL_REST_LONG_MS,
+				    .body_reader = ctl_upload_read,
+				    .body_ctx = &b,
+				    .max_response = CTL_ERR_BODY_MAX};
+	struct fetch_response resp = {0};
 	const char *folder = ctl->config->folder, *name = NULL, *path;
 	char *url = NULL, *escaped = NULL, *path_copy = NULL, detail[512], ctype[128];
 	uint8_t rnd[12];
@@ -1171,8 +1174,7 @@ out:
 
 static int ctl_rest_command(const char *cmd)
 {
-	static const char *const cmds[] = { "login", "load",   "upload",
-					    "unlock", "status", "health" };
+	static const char *const cmds[] = {"login", "load", "upload", "unlock", "status", "health"};
 
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i]))
@@ -1240,14 +1242,11 @@ fail:
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "option", required_argument, NULL, 'o' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		{"config", required_argument, NULL, 'c'}, {"option", required_argument, NULL, 'o'},
+		{"json", no_argument, NULL, 'j'},	  {"verbose", no_argument, NULL, 'v'},
+		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
 	};
-	struct ctl ctl = { 0 };
+	struct ctl ctl = {0};
 	const char *config_path = NULL;
 	char **options;
 	int noptions = 0, c, rc;
