@@ -141,6 +141,60 @@ static void ctl_progress(void *ctx, uint64_t done, uint64_t total)
 	fflush(stderr);
 }
 
+static void ctl_progress_start(struct ctl_progress *p, const char *name, int tty)
+{
+	p->name = name;
+	p->tty = tty;
+	p->last_pct = -1;
+	clock_gettime(CLOCK_MONOTONIC, &p->start);
+}
+
+/* --format's value: 1 or 2. */
+static int ctl_format_arg(const char *arg, int *ret)
+{
+	char *end;
+	long v = strtol(arg, &end, 10);
+
+	if (*end || (v != 1 && v != 2))
+		return ctl_error("--format: expected 1 or 2, got '%s'", arg);
+	*ret = (int)v;
+	return 0;
+}
+
+/*
+ * The model file of publish and upload: opened and a regular file, and
+ * its resource name (name, else the file's base name) checked. *ret_name
+ * may point into *ret_copy, which the caller frees, as it closes *ret_fd.
+ */
+static int ctl_model_open(const char *path, const char *name, int *ret_fd, struct stat *st,
+			  const char **ret_name, char **ret_copy)
+{
+	char *copy = NULL;
+	int fd;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return ctl_error("%s: %s", path, strerror(errno));
+	if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+		close(fd);
+		return ctl_error("%s: not a regular file", path);
+	}
+	if (!name) {
+		copy = strdup(path);
+		name = copy ? basename(copy) : path;
+	}
+	if (!names_valid(name)) {
+		ctl_error("'%s' is not a resource name: 1 to 255 bytes, no '/', not . or ..", name);
+		free(copy);
+		close(fd);
+		return 1;
+	}
+	*ret_fd = fd;
+	*ret_name = name;
+	*ret_copy = copy;
+	return 0;
+}
+
 static ssize_t ctl_read_fd(void *ctx, uint8_t *buf, size_t cap)
 {
 	int fd = *(int *)ctx;
@@ -177,9 +231,10 @@ static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 	struct session *session = NULL;
 	struct fetch *fetch = NULL;
 	uint8_t *resource_key = NULL;
-	const char *out_dir = NULL, *name = NULL, *path;
+	const char *out_dir = NULL, *name = NULL;
 	char *msg = NULL, *path_copy = NULL;
 	struct stat st;
+	uint64_t size;
 	int format = 1, shift = 0, fd = -1, c, rc = 1, r;
 	char *end;
 
@@ -187,9 +242,8 @@ static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
-			format = (int)strtol(optarg, &end, 10);
-			if (*end || (format != 1 && format != 2))
-				return ctl_error("--format: expected 1 or 2, got '%s'", optarg);
+			if (ctl_format_arg(optarg, &format))
+				return 1;
 			break;
 		case 'n':
 			name = optarg;
@@ -216,22 +270,9 @@ static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 	}
 	if (optind != argc - 1)
 		return ctl_error("publish: expected one model file (see azaionctl --help)");
-	path = argv[optind];
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return ctl_error("%s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		ctl_error("%s: not a regular file", path);
-		goto out;
-	}
-	if (!name) {
-		path_copy = strdup(path);
-		name = path_copy ? basename(path_copy) : path;
-	}
-	if (!names_valid(name)) {
-		ctl_error("'%s' is not a resource name: 1 to 255 bytes, no '/', not . or ..", name);
-		goto out;
-	}
+	if (ctl_model_open(argv[optind], name, &fd, &st, &name, &path_copy))
+		return 1;
+	size = (uint64_t)st.st_size;
 	if (out_dir) {
 		if (stat(out_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
 			ctl_error("--out: %s is not a folder", out_dir);
@@ -260,12 +301,8 @@ static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 	req.resource_key = resource_key;
 	req.src = ctl_read_fd;
 	req.src_ctx = &fd;
-	fstat(fd, &st);
-	req.size = (uint64_t)st.st_size;
-	progress.name = name;
-	progress.tty = isatty(STDERR_FILENO);
-	progress.last_pct = -1;
-	clock_gettime(CLOCK_MONOTONIC, &progress.start);
+	req.size = size;
+	ctl_progress_start(&progress, name, isatty(STDERR_FILENO));
 	req.progress = ctl_progress;
 	req.progress_ctx = &progress;
 
@@ -735,10 +772,9 @@ static int ctl_rest_login_like(struct ctl *ctl, int argc, char **argv, int unloc
 		printf("logged in\n");
 	if (rc == 0 && unlock) {
 		const char *st = json_string_value(json_object_get(doc, "state"));
-		struct ctl_progress p = {
-			.name = "unlock", .tty = isatty(STDERR_FILENO), .last_pct = -1};
+		struct ctl_progress p;
 
-		clock_gettime(CLOCK_MONOTONIC, &p.start);
+		ctl_progress_start(&p, "unlock", isatty(STDERR_FILENO));
 		while (wait && st && strcmp(st, "ready") && strcmp(st, "error")) {
 			json_t *s = NULL;
 			int quiet = ctl->json;
@@ -1001,22 +1037,20 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 				    .body_ctx = &b,
 				    .max_response = CTL_ERR_BODY_MAX};
 	struct fetch_response resp = {0};
-	const char *folder = ctl->config->folder, *name = NULL, *path;
+	const char *folder = ctl->config->folder, *name = NULL;
 	char *url = NULL, *escaped = NULL, *path_copy = NULL, detail[512], ctype[128];
 	uint8_t rnd[12];
 	char boundary[2 * sizeof(rnd) + 16];
 	struct ctl_rest cr;
 	struct stat st;
 	int c, r, rc = 1, format = 1;
-	char *end;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
-			format = (int)strtol(optarg, &end, 10);
-			if (*end || (format != 1 && format != 2))
-				return ctl_error("--format: expected 1 or 2, got '%s'", optarg);
+			if (ctl_format_arg(optarg, &format))
+				return 1;
 			break;
 		case 'n':
 			name = optarg;
@@ -1031,21 +1065,12 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 	}
 	if (optind != argc - 1)
 		return ctl_error("upload: expected one model file (see azaionctl --help)");
-	path = argv[optind];
-	if (!name) {
-		path_copy = strdup(path);
-		name = path_copy ? basename(path_copy) : path;
-	}
-	if (!names_valid(name) || strpbrk(name, "\"\r\n") || !names_valid(folder) ||
-	    strpbrk(folder, "\"\r\n")) {
-		free(path_copy);
-		return ctl_error("upload: '%s' in '%s' is not a resource name", name, folder);
-	}
-	b.fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (b.fd < 0 || fstat(b.fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		ctl_error("%s: %s", path, b.fd < 0 ? strerror(errno) : "not a regular file");
-		if (b.fd >= 0)
-			close(b.fd);
+	if (ctl_model_open(argv[optind], name, &b.fd, &st, &name, &path_copy))
+		return 1;
+	/* Both go into the multipart head as they are. */
+	if (strpbrk(name, "\"\r\n") || !names_valid(folder) || strpbrk(folder, "\"\r\n")) {
+		ctl_error("upload: '%s' in '%s' is not a resource name", name, folder);
+		close(b.fd);
 		free(path_copy);
 		return 1;
 	}
@@ -1070,10 +1095,7 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 		boundary, folder, boundary, format, boundary, name);
 	b.tail_len = (size_t)snprintf(b.tail, sizeof(b.tail), "\r\n--%s--\r\n", boundary);
 	b.total = b.head_len + b.size + b.tail_len;
-	b.progress.name = name;
-	b.progress.tty = isatty(STDERR_FILENO) && !ctl->json;
-	b.progress.last_pct = -1;
-	clock_gettime(CLOCK_MONOTONIC, &b.progress.start);
+	ctl_progress_start(&b.progress, name, isatty(STDERR_FILENO) && !ctl->json);
 	snprintf(ctype, sizeof(ctype), "multipart/form-data; boundary=%s", boundary);
 	escaped = names_url_escape(name);
 	if (!escaped || asprintf(&url, "%s/upload/%s", cr.base, escaped) < 0) {

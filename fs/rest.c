@@ -151,9 +151,8 @@ static enum MHD_Result rest_send(struct rest *r, struct MHD_Connection *conn, un
 	return ret;
 }
 
-/* Steals body. */
-static enum MHD_Result rest_json(struct rest *r, struct MHD_Connection *conn, unsigned status,
-				 json_t *body)
+/* A JSON answer, or NULL; steals body. */
+static struct MHD_Response *rest_json_response(json_t *body)
 {
 	struct MHD_Response *resp;
 	char *text;
@@ -161,14 +160,21 @@ static enum MHD_Result rest_json(struct rest *r, struct MHD_Connection *conn, un
 	text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);
 	if (!text)
-		return MHD_NO;
+		return NULL;
 	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
 	if (!resp) {
 		free(text);
-		return MHD_NO;
+		return NULL;
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	return rest_send(r, conn, status, resp);
+	return resp;
+}
+
+/* Steals body. */
+static enum MHD_Result rest_json(struct rest *r, struct MHD_Connection *conn, unsigned status,
+				 json_t *body)
+{
+	return rest_send(r, conn, status, rest_json_response(body));
 }
 
 static enum MHD_Result rest_detail(struct rest *r, struct MHD_Connection *conn, unsigned status,
@@ -992,21 +998,15 @@ static enum MHD_Result rest_dispatch(struct rest *r, struct rest_req *q,
 	if (q->status == MHD_HTTP_METHOD_NOT_ALLOWED) {
 		const struct rest_path *p = NULL;
 		struct MHD_Response *resp;
-		char *text = NULL;
 
 		for (size_t i = 0; i < sizeof(rest_paths) / sizeof(rest_paths[0]); i++)
 			if (rest_paths[i].route == q->route)
 				p = &rest_paths[i];
-		if (asprintf(&text, "{\"detail\":\"Method Not Allowed\"}") < 0)
-			return MHD_NO;
-		resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-		if (!resp) {
-			free(text);
-			return MHD_NO;
-		}
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
-					p && strcmp(p->method, "GET") == 0 ? "GET, HEAD" : "POST");
+		resp = rest_json_response(json_pack("{s:s}", "detail", q->detail));
+		if (resp)
+			MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+						p && strcmp(p->method, "GET") == 0 ? "GET, HEAD"
+										   : "POST");
 		return rest_send(r, conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
 	}
 	if (q->status)
