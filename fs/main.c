@@ -527,8 +527,14 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_set_clone_fd(loop, 0);
 	r = fuse_session_loop_mt(se, loop);
 	fuse_loop_cfg_destroy(loop);
-	/* The loop returns the signal that ended it: a requested stop is success. */
+	/*
+	 * The loop returns 0 after an unmount, the signal that ended it (a
+	 * requested stop: success too), or -errno when reading /dev/fuse failed.
+	 */
 	rc = r == 0 || r == SIGTERM || r == SIGINT || r == SIGHUP ? 0 : 1;
+	if (rc)
+		log_err("the FUSE session ended on an error: %s",
+			r < 0 ? strerror(-r) : strsignal(r));
 	log_info("unmounting %s", o.mountpoint);
 
 out_unmount:

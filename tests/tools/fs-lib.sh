@@ -88,7 +88,12 @@ fs_umount() {
 	fi
 	wait "$pid"
 	rc=$?
-	check_eq "azaionfs on $(basename "$mnt") exited cleanly after unmount" "$rc" 0
+	if [ "$rc" = 0 ]; then
+		ok "azaionfs on $(basename "$mnt") exited cleanly after unmount"
+	else
+		not_ok "azaionfs on $(basename "$mnt") exited cleanly after unmount (exit status $rc)"
+		tail -15 "$mnt.log" | sed 's/^/#   /'
+	fi
 }
 
 # fs_no_leftovers: no daemon of this test runs, nothing is mounted under $W.
