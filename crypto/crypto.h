@@ -1,5 +1,5 @@
 /*
- * crypto.h - the resource formats of formats.md and the secret memory that
+ * crypto.h - the resource formats of docs/formats.md and the secret memory that
  * holds keys and plaintext.
  *
  * Pure functions over buffers: no I/O, no threads, no logging. Every

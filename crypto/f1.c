@@ -1,5 +1,5 @@
 /*
- * f1.c - format 1 of formats.md, the legacy AES-256-CBC split: its key
+ * f1.c - format 1 of docs/formats.md, the legacy AES-256-CBC split: its key
  * derivations, whole-buffer and streaming encryption, and the range
  * decryption the read path uses (any run of whole blocks, decrypted with
  * the block before it as the IV).

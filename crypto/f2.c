@@ -1,5 +1,5 @@
 /*
- * f2.c - format 2 of formats.md: the big part's header and its chunks,
+ * f2.c - format 2 of docs/formats.md: the big part's header and its chunks,
  * each sealed with AES-256-GCM under the resource's own key, bound to the
  * header and to its position by the nonce and the additional data.
  *

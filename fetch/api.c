@@ -1,5 +1,5 @@
 /*
- * api.c - the Resource API client (resource-api.md): each call builds its
+ * api.c - the Resource API client (docs/resource-api.md): each call builds its
  * URL (path segments percent-encoded) and its JSON body with jansson, runs
  * one exchange with a cap on the answer, maps the status and parses what
  * comes back. Passwords, tokens and keys travel only in bodies and the

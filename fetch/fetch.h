@@ -111,7 +111,7 @@ void fetch_response_free(struct fetch_response *r);
 /* Maps an HTTP status to 0 or a negative errno as above. */
 int fetch_status_errno(long status);
 
-/* ---- the Resource API (resource-api.md) -------------------------------- */
+/* ---- the Resource API (docs/resource-api.md) ----------------------------- */
 
 /* POST /login; *ret_token is malloc()ed, *ret_exp the JWT exp (0: none). */
 int fetch_api_login(struct fetch *f, const char *api_url, const char *email, const char *password,

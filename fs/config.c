@@ -1,5 +1,5 @@
 /*
- * config.c - the settings table of config.md and its two sources, the
+ * config.c - the settings table of docs/config.md and its two sources, the
  * file and -o key=value. One table drives parsing, defaults and messages,
  * so a key cannot be known to one source and not the other.
  */

@@ -1,5 +1,5 @@
 /*
- * config.h - the one table of settings of config.md, read from the file
+ * config.h - the one table of settings of docs/config.md, read from the file
  * (key = value lines, # comments) and from -o key=value (which wins).
  * Any unknown key, malformed value or missing required one is refused
  * with one message naming the key (and the file's line number).
@@ -52,7 +52,7 @@ struct config {
 
 #define CONFIG_DEFAULT_PATH "/etc/azaion/azaionfs.conf"
 
-/* A config with every default of config.md. */
+/* A config with every default of docs/config.md. */
 int config_new(struct config **ret);
 void config_free(struct config *c);
 
@@ -65,7 +65,7 @@ int config_set(struct config *c, const char *key, const char *value, const char 
 	       char **ret_msg);
 /* Reads a file of key = value lines; same error reporting. */
 int config_load_file(struct config *c, const char *path, char **ret_msg);
-/* 1 when key is one of config.md's keys. */
+/* 1 when key is one of docs/config.md's keys. */
 int config_is_key(const char *key);
 /* Checks values that depend on each other after all sources are read. */
 int config_check(const struct config *c, char **ret_msg);

@@ -1,5 +1,5 @@
 /*
- * hw.c - derives the hardware string H of formats.md. The original loader
+ * hw.c - derives the hardware string H of docs/formats.md. The original loader
  * parsed lscpu, lspci, free and /sys/block output in a way nobody
  * documented, so a device migrating from it sets hardware_id to the string
  * its old loader computed; this derivation is for new devices, and

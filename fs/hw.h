@@ -1,5 +1,5 @@
 /*
- * hw.h - the hardware string H of formats.md: "CPU: ... GPU: ... Memory:
+ * hw.h - the hardware string H of docs/formats.md: "CPU: ... GPU: ... Memory:
  * ... DriveSerial: ...", from hardware_id when configured, else derived
  * from /proc/cpuinfo, the first display controller in /sys/bus/pci,
  * /proc/meminfo and the system disk's serial in /sys/block.

@@ -75,7 +75,7 @@ struct main_opts {
 	int help;
 	int version;
 	int bad;
-	char *sets[MAIN_MAX_SETS]; /* "key=value" of config.md, in order */
+	char *sets[MAIN_MAX_SETS]; /* "key=value" of docs/config.md, in order */
 	unsigned n_sets;
 	unsigned uid, gid, umask;
 	int has_uid, has_gid, has_umask;

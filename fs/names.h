@@ -1,6 +1,6 @@
 /*
  * names.h - resource names as the catalog and the publisher accept them
- * (resource-api.md): 1 to 255 bytes, no '/' or NUL, not "." or "..".
+ * (docs/resource-api.md): 1 to 255 bytes, no '/' or NUL, not "." or "..".
  */
 #ifndef AZAION_NAMES_H
 #define AZAION_NAMES_H

@@ -1,6 +1,6 @@
 /*
  * publish.h - turns a plaintext model into its small and big parts
- * (formats.md) as a stream, and sends them to a local folder or to the CDN
+ * (docs/formats.md) as a stream, and sends them to a local folder or to the CDN
  * and the Resource API (big part first, then the small part or the key).
  * Memory stays bounded whatever the model's size. Used by `azaionctl
  * publish` and by the side endpoint's F3 upload.

@@ -1,6 +1,6 @@
 /*
  * rest.c - the side endpoint (see rest.h): request routing, bodies with
- * caps, and the replies of loader-api.md. The work is elsewhere: the
+ * caps, and the replies of docs/loader-api.md. The work is elsewhere: the
  * session and unlock.h log in, the store reads (F2), the publisher
  * uploads (F3), unlock.c unlocks (F4/F5).
  *
@@ -15,7 +15,7 @@
  * Secrets: JSON bodies (credentials) are kept in locked memory and wiped;
  * jansson's free is set to wipe what it frees (strings parsed out of a
  * body included). F3's plaintext is buffered in locked memory (the part's
- * size must be known before the publisher starts, formats.md) and wiped.
+ * size must be known before the publisher starts, docs/formats.md) and wiped.
  * What libmicrohttpd holds in its own connection buffers is beyond reach.
  *
  * Locking: r->lock guards the API probe's cache and the last catalog

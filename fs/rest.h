@@ -1,5 +1,5 @@
 /*
- * rest.h - the side endpoint (loader-api.md): the loader's HTTP API (F1
+ * rest.h - the side endpoint (docs/loader-api.md): the loader's HTTP API (F1
  * login, F2 load, F3 upload, F4 unlock, F5 unlock status, F6 health and
  * status) plus GET /metrics, served by libmicrohttpd on rest_listen
  * (HOST:PORT, or unix:PATH with mode 0660), one thread per connection.

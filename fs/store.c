@@ -758,7 +758,7 @@ static void store_obj_open_locked(struct store_obj *o)
 
 /*
  * Under st->lock: one user fewer. The last one wipes a format-2 key
- * (tpm.md: kept while the file is in use); the next open unwraps it again.
+ * (docs/tpm.md: kept while the file is in use); the next open unwraps it again.
  */
 static void store_obj_close_locked(struct store_obj *o)
 {

@@ -127,7 +127,7 @@ struct store_stats {
 void store_stats(struct store *st, struct store_stats *ret);
 
 /*
- * Checks a format-2 small part (formats.md's JSON document): format 2, a
+ * Checks a format-2 small part (docs/formats.md's JSON document): format 2, a
  * file_id of 32 hex digits (copied to ret_file_id), a wrapped_key that
  * decodes into at most cap bytes of wrapped. -EBADMSG when it does not.
  * Exposed for tests.

@@ -1,5 +1,5 @@
 /*
- * unlock.h - the Docker unlock (loader-api.md, F4/F5): log in, get the
+ * unlock.h - the Docker unlock (docs/loader-api.md, F4/F5): log in, get the
  * archive key (format 1: SHA-256 of the API's key fragment; format 2: the
  * archive's small part, unwrapped by the TPM), decrypt images_archive as a
  * stream into the Docker Engine API (POST /images/load on docker_socket),

@@ -1,5 +1,5 @@
 /*
- * tpm.c - the device's TPM objects of tpm.md (storage root key, device
+ * tpm.c - the device's TPM objects of docs/tpm.md (storage root key, device
  * key, sealed store) and the flows on them, through tpm2-tss's ESAPI.
  *
  * This is the only file that talks to the TPM. A struct tpm owns one TCTI

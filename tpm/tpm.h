@@ -1,5 +1,5 @@
 /*
- * tpm.h - the device's TPM objects and flows of tpm.md behind a small
+ * tpm.h - the device's TPM objects and flows of docs/tpm.md behind a small
  * interface: open, enrol, load, unseal, unwrap.
  *
  * A struct tpm owns one ESYS context; calls on it are serialised by an

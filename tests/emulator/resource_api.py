@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """resource_api - the test suite's emulator of the Azaion Resource API
-(resource-api.md, parts 1 and 2), served over HTTPS on loopback.
+(docs/resource-api.md, parts 1 and 2), served over HTTPS on loopback.
 
 It is a test server, not a product: it keeps content keys in plain files and
 answers unauthenticated test controls under /_admin/.

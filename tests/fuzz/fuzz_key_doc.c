@@ -1,6 +1,6 @@
 /*
  * fuzz_key_doc.c - the format-2 small part: the API's JSON key document
- * (formats.md), parsed by jansson and checked by store_parse_key_doc, as
+ * (docs/formats.md), parsed by jansson and checked by store_parse_key_doc, as
  * store_prepare_f2 does with the API's answer or the copy in state_dir.
  */
 #include <stdlib.h>

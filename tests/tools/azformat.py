@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """azformat - an independent implementation of the resource formats
-(formats.md), used by the tests to check the C code both ways and by the
+(docs/formats.md), used by the tests to check the C code both ways and by the
 Resource API emulator. Format 1 keys and CBC here use Python's hashlib and
 the `cryptography` package; the known-answer vectors for format 1 come from
 the `openssl` command line. Format 2 (AES-256-GCM chunks) uses the

@@ -892,7 +892,7 @@ static void test_f2_geometry(void)
 	CHECK(err == 0 && g.size == h.size && g.chunk_shift == 16 &&
 		      memcmp(g.file_id, fid, 16) == 0 && memcmp(g.raw, h.raw, 64) == 0 &&
 		      memcmp(h.raw, "AZB2\x02\x10\0\0\0\0\x02\0\0\0\0\0\x01\x02\x03", 19) == 0,
-	      "header bytes as formats.md lays them out, and parsed back");
+	      "header bytes as docs/formats.md lays them out, and parsed back");
 	err = f2_seal_chunk(key, &h, 0, buf, 64, buf);
 	CHECK(err == -EINVAL, "f2_seal_chunk with the wrong plaintext length: -EINVAL");
 	err = f2_seal_chunk(key, &h, 2, buf, 0, buf);
