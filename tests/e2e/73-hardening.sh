@@ -13,6 +13,8 @@ trap 'kill "${ctl:-0}" 2>/dev/null; fs_cleanup' EXIT
 U=nobody
 id "$U" >/dev/null 2>&1 || bail "missing prerequisite: a user $U"
 AS_USER=(setpriv --reuid="$U" --regid="$(id -g "$U")" --clear-groups)
+# The daemon locks all its memory: a user's default RLIMIT_MEMLOCK is too low.
+DAEMON_AS_USER=(prlimit --memlock=unlimited:unlimited "${AS_USER[@]}")
 as_user() { "${AS_USER[@]}" "$@"; }
 
 F=d73$TAG
@@ -32,8 +34,8 @@ fs_conf "$W/u/conf" "ca_file=$W/u/ca.pem" "credentials=$W/u/creds" "cdn_url=$NGI
 chown -R "$U" "$W/u"
 chmod 600 "$W/u/creds"
 
-# setpriv execs: $! is the daemon itself.
-"${AS_USER[@]}" "$AZ_DAEMON" azaion "$W/u/mnt" -f -o "config=$W/u/conf" >"$W/u/mnt.log" 2>&1 &
+# prlimit and setpriv exec: $! is the daemon itself.
+"${DAEMON_AS_USER[@]}" "$AZ_DAEMON" azaion "$W/u/mnt" -f -o "config=$W/u/conf" >"$W/u/mnt.log" 2>&1 &
 pid=$!
 FS_PIDS+=("$pid")
 FS_MNTS+=("$W/u/mnt")
