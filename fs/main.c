@@ -11,8 +11,8 @@
  * (exit 0) or failed (exit 1, its messages already printed). Threads start
  * in the FUSE init callback.
  */
-#include <errno.h>
 #include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <malloc.h>
@@ -59,10 +59,11 @@
 #define MAIN_DEFAULT_UMASK 0027
 /*
  * Every thread's stack (FUSE workers, the endpoint's per-connection
- * threads, curl's resolver threads, the read-ahead workers). With all
- * memory locked a stack is resident in full, and glibc's default is 8
- * MiB; the deepest frame here is a 64 KiB buffer plus what OpenSSL, curl
- * and getaddrinfo's NSS modules need.
+ * threads, curl's resolver threads, the read-ahead workers). Locked, the
+ * whole of a stack counts against RLIMIT_MEMLOCK (and without MCL_ONFAULT
+ * is resident in full), and glibc's default is 8 MiB; the deepest frame
+ * here is a 64 KiB buffer plus what OpenSSL, curl and getaddrinfo's NSS
+ * modules need.
  */
 #define MAIN_THREAD_STACK (512 * 1024)
 /*
@@ -318,10 +319,10 @@ static int main_mount_owner(const struct main_opts *o, struct ops_opts *oo)
 	const char *group = o->gid ? o->gid : MAIN_DEFAULT_GID;
 	struct passwd *pw;
 	struct group *gr;
-	long id;
+	long uid, gid;
 
-	id = main_numeric_id(user);
-	if (id < 0) {
+	uid = main_numeric_id(user);
+	if (uid < 0) {
 		errno = 0;
 		pw = getpwnam(user);
 		if (!pw) {
@@ -331,11 +332,10 @@ static int main_mount_owner(const struct main_opts *o, struct ops_opts *oo)
 				user, errno ? ": " : "", errno ? strerror(errno) : "");
 			return -ENOENT;
 		}
-		id = (long)pw->pw_uid;
+		uid = (long)pw->pw_uid;
 	}
-	oo->uid = (uid_t)id;
-	id = main_numeric_id(group);
-	if (id < 0) {
+	gid = main_numeric_id(group);
+	if (gid < 0) {
 		errno = 0;
 		gr = getgrnam(group);
 		if (!gr) {
@@ -345,9 +345,10 @@ static int main_mount_owner(const struct main_opts *o, struct ops_opts *oo)
 				group, errno ? ": " : "", errno ? strerror(errno) : "", group);
 			return -ENOENT;
 		}
-		id = (long)gr->gr_gid;
+		gid = (long)gr->gr_gid;
 	}
-	oo->gid = (gid_t)id;
+	oo->uid = (uid_t)uid;
+	oo->gid = (gid_t)gid;
 	oo->umask = (o->has_umask ? o->umask : MAIN_DEFAULT_UMASK) & 0777;
 	return 0;
 }
@@ -436,9 +437,9 @@ static int main_lock_memory(const struct config *c)
 	if (mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) < 0 &&
 	    (errno != EINVAL || mlockall(MCL_CURRENT | MCL_FUTURE) < 0)) {
 		if (all) {
-			log_err("memory_lock: cannot lock all memory: %s; raise LimitMEMLOCK in "
-				"the "
-				"unit or ulimit -l, or set memory_lock = best-effort",
+			log_err("memory_lock: cannot lock all memory: %s; raise "
+				"LimitMEMLOCK in the unit or ulimit -l, or set "
+				"memory_lock = best-effort",
 				strerror(errno));
 			return -1;
 		}
@@ -469,7 +470,7 @@ static void main_harden(void)
 	mallopt(M_TRIM_THRESHOLD, 256 * 1024);
 	mallopt(M_ARENA_MAX, 4);
 	/*
-	 * Before any thread: locked memory makes each stack resident in full.
+	 * Before any thread: a locked stack counts in full (MAIN_THREAD_STACK).
 	 * A sanitizer build locks nothing and its frames are larger: it keeps
 	 * glibc's default.
 	 */
