@@ -159,6 +159,9 @@ install: $(BUILD)/azaionfs $(BUILD)/azaionctl
 	@# An existing configuration is the operator's: never overwrite it.
 	test -e $(DESTDIR)/etc/azaion/azaionfs.conf || \
 		install -m 0644 azaionfs.conf $(DESTDIR)/etc/azaion/azaionfs.conf
+	@# The group that may read the models (the unit's gid=azaion); a staged
+	@# install (DESTDIR) leaves it to its package's own scripts.
+	test -n "$(DESTDIR)" || getent group azaion >/dev/null || groupadd --system azaion
 
 # Leaves the configuration, state_dir and cache_dir alone.
 uninstall:

@@ -112,6 +112,17 @@ void fetch_response_free(struct fetch_response *r);
 /* Maps an HTTP status to 0 or a negative errno as above. */
 int fetch_status_errno(long status);
 
+/* ---- transport policy (docs/trust.md 5) -------------------------------- */
+
+/*
+ * Whether url may carry the password and the token: https://, or plain
+ * http:// to a loopback host (localhost, 127.0.0.0/8, ::1; a name when
+ * every address it resolves to is one of those). Makes no connection.
+ * 0 allowed; -EPERM refused, -EINVAL not an http(s) URL, both with
+ * *ret_why (malloc()ed, may be NULL on ENOMEM) saying why; -ENOMEM.
+ */
+int fetch_url_allowed(const char *url, char **ret_why);
+
 /* ---- the Resource API (docs/resource-api.md) ----------------------------- */
 
 /* POST /login; *ret_token is malloc()ed, *ret_exp the JWT exp (0: none). */

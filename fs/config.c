@@ -33,6 +33,7 @@ enum config_type {
 	T_TPM,
 	T_LEVEL,
 	T_PCRS,
+	T_MEMLOCK,
 };
 
 struct config_key {
@@ -80,6 +81,7 @@ static const struct config_key config_keys[] = {
 	K(images_version, T_STR, "latest"),
 	K(docker_socket, T_STR, "/var/run/docker.sock"),
 	K(log_level, T_LEVEL, "info"),
+	K(memory_lock, T_MEMLOCK, "all"),
 };
 #undef K
 #define CONFIG_NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -379,6 +381,17 @@ static int config_assign(struct config *c, const struct config_key *k, const cha
 		else {
 			config_fail(ret_msg, where, k->name,
 				    "expected auto, required or off, got '%s'", value);
+			return -EINVAL;
+		}
+		return 0;
+	case T_MEMLOCK:
+		if (!strcmp(value, "all"))
+			c->memory_lock = CONFIG_MEMLOCK_ALL;
+		else if (!strcmp(value, "best-effort"))
+			c->memory_lock = CONFIG_MEMLOCK_BEST_EFFORT;
+		else {
+			config_fail(ret_msg, where, k->name,
+				    "expected all or best-effort, got '%s'", value);
 			return -EINVAL;
 		}
 		return 0;

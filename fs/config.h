@@ -16,6 +16,11 @@ enum config_tpm {
 	CONFIG_TPM_OFF
 };
 
+enum config_memory_lock {
+	CONFIG_MEMLOCK_ALL,	   /* mlockall, or stop (docs/trust.md 5) */
+	CONFIG_MEMLOCK_BEST_EFFORT /* mlockall, or go on with a warning */
+};
+
 struct config {
 	char *api_url;
 	char *cdn_url;	     /* NULL: from cdn.yaml */
@@ -48,6 +53,7 @@ struct config {
 	char *images_version;
 	char *docker_socket;
 	int log_level; /* LOG_* */
+	enum config_memory_lock memory_lock;
 };
 
 #define CONFIG_DEFAULT_PATH "/etc/azaion/azaionfs.conf"

@@ -11,15 +11,19 @@
  * (exit 0) or failed (exit 1, its messages already printed). Threads start
  * in the FUSE init callback.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -49,12 +53,49 @@
  */
 #define MAIN_KERNEL_READAHEAD_KB 1024
 #define MAIN_FUSE_MAGIC 0x65735546 /* statfs f_type of a FUSE mount */
+/* The mount's defaults (docs/trust.md 3): root owns, the group reads, nobody else. */
+#define MAIN_DEFAULT_UID "0"
+#define MAIN_DEFAULT_GID "azaion"
+#define MAIN_DEFAULT_UMASK 0027
+/*
+ * Every thread's stack (FUSE workers, the endpoint's per-connection
+ * threads, curl's resolver threads, the read-ahead workers). Locked, the
+ * whole of a stack counts against RLIMIT_MEMLOCK (and without MCL_ONFAULT
+ * is resident in full), and glibc's default is 8 MiB; the deepest frame
+ * here is a 64 KiB buffer plus what OpenSSL, curl and getaddrinfo's NSS
+ * modules need.
+ */
+#define MAIN_THREAD_STACK (512 * 1024)
+/*
+ * What RLIMIT_MEMLOCK must allow besides memory_cache: libraries, heap,
+ * thread stacks and the endpoint's bodies, all locked by mlockall, and the
+ * 64 MiB of address space each extra malloc arena reserves, which counts
+ * against the limit although it is not resident (about 300 MiB in all,
+ * measured, at the default memory_cache).
+ */
+#define MAIN_MEMLOCK_HEADROOM (512ULL << 20)
+#define MAIN_CAP_IPC_LOCK 14
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define MAIN_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+	__has_feature(memory_sanitizer)
+#define MAIN_SANITIZER 1
+#endif
+#endif
+#ifndef MAIN_SANITIZER
+#define MAIN_SANITIZER 0
+#endif
 
 #define MAIN_USAGE                                                                                 \
 	"usage: azaionfs SOURCE MOUNTPOINT [-o key=value,...] [-f] [-d]\n"                         \
 	"  -o config=PATH   configuration file (default " CONFIG_DEFAULT_PATH " when it exists)\n" \
 	"  -o KEY=VALUE     any key of the configuration file; wins over the file\n"               \
-	"  -o allow_other,default_permissions,uid=N,gid=N,umask=M,auto_unmount\n"                  \
+	"  -o allow_other,default_permissions  both or neither: who else may open a file\n"        \
+	"  -o uid=USER,gid=GROUP,umask=M       files' owner, group and mode (root, azaion, "       \
+	"0027)\n"                                                                                  \
+	"  -o auto_unmount\n"                                                                      \
 	"  -f               stay in the foreground\n"                                              \
 	"  -d               debug output (implies -f)\n"
 
@@ -64,6 +105,8 @@ enum {
 	KEY_HELP,
 	KEY_VERSION,
 	KEY_KEEP,
+	KEY_ALLOW_OTHER,
+	KEY_DEFAULT_PERMISSIONS,
 };
 
 struct main_opts {
@@ -77,16 +120,16 @@ struct main_opts {
 	int bad;
 	char *sets[MAIN_MAX_SETS]; /* "key=value" of docs/config.md, in order */
 	unsigned n_sets;
-	unsigned uid, gid, umask;
-	int has_uid, has_gid, has_umask;
+	char *uid, *gid; /* a name or a number */
+	unsigned umask;
+	int has_umask;
+	int allow_other, default_permissions;
 };
 
 static const struct fuse_opt main_opt_spec[] = {
 	{"config=%s", offsetof(struct main_opts, config_path), 0},
-	{"uid=%u", offsetof(struct main_opts, uid), 0},
-	{"uid=", offsetof(struct main_opts, has_uid), 1},
-	{"gid=%u", offsetof(struct main_opts, gid), 0},
-	{"gid=", offsetof(struct main_opts, has_gid), 1},
+	{"uid=%s", offsetof(struct main_opts, uid), 0},
+	{"gid=%s", offsetof(struct main_opts, gid), 0},
 	{"umask=%o", offsetof(struct main_opts, umask), 0},
 	{"umask=", offsetof(struct main_opts, has_umask), 1},
 	FUSE_OPT_KEY("-f", KEY_FOREGROUND),
@@ -110,9 +153,9 @@ static const struct fuse_opt main_opt_spec[] = {
 	FUSE_OPT_KEY("async", FUSE_OPT_KEY_DISCARD),
 	FUSE_OPT_KEY("comment=", FUSE_OPT_KEY_DISCARD),
 	/* Passed through to libfuse. */
-	FUSE_OPT_KEY("allow_other", KEY_KEEP),
+	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("allow_root", KEY_KEEP),
-	FUSE_OPT_KEY("default_permissions", KEY_KEEP),
+	FUSE_OPT_KEY("default_permissions", KEY_DEFAULT_PERMISSIONS),
 	FUSE_OPT_KEY("auto_unmount", KEY_KEEP),
 	FUSE_OPT_KEY("max_read=", KEY_KEEP),
 	FUSE_OPT_KEY("dev", KEY_KEEP),
@@ -147,6 +190,12 @@ static int main_opt_proc(void *data, const char *arg, int key, struct fuse_args 
 	case KEY_VERSION:
 		o->version = 1;
 		return 0;
+	case KEY_ALLOW_OTHER:
+		o->allow_other = 1;
+		return 1;
+	case KEY_DEFAULT_PERMISSIONS:
+		o->default_permissions = 1;
+		return 1;
 	case KEY_KEEP:
 		return 1;
 	case FUSE_OPT_KEY_NONOPT:
@@ -198,6 +247,8 @@ static void main_opts_clear(struct main_opts *o)
 	free(o->source);
 	free(o->mountpoint);
 	free(o->config_path);
+	free(o->uid);
+	free(o->gid);
 	for (unsigned i = 0; i < o->n_sets; i++)
 		free(o->sets[i]);
 }
@@ -243,10 +294,169 @@ err:
 	return r;
 }
 
+/* A decimal id, or -1. */
+static long main_numeric_id(const char *s)
+{
+	char *end;
+	long v;
+
+	if (!isdigit((unsigned char)*s))
+		return -1;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	return errno || *end || v < 0 || v > 0x7fffffff ? -1 : v;
+}
+
+/*
+ * The files' owner and group, by name or number (docs/trust.md 3). A
+ * name must exist: a typo would otherwise leave the models to a group
+ * that someone may create later. A number is taken as it is, for the
+ * ids of a container's users that the host does not list.
+ */
+static int main_mount_owner(const struct main_opts *o, struct ops_opts *oo)
+{
+	const char *user = o->uid ? o->uid : MAIN_DEFAULT_UID;
+	const char *group = o->gid ? o->gid : MAIN_DEFAULT_GID;
+	struct passwd *pw;
+	struct group *gr;
+	long uid, gid;
+
+	uid = main_numeric_id(user);
+	if (uid < 0) {
+		errno = 0;
+		pw = getpwnam(user);
+		if (!pw) {
+			fprintf(stderr,
+				"azaionfs: -o uid=%s: no such user%s%s; create it or give a "
+				"number\n",
+				user, errno ? ": " : "", errno ? strerror(errno) : "");
+			return -ENOENT;
+		}
+		uid = (long)pw->pw_uid;
+	}
+	gid = main_numeric_id(group);
+	if (gid < 0) {
+		errno = 0;
+		gr = getgrnam(group);
+		if (!gr) {
+			fprintf(stderr,
+				"azaionfs: -o gid=%s: no such group%s%s; create it (groupadd "
+				"--system %s) or give another one with -o gid=GROUP\n",
+				group, errno ? ": " : "", errno ? strerror(errno) : "", group);
+			return -ENOENT;
+		}
+		gid = (long)gr->gr_gid;
+	}
+	oo->uid = (uid_t)uid;
+	oo->gid = (gid_t)gid;
+	oo->umask = (o->has_umask ? o->umask : MAIN_DEFAULT_UMASK) & 0777;
+	return 0;
+}
+
+/*
+ * allow_other alone lets every local user and every container open every
+ * model: the kernel checks nothing and this daemon does not either.
+ * default_permissions makes the kernel check owner, group and mode.
+ */
+static int main_check_mount_opts(const struct main_opts *o)
+{
+	if (o->allow_other && !o->default_permissions) {
+		fprintf(stderr, "azaionfs: allow_other without default_permissions would let every "
+				"local user and container read every model; add "
+				"default_permissions (files are then readable by uid and gid only, "
+				"see -o uid=, gid=, umask=)\n");
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* 1 when this process may lock memory past RLIMIT_MEMLOCK. */
+static int main_has_ipc_lock(void)
+{
+	char line[256];
+	unsigned long long caps = 0;
+	FILE *f = fopen("/proc/self/status", "re");
+	int found = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "CapEff: %llx", &caps) == 1) {
+			found = 1;
+			break;
+		}
+	fclose(f);
+	return found && (caps >> MAIN_CAP_IPC_LOCK) & 1;
+}
+
+/*
+ * Locks all memory, now and future (docs/trust.md 5): the password and the
+ * token in libcurl's buffers and the upload bodies in libmicrohttpd's never
+ * reach swap. After the fork, which does not inherit it. -1 means stop.
+ */
+static int main_lock_memory(const struct config *c)
+{
+	int all = c->memory_lock == CONFIG_MEMLOCK_ALL;
+	unsigned long long need = c->memory_cache + MAIN_MEMLOCK_HEADROOM;
+	struct rlimit rl;
+
+	if (MAIN_SANITIZER) {
+		/* Its shadow is terabytes of reserved address space: mlockall would fail or fill RAM. */
+		log_info(
+			"memory_lock: not locking all memory in a sanitizer build; secrets stay in "
+			"locked buffers");
+		return 0;
+	}
+	if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < need && !main_has_ipc_lock()) {
+		/*
+		 * With MCL_FUTURE every later mapping past the limit would fail:
+		 * malloc, thread stacks. Better refuse now than fail at random.
+		 */
+		if (all) {
+			log_err("memory_lock: RLIMIT_MEMLOCK is %llu KiB, and locking all memory "
+				"needs about %llu MiB (memory_cache + %llu MiB); raise it "
+				"(LimitMEMLOCK=infinity in the unit, ulimit -l unlimited, or "
+				"CAP_IPC_LOCK), or set memory_lock = best-effort",
+				(unsigned long long)rl.rlim_cur >> 10, need >> 20,
+				MAIN_MEMLOCK_HEADROOM >> 20);
+			return -1;
+		}
+		log_warn("memory_lock: RLIMIT_MEMLOCK is %llu KiB, too low to lock all memory; "
+			 "only secrets and plaintext are locked (best-effort); raise "
+			 "LimitMEMLOCK or ulimit -l to lock the rest",
+			 (unsigned long long)rl.rlim_cur >> 10);
+		return 0;
+	}
+	/*
+	 * MCL_ONFAULT: a page is locked when first touched, and a page that
+	 * holds a byte has been touched, so nothing written reaches swap; the
+	 * unread parts of libraries and stacks stay out of RAM (without it
+	 * RSS grows by what every library maps). Kernels before 4.4 refuse it.
+	 */
+	if (mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) < 0 &&
+	    (errno != EINVAL || mlockall(MCL_CURRENT | MCL_FUTURE) < 0)) {
+		if (all) {
+			log_err("memory_lock: cannot lock all memory: %s; raise "
+				"LimitMEMLOCK in the unit or ulimit -l, or set "
+				"memory_lock = best-effort",
+				strerror(errno));
+			return -1;
+		}
+		log_warn("memory_lock: cannot lock all memory: %s; only secrets and plaintext "
+			 "are locked (best-effort)",
+			 strerror(errno));
+		return 0;
+	}
+	log_debug("memory_lock: all memory locked");
+	return 0;
+}
+
 /* No core dumps, no ptrace by other users: plaintext and keys live in this process. */
 static void main_harden(void)
 {
 	struct rlimit rl = {0, 0};
+	pthread_attr_t attr;
 
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
 		log_warn("prctl(PR_SET_DUMPABLE): %s", strerror(errno));
@@ -259,6 +469,17 @@ static void main_harden(void)
 	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 256 * 1024);
 	mallopt(M_ARENA_MAX, 4);
+	/*
+	 * Before any thread: a locked stack counts in full (MAIN_THREAD_STACK).
+	 * A sanitizer build locks nothing and its frames are larger: it keeps
+	 * glibc's default.
+	 */
+	if (!MAIN_SANITIZER && pthread_attr_init(&attr) == 0) {
+		if (pthread_attr_setstacksize(&attr, MAIN_THREAD_STACK) != 0 ||
+		    pthread_setattr_default_np(&attr) != 0)
+			log_warn("cannot set the default thread stack size");
+		pthread_attr_destroy(&attr);
+	}
 }
 
 /*
@@ -442,8 +663,13 @@ int main(int argc, char **argv)
 	if (main_config(&o, &c) < 0)
 		goto out_args;
 	log_set_level(o.debug ? LOG_DEBUG : c->log_level);
+	/* Mount options first: a refused mount must not have touched the network. */
+	if (main_check_mount_opts(&o) < 0 || main_mount_owner(&o, &oo) < 0)
+		goto out_config;
 	main_harden();
 	if (main_fork(o.foreground, &report) < 0)
+		goto out_config;
+	if (main_lock_memory(c) < 0)
 		goto out_config;
 	if (mkdir(c->state_dir, 0700) < 0 && errno != EEXIST) {
 		log_err("state_dir %s: %s", c->state_dir, strerror(errno));
@@ -502,9 +728,6 @@ int main(int argc, char **argv)
 	oo.c = c;
 	oo.cat = ms.cat;
 	oo.st = ms.st;
-	oo.uid = o.has_uid ? o.uid : getuid();
-	oo.gid = o.has_gid ? o.gid : getgid();
-	oo.umask = o.has_umask ? o.umask & 0777 : 0;
 	oo.on_init = main_on_init;
 	oo.on_init_arg = &ms;
 	ms.mountpoint = o.mountpoint;

@@ -176,6 +176,22 @@ static char *session_base_url(const char *u)
 	return out;
 }
 
+/*
+ * Refuses a URL that would carry the password or the token in the clear
+ * (docs/trust.md 5), naming the setting; before any connection to it.
+ */
+static int session_check_url(const char *what, const char *url)
+{
+	char *why = NULL;
+	int r;
+
+	r = fetch_url_allowed(url, &why);
+	if (r < 0)
+		log_err("%s: %s", what, why ? why : strerror(-r));
+	free(why);
+	return r;
+}
+
 static int session_s3_set(struct session_s3 *k, const char *access, const char *secret,
 			  const char *region)
 {
@@ -216,6 +232,14 @@ static int session_cdn_update(struct session *s, const struct session_cdn_yaml *
 		if (!sn->url)
 			goto err_nomem;
 	} else if (yaml_url) {
+		/* The token and S3 keys would follow this host: the same rule as cdn_url. */
+		r = session_check_url("cdn.yaml host", yaml_url);
+		if (r < 0) {
+			log_err("cdn.yaml: its host is not used; the CDN stays as it was");
+			free(yaml_url);
+			free(sn);
+			return r;
+		}
 		sn->url = yaml_url;
 		yaml_url = NULL;
 	} else {
@@ -278,6 +302,11 @@ int session_new(const struct config *c, struct fetch *f, struct session **ret)
 	s->f = f;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
+	r = session_check_url("api_url", c->api_url);
+	if (r == 0 && c->cdn_url)
+		r = session_check_url("cdn_url", c->cdn_url);
+	if (r < 0)
+		goto err;
 	r = hw_string(c->hardware_id, &s->hw);
 	if (r < 0) {
 		log_err("hardware string: %s", strerror(-r));
@@ -321,10 +350,7 @@ void session_free(struct session *s)
 		next = sn->next;
 		session_snap_free(sn);
 	}
-	if (s->token) {
-		crypto_wipe(s->token, strlen(s->token));
-		free(s->token);
-	}
+	secmem_free(s->token);
 	session_creds_put_locked(s->creds);
 	secmem_free(s->conf_secret);
 	free(s->hw);
@@ -358,12 +384,22 @@ int session_logged_in(struct session *s)
 	return r;
 }
 
+/* Tokens live in secmem (wiped on free), like the password they stand for. */
 static void session_free_token(char *tok)
 {
-	if (tok) {
-		crypto_wipe(tok, strlen(tok));
-		free(tok);
-	}
+	secmem_free(tok);
+}
+
+/* Moves fetch's malloc()ed token into locked memory and wipes the original. */
+static int session_lock_token(char **tok)
+{
+	size_t n = strlen(*tok);
+	char *locked = secmem_strndup(*tok, n);
+
+	crypto_wipe(*tok, n);
+	free(*tok);
+	*tok = locked;
+	return locked ? 0 : -ENOMEM;
 }
 
 static int session_token_valid_locked(struct session *s)
@@ -445,6 +481,8 @@ static int session_do_login(struct session *s, int force, unsigned seen_gen, int
 	pthread_mutex_unlock(&s->lock);
 
 	r = fetch_api_login(s->f, s->c->api_url, cr->email, cr->password, &tok, &exp);
+	if (r == 0)
+		r = session_lock_token(&tok);
 	if (r == 0) {
 		log_info("logged in to %s", s->c->api_url);
 		if (with_yaml)
@@ -551,7 +589,7 @@ static int session_token(struct session *s, char **ret_tok, struct session_creds
 			return -EACCES;
 		}
 	}
-	tok = strdup(s->token);
+	tok = secmem_strndup(s->token, strlen(s->token));
 	if (!tok) {
 		pthread_mutex_unlock(&s->lock);
 		return -ENOMEM;
@@ -712,8 +750,8 @@ struct session_fragment_ctx {
 
 #define SESSION_FRAGMENT_MAX 4096
 
-static int session_fragment_fn(struct session *s, const char *token,
-			       const struct session_creds *cr, void *ctx)
+static int session_fragment_fn(struct session *s, const char *token, const struct session_creds *cr,
+			       void *ctx)
 {
 	struct session_fragment_ctx *fc = ctx;
 	struct fetch_buf buf = {0};

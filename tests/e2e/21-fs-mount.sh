@@ -66,7 +66,7 @@ check "after umount the daemon exits" wait_for 10 fs_gone "${pid:-0}"
 
 # ---- an fstab line with the usual noise, then fusermount3 -u
 mkdir -p "$W/m2"
-echo "azaion $W/m2 fuse.azaionfs config=$W/conf,_netdev,nofail,noauto,x-systemd.automount,allow_other 0 0" >"$W/fstab"
+echo "azaion $W/m2 fuse.azaionfs config=$W/conf,_netdev,nofail,noauto,x-systemd.automount,allow_other,default_permissions 0 0" >"$W/fstab"
 out=$(mount -T "$W/fstab" "$W/m2" 2>&1)
 fs_mounted "$W/m2" || echo "$out" | sed 's/^/# /'
 check "mount DIR from an fstab line succeeds" fs_mounted "$W/m2"

@@ -23,6 +23,7 @@ KEYS="api_url cdn_url s3_access_key s3_secret_key_file s3_region folder models c
  tpm_wait state_dir cache_dir cache_max memory_cache catalog_ttl io_timeout readahead_max
  rest_listen rest_public images_archive images_resource images images_version docker_socket
  log_level"
+KEYS="$KEYS memory_lock"
 
 # The build is the suite's: install must not rebuild it.
 inst() {

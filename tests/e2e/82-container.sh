@@ -6,7 +6,8 @@
 #    a host folder bind-mounted at /run/azaion with rshared propagation: its
 #    FUSE mount shows on the host;
 #  - a second container that bind-mounts HOST/models read-only reads a model
-#    whose sha256 is the plaintext's;
+#    whose sha256 is the plaintext's; as user 65534 it reads only as a
+#    member of the group azaion (the image's allow_other,default_permissions);
 #  - docker stop unmounts (SIGTERM), the container exits 0, nothing is left.
 . "$(dirname "$0")/../lib.sh"
 . "$AZ_TOP/tests/tools/fs-lib.sh"
@@ -88,6 +89,15 @@ got=$(dk run --rm --network none -v "$H/models:/models:ro" "$DOCKER_TEST_IMAGE" 
 	sha256sum "/models/$M" 2>&1 | cut -d' ' -f1)
 check_eq "a second container reads the model; sha256 matches the plaintext" "$got" "$(sha_of "$W/$M")"
 check_eq "so does the host" "$(sha_of "$H/models/$M" 2>&1)" "$(sha_of "$W/$M")"
+gid=$(getent group azaion | cut -d: -f3)
+got=$(dk run --rm --network none --user 65534:65534 --group-add "$gid" \
+	-v "$H/models:/models:ro" "$DOCKER_TEST_IMAGE" sha256sum "/models/$M" 2>&1 | cut -d' ' -f1)
+check_eq "a container of user 65534 in the group azaion ($gid) reads it (the image's default mount)" \
+	"$got" "$(sha_of "$W/$M")"
+out=$(dk run --rm --network none --user 65534:65534 -v "$H/models:/models:ro" \
+	"$DOCKER_TEST_IMAGE" cat "/models/$M" 2>&1 >/dev/null)
+case $out in *"Permission denied"*) ok "one outside the group is refused ($out)" ;;
+*) not_ok "one outside the group is refused: '$out'" ;; esac
 check "the container's log is the daemon's stderr" \
 	sh -c "/usr/bin/docker -H 'unix://$DOCKER_SOCK' logs '$NAME' 2>&1 | grep -q 'mounted azaion at /run/azaion/models'"
 

@@ -35,6 +35,9 @@ fs_init() {
 	[ -x "$AZ_DAEMON" ] || bail "missing prerequisite: $AZ_DAEMON (make)"
 	[ -x "$AZ_CTL" ] || bail "missing prerequisite: $AZ_CTL (make)"
 	need_stack
+	# The mount's default group (docs/trust.md 3): the daemon refuses a missing one.
+	getent group azaion >/dev/null || groupadd -f --system azaion ||
+		bail "missing prerequisite: the group azaion (groupadd failed)"
 	W=$(mktemp -d "/tmp/az-$1.XXXXXX")
 	trap 'fs_cleanup' EXIT
 	trap 'exit 130' INT TERM

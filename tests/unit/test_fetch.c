@@ -1160,10 +1160,48 @@ out:
 	fetch_free(f);
 }
 
+/* ---- transport policy (docs/trust.md 5) --------------------------------- */
+
+static void test_url_policy(void)
+{
+	static const struct {
+		const char *url;
+		int want;
+		const char *why; /* a part of the reason, for refusals */
+	} cases[] = {
+		{"https://api.azaion.com", 0, NULL},
+		{"https://192.0.2.1:8443/x", 0, NULL},
+		{"http://127.0.0.1:8080", 0, NULL},
+		{"http://127.9.8.7", 0, NULL},
+		{"http://localhost:1234/api", 0, NULL},
+		{"HTTP://LOCALHOST", 0, NULL},
+		{"http://[::1]:80", 0, NULL},
+		{"http://[::ffff:127.0.0.1]:80", 0, NULL},
+		{"http://192.0.2.1:8080", -EPERM, "'192.0.2.1' is not a loopback address"},
+		{"http://10.0.0.1", -EPERM, "use https://"},
+		{"http://[fd00::2]:80", -EPERM, "not a loopback address"},
+		{"http://128.0.0.1", -EPERM, "not a loopback address"},
+		{"http://no-such-host.invalid", -EPERM, "cannot resolve"},
+		{"ftp://127.0.0.1", -EINVAL, "neither https:// nor http://"},
+		{"not a url", -EINVAL, "is not a URL"},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *why = NULL;
+		int r = fetch_url_allowed(cases[i].url, &why);
+
+		CHECK(r == cases[i].want &&
+			      (!cases[i].why || (why && strstr(why, cases[i].why) != NULL)),
+		      "url policy: %s -> %d (%s)", cases[i].url, r, why ? why : "allowed");
+		free(why);
+	}
+}
+
 int main(void)
 {
 	const char *ca = env("STACK_CA");
 
+	test_url_policy();
 	test_odd_servers();
 	test_closed_port();
 	if (ca) {
