@@ -329,8 +329,11 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, 
 		*ret_size = (uint64_t)c.length;
 		return 0;
 	}
-	if (c.status == 401 || c.status == 403)
-		return cdn_refused(f, "HEAD", url, c.status, NULL, 0);
+	/* A HEAD refusal has no body to give S3's reason: one byte's GET has. */
+	if (c.status == 401 || c.status == 403) {
+		r = fetch_cdn_range(f, url, s3, 0, 1, &one, &got, &total);
+		return r < 0 ? r : cdn_refused(f, "HEAD", url, c.status, NULL, 0);
+	}
 	if (!(c.status >= 200 && c.status < 300) && c.status != 405 && c.status != 501)
 		return fetch_check_status(f, "HEAD", url, c.status, 0);
 	/* No usable HEAD: the size comes with a one-byte range. */
