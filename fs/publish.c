@@ -313,7 +313,8 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 		return -EINVAL;
 	}
 	if (!req->folder || !names_valid(req->folder)) {
-		*ret_msg = strdup("the folder must be 1 to 255 bytes, without '/', and not . or ..");
+		*ret_msg =
+			strdup("the folder must be 1 to 255 bytes, without '/', and not . or ..");
 		return -EINVAL;
 	}
 	if (req->format != 1 && req->format != 2) {
@@ -352,8 +353,7 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 		}
 		escaped = names_url_escape(req->name);
 		ef = names_url_escape(req->folder);
-		if (!escaped || !ef ||
-		    asprintf(&url, "%s/%s/%s.big", cdn.url, ef, escaped) < 0) {
+		if (!escaped || !ef || asprintf(&url, "%s/%s/%s.big", cdn.url, ef, escaped) < 0) {
 			url = NULL;
 			r = -ENOMEM;
 			pub_fail(&s, r, "out of memory");

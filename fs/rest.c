@@ -106,10 +106,10 @@ struct rest_counters {
 /* One listening address and what it serves. */
 struct rest_door {
 	struct rest *r;
-	const char *spec;  /* rest_listen or metrics_listen */
-	int metrics_only;  /* metrics_listen: /metrics alone */
-	int fd;		   /* until its daemon owns it */
-	char *unix_path;   /* unix:PATH: removed at exit */
+	const char *spec; /* rest_listen or metrics_listen */
+	int metrics_only; /* metrics_listen: /metrics alone */
+	int fd;		  /* until its daemon owns it */
+	char *unix_path;  /* unix:PATH: removed at exit */
 	struct MHD_Daemon *mhd;
 };
 
@@ -149,7 +149,7 @@ struct rest_upload {
 struct rest_req {
 	struct rest *r;
 	enum rest_route route;
-	char *name; /* F2/F3: the path's file name */
+	char *name;   /* F2/F3: the path's file name */
 	int www_auth; /* a 401 for a missing or wrong bearer token */
 	int close;    /* refused at a door: the connection ends with the answer */
 	/* A refusal decided before the body was read: answered after it. */
@@ -863,8 +863,8 @@ static enum MHD_Result rest_status(struct rest *r, struct MHD_Connection *conn)
 	return rest_json(r, conn, MHD_HTTP_OK,
 			 json_pack("{s:s, s:b, s:s, s:b, s:s, s:s?, s:s, s:I}", "status", "ok",
 				   "authenticated", session_logged_in(r->d.s), "modelCacheDir",
-				   r->d.mountpoint, "mounted", r->serving, "tpm", tpm,
-				   "device_id", has_id ? id : NULL, "api",
+				   r->d.mountpoint, "mounted", r->serving, "tpm", tpm, "device_id",
+				   has_id ? id : NULL, "api",
 				   rest_api_reachable(r) ? "ok" : "unreachable", "models",
 				   (json_int_t)rest_models(r)));
 }
@@ -1020,7 +1020,8 @@ static int rest_name_allowed(const char *name, size_t len, int bracketed, char *
 		buf[--len] = '\0';
 	if (len == 0)
 		return 0;
-	if (inet_pton(AF_INET, buf, &a4) == 1)
+	/* Every numeric spelling ("127.1" as curl sends it); no DNS name is all digits. */
+	if (buf[strspn(buf, "0123456789abcdefABCDEFxX.")] == '\0' && inet_aton(buf, &a4))
 		return (ntohl(a4.s_addr) >> 24) == 127;
 	if (strcasecmp(buf, "localhost") == 0)
 		return 1;
@@ -1233,8 +1234,8 @@ static void rest_check_host(struct rest *r, struct MHD_Connection *conn, struct 
 /* With rest_token_file: "Authorization: Bearer <token>", compared in constant time. */
 static void rest_check_token(struct rest *r, struct MHD_Connection *conn, struct rest_req *q)
 {
-	const char *a = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-						    MHD_HTTP_HEADER_AUTHORIZATION);
+	const char *a =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
 	uint8_t h[32];
 	int ok;
 
@@ -1261,8 +1262,8 @@ static void rest_check_token(struct rest *r, struct MHD_Connection *conn, struct
 /* JSON bodies say so, F3 says multipart/form-data: what a page cannot send unasked. */
 static void rest_check_type(struct rest_req *q, struct MHD_Connection *conn, const char *url)
 {
-	const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-						     MHD_HTTP_HEADER_CONTENT_TYPE);
+	const char *ct =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
 	const char *want = q->route == ROUTE_UPLOAD ? "multipart/form-data" : "application/json";
 	char shown[REST_HOST_SHOWN + 1];
 
@@ -1271,7 +1272,7 @@ static void rest_check_type(struct rest_req *q, struct MHD_Connection *conn, con
 	rest_printable(shown, sizeof(shown), ct);
 	rest_refuse(q, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
 		    "POST %.64s needs Content-Type: %s (got %s%s%s)",
-		    q->route == ROUTE_LOAD ? "/load/{filename}"
+		    q->route == ROUTE_LOAD     ? "/load/{filename}"
 		    : q->route == ROUTE_UPLOAD ? "/upload/{filename}"
 					       : url,
 		    want, ct ? "'" : "none", shown, ct ? "'" : "");
@@ -1551,8 +1552,8 @@ static int rest_listen_unix(struct rest_door *door, const char *path)
 	umask(old);
 	if (e == 0 && chown(path, (uid_t)-1, r->group) < 0) {
 		e = -errno;
-		log_err("rest_group: cannot give unix:%s to group %s: %s", path,
-			r->d.c->rest_group, strerror(-e));
+		log_err("rest_group: cannot give unix:%s to group %s: %s", path, r->d.c->rest_group,
+			strerror(-e));
 	}
 	if (e == 0 && chmod(path, 0660) < 0)
 		e = -errno;
