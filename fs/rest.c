@@ -1626,7 +1626,7 @@ static int rest_listen_tcp(struct rest_door *door, const char *spec)
 	return 0;
 }
 
-/* rest_group's id, needed when a door is a unix: socket. */
+/* rest_group's id (a name, or a number), needed when a door is a unix: socket. */
 static int rest_group_id(struct rest *r)
 {
 	const char *name = r->d.c->rest_group;
@@ -1635,6 +1635,12 @@ static int rest_group_id(struct rest *r)
 	int e;
 
 	e = getgrnam_r(name, &gr, buf, sizeof(buf), &grp);
+	/* A number is a gid, for a container whose /etc/group lists root alone. */
+	if ((e != 0 || !grp) && *name && name[strspn(name, "0123456789")] == '\0' &&
+	    strlen(name) < 10) {
+		r->group = (gid_t)strtoul(name, NULL, 10);
+		return 0;
+	}
 	if (e != 0 || !grp) {
 		log_err("rest_group: there is no group '%s' on this system: create it (groupadd "
 			"%s) and add the users that may call the side endpoint, or name another "

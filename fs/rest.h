@@ -15,7 +15,8 @@
  *
  * The endpoint is only the HTTP layer: it reaches the daemon through the
  * pieces named in struct rest_deps, and the unlock workflow through
- * unlock.h. Bodies are capped (64 KiB; F3's upload by REST_UPLOAD_MAX),
+ * unlock.h. Bodies are capped (64 KiB; one F3 upload by
+ * REST_UPLOAD_CONN_MAX, all of them together by REST_UPLOAD_MAX),
  * errors are {"detail": "..."}; request bodies, credentials and tokens
  * never reach the log.
  */

@@ -322,6 +322,11 @@ endpoint_off "a token of 5 characters" "at least 16" "http://127.0.0.1:$P/health
 	"rest_listen=127.0.0.1:$P" "rest_token_file=$W/short.token"
 endpoint_off "a rest_group that does not exist" "no group 'nosuch$TAG'" \
 	"--unix-socket $W/u/rest.sock http://localhost/health" "rest_group=nosuch$TAG"
+fs_mount "$W/mnt-g" "$W/b.conf" "rest_group=4242"
+check_eq "rest_group as a number (a container's /etc/group lists root alone): the socket's gid" \
+	"$(stat -c %g "$W/u/rest.sock" 2>/dev/null)" 4242
+call "  root is served there" 200 healthy --unix-socket "$W/u/rest.sock" http://localhost/health
+fs_umount "$W/mnt-g" "$FS_PID"
 start_fails "a metrics_listen off loopback" "metrics_listen" \
 	-o "config=$W/b.conf,metrics_listen=0.0.0.0:$P"
 printf '192.0.2.2 127.0.0.1.evil.example\n127.0.0.7 loopname%s\n' "$TAG" >"$W/hosts"
