@@ -9,8 +9,9 @@
  * answers. Every request answers exactly once, when its body has been
  * read (rest_dispatch); a body that is over its cap or belongs to a
  * request already refused is read and dropped, so the client always gets
- * the answer, except one announced larger than REST_DISCARD_MAX, which is
- * refused before it is read. The doors of docs/trust.md 2 (peer
+ * the answer, except one announced larger than REST_DISCARD_MAX, and a
+ * refused one of unannounced (chunked) length, which are answered before
+ * they are read, on a connection that then closes. The doors of docs/trust.md 2 (peer
  * credentials, Host, Origin, bearer token, route, upload switch, content
  * type) are checked in that order before any body byte is kept.
  *
@@ -1384,9 +1385,16 @@ static enum MHD_Result rest_begin(struct rest_door *door, struct MHD_Connection 
 	}
 	return MHD_YES;
 refused:
-	/* Its body is read and dropped, unless it is too large to be worth reading. */
-	if (len > REST_DISCARD_MAX) {
+	/*
+	 * Its body is read and dropped, unless it is too large to be worth
+	 * reading, or of a length nobody announced (chunked): then the answer
+	 * goes at once and the connection closes.
+	 */
+	if (len > REST_DISCARD_MAX ||
+	    (!cl && MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						MHD_HTTP_HEADER_TRANSFER_ENCODING))) {
 		q->answered = 1;
+		q->close = 1;
 		return rest_refusal(r, q, conn);
 	}
 	return MHD_YES;

@@ -106,6 +106,8 @@ call "GET /status with the token" 200 '"authenticated":true' "${AUTH[@]}" "$A/st
 head -c 5000 /dev/urandom >"$W/evil.bin"
 call "as nobody: curl -F data=@evil.bin $A/upload/m1.onnx" 401 "" "${NOBODY[@]}" -- \
 	-F "data=@$W/evil.bin" "$A/upload/m1.onnx"
+call "as nobody: the same, chunked" 401 "" "${NOBODY[@]}" -- -H 'Transfer-Encoding: chunked' \
+	-F "data=@$W/evil.bin" "$A/upload/m1.onnx"
 call "F3 with the token, uploads off" 403 '"uploads are disabled on this device"' "${AUTH[@]}" \
 	-F "data=@$W/evil.bin" -F "folder=$F" "$A/upload/m1.onnx"
 check_eq "  the big part on the CDN is unchanged" "$(big_sha)" "$big_before"
