@@ -11,9 +11,11 @@
  * request already refused is read and dropped, so the client always gets
  * the answer, except one announced larger than REST_DISCARD_MAX, and a
  * refused one of unannounced (chunked) length, which are answered before
- * they are read, on a connection that then closes. The doors of docs/trust.md 2 (peer
- * credentials, Host, Origin, bearer token, route, upload switch, content
- * type) are checked in that order before any body byte is kept.
+ * they are read, on a connection that then closes.
+ *
+ * The doors of docs/trust.md 2 (peer credentials, Host, Origin, bearer
+ * token, route, upload switch, content type) are checked in that order
+ * before any body byte is kept.
  *
  * Secrets: JSON bodies (credentials) are kept in locked memory and wiped;
  * jansson's free is set to wipe what it frees (strings parsed out of a
@@ -1021,7 +1023,7 @@ static int rest_name_allowed(const char *name, size_t len, int bracketed, char *
 		buf[--len] = '\0';
 	if (len == 0)
 		return 0;
-	/* Every numeric spelling ("127.1" as curl sends it); no DNS name is all digits. */
+	/* Any numeric spelling ("127.1" as curl sends it) is an address, as browsers read it too. */
 	if (buf[strspn(buf, "0123456789abcdefABCDEFxX.")] == '\0' && inet_aton(buf, &a4))
 		return (ntohl(a4.s_addr) >> 24) == 127;
 	if (strcasecmp(buf, "localhost") == 0)
