@@ -3,10 +3,13 @@
  * caller's buffer (a 206 is checked against its Content-Range; a 200 whose
  * server ignored the range is sliced while it streams and cut off once the
  * slice is in), object sizes, and streamed PUTs; each request optionally
- * signed for S3 by libcurl. No state and no locks of its own.
+ * signed for S3 by libcurl. Its one piece of state is the reason of the
+ * CDN's last refusal (401/403), under its own lock, for the side
+ * endpoint's answer.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -38,7 +41,61 @@ struct range {
 	size_t got;
 	size_t dropped;
 	uint64_t total;
+	char err[1024]; /* the start of an error answer, for a refusal's reason */
+	size_t err_len;
 };
+
+static pthread_mutex_t cdn_refusal_lock = PTHREAD_MUTEX_INITIALIZER;
+static char cdn_refusal_why[256];
+
+void fetch_cdn_refusal(char *out, size_t cap)
+{
+	if (!cap)
+		return;
+	pthread_mutex_lock(&cdn_refusal_lock);
+	snprintf(out, cap, "%s", cdn_refusal_why);
+	pthread_mutex_unlock(&cdn_refusal_lock);
+}
+
+/* The text between <tag> and </tag> in an S3 error document, printable ASCII. */
+static void cdn_xml_field(const char *doc, size_t len, const char *tag, char *out, size_t cap)
+{
+	char open[32], close[32];
+	const char *a, *b;
+	size_t n = 0;
+
+	*out = '\0';
+	snprintf(open, sizeof(open), "<%s>", tag);
+	snprintf(close, sizeof(close), "</%s>", tag);
+	a = memmem(doc, len, open, strlen(open));
+	if (!a)
+		return;
+	a += strlen(open);
+	b = memmem(a, len - (size_t)(a - doc), close, strlen(close));
+	if (!b)
+		return;
+	for (; a < b && n + 1 < cap; a++)
+		out[n++] = *a >= 0x20 && *a < 0x7f ? *a : '?';
+	out[n] = '\0';
+}
+
+/* A 401/403 of the CDN: logged with S3's reason, kept for fetch_cdn_refusal(). */
+static int cdn_refused(struct fetch *f, const char *method, const char *url, long status,
+		       const void *body, size_t len)
+{
+	char u[512], code[64], msg[160], why[256];
+
+	cdn_xml_field(body ? body : "", body ? len : 0, "Code", code, sizeof(code));
+	cdn_xml_field(body ? body : "", body ? len : 0, "Message", msg, sizeof(msg));
+	snprintf(why, sizeof(why), "HTTP %ld%s%s%s%s", status, *code ? ": " : "", code,
+		 *msg ? ": " : "", msg);
+	fetch_url_for_log(url, u, sizeof(u));
+	fetch_logf(f, LOG_ERR, "%s %s: the CDN refused the request: %s", method, u, why);
+	pthread_mutex_lock(&cdn_refusal_lock);
+	snprintf(cdn_refusal_why, sizeof(cdn_refusal_why), "%s", why);
+	pthread_mutex_unlock(&cdn_refusal_lock);
+	return -EKEYREJECTED;
+}
 
 static int parse_u64(const char **p, uint64_t *ret)
 {
@@ -99,6 +156,7 @@ static void range_begin(struct fetch_call *c)
 	rg->want = 0;
 	rg->got = 0;
 	rg->dropped = 0;
+	rg->err_len = 0;
 	rg->total = RANGE_UNKNOWN;
 }
 
@@ -182,6 +240,9 @@ static int range_body(struct fetch_call *c, const uint8_t *data, size_t len)
 		/* The rest of the object is of no use: cut the transfer. */
 		return rg->got == rg->want ? FETCH_STOP : 0;
 	default:
+		take = len < sizeof(rg->err) - rg->err_len ? len : sizeof(rg->err) - rg->err_len;
+		memcpy(rg->err + rg->err_len, data, take);
+		rg->err_len += take;
 		rg->dropped += len;
 		return rg->dropped > RANGE_DISCARD_MAX ? FETCH_STOP : 0;
 	}
@@ -242,6 +303,8 @@ int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3,
 	r = fetch_run(&c);
 	if (r)
 		return r;
+	if (rg.mode == RANGE_OTHER && (c.status == 401 || c.status == 403))
+		return cdn_refused(f, "GET", url, c.status, rg.err, rg.err_len);
 	if (rg.mode == RANGE_OTHER)
 		return fetch_check_status(f, "GET", url, c.status, 0);
 	*ret_len = rg.got;
@@ -265,6 +328,11 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, 
 	if (c.status >= 200 && c.status < 300 && c.length >= 0) {
 		*ret_size = (uint64_t)c.length;
 		return 0;
+	}
+	/* A HEAD refusal has no body to give S3's reason: one byte's GET has. */
+	if (c.status == 401 || c.status == 403) {
+		r = fetch_cdn_range(f, url, s3, 0, 1, &one, &got, &total);
+		return r < 0 ? r : cdn_refused(f, "HEAD", url, c.status, NULL, 0);
 	}
 	if (!(c.status >= 200 && c.status < 300) && c.status != 405 && c.status != 501)
 		return fetch_check_status(f, "HEAD", url, c.status, 0);
@@ -305,7 +373,10 @@ int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3, f
 	r = fetch_exchange(f, &req, NULL, &resp);
 	if (r)
 		return r;
-	r = fetch_check_status(f, "PUT", url, resp.status, 0);
+	if (resp.status == 401 || resp.status == 403)
+		r = cdn_refused(f, "PUT", url, resp.status, resp.body.data, resp.body.len);
+	else
+		r = fetch_check_status(f, "PUT", url, resp.status, 0);
 	fetch_response_free(&resp);
 	return r;
 }

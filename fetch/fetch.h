@@ -197,6 +197,15 @@ int fetch_api_register_chunk_hashes(struct fetch *f, const char *api_url, const 
 /* ---- the CDN ------------------------------------------------------------ */
 
 /*
+ * A 401 or 403 of the CDN (S3 refusing the signature or the keys) is
+ * -EKEYREJECTED from every call below, apart from the API's -EACCES: a new
+ * login would not help. fetch_cdn_refusal() copies the last such answer's
+ * reason ("HTTP 403: SignatureDoesNotMatch: ...", printable ASCII) for an
+ * answer to a caller; "" when there was none.
+ */
+void fetch_cdn_refusal(char *out, size_t cap);
+
+/*
  * Reads len bytes at off of the object at url into buf (Range request).
  * A 206 must carry a matching Content-Range; a 200 (range ignored) is
  * handled by skipping to off. *ret_len may be short only at the object's

@@ -6,13 +6,17 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include "crypto/crypto.h"
 #include "fs/config.h"
@@ -73,6 +77,11 @@ static const struct config_key config_keys[] = {
 	K(readahead_max, T_SIZE, "8M"),
 	K(rest_listen, T_STR, "127.0.0.1:8080"),
 	K(rest_public, T_BOOL, "false"),
+	K(rest_hosts, T_LIST, "loader"),
+	K(rest_upload, T_BOOL, "false"),
+	K(rest_group, T_STR, "azaion"),
+	K(rest_token_file, T_OPT, NULL),
+	K(metrics_listen, T_OPT, NULL),
 	K(images_archive, T_STR, "/opt/azaion/images.enc"),
 	K(images_resource, T_STR, "images.tar"),
 	K(images, T_LIST,
@@ -550,28 +559,91 @@ out_file:
 	return r;
 }
 
-static int config_loopback_listen(const char *listen)
+int config_addr_loopback(const void *sockaddr)
 {
+	const struct sockaddr *sa = sockaddr;
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = sockaddr;
+
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sockaddr)->sin6_addr;
+
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return 0;
+}
+
+int config_listen_loopback(const char *listen)
+{
+	struct addrinfo hints = {.ai_flags = AI_NUMERICSERV, .ai_socktype = SOCK_STREAM};
+	struct addrinfo *res = NULL, *ai;
+	const char *colon = strrchr(listen, ':');
+	char host[256];
+	size_t hl;
+	int r = 1;
+
 	if (strncmp(listen, "unix:", 5) == 0)
 		return 1;
-	return strncmp(listen, "127.", 4) == 0 || strncmp(listen, "localhost:", 10) == 0 ||
-	       strncmp(listen, "[::1]:", 6) == 0;
+	if (!colon || (size_t)(colon - listen) >= sizeof(host))
+		return -EINVAL;
+	hl = (size_t)(colon - listen);
+	if (hl >= 2 && listen[0] == '[' && listen[hl - 1] == ']')
+		snprintf(host, sizeof(host), "%.*s", (int)hl - 2, listen + 1);
+	else
+		snprintf(host, sizeof(host), "%.*s", (int)hl, listen);
+	/* No host is every address; "*" is what some write for it. */
+	if (!*host || strcmp(host, "*") == 0)
+		return 0;
+	/* What the name stands for, not how it is spelt (docs/trust.md). */
+	if (getaddrinfo(host, colon + 1, &hints, &res) != 0)
+		return -EINVAL;
+	for (ai = res; ai; ai = ai->ai_next)
+		if (!config_addr_loopback(ai->ai_addr))
+			r = 0;
+	freeaddrinfo(res);
+	return r;
+}
+
+/* The checks of a HOST:PORT or unix:PATH listen key. */
+static int config_check_listen(const char *key, const char *listen, int public, char **ret_msg)
+{
+	const char *colon = strrchr(listen, ':');
+	int r;
+
+	if (strncmp(listen, "unix:", 5) == 0)
+		return 0;
+	if (!colon || colon == listen || !isdigit((unsigned char)colon[1])) {
+		*ret_msg = config_fmt("%s: expected HOST:PORT or unix:PATH, got '%s'", key, listen);
+		return -EINVAL;
+	}
+	r = config_listen_loopback(listen);
+	if (r < 0) {
+		*ret_msg = config_fmt("%s: '%s' does not resolve to an address", key, listen);
+		return -EINVAL;
+	}
+	if (!public && !r) {
+		*ret_msg = config_fmt("%s: '%s' is not (or not only) a loopback address; set "
+				      "rest_public = true, with rest_token_file, to listen on it",
+				      key, listen);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 int config_check(const struct config *c, char **ret_msg)
 {
-	const char *colon = strrchr(c->rest_listen, ':');
-
-	if (strncmp(c->rest_listen, "unix:", 5) != 0 &&
-	    (!colon || colon == c->rest_listen || !isdigit((unsigned char)colon[1]))) {
-		*ret_msg = config_fmt("rest_listen: expected HOST:PORT or unix:PATH, got '%s'",
-				      c->rest_listen);
+	if (config_check_listen("rest_listen", c->rest_listen, c->rest_public, ret_msg) < 0)
 		return -EINVAL;
-	}
-	if (!c->rest_public && !config_loopback_listen(c->rest_listen)) {
-		*ret_msg = config_fmt("rest_listen: '%s' is not a loopback address; set "
-				      "rest_public = true to listen on it",
-				      c->rest_listen);
+	if (c->metrics_listen &&
+	    config_check_listen("metrics_listen", c->metrics_listen, c->rest_public, ret_msg) < 0)
+		return -EINVAL;
+	if (c->rest_public && !c->rest_token_file) {
+		*ret_msg = config_fmt("rest_public: a public side endpoint needs rest_token_file "
+				      "(a 0600 file with the bearer token its callers send)");
 		return -EINVAL;
 	}
 	if (c->memory_cache < (4ULL << 20)) {

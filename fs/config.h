@@ -47,6 +47,11 @@ struct config {
 	uint64_t readahead_max; /* bytes */
 	char *rest_listen;
 	int rest_public;
+	char **rest_hosts;     /* NULL-terminated: Host names besides loopback ones */
+	int rest_upload;       /* answer F3 at all */
+	char *rest_group;      /* group allowed on a unix: endpoint */
+	char *rest_token_file; /* NULL: no bearer token */
+	char *metrics_listen;  /* NULL: /metrics only on rest_listen */
 	char *images_archive;
 	char *images_resource;
 	char **images; /* NULL-terminated */
@@ -75,6 +80,15 @@ int config_load_file(struct config *c, const char *path, char **ret_msg);
 int config_is_key(const char *key);
 /* Checks values that depend on each other after all sources are read. */
 int config_check(const struct config *c, char **ret_msg);
+/*
+ * 1 when every address a HOST:PORT listen spec resolves to is a loopback
+ * one (so "localhost6", "127.1" and "[::1]" pass, a wildcard or a name
+ * resolving elsewhere does not), 0 when one is not, -EINVAL when it does
+ * not resolve. unix:PATH counts as loopback.
+ */
+int config_listen_loopback(const char *listen);
+/* 1 when the socket address is a loopback one (127/8, ::1, ::ffff:127/104). */
+int config_addr_loopback(const void *sockaddr);
 /* Parses "64M", "4G", "1024" into bytes. */
 int config_parse_size(const char *s, uint64_t *ret);
 

@@ -517,7 +517,34 @@ struct ctl_rest {
 	struct fetch *f;
 	char *base;	    /* http://host:port or http://localhost */
 	const char *socket; /* unix:PATH's path, or NULL */
+	char *token;	    /* rest_token_file's token, secmem; NULL: none */
 };
+
+/*
+ * The daemon is on this machine: it is called localhost whatever address
+ * it listens on, a name its Host rule always accepts (docs/trust.md 2).
+ */
+static const char *const ctl_rest_headers[] = {"Host: localhost", NULL};
+
+/* The bearer token of rest_token_file (readable by root only, as a rule). */
+static int ctl_rest_token(struct ctl *ctl, struct ctl_rest *cr)
+{
+	const char *path = ctl->config->rest_token_file;
+	char *msg = NULL;
+	size_t len = 0;
+	int r;
+
+	r = config_read_secret_file(path, 1, &cr->token, &len, &msg);
+	if (r < 0) {
+		ctl_error("rest_token_file: %s%s", msg ? msg : strerror(-r),
+			  r == -EACCES && geteuid() != 0 ? " (run azaionctl as root)" : "");
+		free(msg);
+		return r;
+	}
+	while (len > 0 && strchr("\r\n \t", cr->token[len - 1]))
+		cr->token[--len] = '\0';
+	return 0;
+}
 
 static int ctl_rest_open(struct ctl *ctl, struct ctl_rest *cr)
 {
@@ -548,9 +575,14 @@ static int ctl_rest_open(struct ctl *ctl, struct ctl_rest *cr)
 	}
 	if (!cr->base)
 		return ctl_error("out of memory");
+	if (ctl->config->rest_token_file && ctl_rest_token(ctl, cr) < 0) {
+		free(cr->base);
+		return 1;
+	}
 	r = fetch_new(&fo, &cr->f);
 	if (r < 0) {
 		free(cr->base);
+		secmem_free(cr->token);
 		return ctl_error("cannot set up HTTP: %s", strerror(-r));
 	}
 	return 0;
@@ -560,6 +592,7 @@ static void ctl_rest_close(struct ctl_rest *cr)
 {
 	fetch_free(cr->f);
 	free(cr->base);
+	secmem_free(cr->token);
 }
 
 static const char *ctl_rest_where(struct ctl *ctl)
@@ -590,6 +623,8 @@ static int ctl_rest_call(struct ctl *ctl, struct ctl_rest *cr, const char *cmd, 
 	struct fetch_request req = {
 		.method = method,
 		.unix_socket = cr->socket,
+		.bearer = cr->token,
+		.headers = ctl_rest_headers,
 		.content_type = body ? "application/json" : NULL,
 		.no_retry = strcmp(method, "GET") != 0,
 	};
@@ -934,6 +969,8 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 	}
 	req.url = url;
 	req.unix_socket = cr.socket;
+	req.bearer = cr.token;
+	req.headers = ctl_rest_headers;
 	req.body = text;
 	req.body_len = strlen(text);
 	r = fetch_request(cr.f, &req, &resp);
@@ -1104,6 +1141,8 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 	}
 	req.url = url;
 	req.unix_socket = cr.socket;
+	req.bearer = cr.token;
+	req.headers = ctl_rest_headers;
 	req.content_type = ctype;
 	req.body_size = (int64_t)b.total;
 	r = fetch_request(cr.f, &req, &resp);

@@ -8,13 +8,24 @@
 
 #include "fs/names.h"
 
-int names_valid(const char *name)
+const char *names_problem(const char *name)
 {
 	size_t n = strlen(name);
 
-	if (n == 0 || n > 255 || strchr(name, '/'))
-		return 0;
-	return strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
+	if (n == 0)
+		return "it is empty";
+	if (n > 255)
+		return "it is longer than 255 bytes";
+	if (strchr(name, '/'))
+		return "it contains '/'";
+	if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return "'.' and '..' are not names";
+	return NULL;
+}
+
+int names_valid(const char *name)
+{
+	return names_problem(name) == NULL;
 }
 
 char *names_url_escape(const char *name)

@@ -452,11 +452,16 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 	struct pub_stream s;
 	struct publish_result res;
 	uint8_t digest[32];
-	char *body = NULL, *url = NULL, *escaped = NULL;
+	char *body = NULL, *url = NULL, *escaped = NULL, *ef = NULL;
 	int r;
 
 	if (!names_valid(req->name)) {
 		*ret_msg = strdup("the name must be 1 to 255 bytes, without '/', and not . or ..");
+		return -EINVAL;
+	}
+	if (!req->folder || !names_valid(req->folder)) {
+		*ret_msg =
+			strdup("the folder must be 1 to 255 bytes, without '/', and not . or ..");
 		return -EINVAL;
 	}
 	if (req->format != 1 && req->format != 2) {
@@ -494,7 +499,9 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 			goto out;
 		}
 		escaped = names_url_escape(req->name);
-		if (!escaped || asprintf(&url, "%s/%s/%s.big", cdn.url, req->folder, escaped) < 0) {
+		ef = names_url_escape(req->folder);
+		if (!escaped || !ef || asprintf(&url, "%s/%s/%s.big", cdn.url, ef, escaped) < 0) {
+			url = NULL;
 			r = -ENOMEM;
 			pub_fail(&s, r, "out of memory");
 			goto out;
@@ -570,6 +577,7 @@ out:
 	}
 	free(url);
 	free(escaped);
+	free(ef);
 	pub_stream_free(&s);
 	return r;
 }

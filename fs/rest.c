@@ -9,8 +9,13 @@
  * answers. Every request answers exactly once, when its body has been
  * read (rest_dispatch); a body that is over its cap or belongs to a
  * request already refused is read and dropped, so the client always gets
- * the answer, except one announced larger than REST_DISCARD_MAX, which is
- * refused before it is read.
+ * the answer, except one announced larger than REST_DISCARD_MAX, and a
+ * refused one of unannounced (chunked) length, which are answered before
+ * they are read, on a connection that then closes.
+ *
+ * The doors of docs/trust.md 2 (peer credentials, Host, Origin, bearer
+ * token, route, upload switch, content type) are checked in that order
+ * before any body byte is kept.
  *
  * Secrets: JSON bodies (credentials) are kept in locked memory and wiped;
  * jansson's free is set to wipe what it frees (strings parsed out of a
@@ -18,25 +23,32 @@
  * size must be known before the publisher starts, docs/formats.md) and wiped.
  * What libmicrohttpd holds in its own connection buffers is beyond reach.
  *
+ * Each listener is a door (rest_listen, and metrics_listen for /metrics
+ * alone) with its own libmicrohttpd daemon; both share the struct rest.
+ *
  * Locking: r->lock guards the API probe's cache and the last catalog
  * refresh time; the counters are atomic; a request's state belongs to its
  * connection's thread.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <malloc.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
 
 #include "crypto/crypto.h"
 #include "fs/log.h"
@@ -59,6 +71,21 @@
 #define REST_API_PROBE_S 5
 #define REST_API_PROBE_MS 2000
 #define REST_REFRESH_MIN_S 2
+#define REST_TOKEN_MIN 16   /* bytes of a bearer token */
+#define REST_PEER_GROUPS 64 /* supplementary groups read at once; more are asked for */
+#define REST_HOST_SHOWN 64  /* bytes of a refused Host or Origin shown back */
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59 /* Linux 4.13; older kernels fall back to the group database */
+#endif
+
+/* Why a body does not fit. */
+enum rest_big {
+	REST_FITS,
+	REST_BIG_BODY,	 /* a JSON body over REST_BODY_MAX */
+	REST_BIG_UPLOAD, /* one upload over REST_UPLOAD_CONN_MAX */
+	REST_BIG_TOTAL,	 /* all uploads in flight over REST_UPLOAD_MAX */
+};
 
 enum rest_route {
 	ROUTE_NONE,
@@ -79,11 +106,23 @@ struct rest_counters {
 	uint64_t logins, login_errors;
 };
 
+/* One listening address and what it serves. */
+struct rest_door {
+	struct rest *r;
+	const char *spec; /* rest_listen or metrics_listen */
+	int metrics_only; /* metrics_listen: /metrics alone */
+	int fd;		  /* until its daemon owns it */
+	char *unix_path;  /* unix:PATH: removed at exit */
+	struct MHD_Daemon *mhd;
+};
+
 struct rest {
 	struct rest_deps d;
-	int fd;
-	char *unix_path;
-	struct MHD_Daemon *mhd;
+	struct rest_door doors[2];
+	size_t n_doors;
+	gid_t group;	     /* rest_group, when a door is a unix: socket */
+	uint8_t *token_hash; /* SHA-256 of the bearer token, locked memory; NULL: none */
+	int serving;
 	struct unlock *unlock;
 	uint8_t *rkey; /* format-1 resource key, locked memory */
 	int stopping;
@@ -113,13 +152,15 @@ struct rest_upload {
 struct rest_req {
 	struct rest *r;
 	enum rest_route route;
-	char *name; /* F2/F3: the path's file name */
+	char *name;   /* F2/F3: the path's file name */
+	int www_auth; /* a 401 for a missing or wrong bearer token */
+	int close;    /* refused at a door: the connection ends with the answer */
 	/* A refusal decided before the body was read: answered after it. */
 	unsigned status;
-	char detail[256];
+	char detail[512];
 	uint8_t *body; /* secmem, REST_BODY_MAX */
 	size_t body_len;
-	int too_big;
+	enum rest_big too_big;
 	int answered; /* refused before its body: the rest of it is dropped */
 	int malformed;
 	int nomem;
@@ -220,12 +261,17 @@ static void rest_upload_clear(struct rest *r, struct rest_upload *up)
 	up->len = 0;
 }
 
-/* Appends F3's plaintext; -EFBIG past the budget of all uploads, -ENOMEM. */
+/*
+ * Appends F3's plaintext; -E2BIG past the cap of one upload, -EFBIG past
+ * the budget of all uploads, -ENOMEM.
+ */
 static int rest_upload_append(struct rest_req *q, const char *data, size_t size)
 {
 	struct rest_upload *up = &q->up;
 	struct rest *r = q->r;
 
+	if (size > REST_UPLOAD_CONN_MAX - up->len)
+		return -E2BIG;
 	while (size) {
 		size_t off = (size_t)(up->len % REST_UPLOAD_CHUNK), n;
 
@@ -292,8 +338,8 @@ static enum MHD_Result rest_upload_iter(void *cls, enum MHD_ValueKind kind, cons
 		}
 		up->has_data = 1;
 		r = rest_upload_append(q, data, size);
-		if (r == -EFBIG) {
-			q->too_big = 1;
+		if (r == -EFBIG || r == -E2BIG) {
+			q->too_big = r == -E2BIG ? REST_BIG_UPLOAD : REST_BIG_TOTAL;
 			return MHD_NO;
 		}
 		if (r < 0) {
@@ -324,7 +370,7 @@ static void rest_take_body(struct rest_req *q, const char *data, size_t size)
 		return;
 	}
 	if (size > REST_BODY_MAX - q->body_len) {
-		q->too_big = 1;
+		q->too_big = REST_BIG_BODY;
 		return;
 	}
 	if (!q->body) {
@@ -521,6 +567,10 @@ static unsigned rest_load_status(int e, const char **why)
 	case -ENOKEY:
 		*why = "not logged in, or the API refused this device (POST /login first)";
 		return MHD_HTTP_UNAUTHORIZED;
+	case -EKEYREJECTED:
+		/* The CDN, not the API, said no: a new login would not help. */
+		*why = "the CDN refused the request";
+		return MHD_HTTP_BAD_GATEWAY;
 	case -ETIMEDOUT:
 		*why = "the CDN or the API did not answer in time";
 		return MHD_HTTP_BAD_GATEWAY;
@@ -598,7 +648,17 @@ static enum MHD_Result rest_load(struct rest *r, struct rest_req *q, struct MHD_
 	}
 	if (err < 0) {
 		status = rest_load_status(err, &why);
-		snprintf(q->detail, sizeof(q->detail), "%.200s: %s", ld->name, why);
+		if (err == -EKEYREJECTED) {
+			char reason[160];
+
+			fetch_cdn_refusal(reason, sizeof(reason));
+			snprintf(q->detail, sizeof(q->detail),
+				 "%.64s: %s (%s); check the CDN's keys (s3_access_key, "
+				 "s3_secret_key_file or cdn.yaml) and the clock",
+				 ld->name, why, reason);
+		} else {
+			snprintf(q->detail, sizeof(q->detail), "%.200s: %s", ld->name, why);
+		}
 		goto fail;
 	}
 	json_decref(doc);
@@ -680,6 +740,7 @@ static unsigned rest_upload_status(int e)
 	case -EIO:
 	case -EPROTO:
 	case -ENOENT:
+	case -EKEYREJECTED: /* the CDN refused the upload */
 		return MHD_HTTP_BAD_GATEWAY;
 	default:
 		return MHD_HTTP_INTERNAL_SERVER_ERROR;
@@ -692,8 +753,8 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 	struct publish_target t = {.fetch = r->d.f, .session = r->d.s};
 	struct publish_req req = {0};
 	struct publish_result res;
-	const char *folder = "models";
-	char *msg = NULL;
+	const char *folder = "models", *why;
+	char *msg = NULL, reason[160] = "";
 	enum MHD_Result ret;
 	unsigned status;
 	int format = 1, e;
@@ -703,9 +764,10 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 				   "field 'data' is required (multipart file field)");
 	if (up->has_folder && up->folder_len)
 		folder = up->folder;
-	if (!names_valid(folder))
+	why = names_problem(folder);
+	if (why)
 		return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
-				   "field 'folder' is not a folder name");
+				   "field 'folder' is not a folder name: %s", why);
 	if (up->has_format && up->format_len) {
 		if (strcmp(up->format, "1") == 0)
 			format = 1;
@@ -715,9 +777,10 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 			return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
 					   "field 'format' must be 1 or 2");
 	}
-	if (!names_valid(q->name))
+	why = names_problem(q->name);
+	if (why)
 		return rest_detail(r, conn, MHD_HTTP_UNPROCESSABLE_CONTENT,
-				   "the file name in the path is not a resource name");
+				   "the file name in the path is not a resource name: %s", why);
 	if (!session_has_credentials(r->d.s))
 		return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
 				   "not logged in (POST /login first)");
@@ -734,9 +797,13 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 	if (e < 0) {
 		REST_COUNT(r, upload_errors, 1);
 		status = rest_upload_status(e);
+		if (e == -EKEYREJECTED)
+			fetch_cdn_refusal(reason, sizeof(reason));
 		log_err("upload %s/%s (format %d, %llu bytes) failed: %s", folder, q->name, format,
 			(unsigned long long)up->len, msg ? msg : strerror(-e));
-		ret = rest_detail(r, conn, status, "upload failed: %s", msg ? msg : strerror(-e));
+		ret = rest_detail(r, conn, status, "upload failed: %s%s%s%s",
+				  msg ? msg : strerror(-e), *reason ? " (the CDN says: " : "",
+				  reason, *reason ? ")" : "");
 		free(msg);
 		return ret;
 	}
@@ -799,8 +866,8 @@ static enum MHD_Result rest_status(struct rest *r, struct MHD_Connection *conn)
 	return rest_json(r, conn, MHD_HTTP_OK,
 			 json_pack("{s:s, s:b, s:s, s:b, s:s, s:s?, s:s, s:I}", "status", "ok",
 				   "authenticated", session_logged_in(r->d.s), "modelCacheDir",
-				   r->d.mountpoint, "mounted", r->mhd != NULL, "tpm", tpm,
-				   "device_id", has_id ? id : NULL, "api",
+				   r->d.mountpoint, "mounted", r->serving, "tpm", tpm, "device_id",
+				   has_id ? id : NULL, "api",
 				   rest_api_reachable(r) ? "ok" : "unreachable", "models",
 				   (json_int_t)rest_models(r)));
 }
@@ -831,7 +898,7 @@ static enum MHD_Result rest_metrics(struct rest *r, struct MHD_Connection *conn)
 		return MHD_NO;
 	rest_metric(m, "authenticated", "gauge", "1 when the last login succeeded",
 		    session_logged_in(r->d.s));
-	rest_metric(m, "mounted", "gauge", "1 while the filesystem is mounted", r->mhd != NULL);
+	rest_metric(m, "mounted", "gauge", "1 while the filesystem is mounted", r->serving);
 	rest_metric(m, "models", "gauge", "files the mount lists", rest_models(r));
 	tpm = device_status(r->d.d, NULL, 0);
 	fprintf(m, "# HELP azaionfs_tpm The TPM's state, 1 for the current one\n"
@@ -934,10 +1001,315 @@ static int rest_has_body(enum rest_route route)
 	       route == ROUTE_UNLOCK;
 }
 
-/* The first call of a request: its route, and what can be refused before the body. */
-static enum MHD_Result rest_begin(struct rest *r, struct MHD_Connection *conn, const char *url,
-				  const char *method, void **con_cls)
+/* ---- the doors (docs/trust.md 2) ------------------------------------------------------ */
+
+/* name (len bytes) is a loopback address written out, localhost, or one of names. */
+static int rest_name_allowed(const char *name, size_t len, int bracketed, char *const *names)
 {
+	char buf[256];
+	struct in6_addr a6;
+	struct in_addr a4;
+
+	if (len == 0 || len >= sizeof(buf))
+		return 0;
+	memcpy(buf, name, len);
+	buf[len] = '\0';
+	if (bracketed)
+		return inet_pton(AF_INET6, buf, &a6) == 1 &&
+		       (IN6_IS_ADDR_LOOPBACK(&a6) ||
+			(IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127));
+	/* The fully qualified spelling of a name ("localhost.") is the same name. */
+	if (buf[len - 1] == '.')
+		buf[--len] = '\0';
+	if (len == 0)
+		return 0;
+	/* Any numeric spelling ("127.1" as curl sends it) is an address, as browsers read it too. */
+	if (buf[strspn(buf, "0123456789abcdefABCDEFxX.")] == '\0' && inet_aton(buf, &a4))
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (strcasecmp(buf, "localhost") == 0)
+		return 1;
+	for (char *const *n = names; n && *n; n++)
+		if (strcasecmp(buf, *n) == 0)
+			return 1;
+	return 0;
+}
+
+int rest_host_allowed(const char *host, char *const *names)
+{
+	const char *end, *port;
+	int bracketed = 0;
+
+	if (!host)
+		return 0;
+	if (*host == '[') {
+		end = strchr(host, ']');
+		if (!end)
+			return 0;
+		host++;
+		port = end + 1;
+		bracketed = 1;
+	} else {
+		end = host + strcspn(host, ":");
+		port = end;
+	}
+	if (*port == ':') {
+		size_t digits = strspn(port + 1, "0123456789");
+
+		if (digits == 0 || digits > 5 || port[1 + digits])
+			return 0;
+	} else if (*port) {
+		return 0;
+	}
+	return rest_name_allowed(host, (size_t)(end - host), bracketed, names);
+}
+
+int rest_origin_allowed(const char *origin, char *const *names)
+{
+	const char *hp = origin ? strstr(origin, "://") : NULL;
+	char host[300];
+	size_t n;
+
+	/* "null" (a sandboxed page, a file) and anything odd is a page we do not know. */
+	if (!hp)
+		return 0;
+	hp += 3;
+	n = strcspn(hp, "/");
+	if (hp[n] || n >= sizeof(host))
+		return 0;
+	memcpy(host, hp, n);
+	host[n] = '\0';
+	return rest_host_allowed(host, names);
+}
+
+int rest_media_type_is(const char *content_type, const char *want)
+{
+	size_t n = strlen(want);
+	const char *p = content_type;
+
+	if (!p)
+		return 0;
+	p += strspn(p, " \t");
+	if (strncasecmp(p, want, n) != 0)
+		return 0;
+	p += n;
+	p += strspn(p, " \t");
+	return *p == '\0' || *p == ';';
+}
+
+int rest_peer_allowed(uid_t uid, gid_t gid, const gid_t *groups, size_t n, gid_t want)
+{
+	if (uid == 0 || gid == want)
+		return 1;
+	for (size_t i = 0; i < n; i++)
+		if (groups[i] == want)
+			return 1;
+	return 0;
+}
+
+/* src as printable ASCII, for a detail that shows what the caller sent. */
+static void rest_printable(char *dst, size_t cap, const char *src)
+{
+	size_t i = 0;
+
+	for (; src && *src && i + 1 < cap; src++)
+		dst[i++] = *src >= 0x20 && *src < 0x7f ? *src : '?';
+	dst[i] = '\0';
+}
+
+/*
+ * The supplementary groups of a unix: peer: from the kernel (SO_PEERGROUPS,
+ * as they were at connect), else, on kernels before 4.13, from the group
+ * database. *ret is malloc()ed; 0 or -errno.
+ */
+static int rest_peer_groups(int fd, uid_t uid, gid_t gid, gid_t **ret, size_t *ret_n)
+{
+	socklen_t len = REST_PEER_GROUPS * sizeof(gid_t);
+	gid_t *g = malloc(len);
+	struct passwd pw, *pwp = NULL;
+	char pwbuf[4096];
+	int n;
+
+	if (!g)
+		return -ENOMEM;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &len) == 0)
+		goto done;
+	if (errno == ERANGE) {
+		gid_t *grown = realloc(g, len);
+
+		if (!grown) {
+			free(g);
+			return -ENOMEM;
+		}
+		g = grown;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &len) == 0)
+			goto done;
+	}
+	if (getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwp) != 0 || !pwp) {
+		len = 0; /* a user without a name: its primary group is all it has */
+		goto done;
+	}
+	n = REST_PEER_GROUPS;
+	if (getgrouplist(pw.pw_name, gid, g, &n) < 0) {
+		gid_t *grown = realloc(g, (size_t)n * sizeof(gid_t));
+
+		if (!grown) {
+			free(g);
+			return -ENOMEM;
+		}
+		g = grown;
+		if (getgrouplist(pw.pw_name, gid, g, &n) < 0)
+			n = 0;
+	}
+	len = (socklen_t)((size_t)n * sizeof(gid_t));
+done:
+	*ret = g;
+	*ret_n = len / sizeof(gid_t);
+	return 0;
+}
+
+/*
+ * On a unix: socket, the peer must be root or in rest_group. A refusal is a
+ * 403 naming the group (and the connection closes), not a silent close, so
+ * that the operator learns which group to join.
+ */
+static void rest_check_peer(struct rest *r, struct MHD_Connection *conn, struct rest_req *q)
+{
+	const union MHD_ConnectionInfo *ci;
+	struct ucred uc;
+	socklen_t sl = sizeof(uc);
+	gid_t *groups = NULL;
+	size_t n = 0;
+	int ok;
+
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (!ci || getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &uc, &sl) < 0) {
+		rest_refuse(q, MHD_HTTP_FORBIDDEN, "cannot tell who is calling (SO_PEERCRED)");
+		q->close = 1;
+		return;
+	}
+	if (rest_peer_groups(ci->connect_fd, uc.uid, uc.gid, &groups, &n) < 0) {
+		rest_refuse(q, MHD_HTTP_FORBIDDEN, "cannot read the caller's groups");
+		q->close = 1;
+		return;
+	}
+	ok = rest_peer_allowed(uc.uid, uc.gid, groups, n, r->group);
+	free(groups);
+	if (ok)
+		return;
+	log_info("side endpoint: refused uid %u (pid %d): neither root nor in group %s",
+		 (unsigned)uc.uid, (int)uc.pid, r->d.c->rest_group);
+	rest_refuse(q, MHD_HTTP_FORBIDDEN,
+		    "uid %u may not call this endpoint: only root and members of group '%.64s' "
+		    "(rest_group) may; add the caller to that group",
+		    (unsigned)uc.uid, r->d.c->rest_group);
+	q->close = 1;
+}
+
+/* Host (DNS rebinding) and Origin (a page in a browser): 421 and 403. */
+static void rest_check_host(struct rest *r, struct MHD_Connection *conn, struct rest_req *q)
+{
+	const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	const char *origin =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ORIGIN);
+	char shown[REST_HOST_SHOWN + 1];
+
+	if (!rest_host_allowed(host, r->d.c->rest_hosts)) {
+		rest_printable(shown, sizeof(shown), host);
+		rest_refuse(q, MHD_HTTP_MISDIRECTED_REQUEST,
+			    host ? "the Host header '%s' names neither a loopback address, "
+				   "localhost nor a name of rest_hosts"
+				 : "a Host header is required%s",
+			    host ? shown : "");
+		q->close = 1;
+		return;
+	}
+	/* Browsers send Origin with every cross-site POST; other clients send none. */
+	if (origin && !rest_origin_allowed(origin, r->d.c->rest_hosts)) {
+		rest_printable(shown, sizeof(shown), origin);
+		rest_refuse(q, MHD_HTTP_FORBIDDEN,
+			    "a request from the web page at '%s' is refused: pages in a browser "
+			    "may not call the side endpoint",
+			    shown);
+		q->close = 1;
+	}
+}
+
+/* With rest_token_file: "Authorization: Bearer <token>", compared in constant time. */
+static void rest_check_token(struct rest *r, struct MHD_Connection *conn, struct rest_req *q)
+{
+	const char *a =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	uint8_t h[32];
+	int ok;
+
+	if (!a || strncasecmp(a, "Bearer ", 7) != 0) {
+		rest_refuse(q, MHD_HTTP_UNAUTHORIZED,
+			    "this endpoint needs 'Authorization: Bearer <token>', the token of "
+			    "rest_token_file");
+		q->www_auth = 1;
+		return;
+	}
+	a += 7;
+	a += strspn(a, " ");
+	/* Hashes of equal length: the time taken tells nothing of the token. */
+	crypto_sha256(a, strlen(a), h);
+	ok = crypto_memcmp(h, r->token_hash, sizeof(h)) == 0;
+	crypto_wipe(h, sizeof(h));
+	if (!ok) {
+		rest_refuse(q, MHD_HTTP_UNAUTHORIZED,
+			    "the bearer token is not the one of rest_token_file");
+		q->www_auth = 1;
+	}
+}
+
+/* JSON bodies say so, F3 says multipart/form-data: what a page cannot send unasked. */
+static void rest_check_type(struct rest_req *q, struct MHD_Connection *conn, const char *url)
+{
+	const char *ct =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+	const char *want = q->route == ROUTE_UPLOAD ? "multipart/form-data" : "application/json";
+	char shown[REST_HOST_SHOWN + 1];
+
+	if (rest_media_type_is(ct, want))
+		return;
+	rest_printable(shown, sizeof(shown), ct);
+	rest_refuse(q, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
+		    "POST %.64s needs Content-Type: %s (got %s%s%s)",
+		    q->route == ROUTE_LOAD     ? "/load/{filename}"
+		    : q->route == ROUTE_UPLOAD ? "/upload/{filename}"
+					       : url,
+		    want, ct ? "'" : "none", shown, ct ? "'" : "");
+}
+
+/* ---- routing, continued ------------------------------------------------------------- */
+
+/* The answer to a request refused before its body; adds what the status calls for. */
+static enum MHD_Result rest_refusal(struct rest *r, struct rest_req *q, struct MHD_Connection *conn)
+{
+	struct MHD_Response *resp;
+
+	resp = rest_json_response(json_pack("{s:s}", "detail", q->detail));
+	if (resp && q->www_auth)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+	if (resp && q->close)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+	if (resp && q->status == MHD_HTTP_METHOD_NOT_ALLOWED) {
+		const struct rest_path *p = NULL;
+
+		for (size_t i = 0; i < sizeof(rest_paths) / sizeof(rest_paths[0]); i++)
+			if (rest_paths[i].route == q->route)
+				p = &rest_paths[i];
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+					p && strcmp(p->method, "GET") == 0 ? "GET, HEAD" : "POST");
+	}
+	return rest_send(r, conn, q->status, resp);
+}
+
+/* The first call of a request: its route, and what can be refused before the body. */
+static enum MHD_Result rest_begin(struct rest_door *door, struct MHD_Connection *conn,
+				  const char *url, const char *method, void **con_cls)
+{
+	struct rest *r = door->r;
 	const struct rest_path *p = rest_match(url);
 	const char *cl;
 	struct rest_req *q;
@@ -949,16 +1321,30 @@ static enum MHD_Result rest_begin(struct rest *r, struct MHD_Connection *conn, c
 		return MHD_NO;
 	q->r = r;
 	*con_cls = q;
-	if (!p) {
+	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl)
+		len = strtoull(cl, NULL, 10);
+	if (door->unix_path)
+		rest_check_peer(r, conn, q);
+	if (!q->status)
+		rest_check_host(r, conn, q);
+	/* GET /health stays open: it tells a supervisor the daemon lives, nothing more. */
+	if (!q->status && r->token_hash &&
+	    !(p && p->route == ROUTE_HEALTH &&
+	      (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)))
+		rest_check_token(r, conn, q);
+	if (!p || (door->metrics_only && p->route != ROUTE_METRICS)) {
 		rest_refuse(q, MHD_HTTP_NOT_FOUND, "Not Found");
-		return MHD_YES;
+		goto refused;
 	}
 	q->route = p->route;
 	if (strcmp(method, p->method) != 0 &&
 	    !(strcmp(method, "HEAD") == 0 && strcmp(p->method, "GET") == 0)) {
 		rest_refuse(q, MHD_HTTP_METHOD_NOT_ALLOWED, "Method Not Allowed");
-		return MHD_YES;
+		goto refused;
 	}
+	if (q->status)
+		goto refused;
 	if (p->prefix) {
 		q->name = strdup(url + strlen(p->path));
 		if (!q->name)
@@ -966,25 +1352,52 @@ static enum MHD_Result rest_begin(struct rest *r, struct MHD_Connection *conn, c
 	}
 	if (!rest_has_body(q->route))
 		return MHD_YES;
-	cap = q->route == ROUTE_UPLOAD ? REST_UPLOAD_MAX + REST_UPLOAD_SLACK : REST_BODY_MAX;
-	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (cl)
-		len = strtoull(cl, NULL, 10);
+	if (q->route == ROUTE_UPLOAD && !r->d.c->rest_upload) {
+		rest_refuse(q, MHD_HTTP_FORBIDDEN, "uploads are disabled on this device");
+		goto refused;
+	}
+	rest_check_type(q, conn, url);
+	/* Before a byte of an upload is locked in memory. */
+	if (!q->status && q->route == ROUTE_UPLOAD && !session_has_credentials(r->d.s))
+		rest_refuse(q, MHD_HTTP_UNAUTHORIZED, "not logged in (POST /login first)");
+	if (q->status)
+		goto refused;
+	cap = q->route == ROUTE_UPLOAD ? REST_UPLOAD_CONN_MAX + REST_UPLOAD_SLACK : REST_BODY_MAX;
 	if (len > cap) {
 		/* Refused at once when reading it all would be a waste, else after it. */
 		if (q->route == ROUTE_UPLOAD || len > REST_DISCARD_MAX) {
 			q->answered = 1;
 			return rest_detail(r, conn, MHD_HTTP_CONTENT_TOO_LARGE,
-					   "the body of %llu bytes is over the limit of %llu", len,
-					   (unsigned long long)cap);
+					   q->route == ROUTE_UPLOAD
+						   ? "the upload of %llu bytes is over the limit "
+						     "of %llu MiB for one upload"
+						   : "the body of %llu bytes is over the limit of "
+						     "%llu KiB",
+					   len,
+					   q->route == ROUTE_UPLOAD ? REST_UPLOAD_CONN_MAX >> 20
+								    : REST_BODY_MAX >> 10);
 		}
-		q->too_big = 1;
+		q->too_big = REST_BIG_BODY;
 	}
 	if (q->route == ROUTE_UPLOAD) {
 		q->pp = MHD_create_post_processor(conn, REST_PP_BUFFER, rest_upload_iter, q);
 		if (!q->pp)
 			rest_refuse(q, MHD_HTTP_UNPROCESSABLE_CONTENT,
 				    "expected a multipart/form-data body with a 'data' file field");
+	}
+	return MHD_YES;
+refused:
+	/*
+	 * Its body is read and dropped, unless it is too large to be worth
+	 * reading, or of a length nobody announced (chunked): then the answer
+	 * goes at once and the connection closes.
+	 */
+	if (len > REST_DISCARD_MAX ||
+	    (!cl && MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						MHD_HTTP_HEADER_TRANSFER_ENCODING))) {
+		q->answered = 1;
+		q->close = 1;
+		return rest_refusal(r, q, conn);
 	}
 	return MHD_YES;
 }
@@ -995,30 +1408,25 @@ static enum MHD_Result rest_dispatch(struct rest *r, struct rest_req *q,
 {
 	enum MHD_Result ret;
 
-	if (q->status == MHD_HTTP_METHOD_NOT_ALLOWED) {
-		const struct rest_path *p = NULL;
-		struct MHD_Response *resp;
-
-		for (size_t i = 0; i < sizeof(rest_paths) / sizeof(rest_paths[0]); i++)
-			if (rest_paths[i].route == q->route)
-				p = &rest_paths[i];
-		resp = rest_json_response(json_pack("{s:s}", "detail", q->detail));
-		if (resp)
-			MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
-						p && strcmp(p->method, "GET") == 0 ? "GET, HEAD"
-										   : "POST");
-		return rest_send(r, conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
-	}
 	if (q->status)
-		return rest_detail(r, conn, q->status, "%s", q->detail);
-	if (q->too_big)
+		return rest_refusal(r, q, conn);
+	switch (q->too_big) {
+	case REST_FITS:
+		break;
+	case REST_BIG_BODY:
 		return rest_detail(r, conn, MHD_HTTP_CONTENT_TOO_LARGE,
-				   q->route == ROUTE_UPLOAD
-					   ? "the upload does not fit in the %llu MiB of locked "
-					     "memory for uploads in flight"
-					   : "the body is over the limit of %llu KiB",
-				   q->route == ROUTE_UPLOAD ? REST_UPLOAD_MAX >> 20
-							    : REST_BODY_MAX >> 10);
+				   "the body is over the limit of %llu KiB",
+				   (unsigned long long)REST_BODY_MAX >> 10);
+	case REST_BIG_UPLOAD:
+		return rest_detail(r, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+				   "the upload is over the limit of %llu MiB for one upload",
+				   REST_UPLOAD_CONN_MAX >> 20);
+	case REST_BIG_TOTAL:
+		return rest_detail(r, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+				   "the upload does not fit in the %llu MiB of locked memory for "
+				   "uploads in flight; try again when the others are done",
+				   REST_UPLOAD_MAX >> 20);
+	}
 	if (q->nomem)
 		return rest_detail(r, conn, MHD_HTTP_CONTENT_TOO_LARGE,
 				   "cannot lock memory for the body (RLIMIT_MEMLOCK?)");
@@ -1067,11 +1475,12 @@ static enum MHD_Result rest_handler(void *cls, struct MHD_Connection *conn, cons
 				    const char *upload_data, size_t *upload_data_size,
 				    void **con_cls)
 {
-	struct rest *r = cls;
+	struct rest_door *door = cls;
+	struct rest *r = door->r;
 	struct rest_req *q = *con_cls;
 
 	if (!q)
-		return rest_begin(r, conn, url, method, con_cls);
+		return rest_begin(door, conn, url, method, con_cls);
 	if (q->answered) {
 		*upload_data_size = 0;
 		return MHD_YES;
@@ -1117,15 +1526,17 @@ static void rest_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- listening, start and stop ------------------------------------------------------- */
 
-static int rest_listen_unix(struct rest *r, const char *path)
+static int rest_listen_unix(struct rest_door *door, const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct rest *r = door->r;
 	struct stat sb;
 	mode_t old;
 	int fd, e;
 
 	if (strlen(path) >= sizeof(sa.sun_path)) {
-		log_err("rest_listen: unix:%s is longer than a socket path may be", path);
+		log_err("%s: unix:%s is longer than a socket path may be",
+			door->metrics_only ? "metrics_listen" : "rest_listen", path);
 		return -ENAMETOOLONG;
 	}
 	memcpy(sa.sun_path, path, strlen(path) + 1);
@@ -1135,7 +1546,7 @@ static int rest_listen_unix(struct rest *r, const char *path)
 	/* A socket left by a daemon that died is replaced; anything else is kept. */
 	if (lstat(path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
 		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			log_err("rest_listen: another process serves unix:%s", path);
+			log_err("%s: another process serves unix:%s", door->spec, path);
 			close(fd);
 			return -EADDRINUSE;
 		}
@@ -1149,24 +1560,32 @@ static int rest_listen_unix(struct rest *r, const char *path)
 	old = umask(0117);
 	e = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
 	umask(old);
+	if (e == 0 && chown(path, (uid_t)-1, r->group) < 0) {
+		e = -errno;
+		log_err("rest_group: cannot give unix:%s to group %s: %s", path, r->d.c->rest_group,
+			strerror(-e));
+	}
 	if (e == 0 && chmod(path, 0660) < 0)
 		e = -errno;
 	if (e == 0 && listen(fd, REST_BACKLOG) < 0)
 		e = -errno;
 	if (e < 0) {
-		log_err("rest_listen: unix:%s: %s", path, strerror(-e));
+		log_err("%s: unix:%s: %s", door->metrics_only ? "metrics_listen" : "rest_listen",
+			path, strerror(-e));
 		close(fd);
+		unlink(path);
 		return e;
 	}
-	r->unix_path = strdup(path);
-	r->fd = fd;
+	door->unix_path = strdup(path);
+	door->fd = fd;
 	return 0;
 }
 
-static int rest_listen_tcp(struct rest *r, const char *spec)
+static int rest_listen_tcp(struct rest_door *door, const char *spec)
 {
 	struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV,
 				 .ai_socktype = SOCK_STREAM};
+	const char *key = door->metrics_only ? "metrics_listen" : "rest_listen";
 	struct addrinfo *res = NULL, *ai;
 	const char *colon = strrchr(spec, ':');
 	char host[256];
@@ -1182,11 +1601,20 @@ static int rest_listen_tcp(struct rest *r, const char *spec)
 		snprintf(host, sizeof(host), "%.*s", (int)hl, spec);
 	e = getaddrinfo(*host ? host : NULL, colon + 1, &hints, &res);
 	if (e != 0) {
-		log_err("rest_listen: %s: %s", spec, gai_strerror(e));
+		log_err("%s: %s: %s", key, spec, gai_strerror(e));
 		return -EINVAL;
 	}
 	e = -EADDRNOTAVAIL;
 	for (ai = res; ai; ai = ai->ai_next) {
+		/* The address bound, not the name written, decides (docs/trust.md 2). */
+		if (!door->r->d.c->rest_public && !config_addr_loopback(ai->ai_addr)) {
+			log_err("%s: %s resolves to a non-loopback address; set rest_public = "
+				"true, with rest_token_file, to listen on it",
+				key, spec);
+			e = -EADDRNOTAVAIL;
+			fd = -1;
+			break;
+		}
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
 		if (fd < 0) {
 			e = -errno;
@@ -1201,16 +1629,101 @@ static int rest_listen_tcp(struct rest *r, const char *spec)
 	}
 	freeaddrinfo(res);
 	if (fd < 0) {
-		log_err("rest_listen: cannot listen on %s: %s", spec, strerror(-e));
+		log_err("%s: cannot listen on %s: %s", key, spec, strerror(-e));
 		return e;
 	}
-	r->fd = fd;
+	door->fd = fd;
+	return 0;
+}
+
+/* rest_group's id (a name, or a number), needed when a door is a unix: socket. */
+static int rest_group_id(struct rest *r)
+{
+	const char *name = r->d.c->rest_group;
+	struct group gr, *grp = NULL;
+	char buf[16384];
+	int e;
+
+	e = getgrnam_r(name, &gr, buf, sizeof(buf), &grp);
+	/* A number is a gid, for a container whose /etc/group lists root alone. */
+	if ((e != 0 || !grp) && *name && name[strspn(name, "0123456789")] == '\0' &&
+	    strlen(name) < 10) {
+		r->group = (gid_t)strtoul(name, NULL, 10);
+		return 0;
+	}
+	if (e != 0 || !grp) {
+		log_err("rest_group: there is no group '%s' on this system: create it (groupadd "
+			"%s) and add the users that may call the side endpoint, or name another "
+			"group",
+			name, name);
+		return e ? -e : -ENOENT;
+	}
+	r->group = grp->gr_gid;
+	return 0;
+}
+
+/* The token of rest_token_file, kept as its SHA-256 in locked memory. */
+static int rest_load_token(struct rest *r)
+{
+	const char *path = r->d.c->rest_token_file;
+	char *token = NULL, *msg = NULL;
+	size_t len = 0;
+	int e;
+
+	e = config_read_secret_file(path, 1, &token, &len, &msg);
+	if (e < 0) {
+		log_err("rest_token_file: %s", msg ? msg : strerror(-e));
+		free(msg);
+		return e;
+	}
+	while (len > 0 && (token[len - 1] == '\n' || token[len - 1] == '\r' ||
+			   token[len - 1] == ' ' || token[len - 1] == '\t'))
+		len--;
+	if (len < REST_TOKEN_MIN || memchr(token, '\n', len)) {
+		log_err("rest_token_file: %s must hold one token of at least %d characters on "
+			"one line (e.g. openssl rand -hex 32 > %s)",
+			path, REST_TOKEN_MIN, path);
+		secmem_free(token);
+		return -EINVAL;
+	}
+	r->token_hash = secmem_alloc(32);
+	if (!r->token_hash) {
+		e = -errno;
+		secmem_free(token);
+		return e;
+	}
+	crypto_sha256(token, len, r->token_hash);
+	secmem_free(token);
+	return 0;
+}
+
+static int rest_open_door(struct rest *r, const char *spec, int metrics_only)
+{
+	struct rest_door *door = &r->doors[r->n_doors];
+	int e;
+
+	door->r = r;
+	door->spec = spec;
+	door->metrics_only = metrics_only;
+	door->fd = -1;
+	if (strncmp(spec, "unix:", 5) == 0) {
+		if (!r->group) {
+			e = rest_group_id(r);
+			if (e < 0)
+				return e;
+		}
+		e = rest_listen_unix(door, spec + 5);
+	} else {
+		e = rest_listen_tcp(door, spec);
+	}
+	if (e < 0)
+		return e;
+	r->n_doors++;
 	return 0;
 }
 
 int rest_new(const struct rest_deps *deps, struct rest **ret)
 {
-	const char *spec = deps->c->rest_listen;
 	struct rest *r;
 	int e;
 
@@ -1218,7 +1731,6 @@ int rest_new(const struct rest_deps *deps, struct rest **ret)
 	if (!r)
 		return -ENOMEM;
 	r->d = *deps;
-	r->fd = -1;
 	pthread_mutex_init(&r->lock, NULL);
 	/* Process-wide, and harmless for every other user of jansson. */
 	json_set_alloc_funcs(malloc, rest_json_free);
@@ -1230,13 +1742,17 @@ int rest_new(const struct rest_deps *deps, struct rest **ret)
 	e = rest_resource_key(deps->c, r->rkey);
 	if (e < 0)
 		goto err;
+	if (deps->c->rest_token_file) {
+		e = rest_load_token(r);
+		if (e < 0)
+			goto err;
+	}
 	e = unlock_new(deps->c, deps->f, deps->s, deps->d, &r->unlock);
 	if (e < 0)
 		goto err;
-	if (strncmp(spec, "unix:", 5) == 0)
-		e = rest_listen_unix(r, spec + 5);
-	else
-		e = rest_listen_tcp(r, spec);
+	e = rest_open_door(r, deps->c->rest_listen, 0);
+	if (e == 0 && deps->c->metrics_listen)
+		e = rest_open_door(r, deps->c->metrics_listen, 1);
 	if (e < 0)
 		goto err;
 	*ret = r;
@@ -1248,21 +1764,29 @@ err:
 
 int rest_start(struct rest *r)
 {
-	r->mhd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-					  MHD_USE_ITC | MHD_USE_POLL | MHD_USE_ERROR_LOG,
-				  0, NULL, NULL, rest_handler, r, MHD_OPTION_LISTEN_SOCKET, r->fd,
-				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)REST_CONN_MAX,
-				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)REST_CONN_TIMEOUT,
-				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)REST_CONN_MEMORY,
-				  MHD_OPTION_NOTIFY_COMPLETED, rest_completed, r,
-				  MHD_OPTION_EXTERNAL_LOGGER, rest_mhd_log, r, MHD_OPTION_END);
-	if (!r->mhd) {
-		log_err("the side endpoint on %s did not start", r->d.c->rest_listen);
-		return -EIO;
+	for (size_t i = 0; i < r->n_doors; i++) {
+		struct rest_door *door = &r->doors[i];
+
+		door->mhd = MHD_start_daemon(
+			MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+				MHD_USE_ITC | MHD_USE_POLL | MHD_USE_ERROR_LOG,
+			0, NULL, NULL, rest_handler, door, MHD_OPTION_LISTEN_SOCKET, door->fd,
+			MHD_OPTION_CONNECTION_LIMIT, (unsigned)REST_CONN_MAX,
+			MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)REST_CONN_TIMEOUT,
+			MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)REST_CONN_MEMORY,
+			MHD_OPTION_NOTIFY_COMPLETED, rest_completed, r, MHD_OPTION_EXTERNAL_LOGGER,
+			rest_mhd_log, r, MHD_OPTION_END);
+		if (!door->mhd) {
+			log_err("the side endpoint on %s did not start", door->spec);
+			return -EIO;
+		}
+		/* The daemon owns the socket now and closes it when it stops. */
+		door->fd = -1;
+		log_info("side endpoint: listening on %s%s%s", door->spec,
+			 door->metrics_only ? " (/metrics only)" : "",
+			 !door->metrics_only && r->token_hash ? " (bearer token required)" : "");
 	}
-	/* The daemon owns the socket now and closes it when it stops. */
-	r->fd = -1;
-	log_info("side endpoint: listening on %s", r->d.c->rest_listen);
+	__atomic_store_n(&r->serving, 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -1274,15 +1798,20 @@ void rest_free(struct rest *r)
 	/* Cancel the unlock first: a handler may be waiting for its start lock. */
 	unlock_free(r->unlock);
 	r->unlock = NULL;
-	if (r->mhd)
-		MHD_stop_daemon(r->mhd);
-	if (r->fd >= 0)
-		close(r->fd);
-	if (r->unix_path) {
-		unlink(r->unix_path);
-		free(r->unix_path);
+	for (size_t i = 0; i < sizeof(r->doors) / sizeof(r->doors[0]); i++) {
+		struct rest_door *door = &r->doors[i];
+
+		if (door->mhd)
+			MHD_stop_daemon(door->mhd);
+		if (door->r && door->fd >= 0)
+			close(door->fd);
+		if (door->unix_path) {
+			unlink(door->unix_path);
+			free(door->unix_path);
+		}
 	}
 	secmem_free(r->rkey);
+	secmem_free(r->token_hash);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
 }

@@ -273,6 +273,7 @@ static int store_reader_errno(int r)
 	case -ENOENT:
 	case -ETIMEDOUT:
 	case -ENOMEM:
+	case -EKEYREJECTED: /* the CDN refused: not a login matter (fetch.h) */
 		return r;
 	default:
 		return -EIO;

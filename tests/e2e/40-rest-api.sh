@@ -30,6 +30,8 @@ tpm = auto
 tpm_tcti = $TPM_TCTI
 tpm_wait = 5
 rest_listen = 127.0.0.1:$PORT
+rest_upload = true
+rest_group = root
 images_archive = $W/no-such-archive.enc
 images = test/absent-$TAG
 docker_socket = $DOCKER_SOCK
@@ -169,7 +171,8 @@ elif step == "flows":
     expect("F3 with format 3", "POST", "/upload/f3.bin", 422,
            *multipart({"folder": FOLDER, "format": "3"}, {"data": ("f3.bin", b"abc")}),
            detail="format")
-    expect("F3 not multipart", "POST", "/upload/j.bin", 422, {"data": "abc"})
+    expect("F3 not multipart", "POST", "/upload/j.bin", 415, {"data": "abc"},
+           detail="multipart/form-data")
     expect("F2 of a missing resource", "POST", "/load/missing.bin", 404,
            {"filename": "missing.bin", "folder": FOLDER})
     expect("F2 without folder", "POST", "/load/small-f1.bin", 422,

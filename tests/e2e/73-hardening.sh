@@ -31,7 +31,7 @@ cp "$STACK_CA" "$W/u/ca.pem"
 cp "$W/creds" "$W/u/creds"
 fs_conf "$W/u/conf" "ca_file=$W/u/ca.pem" "credentials=$W/u/creds" "cdn_url=$NGINX_URL" \
 	"folder=$F" "state_dir=$W/u/state" "cache_max=0" "memory_cache=4M" \
-	"rest_listen=unix:$W/u/rest.sock" "memory_lock=best-effort"
+	"rest_listen=unix:$W/u/rest.sock" "rest_group=$(id -gn "$U")" "memory_lock=best-effort"
 chown -R "$U" "$W/u"
 chmod 600 "$W/u/creds"
 

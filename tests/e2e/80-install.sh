@@ -21,7 +21,8 @@ fs_init t80
 KEYS="api_url cdn_url s3_access_key s3_secret_key_file s3_region folder models ca_file
  credentials hardware_id legacy_resource_secret_file tpm tpm_tcti tpm_pcrs tpm_owner_auth_file
  tpm_wait state_dir cache_dir cache_max memory_cache catalog_ttl io_timeout readahead_max
- rest_listen rest_public images_archive images_resource images images_version docker_socket
+ rest_listen rest_public rest_hosts rest_upload rest_group rest_token_file metrics_listen
+ images_archive images_resource images images_version docker_socket
  log_level"
 KEYS="$KEYS memory_lock"
 

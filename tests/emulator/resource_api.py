@@ -15,7 +15,7 @@ devices:
                             (the empty folder is the directory "_root")
   resources/<folder>/<file>.meta.json   catalog fields of an uploaded part
   keys/<folder>/<name>.json format-2 registrations (K in base64, size, ...)
-  hashes/<folder>/<name>.json  format-1 chunk hashes (trust.md section 4), the
+  hashes/<folder>/<name>.json  format-1 chunk hashes (docs/trust.md section 4), the
                             body GET answers; replaced on republish, removed
                             when a format-2 key replaces the resource
   devices.json              enrolled devices
@@ -43,7 +43,7 @@ Test controls (no authentication; loopback only):
                                         (malformed lists); an empty folder is
                                         written as /_admin/hashes//{name}
 
-Chunk hashes (trust.md section 4), authenticated like the other resource
+Chunk hashes (docs/trust.md section 4), authenticated like the other resource
 routes:
 
   POST /resources/hashes/{folder}/{name} {"chunk_size": n, "sha256": [hex, ...]}
@@ -639,7 +639,7 @@ class Handler(BaseHTTPRequestHandler):
             self.drop_hashes(d, name)
         self.send(201, {"status": "ok"})
 
-    # ---- format-1 chunk hashes (trust.md section 4)
+    # ---- format-1 chunk hashes (docs/trust.md section 4)
     def hashes_path(self, folder, name):
         check_name(name, "name")
         return self.state.path("hashes", folder_dir(folder), name + ".json")

@@ -1,10 +1,14 @@
 /*
  * fuzz_rest.c - the side endpoint's HTTP input: a whole request (request
- * line, headers, body: JSON for F1/F2/F4, multipart for F3) written to a
- * real endpoint (rest_new on loopback TCP, libmicrohttpd and all) running
- * in this process over a daemon with no API, no CDN and no TPM reachable,
- * so every call fails fast. The answer is read to its end; ASan and UBSan
- * judge what the endpoint did with the bytes.
+ * line, headers, body: JSON for F1/F2/F4, multipart for F3) written to two
+ * real endpoints (rest_new, libmicrohttpd and all) running in this process
+ * over a daemon with no API, no CDN and no TPM reachable, so every call
+ * fails fast. Each input goes to both, so that every door of docs/trust.md
+ * 2 sees it: loopback TCP with a bearer token (FUZZ_TOKEN), rest_hosts and
+ * F3 switched on; and a unix: socket whose peer check runs for this
+ * process's own group, with F3 off. The corpus carries the token, Host
+ * headers of every form, content types, Origins. The answer is read to
+ * its end; ASan and UBSan judge what the endpoint did with the bytes.
  */
 #include <errno.h>
 #include <poll.h>
@@ -13,6 +17,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <grp.h>
 #include <time.h>
 #include <netinet/in.h>
 #include <unistd.h>
@@ -27,7 +33,11 @@
 #include "fs/store.h"
 #include "tests/fuzz/fuzz.h"
 
+/* The token the corpus's requests carry. */
+#define FUZZ_TOKEN "fuzz-token-0123456789abcdef"
+
 static struct sockaddr_in fuzz_addr;
+static struct sockaddr_un fuzz_unix = {.sun_family = AF_UNIX};
 
 static void fuzz_set(struct config *c, const char *key, const char *value)
 {
@@ -44,17 +54,19 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	static char dir[] = "/tmp/fuzz-rest.XXXXXX";
 	struct fetch_opts fo = {.timeout_ms = 1000, .connect_timeout_ms = 500, .max_retries = 0};
 	struct rest_deps rd = {0};
-	struct config *c = NULL;
+	struct config *c = NULL, *cu = NULL;
 	struct fetch *f = NULL;
 	struct session *s = NULL;
 	struct device *d = NULL;
 	struct store *st = NULL;
 	struct catalog *cat = NULL;
-	struct rest *r = NULL;
+	struct rest *r = NULL, *ru = NULL;
+	struct group *gr;
 	char path[256], listen[160];
+	FILE *tf;
 
 	log_init("fuzz", LOG_ERR);
-	if (!mkdtemp(dir) || config_new(&c) < 0)
+	if (!mkdtemp(dir) || config_new(&c) < 0 || config_new(&cu) < 0)
 		abort();
 	/* TCP on loopback, as the endpoint is deployed; a port the kernel picks. */
 	{
@@ -79,6 +91,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	fuzz_set(c, "memory_cache", "4M");
 	fuzz_set(c, "io_timeout", "1");
 	fuzz_set(c, "rest_listen", listen);
+	fuzz_set(c, "rest_hosts", "loader, fuzz.example");
+	fuzz_set(c, "rest_upload", "true");
+	snprintf(path, sizeof(path), "%s/token", dir);
+	tf = fopen(path, "w");
+	if (!tf || fputs(FUZZ_TOKEN "\n", tf) < 0 || fclose(tf) != 0 || chmod(path, 0600) < 0)
+		abort();
+	fuzz_set(c, "rest_token_file", path);
 	snprintf(path, sizeof(path), "%s/images.enc", dir);
 	fuzz_set(c, "images_archive", path);
 	snprintf(path, sizeof(path), "%s/docker.sock", dir);
@@ -97,18 +116,35 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	rd.st = st;
 	if (rest_new(&rd, &r) < 0 || rest_start(r) < 0)
 		abort();
+	/* The unix: door: the same daemon, another configuration. */
+	gr = getgrgid(getegid());
+	snprintf(fuzz_unix.sun_path, sizeof(fuzz_unix.sun_path), "%s/rest.sock", dir);
+	snprintf(listen, sizeof(listen), "unix:%s", fuzz_unix.sun_path);
+	fuzz_set(cu, "api_url", "https://127.0.0.1:1");
+	fuzz_set(cu, "tpm", "off");
+	snprintf(path, sizeof(path), "%s/state", dir);
+	fuzz_set(cu, "state_dir", path);
+	fuzz_set(cu, "rest_listen", listen);
+	fuzz_set(cu, "rest_group", gr ? gr->gr_name : "root");
+	snprintf(path, sizeof(path), "%s/images.enc", dir);
+	fuzz_set(cu, "images_archive", path);
+	snprintf(path, sizeof(path), "%s/docker.sock", dir);
+	fuzz_set(cu, "docker_socket", path);
+	rd.c = cu;
+	if (rest_new(&rd, &ru) < 0 || rest_start(ru) < 0)
+		abort();
 	/* Everything lives until the process ends. */
 	return 0;
 }
 
-static int fuzz_connect(void)
+static int fuzz_connect(const struct sockaddr *sa, socklen_t len)
 {
 	int fd;
 
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		abort();
-	if (connect(fd, (struct sockaddr *)&fuzz_addr, sizeof(fuzz_addr)) < 0)
+	if (connect(fd, sa, len) < 0)
 		abort();
 	return fd;
 }
@@ -121,7 +157,8 @@ static long long fuzz_now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* One request to one endpoint, its answer read to the end. */
+static void fuzz_one(const struct sockaddr *sa, socklen_t len, const uint8_t *data, size_t size)
 {
 	struct pollfd p;
 	char buf[4096];
@@ -129,7 +166,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	long long deadline;
 	int fd;
 
-	fd = fuzz_connect();
+	fd = fuzz_connect(sa, len);
 	while (off < size) {
 		ssize_t n = send(fd, data + off, size - off, MSG_NOSIGNAL);
 
@@ -173,5 +210,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 	}
 	close(fd);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	fuzz_one((struct sockaddr *)&fuzz_addr, sizeof(fuzz_addr), data, size);
+	fuzz_one((struct sockaddr *)&fuzz_unix, sizeof(fuzz_unix), data, size);
 	return 0;
 }

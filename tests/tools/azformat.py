@@ -83,7 +83,7 @@ F1_HASH_CHUNK = 1 << 20
 
 
 def f1_chunk_hashes(f, chunk_size: int = F1_HASH_CHUNK) -> dict:
-    """The chunk-hash list of a format-1 big part (trust.md section 4), read
+    """The chunk-hash list of a format-1 big part (docs/trust.md section 4), read
     from the binary file object f a chunk at a time: the SHA-256 of every
     chunk_size bytes, the last chunk possibly shorter, none for no bytes."""
     out = []

@@ -47,7 +47,7 @@ fs_init() {
 }
 
 # fs_conf FILE KEY=VALUE...: the stack's API and CA, the test's credentials,
-# TPM off unless given, then the arguments.
+# TPM off and rest_group root unless given, then the arguments.
 fs_conf() {
 	local f=$1 kv
 	shift
@@ -59,6 +59,8 @@ fs_conf() {
 		for kv in "$@"; do echo "${kv%%=*} = ${kv#*=}"; done
 	} >"$f"
 	grep -q '^tpm = ' "$f" || echo "tpm = off" >>"$f"
+	# A unix: endpoint's group must exist; root's always does.
+	grep -q '^rest_group = ' "$f" || echo "rest_group = root" >>"$f"
 }
 
 fs_publish() {

@@ -47,6 +47,11 @@ static void test_defaults(void)
 	CHECK(!strcmp(c->tpm_tcti, "device:/dev/tpmrm0"), "tpm_tcti default");
 	CHECK(c->tpm_pcrs && !strcmp(c->tpm_pcrs, ""), "tpm_pcrs default empty");
 	CHECK(!strcmp(c->rest_listen, "127.0.0.1:8080") && !c->rest_public, "rest defaults");
+	CHECK(c->rest_hosts && !strcmp(c->rest_hosts[0], "loader") && !c->rest_hosts[1] &&
+		      !c->rest_upload && !strcmp(c->rest_group, "azaion") && !c->rest_token_file &&
+		      !c->metrics_listen,
+	      "rest_hosts loader, rest_upload false, rest_group azaion, no token, no "
+	      "metrics_listen");
 	CHECK(c->images && !strcmp(c->images[0], "azaion/annotations") && c->images[6] &&
 		      !strcmp(c->images[6], "azaion/ai-training") && !c->images[7],
 	      "the seven default images");
@@ -136,7 +141,22 @@ static void test_errors(void)
 	free(msg);
 	msg = NULL;
 	config_set(c, "rest_public", "true", "-o", NULL);
-	CHECK(config_check(c, &msg) == 0, "with rest_public it is accepted");
+	CHECK(config_check(c, &msg) < 0 && msg && strstr(msg, "rest_token_file"),
+	      "rest_public without rest_token_file is refused");
+	free(msg);
+	msg = NULL;
+	config_set(c, "rest_token_file", "/etc/azaion/rest.token", "-o", NULL);
+	CHECK(config_check(c, &msg) == 0, "with rest_public and a token it is accepted");
+	config_set(c, "rest_public", "false", "-o", NULL);
+	config_set(c, "rest_listen", "127.0.0.1:8080", "-o", NULL);
+	config_set(c, "metrics_listen", "0.0.0.0:9100", "-o", NULL);
+	CHECK(config_check(c, &msg) < 0 && msg && strstr(msg, "metrics_listen"),
+	      "a non-loopback metrics_listen needs rest_public");
+	free(msg);
+	msg = NULL;
+	config_set(c, "metrics_listen", "[::1]:9100", "-o", NULL);
+	CHECK(config_check(c, &msg) == 0, "metrics_listen on [::1] accepted");
+	config_set(c, "rest_public", "true", "-o", NULL);
 	config_set(c, "rest_listen", "unix:/run/azaion.sock", "-o", NULL);
 	CHECK(config_check(c, &msg) == 0, "unix socket accepted");
 	config_set(c, "memory_cache", "1M", "-o", NULL);
@@ -144,6 +164,25 @@ static void test_errors(void)
 	      "too small memory_cache refused");
 	free(msg);
 	config_free(c);
+}
+
+static void test_loopback(void)
+{
+	CHECK(config_listen_loopback("127.0.0.1:8080") == 1, "127.0.0.1 is loopback");
+	CHECK(config_listen_loopback("127.1:8080") == 1, "127.1 resolves to loopback");
+	CHECK(config_listen_loopback("[::1]:8080") == 1, "[::1] is loopback");
+	CHECK(config_listen_loopback("[::ffff:127.0.0.9]:8080") == 1,
+	      "a v4-mapped 127/8 address is loopback");
+	CHECK(config_listen_loopback("localhost:8080") == 1, "localhost resolves to loopback");
+	CHECK(config_listen_loopback("unix:/run/azaionfs.sock") == 1, "unix: counts as loopback");
+	CHECK(config_listen_loopback("0.0.0.0:8080") == 0, "0.0.0.0 is not");
+	CHECK(config_listen_loopback(":8080") == 0 && config_listen_loopback("*:8080") == 0,
+	      "no host (every address) is not");
+	CHECK(config_listen_loopback("[::]:8080") == 0, "[::] is not");
+	CHECK(config_listen_loopback("192.0.2.1:8080") == 0, "a TEST-NET address is not");
+	CHECK(config_listen_loopback("128.0.0.1:8080") == 0, "128.0.0.1 is not");
+	CHECK(config_listen_loopback("no-such-host.invalid:8080") < 0,
+	      "a name that does not resolve is an error");
 }
 
 static void test_sizes(void)
@@ -219,6 +258,7 @@ int main(void)
 	test_defaults();
 	test_file_and_options();
 	test_errors();
+	test_loopback();
 	test_sizes();
 	test_secret_files();
 	test_names();
