@@ -1,6 +1,8 @@
 /*
  * tpm.c - the device's TPM objects of tpm.md (storage root key, device
- * key, sealed store) and the flows on them, through tpm2-tss's ESAPI.
+ * key, sealed store) and the flows on them, through tpm2-tss's ESAPI;
+ * and the TPM's half of attested enrolment (trust.md 1): EK certificate,
+ * EK, attestation key, ActivateCredential, Certify, Quote.
  *
  * This is the only file that talks to the TPM. A struct tpm owns one TCTI
  * and one ESYS context. Locking: every public function except
