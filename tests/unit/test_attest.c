@@ -126,8 +126,11 @@ static json_t *evidence_of(const struct tpm_attest *a)
 static int challenge(struct fetch *f, const char *api, const char *token, struct tpm *t,
 		     struct attempt *at, json_t *ev, char **detail)
 {
-	int r = tpm_attest_new(t, &at->a);
+	int r;
 
+	free(*detail);
+	*detail = NULL;
+	r = tpm_attest_new(t, &at->a);
 	if (r < 0)
 		return r;
 	at->evidence = ev ? ev : evidence_of(at->a);
@@ -467,6 +470,8 @@ int main(void)
 		r = r ? r : tpm_attest_new(t3, &at.a);
 		if (r == 0 && at.evidence)
 			set_item(at.evidence, "ak_public", at.a, TPM_ATTEST_AK_PUBLIC);
+		free(detail);
+		detail = NULL;
 		r = r ? r : fetch_api_device_challenge(f, api, token, at.evidence, &at.ch, &detail);
 		CHECK(r == 0, "a challenge for a copied EK certificate and a foreign AK (%d)", r);
 		at.blob = get_b64(at.ch, "credential_blob", &at.blob_len);
