@@ -25,6 +25,8 @@ Test controls (no authentication; loopback only):
   POST /_admin/token_ttl {"seconds": n} token lifetime; null: tokens without exp
   POST /_admin/catalog {"enabled": b}   false: /resources/list answers 404
   GET  /_admin/devices                  the enrolled devices
+  POST /_admin/challenge_ttl {"seconds": n}   lifetime of an enrolment challenge
+                                        (default 300)
   POST /_admin/devices {"name", "hardware", "public_key"}
                                         records a software key without
                                         attestation (publishing tests only)
@@ -125,7 +127,6 @@ class State:
         self.jwt_secret = self._persistent("jwt-secret", 32)
         self.ek_ca = None           # trusted TPM manufacturer CAs (--ek-ca)
         self.challenges = {}        # challenge_id -> what POST /devices checks
-        self.challenge_ttl = 300
         self._persistent("key-fragment", 32)
         self.reset_settings()
 
@@ -141,6 +142,7 @@ class State:
         self.catalog = True
         self.counters = {}
         self.fault = None
+        self.challenge_ttl = 300    # seconds a challenge of POST /devices/challenge lives
 
     def reset_data(self):
         for sub in ("resources", "keys"):
@@ -720,6 +722,11 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 devices = st.load_devices()
             return self.send(200, {"devices": devices})
+        if m == "POST" and what == "challenge_ttl":
+            seconds = want_int(self.read_json().get("seconds"), "seconds")
+            with st.lock:
+                st.challenge_ttl = seconds
+            return self.send(200, {"challenge_ttl": seconds})
         if m == "POST" and what == "devices":
             doc = self.read_json()
             try:

@@ -2,10 +2,12 @@
  * test_attest.c - attested enrolment (trust.md 1) seen from an attacker's
  * side: tpm/ against the stack's swtpm, fetch/ against the API emulator.
  * One honest enrolment gets a device id; its proof replayed, a certify over
- * another nonce, a guessed credential secret, a software public key, a
- * challenge spent by a failed attempt, and a TPM whose EK certificate comes
- * from a CA the API does not trust each get 403 and no device id; an EK
- * certificate copied from a genuine TPM does not activate on another one.
+ * another nonce, a challenge spent by a failed attempt, a guessed
+ * credential secret, a software public key, an altered dk_public, PCR
+ * values other than the quoted ones, an AK that is not restricted, an
+ * expired challenge, and a TPM whose EK certificate comes from a CA the API
+ * does not trust each get 403 and no device id; an EK certificate copied
+ * from a genuine TPM does not activate on another one.
  * Needs the local stack (tests/run) and scripts/stack for the second swtpm.
  */
 #include <errno.h>
@@ -204,6 +206,26 @@ static json_t *admin_devices(struct fetch *f, const char *api)
 		j = json_loadb((const char *)resp.body.data, resp.body.len, 0, NULL);
 	fetch_response_free(&resp);
 	return j;
+}
+
+static int admin_post(struct fetch *f, const char *api, const char *what, const char *body)
+{
+	char url[512];
+	struct fetch_request req = {.method = "POST",
+				    .url = url,
+				    .content_type = "application/json",
+				    .body = body,
+				    .body_len = strlen(body),
+				    .max_response = 65536};
+	struct fetch_response resp = {0};
+	int r;
+
+	snprintf(url, sizeof(url), "%s/_admin/%s", api, what);
+	r = fetch_request(f, &req, &resp);
+	if (r == 0 && resp.status != 200)
+		r = -EIO;
+	fetch_response_free(&resp);
+	return r;
 }
 
 static size_t devices_count(struct fetch *f, const char *api)
@@ -442,6 +464,66 @@ int main(void)
 	CHECK(r == -EPERM && !id && has(detail, "another key"),
 	      "a dk_public other than the certified one: 403, no device id (%s)",
 	      detail ? detail : "-");
+	json_decref(p);
+	p = NULL;
+	attempt_free(&at);
+
+	/* ---- quoted PCR values other than the signed ones */
+	r = challenge(f, api, token, t, &at, NULL, &detail);
+	r = r ? r
+	      : tpm_attest_prove(t, at.a, at.blob, at.blob_len, at.sec, at.sec_len, at.nonce,
+				 at.nonce_len);
+	p = r ? NULL : proof_of(&at, pem);
+	json_object_set_new(
+		json_object_get(json_object_get(json_object_get(p, "quote"), "pcrs"), "sha256"),
+		"7",
+		json_string("11111111111111111111111111111111"
+			    "11111111111111111111111111111111"));
+	r = p ? enrol(f, api, token, p, &id, &detail) : -1;
+	CHECK(r == -EPERM && !id && has(detail, "quote"),
+	      "PCR values other than the quoted ones: 403, no device id (%s)",
+	      detail ? detail : "-");
+	json_decref(p);
+	p = NULL;
+	attempt_free(&at);
+
+	/* ---- an AK that is not restricted */
+	{
+		json_t *ev;
+		uint8_t *ak;
+		size_t n;
+
+		r = tpm_attest_new(t, &at.a);
+		ev = r ? NULL : evidence_of(at.a);
+		ak = ev ? get_b64(ev, "ak_public", &n) : NULL;
+		if (ak && n > 9) {
+			/* objectAttributes at offset 6..9; restricted is 0x10000. */
+			ak[7] &= (uint8_t)~0x01;
+			set_b64(ev, "ak_public", ak, n);
+		}
+		free(ak);
+		free(detail);
+		detail = NULL;
+		r = ev ? fetch_api_device_challenge(f, api, token, ev, &at.ch, &detail) : -1;
+		CHECK(r == -EPERM && has(detail, "restricted signing"),
+		      "an AK without the restricted attribute: 403 before any challenge (%s)",
+		      detail ? detail : "-");
+		json_decref(ev);
+		attempt_free(&at);
+	}
+
+	/* ---- a challenge answered after its lifetime */
+	r = admin_post(f, api, "challenge_ttl", "{\"seconds\": 1}");
+	r = r ? r : challenge(f, api, token, t, &at, NULL, &detail);
+	r = r ? r
+	      : tpm_attest_prove(t, at.a, at.blob, at.blob_len, at.sec, at.sec_len, at.nonce,
+				 at.nonce_len);
+	p = r ? NULL : proof_of(&at, pem);
+	sleep(2);
+	r = p ? enrol(f, api, token, p, &id, &detail) : -1;
+	CHECK(r == -EPERM && !id && has(detail, "expired"),
+	      "a proof after the challenge expired: 403, no device id (%s)", detail ? detail : "-");
+	admin_post(f, api, "challenge_ttl", "{\"seconds\": 300}");
 	json_decref(p);
 	p = NULL;
 	attempt_free(&at);
