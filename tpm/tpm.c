@@ -1994,10 +1994,7 @@ out:
 
 /* ---- attested enrolment (trust.md 1) ------------------------------------ */
 
-#define TPM_EK_CERT_RSA 0x01c00002u    /* TCG EK profile: RSA-2048 EK certificate */
-#define TPM_EK_CERT_ECC 0x01c0000au    /* ECC P-256 */
-#define TPM_EK_CERT_ECC384 0x01c00016u /* high range, ECC P-384 (swtpm's ECC EK) */
-#define TPM_EK_CERT_MAX 4096	       /* largest certificate read from NV */
+#define TPM_EK_CERT_MAX 4096 /* largest certificate read from NV */
 #define TPM_NV_CHUNK 512	       /* bytes per NV_Read, below every TPM's buffer */
 #define TPM_QUOTE_PCRS_MAX 32
 
@@ -2007,7 +2004,28 @@ struct tpm_attest_pcr {
 	TPM2B_DIGEST value;
 };
 
+/*
+ * The EK certificates of the TCG EK Credential Profile, in the order they
+ * are tried, each with the template its EK is created from: L-1 (RSA-2048),
+ * L-2 (ECC P-256), and the high-range P-384 one that swtpm provisions.
+ */
+struct tpm_ek_kind {
+	TPM2_HANDLE nv;
+	const char *what;
+	TPMI_ALG_PUBLIC type;
+	TPMI_ECC_CURVE curve;
+	int high; /* high range: userWithAuth, the empty password authorises */
+};
+
+static const struct tpm_ek_kind tpm_ek_kinds[] = {
+	{0x01c00002u, "RSA-2048", TPM2_ALG_RSA, 0, 0},
+	{0x01c0000au, "ECC P-256", TPM2_ALG_ECC, TPM2_ECC_NIST_P256, 0},
+	{0x01c00016u, "ECC P-384", TPM2_ALG_ECC, TPM2_ECC_NIST_P384, 1},
+};
+#define TPM_EK_KINDS (sizeof(tpm_ek_kinds) / sizeof(tpm_ek_kinds[0]))
+
 struct tpm_attest {
+	const struct tpm_ek_kind *ek;
 	uint8_t *ek_cert;
 	size_t ek_cert_len;
 	TPM2B_PUBLIC ek_pub;
@@ -2026,32 +2044,60 @@ struct tpm_attest {
 	size_t m_len[9];
 };
 
-/* TCG EK Credential Profile, template L-1: the RSA-2048 EK, low range. */
-static const TPM2B_DIGEST tpm_ek_policy = {
-	.size = 32,
-	.buffer = {0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc,
-		   0x8d, 0x46, 0xa5, 0xd7, 0x24, 0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52,
-		   0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa},
-};
+/* PolicySecret(TPM_RH_ENDORSEMENT), the low-range templates' authPolicy (SHA-256). */
+static const uint8_t tpm_ek_policy_low[32] = {
+	0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
+	0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa};
+/* PolicyB-SHA384 of the EK profile's high-range templates. */
+static const uint8_t tpm_ek_policy_high384[48] = {
+	0xb2, 0x6e, 0x7d, 0x28, 0xd1, 0x1a, 0x50, 0xbc, 0x53, 0xd8, 0x82, 0xbc,
+	0xf5, 0xfd, 0x3a, 0x1a, 0x07, 0x41, 0x48, 0xbb, 0x35, 0xd3, 0xb4, 0xe4,
+	0xcb, 0x1c, 0x0a, 0xd9, 0xbd, 0xe4, 0x19, 0xca, 0xcb, 0x47, 0xba, 0x09,
+	0x69, 0x96, 0x46, 0x15, 0x0f, 0x9f, 0xc0, 0x00, 0xf3, 0xf8, 0x0e, 0x12};
 
-static void ek_template(TPM2B_PUBLIC *tmpl)
+static void ek_template(const struct tpm_ek_kind *k, TPM2B_PUBLIC *tmpl)
 {
+	TPMT_PUBLIC *a = &tmpl->publicArea;
+
 	memset(tmpl, 0, sizeof(*tmpl));
-	tmpl->publicArea.type = TPM2_ALG_RSA;
-	tmpl->publicArea.nameAlg = TPM2_ALG_SHA256;
-	tmpl->publicArea.objectAttributes =
-		TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-		TPMA_OBJECT_ADMINWITHPOLICY | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
-	tmpl->publicArea.authPolicy = tpm_ek_policy;
-	tmpl->publicArea.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_AES;
-	tmpl->publicArea.parameters.rsaDetail.symmetric.keyBits.aes = 128;
-	tmpl->publicArea.parameters.rsaDetail.symmetric.mode.aes = TPM2_ALG_CFB;
-	tmpl->publicArea.parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
-	tmpl->publicArea.parameters.rsaDetail.keyBits = 2048;
-	tmpl->publicArea.unique.rsa.size = 256; /* zeros, as the profile says */
+	a->type = k->type;
+	a->objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+			      TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_ADMINWITHPOLICY |
+			      TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
+	if (k->high) {
+		a->nameAlg = TPM2_ALG_SHA384;
+		a->objectAttributes |= TPMA_OBJECT_USERWITHAUTH;
+		a->authPolicy.size = sizeof(tpm_ek_policy_high384);
+		memcpy(a->authPolicy.buffer, tpm_ek_policy_high384, sizeof(tpm_ek_policy_high384));
+	} else {
+		a->nameAlg = TPM2_ALG_SHA256;
+		a->authPolicy.size = sizeof(tpm_ek_policy_low);
+		memcpy(a->authPolicy.buffer, tpm_ek_policy_low, sizeof(tpm_ek_policy_low));
+	}
+	if (k->type == TPM2_ALG_RSA) {
+		a->parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_AES;
+		a->parameters.rsaDetail.symmetric.keyBits.aes = 128;
+		a->parameters.rsaDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+		a->parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
+		a->parameters.rsaDetail.keyBits = 2048;
+		a->unique.rsa.size = 256; /* zeros, as the profile says */
+		return;
+	}
+	a->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
+	a->parameters.eccDetail.symmetric.keyBits.aes = k->high ? 256 : 128;
+	a->parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+	a->parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+	a->parameters.eccDetail.curveID = k->curve;
+	a->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+	if (!k->high) {
+		/* Low range: 32 zero bytes for x and y; high range: empty. */
+		a->unique.ecc.x.size = 32;
+		a->unique.ecc.y.size = 32;
+	}
 }
 
-static int ek_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC *ret_pub)
+static int ek_create(struct tpm *t, const struct tpm_ek_kind *k, ESYS_TR *ret,
+		     TPM2B_PUBLIC *ret_pub)
 {
 	TPM2B_PUBLIC tmpl, *pub = NULL;
 	TPM2B_SENSITIVE_CREATE in = {0};
@@ -2060,7 +2106,7 @@ static int ek_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC *ret_pub)
 	ESYS_TR h = ESYS_TR_NONE;
 	TSS2_RC rc;
 
-	ek_template(&tmpl);
+	ek_template(k, &tmpl);
 	rc = Esys_CreatePrimary(t->esys, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD, ESYS_TR_NONE,
 				ESYS_TR_NONE, &in, &tmpl, &outside, &creation, &h, &pub, NULL, NULL,
 				NULL);
@@ -2094,43 +2140,33 @@ static int nv_size(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_h, size_t *ret
 	return 1;
 }
 
-static int ek_cert_read(struct tpm *t, uint8_t **ret, size_t *ret_len)
+static int ek_cert_read(struct tpm *t, const struct tpm_ek_kind **ret_kind, uint8_t **ret,
+			size_t *ret_len)
 {
-	static const TPM2_HANDLE ecc[] = {TPM_EK_CERT_ECC, TPM_EK_CERT_ECC384};
+	const struct tpm_ek_kind *k = NULL;
 	TPM2B_MAX_NV_BUFFER *part = NULL;
 	ESYS_TR h = ESYS_TR_NONE;
 	size_t size = 0, off = 0, i;
 	uint8_t *buf;
 	TSS2_RC rc;
-	int r;
+	int r = 0;
 
-	r = nv_size(t, TPM_EK_CERT_RSA, &h, &size);
-	if (r < 0)
-		return r;
-	if (r == 0) {
-		for (i = 0; i < sizeof(ecc) / sizeof(ecc[0]); i++) {
-			r = nv_size(t, ecc[i], &h, &size);
-			if (r < 0)
-				return r;
-			if (r) {
-				Esys_TR_Close(t->esys, &h);
-				return tpm_fail(
-					t, -ENOKEY,
-					"tpm: this TPM has only an ECC EK certificate (NV "
-					"0x%08x); enrolment needs the RSA-2048 EK certificate "
-					"at 0x%08x (swtpm: swtpm_setup --create-ek-cert makes "
-					"both)",
-					ecc[i], TPM_EK_CERT_RSA);
-			}
-		}
-		return tpm_fail(t, -ENOKEY,
-				"tpm: no EK certificate in the TPM's NV (index 0x%08x): the API "
-				"enrols only a TPM its manufacturer certified. A Jetson Orin's "
-				"fTPM gets one from the board's provisioning (EKB); for swtpm run "
-				"swtpm_setup --create-ek-cert; otherwise write the manufacturer's "
-				"DER certificate with tpm2_nvdefine 0x%08x and tpm2_nvwrite",
-				TPM_EK_CERT_RSA, TPM_EK_CERT_RSA);
+	for (i = 0; i < TPM_EK_KINDS && r == 0; i++) {
+		r = nv_size(t, tpm_ek_kinds[i].nv, &h, &size);
+		if (r < 0)
+			return r;
+		k = &tpm_ek_kinds[i];
 	}
+	if (r == 0)
+		return tpm_fail(t, -ENOKEY,
+				"tpm: no EK certificate in the TPM's NV (indices 0x%08x, 0x%08x, "
+				"0x%08x): the API enrols only a TPM its manufacturer certified. A "
+				"Jetson Orin's fTPM gets one from the board's provisioning (EKB); for "
+				"swtpm run swtpm_setup --create-ek-cert; otherwise write the "
+				"manufacturer's DER certificate with tpm2_nvdefine 0x%08x and "
+				"tpm2_nvwrite",
+				tpm_ek_kinds[0].nv, tpm_ek_kinds[1].nv, tpm_ek_kinds[2].nv,
+				tpm_ek_kinds[0].nv);
 	if (size == 0 || size > TPM_EK_CERT_MAX) {
 		Esys_TR_Close(t->esys, &h);
 		return tpm_fail(t, -EKEYREJECTED, "tpm: the EK certificate index holds %zu bytes",
@@ -2160,6 +2196,7 @@ static int ek_cert_read(struct tpm *t, uint8_t **ret, size_t *ret_len)
 		off += n;
 	}
 	Esys_TR_Close(t->esys, &h);
+	*ret_kind = k;
 	*ret = buf;
 	*ret_len = size;
 	return 0;
@@ -2173,42 +2210,67 @@ out_free:
  * The certificate's key must be the EK's (n and e); *ret_len becomes the
  * DER's own length (an NV index may be padded).
  */
-static int ek_cert_check(struct tpm *t, const uint8_t *der, size_t *len, const TPM2B_PUBLIC *ek)
+/* 1 when key is the RSA key of ek (n, e = 65537). */
+static int ek_rsa_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
 {
-	const unsigned char *p = der;
 	const TPM2B_PUBLIC_KEY_RSA *n = &ek->publicArea.unique.rsa;
 	uint8_t mod[TPM2_MAX_RSA_KEY_BYTES];
 	BIGNUM *bn_n = NULL, *bn_e = NULL;
+	int eq;
+
+	eq = EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA &&
+	     EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_N, &bn_n) == 1 &&
+	     EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &bn_e) == 1 &&
+	     BN_num_bytes(bn_n) == n->size && n->size <= sizeof(mod) &&
+	     BN_bn2binpad(bn_n, mod, n->size) == n->size && !memcmp(mod, n->buffer, n->size) &&
+	     BN_is_word(bn_e, 65537);
+	BN_free(bn_n);
+	BN_free(bn_e);
+	return eq;
+}
+
+/* 1 when key is the EC point of ek (uncompressed 04 || x || y). */
+static int ek_ecc_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
+{
+	const TPMS_ECC_POINT *q = &ek->publicArea.unique.ecc;
+	uint8_t pt[1 + 2 * TPM2_MAX_ECC_KEY_BYTES];
+	size_t len = 0;
+
+	return EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
+	       EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, pt,
+					       sizeof(pt), &len) == 1 &&
+	       q->x.size == q->y.size && len == 1 + 2u * q->x.size && pt[0] == 0x04 &&
+	       !memcmp(pt + 1, q->x.buffer, q->x.size) &&
+	       !memcmp(pt + 1 + q->x.size, q->y.buffer, q->y.size);
+}
+
+/*
+ * The certificate's key must be the EK's; *ret_len becomes the DER's own
+ * length (an NV index may be padded).
+ */
+static int ek_cert_check(struct tpm *t, const struct tpm_ek_kind *k, const uint8_t *der,
+			 size_t *len, const TPM2B_PUBLIC *ek)
+{
+	const unsigned char *p = der;
 	EVP_PKEY *key;
 	X509 *x;
-	int r = -EKEYREJECTED;
+	int eq;
 
 	x = d2i_X509(NULL, &p, (long)*len);
 	if (!x)
 		return tpm_fail(t, -EKEYREJECTED,
-				"tpm: the EK certificate in NV 0x%08x is not DER X.509",
-				TPM_EK_CERT_RSA);
+				"tpm: the EK certificate in NV 0x%08x is not DER X.509", k->nv);
 	key = X509_get0_pubkey(x);
-	if (!key || EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA ||
-	    EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_N, &bn_n) != 1 ||
-	    EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &bn_e) != 1 ||
-	    BN_num_bytes(bn_n) != n->size || n->size > sizeof(mod) ||
-	    BN_bn2binpad(bn_n, mod, n->size) != n->size || memcmp(mod, n->buffer, n->size) ||
-	    !BN_is_word(bn_e, 65537)) {
-		r = tpm_fail(t, -EKEYREJECTED,
-			     "tpm: the EK certificate in NV 0x%08x does not certify this TPM's "
-			     "EK (TCG default template): the certificate belongs to another TPM "
-			     "or the EK template differs",
-			     TPM_EK_CERT_RSA);
-		goto out;
-	}
-	*len = (size_t)(p - der);
-	r = 0;
-out:
-	BN_free(bn_n);
-	BN_free(bn_e);
+	eq = key && (k->type == TPM2_ALG_RSA ? ek_rsa_equal(key, ek) : ek_ecc_equal(key, ek));
 	X509_free(x);
-	return r;
+	if (!eq)
+		return tpm_fail(t, -EKEYREJECTED,
+				"tpm: the %s EK certificate in NV 0x%08x does not certify this "
+				"TPM's EK (TCG default template): the certificate belongs to another "
+				"TPM or the EK template differs",
+				k->what, k->nv);
+	*len = (size_t)(p - der);
+	return 0;
 }
 
 static int ak_create(struct tpm *t, TPM2B_PUBLIC *ret_pub, TPM2B_PRIVATE *ret_priv)
@@ -2247,14 +2309,14 @@ static int attest_new_once(struct tpm *t, struct tpm_attest *a)
 
 	free(a->ek_cert);
 	a->ek_cert = NULL;
-	r = ek_cert_read(t, &a->ek_cert, &a->ek_cert_len);
+	r = ek_cert_read(t, &a->ek, &a->ek_cert, &a->ek_cert_len);
 	if (r < 0)
 		return r;
-	r = ek_create(t, &ek, &a->ek_pub);
+	r = ek_create(t, a->ek, &ek, &a->ek_pub);
 	if (r < 0)
 		return r;
 	handle_flush(t, &ek);
-	r = ek_cert_check(t, a->ek_cert, &a->ek_cert_len, &a->ek_pub);
+	r = ek_cert_check(t, a->ek, a->ek_cert, &a->ek_cert_len, &a->ek_pub);
 	if (r < 0)
 		return r;
 	r = srk_get(t);
@@ -2325,7 +2387,11 @@ static int attest_activate(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
 	r = session_start(t, TPM2_SE_HMAC, 1, TPMA_SESSION_ENCRYPT, &hmac);
 	if (r < 0)
 		goto out;
-	r = ek_session(t, &pol);
+	/* A low-range EK answers to PolicySecret(endorsement), a high-range one to its password. */
+	if (a->ek->high)
+		pol = ESYS_TR_PASSWORD;
+	else
+		r = ek_session(t, &pol);
 	if (r < 0)
 		goto out;
 	/*
@@ -2333,7 +2399,7 @@ static int attest_activate(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
 	 * in a TPM with three object slots (swtpm, some firmware TPMs).
 	 */
 	objects_park(t);
-	r = ek_create(t, &ek, NULL);
+	r = ek_create(t, a->ek, &ek, NULL);
 	if (r < 0)
 		goto out;
 	rc = Esys_ActivateCredential(t->esys, ak, ek, hmac, pol, ESYS_TR_NONE, blob, sec, &cred);
@@ -2359,7 +2425,8 @@ static int attest_activate(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
 	esys_scrub(t);
 	r = 0;
 out:
-	handle_flush(t, &pol);
+	if (pol != ESYS_TR_PASSWORD)
+		handle_flush(t, &pol);
 	handle_flush(t, &hmac);
 	handle_flush(t, &ek);
 	return r;

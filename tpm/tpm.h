@@ -116,9 +116,10 @@ int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf,
  * this TPM, for the API's two calls. One struct tpm_attest is one attempt:
  * its AK and the proof built over one challenge.
  *
- * tpm_attest_new reads the EK certificate from NV (RSA-2048 EK, index
- * 0x01c00002), creates the EK from the TCG default template, checks that
- * its public key is the certificate's, and creates an AK (restricted
+ * tpm_attest_new reads the EK certificate from NV (the first of RSA-2048
+ * at 0x01c00002, ECC P-256 at 0x01c0000a, high-range ECC P-384 at
+ * 0x01c00016), creates the EK from the TCG template of that index, checks
+ * that its public key is the certificate's, and creates an AK (restricted
  * signing, fixedTPM, fixedParent, sensitiveDataOrigin) under the SRK.
  * -ENOKEY: no EK certificate (the message says how to provision one);
  * -EKEYREJECTED: a certificate that does not match the TPM's EK.

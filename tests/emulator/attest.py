@@ -229,12 +229,23 @@ def check_ek_cert(der: bytes, bundle: list) -> x509.Certificate:
             raise Refused("the EK certificate chain is too long")
 
 
+CURVES = {0x0003: ec.SECP256R1, 0x0004: ec.SECP384R1}
+
+
 def check_ek_public(ek: Public, cert: x509.Certificate):
     key = cert.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise Refused("the EK certificate's key is not RSA (only RSA EKs are enrolled)")
-    nums = key.public_numbers()
-    if ek.type != ALG_RSA or ek.n != nums.n or ek.e != nums.e:
+    if isinstance(key, rsa.RSAPublicKey):
+        nums = key.public_numbers()
+        same = ek.type == ALG_RSA and ek.n == nums.n and ek.e == nums.e
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        nums = key.public_numbers()
+        same = (ek.type == ALG_ECC and ek.curve in CURVES
+                and key.curve.name == CURVES[ek.curve].name
+                and int.from_bytes(ek.x, "big") == nums.x
+                and int.from_bytes(ek.y, "big") == nums.y)
+    else:
+        raise Refused("the EK certificate's key is neither RSA nor ECC")
+    if not same:
         raise Refused("ek_public does not hold the EK certificate's key")
     if not ek.has(RESTRICTED | DECRYPT | FIXED_TPM | FIXED_PARENT):
         raise Refused("ek_public is not a restricted decryption key fixed to its TPM")
@@ -262,14 +273,35 @@ def kdfa(halg: int, key: bytes, label: bytes, u: bytes, v: bytes, bits: int) -> 
     return out[:bits // 8]
 
 
+def kdfe(halg: int, z: bytes, label: bytes, u: bytes, v: bytes, bits: int) -> bytes:
+    out, i = b"", 1
+    while len(out) * 8 < bits:
+        out += HASHES[halg](struct.pack(">I", i) + z + label + b"\0" + u + v).digest()
+        i += 1
+    return out[:bits // 8]
+
+
 def make_credential(ek: Public, ak_name: bytes, secret: bytes):
     """(credential_blob, encrypted_secret), both with their size fields."""
     halg = ek.name_alg
     dsize = HASHES[halg]().digest_size
-    seed = os.urandom(dsize)
-    enc = ek.rsa_key("ek_public").encrypt(
-        seed, padding.OAEP(mgf=padding.MGF1(CRYPTO_HASHES[halg]()),
-                           algorithm=CRYPTO_HASHES[halg](), label=b"IDENTITY\0"))
+    if ek.type == ALG_RSA:
+        seed = os.urandom(dsize)
+        enc = ek.rsa_key("ek_public").encrypt(
+            seed, padding.OAEP(mgf=padding.MGF1(CRYPTO_HASHES[halg]()),
+                               algorithm=CRYPTO_HASHES[halg](), label=b"IDENTITY\0"))
+    else:
+        # The seed from an ephemeral ECDH with the EK (KDFe), the point sent.
+        curve = CURVES[ek.curve]()
+        size = (curve.key_size + 7) // 8
+        peer = ec.EllipticCurvePublicNumbers(int.from_bytes(ek.x, "big"),
+                                             int.from_bytes(ek.y, "big"), curve).public_key()
+        eph = ec.generate_private_key(curve)
+        z = eph.exchange(ec.ECDH(), peer)
+        pn = eph.public_key().public_numbers()
+        ex, ey = pn.x.to_bytes(size, "big"), pn.y.to_bytes(size, "big")
+        seed = kdfe(halg, z, b"IDENTITY", ex, ek.x, dsize * 8)
+        enc = tpm2b(ex) + tpm2b(ey)
     sym = kdfa(halg, seed, b"STORAGE", ak_name, b"", ek.sym_bits)
     c = Cipher(algorithms.AES(sym), modes.CFB(b"\0" * 16)).encryptor()
     enc_identity = c.update(tpm2b(secret)) + c.finalize()

@@ -7,7 +7,8 @@
  * values other than the quoted ones, an AK that is not restricted, an
  * expired challenge, and a TPM whose EK certificate comes from a CA the API
  * does not trust each get 403 and no device id; an EK certificate copied
- * from a genuine TPM does not activate on another one.
+ * from a genuine TPM does not activate on another one; a TPM whose only EK
+ * certificate is the high-range ECC P-384 one enrols as well.
  * Needs the local stack (tests/run) and scripts/stack for the second swtpm.
  */
 #include <errno.h>
@@ -264,6 +265,7 @@ static int untrusted_tpm(const char *top, const char *stack, const char *cadir, 
 	FILE *p;
 	int ok;
 
+	/* cadir "": the stack's own CA, a TPM the API trusts. */
 	snprintf(cmd, sizeof(cmd), "AZ_STACK_EK_CA='%s' '%s/scripts/stack' tpm2 '%s' '%s'", cadir,
 		 top, stack, name);
 	p = popen(cmd, "r");
@@ -570,7 +572,42 @@ int main(void)
 		tpm_attest_free(genuine.a);
 		attempt_free(&at);
 	}
-	CHECK(devices_count(f, api) == n0 + 1, "the API enrolled the honest device only");
+	/* ---- a TPM with only the high-range ECC P-384 EK certificate */
+	{
+		char tcti4[256], name4[80], nvcmd[512];
+		struct tpm *t4 = NULL;
+		char *pem4 = NULL;
+
+		snprintf(name4, sizeof(name4), "%secc", name);
+		r = untrusted_tpm(top, stack, "", name4, tcti4, sizeof(tcti4));
+		snprintf(nvcmd, sizeof(nvcmd),
+			 "TPM2TOOLS_TCTI='%s' tpm2_nvundefine -C p 0x01c00002 >/dev/null 2>&1",
+			 tcti4);
+		r = r ? r : system(nvcmd);
+		CHECK(r == 0, "a trusted swtpm whose RSA EK certificate is removed (%d)", r);
+		snprintf(sub, sizeof(sub), "%s/c", dir);
+		r = r ? r : open_tpm(tcti4, sub, NULL, &t4);
+		r = r ? r : tpm_enroll(t4, "x", 1, &pem4);
+		r = r ? r : challenge(f, api, token, t4, &at, NULL, &detail);
+		r = r ? r
+		      : tpm_attest_prove(t4, at.a, at.blob, at.blob_len, at.sec, at.sec_len,
+					 at.nonce, at.nonce_len);
+		p = r ? NULL : proof_of(&at, pem4);
+		r = p ? enrol(f, api, token, p, &id, &detail) : r;
+		CHECK(r == 0 && id,
+		      "its P-384 EK (0x01c00016, password-authorised) enrols: a device id (%d, %s)",
+		      r, detail ? detail : "");
+		n0 += r == 0;
+		free(id);
+		id = NULL;
+		json_decref(p);
+		p = NULL;
+		attempt_free(&at);
+		tpm_close(t4);
+		free(pem4);
+		untrusted_stop(stack, name4);
+	}
+	CHECK(devices_count(f, api) == n0 + 1, "the API enrolled the honest devices only");
 	CHECK(!strstr(logs, pw), "no password in the log");
 out:
 	untrusted_stop(stack, name);
