@@ -575,7 +575,6 @@ int fetch_api_device_enrol(struct fetch *f, const char *api_url_base, const char
 		return -EINVAL;
 	/* The challenge is spent by any attempt: never sent twice. */
 	r = api_attest_post(f, api_url_base, "/devices", token, proof, 1, &ans, ret_detail);
-	wipe_member(proof, "secret");
 	if (r)
 		return r;
 	id = json_object_get(ans, "device_id");

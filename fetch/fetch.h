@@ -140,8 +140,8 @@ int fetch_api_upload(struct fetch *f, const char *api_url, const char *token, co
  * evidence object ({"name", "hardware", "ek_cert", "ek_public",
  * "ak_public"}): *ret the answer ({"challenge_id", "credential_blob",
  * "encrypted_secret", "nonce"}). POST /devices with the proof object
- * (its "secret" member is wiped here): *ret_device_id malloc()ed; sent
- * once, never retried. A 403 is -EPERM with *ret_detail (may be NULL;
+ * (the caller wipes its "secret" member: a 401 sends it again after a new
+ * login): *ret_device_id malloc()ed; never retried on its own. A 403 is -EPERM with *ret_detail (may be NULL;
  * malloc()ed) the API's reason, and is logged.
  */
 int fetch_api_device_challenge(struct fetch *f, const char *api_url, const char *token,

@@ -528,6 +528,15 @@ static int json_get_b64(const json_t *obj, const char *key, uint8_t **ret, size_
 	return 0;
 }
 
+/* jansson frees its strings unwiped: wipe a secret member in place first. */
+static void json_wipe_member(json_t *obj, const char *key)
+{
+	json_t *v = json_object_get(obj, key);
+
+	if (json_is_string(v))
+		crypto_wipe((void *)json_string_value(v), json_string_length(v));
+}
+
 /* The evidence of POST /devices/challenge: name, EK certificate, EK and AK publics. */
 static json_t *device_evidence(const struct tpm_attest *a)
 {
@@ -672,6 +681,7 @@ static int device_register(struct device *d, const char *pem)
 		goto out;
 	}
 	r = session_device_enrol(d->s, proof, &id, &detail);
+	json_wipe_member(proof, "secret");
 	if (r == -EPERM) {
 		device_enrol_failed(d, r, "the API refused the proof (POST /devices)",
 				    detail ? detail : "no reason given");
