@@ -2041,7 +2041,6 @@ struct tpm_attest {
 	size_t npcrs;
 	/* Marshalled copies handed out by tpm_attest_item. */
 	uint8_t m[9][sizeof(TPM2B_PUBLIC) + sizeof(TPM2B_ATTEST)];
-	size_t m_len[9];
 };
 
 /* PolicySecret(TPM_RH_ENDORSEMENT), the low-range templates' authPolicy (SHA-256). */
@@ -2625,7 +2624,6 @@ int tpm_attest_item(const struct tpm_attest *a, enum tpm_attest_item which, cons
 	}
 	if (rc != TSS2_RC_SUCCESS)
 		return -EIO;
-	w->m_len[which] = off;
 	*ret = buf;
 	*ret_len = off;
 	return 0;
