@@ -487,49 +487,96 @@ int fetch_api_upload(struct fetch *f, const char *api_url_base, const char *toke
 	return r;
 }
 
-int fetch_api_register_device(struct fetch *f, const char *api_url_base, const char *token,
-			      const char *name, const char *hardware, const char *public_pem,
-			      char **ret_device_id)
+/*
+ * One POST of attested enrolment (docs/trust.md 1). A 403 is the API's verdict
+ * on the evidence, not on the token: -EPERM with its detail, never the
+ * -EACCES that would make the caller log in again and send it twice.
+ */
+static int api_attest_post(struct fetch *f, const char *api_url_base, const char *path,
+			   const char *token, json_t *obj, int no_retry, json_t **ret,
+			   char **ret_detail)
 {
 	struct fetch_request req = {
 		.method = "POST",
 		.bearer = token,
 		.content_type = "application/json",
 		.max_response = API_JSON_MAX,
+		.no_retry = no_retry,
 	};
-	struct fetch_buf b = {0};
-	json_t *obj, *ans = NULL, *id;
-	char *body = NULL, *url, *dev = NULL;
+	struct fetch_response resp = {0};
+	json_t *ans = NULL, *detail;
+	char *body = NULL, *url, u[512];
 	size_t body_len = 0;
 	int r;
 
-	if (!name || !hardware || !public_pem)
-		return -EINVAL;
-	url = api_url(api_url_base, "/devices", NULL, NULL);
+	url = api_url(api_url_base, path, NULL, NULL);
 	if (!url)
 		return -EINVAL;
-	obj = json_pack("{s:s, s:s, s:s}", "name", name, "hardware", hardware, "public_key",
-			public_pem);
-	if (!obj) {
-		r = -EINVAL;
-		goto out;
-	}
 	r = json_body(obj, &body, &body_len);
-	json_decref(obj);
 	if (r)
 		goto out;
 	req.url = url;
 	req.body = body;
 	req.body_len = body_len;
-	/* Idempotent by contract (same key, same id): retries are safe. */
-	r = api_exchange(f, &req, NULL, 0, &b);
+	r = fetch_exchange(f, &req, NULL, &resp);
 	body_free(body, body_len);
 	if (r)
 		goto out;
-	r = api_parse(f, &req, &b, &ans);
-	fetch_buf_free(&b);
+	if (resp.status == 403) {
+		json_error_t e;
+
+		fetch_url_for_log(url, u, sizeof(u));
+		ans = json_loadb((const char *)resp.body.data, resp.body.len, 0, &e);
+		detail = json_object_get(ans, "detail");
+		fetch_logf(f, LOG_ERR, "POST %s: HTTP 403: the API refused the evidence: %s", u,
+			   json_is_string(detail) ? json_string_value(detail) : "(no detail)");
+		if (ret_detail && json_is_string(detail))
+			*ret_detail = strdup(json_string_value(detail));
+		json_decref(ans);
+		r = -EPERM;
+		goto out_resp;
+	}
+	r = fetch_check_status(f, req.method, url, resp.status, 0);
 	if (r)
-		goto out;
+		goto out_resp;
+	r = api_parse(f, &req, &resp.body, ret);
+out_resp:
+	fetch_response_free(&resp);
+out:
+	free(url);
+	return r;
+}
+
+int fetch_api_device_challenge(struct fetch *f, const char *api_url_base, const char *token,
+			       json_t *evidence, json_t **ret, char **ret_detail)
+{
+	json_t *ans = NULL;
+	int r;
+
+	if (!json_is_object(evidence) || !ret)
+		return -EINVAL;
+	r = api_attest_post(f, api_url_base, "/devices/challenge", token, evidence, 0, &ans,
+			    ret_detail);
+	if (r)
+		return r;
+	*ret = ans;
+	return 0;
+}
+
+int fetch_api_device_enrol(struct fetch *f, const char *api_url_base, const char *token,
+			   json_t *proof, char **ret_device_id, char **ret_detail)
+{
+	struct fetch_request req = {.method = "POST", .url = "/devices"};
+	json_t *ans = NULL, *id;
+	char *dev = NULL;
+	int r;
+
+	if (!json_is_object(proof) || !ret_device_id)
+		return -EINVAL;
+	/* The challenge is spent by any attempt: never sent twice. */
+	r = api_attest_post(f, api_url_base, "/devices", token, proof, 1, &ans, ret_detail);
+	if (r)
+		return r;
 	id = json_object_get(ans, "device_id");
 	if (json_is_string(id) && json_string_length(id)) {
 		dev = strdup(json_string_value(id));
@@ -538,16 +585,14 @@ int fetch_api_register_device(struct fetch *f, const char *api_url_base, const c
 			dev = NULL;
 	} else {
 		r = api_bad_answer(f, &req, "the answer has no device_id");
-		goto out_json;
+		goto out;
 	}
 	if (dev)
 		*ret_device_id = dev;
 	else
 		r = -ENOMEM;
-out_json:
-	json_decref(ans);
 out:
-	free(url);
+	json_decref(ans);
 	return r;
 }
 

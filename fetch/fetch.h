@@ -147,10 +147,19 @@ int fetch_api_key_fragment(struct fetch *f, const char *api_url, const char *tok
 int fetch_api_upload(struct fetch *f, const char *api_url, const char *token, const char *folder,
 		     const char *file_name, const void *data, size_t len,
 		     const char *const *fields);
-/* POST /devices; *ret_device_id malloc()ed. */
-int fetch_api_register_device(struct fetch *f, const char *api_url, const char *token,
-			      const char *name, const char *hardware, const char *public_pem,
-			      char **ret_device_id);
+/*
+ * Attested enrolment (docs/trust.md 1). POST /devices/challenge with the
+ * evidence object ({"name", "hardware", "ek_cert", "ek_public",
+ * "ak_public"}): *ret the answer ({"challenge_id", "credential_blob",
+ * "encrypted_secret", "nonce"}). POST /devices with the proof object
+ * (the caller wipes its "secret" member: a 401 sends it again after a new
+ * login): *ret_device_id malloc()ed; never retried on its own. A 403 is -EPERM with *ret_detail (may be NULL;
+ * malloc()ed) the API's reason, and is logged.
+ */
+int fetch_api_device_challenge(struct fetch *f, const char *api_url, const char *token,
+			       json_t *evidence, json_t **ret, char **ret_detail);
+int fetch_api_device_enrol(struct fetch *f, const char *api_url, const char *token, json_t *proof,
+			   char **ret_device_id, char **ret_detail);
 /* GET /resources/key/{folder}/{name} with X-Device-Id: the JSON small part;
  * -ENOENT (logged at LOG_DEBUG) for an unknown or revoked device or a
  * resource that is not format 2. */

@@ -65,7 +65,7 @@ static const struct config_key config_keys[] = {
 	K(legacy_resource_secret_file, T_OPT, NULL),
 	K(tpm, T_TPM, "auto"),
 	K(tpm_tcti, T_STR, "device:/dev/tpmrm0"),
-	K(tpm_pcrs, T_PCRS, ""),
+	K(tpm_pcrs, T_PCRS, NULL), /* unset: config_tpm_pcrs() */
 	K(tpm_owner_auth_file, T_OPT, NULL),
 	K(tpm_wait, T_SECONDS, "60"),
 	K(state_dir, T_STR, "/var/lib/azaionfs"),
@@ -328,6 +328,9 @@ static int config_assign(struct config *c, const struct config_key *k, const cha
 			config_fail(ret_msg, where, k->name, "must not be empty");
 			return -EINVAL;
 		}
+		/* "none": the explicit opt-out of the default binding (config_tpm_pcrs). */
+		if (k->type == T_PCRS && !strcmp(value, "none"))
+			value = "";
 		if (k->type == T_PCRS && config_check_pcrs(value) < 0) {
 			config_fail(ret_msg, where, k->name,
 				    "expected a PCR selection such as sha256:0,2,7, got '%s'",
@@ -632,6 +635,14 @@ static int config_check_listen(const char *key, const char *listen, int public, 
 		return -EINVAL;
 	}
 	return 0;
+}
+
+const char *config_tpm_pcrs(const struct config *c)
+{
+	if (c->tpm_pcrs)
+		return c->tpm_pcrs;
+	/* A device that requires a TPM binds to its secure-boot state by default. */
+	return c->tpm == CONFIG_TPM_REQUIRED ? CONFIG_TPM_PCRS_REQUIRED : "";
 }
 
 int config_check(const struct config *c, char **ret_msg)

@@ -35,7 +35,7 @@ struct config {
 	char *legacy_resource_secret_file;
 	enum config_tpm tpm;
 	char *tpm_tcti;
-	char *tpm_pcrs; /* "" for none */
+	char *tpm_pcrs; /* NULL: unset; "" for none ("none" in the file) */
 	char *tpm_owner_auth_file;
 	unsigned tpm_wait; /* seconds */
 	char *state_dir;
@@ -78,6 +78,13 @@ int config_set(struct config *c, const char *key, const char *value, const char 
 int config_load_file(struct config *c, const char *path, char **ret_msg);
 /* 1 when key is one of docs/config.md's keys. */
 int config_is_key(const char *key);
+/*
+ * The PCR selection the TPM objects are bound to: tpm_pcrs when set ("" for
+ * none), else PCR 7 (secure-boot state) with tpm = required and none with
+ * tpm = auto (docs/tpm.md).
+ */
+#define CONFIG_TPM_PCRS_REQUIRED "sha256:7"
+const char *config_tpm_pcrs(const struct config *c);
 /* Checks values that depend on each other after all sources are read. */
 int config_check(const struct config *c, char **ret_msg);
 /*

@@ -24,6 +24,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "crypto/crypto.h"
 #include "fs/device.h"
 #include "fs/log.h"
@@ -380,7 +382,7 @@ int device_new(const struct config *c, struct session *s, struct device **ret)
 	}
 	o.tcti = c->tpm_tcti;
 	o.wait_seconds = c->tpm_wait;
-	o.pcrs = c->tpm_pcrs;
+	o.pcrs = config_tpm_pcrs(c);
 	o.owner_auth = (const uint8_t *)auth;
 	o.owner_auth_len = auth_len;
 	o.state_dir = c->state_dir;
@@ -479,26 +481,235 @@ int device_login(struct device *d)
 
 /* ---- enrolment -------------------------------------------------------------- */
 
-static int device_register(struct device *d, const char *pem)
+/* obj[key] = base64 of data. */
+static int json_set_b64(json_t *obj, const char *key, const uint8_t *data, size_t len)
 {
-	char host[256] = "azaionfs", *id = NULL;
+	char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+	int r = -ENOMEM;
+
+	if (!b64)
+		return -ENOMEM;
+	crypto_b64_encode(data, len, b64);
+	if (json_object_set_new(obj, key, json_string(b64)) == 0)
+		r = 0;
+	free(b64);
+	return r;
+}
+
+static int json_set_item(json_t *obj, const char *key, const struct tpm_attest *a,
+			 enum tpm_attest_item which)
+{
+	const uint8_t *data;
+	size_t len;
 	int r;
 
+	r = tpm_attest_item(a, which, &data, &len);
+	return r < 0 ? r : json_set_b64(obj, key, data, len);
+}
+
+/* The base64 member key of the API's answer, decoded into a malloc()ed buffer. */
+static int json_get_b64(const json_t *obj, const char *key, uint8_t **ret, size_t *ret_len)
+{
+	const json_t *v = json_object_get(obj, key);
+	size_t n, len;
+	uint8_t *buf;
+
+	if (!json_is_string(v) || (n = json_string_length(v)) == 0 || n > 8192)
+		return -EPROTO;
+	buf = malloc(n);
+	if (!buf)
+		return -ENOMEM;
+	if (crypto_b64_decode(json_string_value(v), n, buf, n, &len) < 0) {
+		free(buf);
+		return -EPROTO;
+	}
+	*ret = buf;
+	*ret_len = len;
+	return 0;
+}
+
+/* jansson frees its strings unwiped: wipe a secret member in place first. */
+static void json_wipe_member(json_t *obj, const char *key)
+{
+	json_t *v = json_object_get(obj, key);
+
+	if (json_is_string(v))
+		crypto_wipe((void *)json_string_value(v), json_string_length(v));
+}
+
+/* The evidence of POST /devices/challenge: name, EK certificate, EK and AK publics. */
+static json_t *device_evidence(const struct tpm_attest *a)
+{
+	char host[256] = "azaionfs";
+	json_t *ev = json_object();
+
 	gethostname(host, sizeof(host) - 1);
-	r = session_register_device(d->s, host, pem, &id);
+	if (!ev || json_object_set_new(ev, "name", json_string(host)) ||
+	    json_set_item(ev, "ek_cert", a, TPM_ATTEST_EK_CERT) < 0 ||
+	    json_set_item(ev, "ek_public", a, TPM_ATTEST_EK_PUBLIC) < 0 ||
+	    json_set_item(ev, "ak_public", a, TPM_ATTEST_AK_PUBLIC) < 0) {
+		json_decref(ev);
+		return NULL;
+	}
+	return ev;
+}
+
+/* The quote member of POST /devices, when the key is bound to PCRs; NULL otherwise. */
+static int device_quote(const struct tpm_attest *a, json_t **ret)
+{
+	json_t *q = NULL, *pcrs, *bank;
+	const uint8_t *digest;
+	const char *name;
+	char idx[16], hex[2 * 64 + 1];
+	unsigned index;
+	size_t i, len;
+	int r;
+
+	*ret = NULL;
+	q = json_object();
+	pcrs = json_object();
+	if (!q || !pcrs || json_object_set_new(q, "pcrs", pcrs)) {
+		json_decref(q);
+		return -ENOMEM;
+	}
+	r = json_set_item(q, "info", a, TPM_ATTEST_QUOTE_INFO);
+	if (r == -ENOENT) {
+		json_decref(q);
+		return 0;
+	}
+	if (r == 0)
+		r = json_set_item(q, "signature", a, TPM_ATTEST_QUOTE_SIGNATURE);
+	for (i = 0; r == 0 && tpm_attest_pcr(a, i, &name, &index, &digest, &len) == 0; i++) {
+		bank = json_object_get(pcrs, name);
+		if (!bank && json_object_set_new(pcrs, name, bank = json_object()))
+			r = -ENOMEM;
+		if (r == 0 && len * 2 < sizeof(hex)) {
+			crypto_hex(digest, len, hex);
+			snprintf(idx, sizeof(idx), "%u", index);
+			if (json_object_set_new(bank, idx, json_string(hex)))
+				r = -ENOMEM;
+		}
+	}
 	if (r < 0) {
-		log_err("TPM: registering the device with the API failed: %s", strerror(-r));
+		json_decref(q);
 		return r;
+	}
+	*ret = q;
+	return 0;
+}
+
+/* The proof of POST /devices, from a proved attempt and the challenge's id. */
+static json_t *device_proof(const struct tpm_attest *a, json_t *challenge_id, const char *pem)
+{
+	json_t *p = json_object(), *quote = NULL;
+
+	if (!p || json_object_set(p, "challenge_id", challenge_id) ||
+	    json_set_item(p, "secret", a, TPM_ATTEST_SECRET) < 0 ||
+	    json_object_set_new(p, "public_key", json_string(pem)) ||
+	    json_set_item(p, "dk_public", a, TPM_ATTEST_DK_PUBLIC) < 0 ||
+	    json_set_item(p, "certify_info", a, TPM_ATTEST_CERTIFY_INFO) < 0 ||
+	    json_set_item(p, "certify_signature", a, TPM_ATTEST_CERTIFY_SIGNATURE) < 0 ||
+	    device_quote(a, &quote) < 0 || (quote && json_object_set_new(p, "quote", quote))) {
+		json_decref(p);
+		return NULL;
+	}
+	return p;
+}
+
+/* Logs and records a failed enrolment step; returns r. */
+static int device_enrol_failed(struct device *d, int r, const char *what, const char *why)
+{
+	char msg[512];
+
+	snprintf(msg, sizeof(msg), "enrolment: %s: %s", what, why);
+	log_err("TPM: %s", msg);
+	device_set_status(d, "error", msg);
+	return r;
+}
+
+/*
+ * Attested enrolment of the loaded device key (docs/trust.md 1): evidence,
+ * challenge, proof, device id. A refusal (-EPERM) names the API's reason;
+ * the next login starts again from a new challenge.
+ */
+static int device_register(struct device *d, const char *pem)
+{
+	struct tpm_attest *a = NULL;
+	json_t *ev = NULL, *ch = NULL, *proof = NULL;
+	uint8_t *blob = NULL, *sec = NULL, *nonce = NULL;
+	size_t blob_len = 0, sec_len = 0, nonce_len = 0;
+	char *id = NULL, *detail = NULL;
+	int r;
+
+	r = tpm_attest_new(d->tpm, &a);
+	if (r < 0) {
+		device_enrol_failed(d, r, "this TPM cannot attest its key", tpm_last_error(d->tpm));
+		goto out;
+	}
+	ev = device_evidence(a);
+	if (!ev) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = session_device_challenge(d->s, ev, &ch, &detail);
+	if (r == -EPERM) {
+		device_enrol_failed(d, r, "the API refused this TPM's EK certificate or AK",
+				    detail ? detail : "no reason given");
+		goto out;
+	}
+	if (r < 0) {
+		device_enrol_failed(d, r, "POST /devices/challenge failed", strerror(-r));
+		goto out;
+	}
+	if (!json_object_get(ch, "challenge_id") ||
+	    json_get_b64(ch, "credential_blob", &blob, &blob_len) < 0 ||
+	    json_get_b64(ch, "encrypted_secret", &sec, &sec_len) < 0 ||
+	    json_get_b64(ch, "nonce", &nonce, &nonce_len) < 0) {
+		r = device_enrol_failed(d, -EPROTO, "the API's challenge",
+					"lacks challenge_id, credential_blob, encrypted_secret "
+					"or nonce (base64)");
+		goto out;
+	}
+	r = tpm_attest_prove(d->tpm, a, blob, blob_len, sec, sec_len, nonce, nonce_len);
+	if (r < 0) {
+		device_enrol_failed(d, r, "answering the API's challenge", tpm_last_error(d->tpm));
+		goto out;
+	}
+	proof = device_proof(a, json_object_get(ch, "challenge_id"), pem);
+	if (!proof) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = session_device_enrol(d->s, proof, &id, &detail);
+	json_wipe_member(proof, "secret");
+	if (r == -EPERM) {
+		device_enrol_failed(d, r, "the API refused the proof (POST /devices)",
+				    detail ? detail : "no reason given");
+		goto out;
+	}
+	if (r < 0) {
+		device_enrol_failed(d, r, "POST /devices failed", strerror(-r));
+		goto out;
 	}
 	r = device_write_id(d, id);
 	if (r == 0) {
 		pthread_mutex_lock(&d->lock);
 		snprintf(d->id, sizeof(d->id), "%s", id);
 		device_stamp_of(d->id_path, &d->id_stamp);
+		device_status_locked(d, "ok", NULL);
 		pthread_mutex_unlock(&d->lock);
-		log_info("TPM: device enrolled as %s", id);
+		log_info("TPM: device enrolled as %s (attested by its EK certificate)", id);
 	}
+out:
 	free(id);
+	free(detail);
+	free(blob);
+	free(sec);
+	free(nonce);
+	json_decref(proof);
+	json_decref(ch);
+	json_decref(ev);
+	tpm_attest_free(a);
 	return r;
 }
 
@@ -623,14 +834,16 @@ static int device_enroll_common(struct device *d, int force)
 			need = 1;
 		}
 	}
+	if (!need && !have_id && r == 0) {
+		/*
+		 * Enrolled before, but never registered (the API refused, or was
+		 * away): a new key and a new attempt from a new challenge.
+		 */
+		log_info("TPM: the device key has no device id yet: enrolling again");
+		need = 1;
+	}
 	if (!need) {
 		r = 0;
-		if (!have_id) {
-			/* Enrolled before, but never registered: the same key gets the same id. */
-			r = tpm_public_pem(d->tpm, &pem);
-			if (r == 0)
-				r = device_register(d, pem);
-		}
 		goto out;
 	}
 	if (r < 0) {

@@ -790,30 +790,63 @@ int session_key_fragment(struct session *s, uint8_t **ret, size_t *ret_len)
 	return 0;
 }
 
-struct session_register_ctx {
-	const char *name;
-	const char *pem;
+struct session_attest_ctx {
+	json_t *body;
+	json_t *answer;
 	char *id;
+	char *detail;
 };
 
-static int session_register_fn(struct session *s, const char *token, const struct session_creds *cr,
-			       void *ctx)
+static int session_challenge_fn(struct session *s, const char *token,
+				const struct session_creds *cr, void *ctx)
 {
-	struct session_register_ctx *rc = ctx;
+	struct session_attest_ctx *ac = ctx;
 
-	return fetch_api_register_device(s->f, s->c->api_url, token, rc->name, s->hw, rc->pem,
-					 &rc->id);
+	return fetch_api_device_challenge(s->f, s->c->api_url, token, ac->body, &ac->answer,
+					  &ac->detail);
 }
 
-int session_register_device(struct session *s, const char *name, const char *pem, char **ret_id)
+int session_device_challenge(struct session *s, json_t *evidence, json_t **ret, char **ret_detail)
 {
-	struct session_register_ctx rc = {.name = name, .pem = pem};
+	struct session_attest_ctx ac = {.body = evidence};
 	int r;
 
-	r = session_call(s, session_register_fn, &rc);
-	if (r < 0)
+	if (json_object_set_new(evidence, "hardware", json_string(s->hw)))
+		return -ENOMEM;
+	r = session_call(s, session_challenge_fn, &ac);
+	if (r < 0) {
+		if (ret_detail)
+			*ret_detail = ac.detail;
+		else
+			free(ac.detail);
 		return r;
-	*ret_id = rc.id;
+	}
+	*ret = ac.answer;
+	return 0;
+}
+
+static int session_enrol_fn(struct session *s, const char *token, const struct session_creds *cr,
+			    void *ctx)
+{
+	struct session_attest_ctx *ac = ctx;
+
+	return fetch_api_device_enrol(s->f, s->c->api_url, token, ac->body, &ac->id, &ac->detail);
+}
+
+int session_device_enrol(struct session *s, json_t *proof, char **ret_id, char **ret_detail)
+{
+	struct session_attest_ctx ac = {.body = proof};
+	int r;
+
+	r = session_call(s, session_enrol_fn, &ac);
+	if (r < 0) {
+		if (ret_detail)
+			*ret_detail = ac.detail;
+		else
+			free(ac.detail);
+		return r;
+	}
+	*ret_id = ac.id;
 	return 0;
 }
 

@@ -57,8 +57,14 @@ int session_device_key(struct session *s, const char *folder, const char *name,
 		       const char *device_id, json_t **ret);
 /* GET /binary-split/key-fragment (Docker unlock, format 1); *ret is secmem_free()d. */
 int session_key_fragment(struct session *s, uint8_t **ret, size_t *ret_len);
-/* POST /devices; *ret_id malloc()ed. */
-int session_register_device(struct session *s, const char *name, const char *pem, char **ret_id);
+/*
+ * Attested enrolment (docs/trust.md 1): POST /devices/challenge with evidence
+ * (the session adds "hardware"), then POST /devices with the proof.
+ * -EPERM when the API refuses (403), *ret_detail (malloc()ed, may be
+ * NULL) its reason.
+ */
+int session_device_challenge(struct session *s, json_t *evidence, json_t **ret, char **ret_detail);
+int session_device_enrol(struct session *s, json_t *proof, char **ret_id, char **ret_detail);
 
 /*
  * Where big parts live. The configured cdn_url and S3 keys win; keys from

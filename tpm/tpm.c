@@ -1,6 +1,8 @@
 /*
  * tpm.c - the device's TPM objects of docs/tpm.md (storage root key, device
- * key, sealed store) and the flows on them, through tpm2-tss's ESAPI.
+ * key, sealed store) and the flows on them, through tpm2-tss's ESAPI;
+ * and the TPM's half of attested enrolment (docs/trust.md 1): EK certificate,
+ * EK, attestation key, ActivateCredential, Certify, Quote.
  *
  * This is the only file that talks to the TPM. A struct tpm owns one TCTI
  * and one ESYS context. Locking: every public function except
@@ -45,6 +47,7 @@
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_mu.h>
@@ -1064,10 +1067,16 @@ static int dk_create(struct tpm *t, const TPM2B_DIGEST *policy, TPM2B_PUBLIC *re
 		.publicArea = {
 			.type = TPM2_ALG_RSA,
 			.nameAlg = TPM2_ALG_SHA256,
+			/*
+			 * Bound to PCRs, the USER role (RSA_Decrypt) answers to the
+			 * policy only; the ADMIN role (Certify at enrolment) keeps its
+			 * empty authValue, because a policy for ADMIN would have to
+			 * name each command (PolicyCommandCode).
+			 */
 			.objectAttributes = TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
 					    TPMA_OBJECT_FIXEDPARENT |
 					    TPMA_OBJECT_SENSITIVEDATAORIGIN |
-					    auth_attrs(policy),
+					    (policy->size ? 0 : TPMA_OBJECT_USERWITHAUTH),
 			.authPolicy = *policy,
 			.parameters.rsaDetail = {
 				.symmetric = { .algorithm = TPM2_ALG_NULL },
@@ -1981,6 +1990,673 @@ int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf, 
 		r = tpm_fail(t, -EACCES, "tpm: unwrapping a key: the PCRs keep changing");
 out:
 	return call_end(t, r);
+}
+
+/* ---- attested enrolment (docs/trust.md 1) ------------------------------------ */
+
+#define TPM_EK_CERT_MAX 4096 /* largest certificate read from NV */
+#define TPM_NV_CHUNK 512	       /* bytes per NV_Read, below every TPM's buffer */
+#define TPM_QUOTE_PCRS_MAX 32
+
+struct tpm_attest_pcr {
+	TPMI_ALG_HASH bank;
+	unsigned index;
+	TPM2B_DIGEST value;
+};
+
+/*
+ * The EK certificates of the TCG EK Credential Profile, in the order they
+ * are tried, each with the template its EK is created from: L-1 (RSA-2048),
+ * L-2 (ECC P-256), and the high-range P-384 one that swtpm provisions.
+ */
+struct tpm_ek_kind {
+	TPM2_HANDLE nv;
+	const char *what;
+	TPMI_ALG_PUBLIC type;
+	TPMI_ECC_CURVE curve;
+	int high; /* high range: userWithAuth, the empty password authorises */
+};
+
+static const struct tpm_ek_kind tpm_ek_kinds[] = {
+	{0x01c00002u, "RSA-2048", TPM2_ALG_RSA, 0, 0},
+	{0x01c0000au, "ECC P-256", TPM2_ALG_ECC, TPM2_ECC_NIST_P256, 0},
+	{0x01c00016u, "ECC P-384", TPM2_ALG_ECC, TPM2_ECC_NIST_P384, 1},
+};
+#define TPM_EK_KINDS (sizeof(tpm_ek_kinds) / sizeof(tpm_ek_kinds[0]))
+
+struct tpm_attest {
+	const struct tpm_ek_kind *ek;
+	uint8_t *ek_cert;
+	size_t ek_cert_len;
+	TPM2B_PUBLIC ek_pub;
+	TPM2B_PUBLIC ak_pub;
+	TPM2B_PRIVATE ak_priv;
+	/* Filled by prove. */
+	TPM2B_PUBLIC dk_pub;
+	int proved, quoted;
+	TPM2B_DIGEST secret;
+	TPM2B_ATTEST certify_info, quote_info;
+	TPMT_SIGNATURE certify_sig, quote_sig;
+	struct tpm_attest_pcr pcrs[TPM_QUOTE_PCRS_MAX];
+	size_t npcrs;
+	/* Marshalled copies handed out by tpm_attest_item. */
+	uint8_t m[9][sizeof(TPM2B_PUBLIC) + sizeof(TPM2B_ATTEST)];
+};
+
+/* PolicySecret(TPM_RH_ENDORSEMENT), the low-range templates' authPolicy (SHA-256). */
+static const uint8_t tpm_ek_policy_low[32] = {
+	0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
+	0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa};
+/* PolicyB-SHA384 of the EK profile's high-range templates. */
+static const uint8_t tpm_ek_policy_high384[48] = {
+	0xb2, 0x6e, 0x7d, 0x28, 0xd1, 0x1a, 0x50, 0xbc, 0x53, 0xd8, 0x82, 0xbc,
+	0xf5, 0xfd, 0x3a, 0x1a, 0x07, 0x41, 0x48, 0xbb, 0x35, 0xd3, 0xb4, 0xe4,
+	0xcb, 0x1c, 0x0a, 0xd9, 0xbd, 0xe4, 0x19, 0xca, 0xcb, 0x47, 0xba, 0x09,
+	0x69, 0x96, 0x46, 0x15, 0x0f, 0x9f, 0xc0, 0x00, 0xf3, 0xf8, 0x0e, 0x12};
+
+static void ek_template(const struct tpm_ek_kind *k, TPM2B_PUBLIC *tmpl)
+{
+	TPMT_PUBLIC *a = &tmpl->publicArea;
+
+	memset(tmpl, 0, sizeof(*tmpl));
+	a->type = k->type;
+	a->objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+			      TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_ADMINWITHPOLICY |
+			      TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
+	if (k->high) {
+		a->nameAlg = TPM2_ALG_SHA384;
+		a->objectAttributes |= TPMA_OBJECT_USERWITHAUTH;
+		a->authPolicy.size = sizeof(tpm_ek_policy_high384);
+		memcpy(a->authPolicy.buffer, tpm_ek_policy_high384, sizeof(tpm_ek_policy_high384));
+	} else {
+		a->nameAlg = TPM2_ALG_SHA256;
+		a->authPolicy.size = sizeof(tpm_ek_policy_low);
+		memcpy(a->authPolicy.buffer, tpm_ek_policy_low, sizeof(tpm_ek_policy_low));
+	}
+	if (k->type == TPM2_ALG_RSA) {
+		a->parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_AES;
+		a->parameters.rsaDetail.symmetric.keyBits.aes = 128;
+		a->parameters.rsaDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+		a->parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
+		a->parameters.rsaDetail.keyBits = 2048;
+		a->unique.rsa.size = 256; /* zeros, as the profile says */
+		return;
+	}
+	a->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
+	a->parameters.eccDetail.symmetric.keyBits.aes = k->high ? 256 : 128;
+	a->parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+	a->parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+	a->parameters.eccDetail.curveID = k->curve;
+	a->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+	if (!k->high) {
+		/* Low range: 32 zero bytes for x and y; high range: empty. */
+		a->unique.ecc.x.size = 32;
+		a->unique.ecc.y.size = 32;
+	}
+}
+
+static int ek_create(struct tpm *t, const struct tpm_ek_kind *k, ESYS_TR *ret,
+		     TPM2B_PUBLIC *ret_pub)
+{
+	TPM2B_PUBLIC tmpl, *pub = NULL;
+	TPM2B_SENSITIVE_CREATE in = {0};
+	TPM2B_DATA outside = {0};
+	TPML_PCR_SELECTION creation = {0};
+	ESYS_TR h = ESYS_TR_NONE;
+	TSS2_RC rc;
+
+	ek_template(k, &tmpl);
+	rc = Esys_CreatePrimary(t->esys, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+				ESYS_TR_NONE, &in, &tmpl, &outside, &creation, &h, &pub, NULL, NULL,
+				NULL);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, "creating the endorsement key (CreatePrimary, endorsement)");
+	if (ret_pub)
+		*ret_pub = *pub;
+	Esys_Free(pub);
+	*ret = h;
+	return 0;
+}
+
+/* 1 when an NV index exists, 0 when not; its data size in *ret_size. */
+static int nv_size(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_h, size_t *ret_size)
+{
+	TPM2B_NV_PUBLIC *pub = NULL;
+	ESYS_TR h = ESYS_TR_NONE;
+	TSS2_RC rc;
+
+	rc = Esys_TR_FromTPMPublic(t->esys, index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &h);
+	if (rc != TSS2_RC_SUCCESS)
+		return rc_base(rc) == TPM2_RC_HANDLE ? 0 : tpm_rc(t, rc, "opening an NV index");
+	rc = Esys_NV_ReadPublic(t->esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub, NULL);
+	if (rc != TSS2_RC_SUCCESS) {
+		Esys_TR_Close(t->esys, &h);
+		return tpm_rc(t, rc, "reading an NV index's public area");
+	}
+	*ret_size = pub->nvPublic.dataSize;
+	Esys_Free(pub);
+	*ret_h = h;
+	return 1;
+}
+
+static int ek_cert_read(struct tpm *t, const struct tpm_ek_kind **ret_kind, uint8_t **ret,
+			size_t *ret_len)
+{
+	const struct tpm_ek_kind *k = NULL;
+	TPM2B_MAX_NV_BUFFER *part = NULL;
+	ESYS_TR h = ESYS_TR_NONE;
+	size_t size = 0, off = 0, i;
+	uint8_t *buf;
+	TSS2_RC rc;
+	int r = 0;
+
+	for (i = 0; i < TPM_EK_KINDS && r == 0; i++) {
+		r = nv_size(t, tpm_ek_kinds[i].nv, &h, &size);
+		if (r < 0)
+			return r;
+		k = &tpm_ek_kinds[i];
+	}
+	if (r == 0)
+		return tpm_fail(t, -ENOKEY,
+				"tpm: no EK certificate in the TPM's NV (indices 0x%08x, 0x%08x, "
+				"0x%08x): the API enrols only a TPM its manufacturer certified. A "
+				"Jetson Orin's fTPM gets one from the board's provisioning (EKB); for "
+				"swtpm run swtpm_setup --create-ek-cert; otherwise write the "
+				"manufacturer's DER certificate with tpm2_nvdefine 0x%08x and "
+				"tpm2_nvwrite",
+				tpm_ek_kinds[0].nv, tpm_ek_kinds[1].nv, tpm_ek_kinds[2].nv,
+				tpm_ek_kinds[0].nv);
+	if (size == 0 || size > TPM_EK_CERT_MAX) {
+		Esys_TR_Close(t->esys, &h);
+		return tpm_fail(t, -EKEYREJECTED, "tpm: the EK certificate index holds %zu bytes",
+				size);
+	}
+	buf = malloc(size);
+	if (!buf) {
+		Esys_TR_Close(t->esys, &h);
+		return tpm_fail(t, -ENOMEM, "tpm: out of memory");
+	}
+	while (off < size) {
+		UINT16 n = (UINT16)(size - off > TPM_NV_CHUNK ? TPM_NV_CHUNK : size - off);
+
+		rc = Esys_NV_Read(t->esys, h, h, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, n,
+				  (UINT16)off, &part);
+		if (rc != TSS2_RC_SUCCESS) {
+			r = tpm_rc(t, rc, "reading the EK certificate from NV");
+			goto out_free;
+		}
+		if (part->size != n) {
+			Esys_Free(part);
+			r = tpm_fail(t, -EIO, "tpm: a short read of the EK certificate");
+			goto out_free;
+		}
+		memcpy(buf + off, part->buffer, n);
+		Esys_Free(part);
+		off += n;
+	}
+	Esys_TR_Close(t->esys, &h);
+	*ret_kind = k;
+	*ret = buf;
+	*ret_len = size;
+	return 0;
+out_free:
+	Esys_TR_Close(t->esys, &h);
+	free(buf);
+	return r;
+}
+
+/*
+ * The certificate's key must be the EK's (n and e); *ret_len becomes the
+ * DER's own length (an NV index may be padded).
+ */
+/* 1 when key is the RSA key of ek (n, e = 65537). */
+static int ek_rsa_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
+{
+	const TPM2B_PUBLIC_KEY_RSA *n = &ek->publicArea.unique.rsa;
+	uint8_t mod[TPM2_MAX_RSA_KEY_BYTES];
+	BIGNUM *bn_n = NULL, *bn_e = NULL;
+	int eq;
+
+	eq = EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA &&
+	     EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_N, &bn_n) == 1 &&
+	     EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &bn_e) == 1 &&
+	     BN_num_bytes(bn_n) == n->size && n->size <= sizeof(mod) &&
+	     BN_bn2binpad(bn_n, mod, n->size) == n->size && !memcmp(mod, n->buffer, n->size) &&
+	     BN_is_word(bn_e, 65537);
+	BN_free(bn_n);
+	BN_free(bn_e);
+	return eq;
+}
+
+/* 1 when key is the EC point of ek (uncompressed 04 || x || y). */
+static int ek_ecc_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
+{
+	const TPMS_ECC_POINT *q = &ek->publicArea.unique.ecc;
+	uint8_t pt[1 + 2 * TPM2_MAX_ECC_KEY_BYTES];
+	size_t len = 0;
+
+	return EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
+	       EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, pt,
+					       sizeof(pt), &len) == 1 &&
+	       q->x.size == q->y.size && len == 1 + 2u * q->x.size && pt[0] == 0x04 &&
+	       !memcmp(pt + 1, q->x.buffer, q->x.size) &&
+	       !memcmp(pt + 1 + q->x.size, q->y.buffer, q->y.size);
+}
+
+/*
+ * The certificate's key must be the EK's; *ret_len becomes the DER's own
+ * length (an NV index may be padded).
+ */
+static int ek_cert_check(struct tpm *t, const struct tpm_ek_kind *k, const uint8_t *der,
+			 size_t *len, const TPM2B_PUBLIC *ek)
+{
+	const unsigned char *p = der;
+	EVP_PKEY *key;
+	X509 *x;
+	int eq;
+
+	x = d2i_X509(NULL, &p, (long)*len);
+	if (!x)
+		return tpm_fail(t, -EKEYREJECTED,
+				"tpm: the EK certificate in NV 0x%08x is not DER X.509", k->nv);
+	key = X509_get0_pubkey(x);
+	eq = key && (k->type == TPM2_ALG_RSA ? ek_rsa_equal(key, ek) : ek_ecc_equal(key, ek));
+	X509_free(x);
+	if (!eq)
+		return tpm_fail(t, -EKEYREJECTED,
+				"tpm: the %s EK certificate in NV 0x%08x does not certify this "
+				"TPM's EK (TCG default template): the certificate belongs to another "
+				"TPM or the EK template differs",
+				k->what, k->nv);
+	*len = (size_t)(p - der);
+	return 0;
+}
+
+static int ak_create(struct tpm *t, TPM2B_PUBLIC *ret_pub, TPM2B_PRIVATE *ret_priv)
+{
+	TPM2B_PUBLIC tmpl = {
+		.publicArea =
+			{
+				.type = TPM2_ALG_RSA,
+				.nameAlg = TPM2_ALG_SHA256,
+				.objectAttributes =
+					TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_SIGN_ENCRYPT |
+					TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+					TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH,
+				.parameters.rsaDetail =
+					{
+						.symmetric = {.algorithm = TPM2_ALG_NULL},
+						.scheme =
+							{.scheme = TPM2_ALG_RSASSA,
+							 .details =
+								 {.rsassa =
+									  {.hashAlg =
+										   TPM2_ALG_SHA256}}},
+						.keyBits = 2048,
+					},
+			},
+	};
+	TPM2B_SENSITIVE_CREATE in = {0};
+
+	return object_create(t, "creating the attestation key", &tmpl, &in, ret_pub, ret_priv);
+}
+
+static int attest_new_once(struct tpm *t, struct tpm_attest *a)
+{
+	ESYS_TR ek = ESYS_TR_NONE;
+	int r;
+
+	free(a->ek_cert);
+	a->ek_cert = NULL;
+	r = ek_cert_read(t, &a->ek, &a->ek_cert, &a->ek_cert_len);
+	if (r < 0)
+		return r;
+	r = ek_create(t, a->ek, &ek, &a->ek_pub);
+	if (r < 0)
+		return r;
+	handle_flush(t, &ek);
+	r = ek_cert_check(t, a->ek, a->ek_cert, &a->ek_cert_len, &a->ek_pub);
+	if (r < 0)
+		return r;
+	r = srk_get(t);
+	if (r < 0)
+		return r;
+	return ak_create(t, &a->ak_pub, &a->ak_priv);
+}
+
+int tpm_attest_new(struct tpm *t, struct tpm_attest **ret)
+{
+	struct tpm_attest *a;
+	int r;
+
+	if (!t || !ret)
+		return -EINVAL;
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	call_begin(t);
+	r = attest_new_once(t, a);
+	if (r == -EBUSY && leftovers_flush(t))
+		r = attest_new_once(t, a);
+	r = call_end(t, r);
+	if (r < 0) {
+		tpm_attest_free(a);
+		return r;
+	}
+	*ret = a;
+	return 0;
+}
+
+/* A policy session satisfying the EK's PolicySecret(endorsement), salted with the SRK. */
+static int ek_session(struct tpm *t, ESYS_TR *ret)
+{
+	TPM2B_TIMEOUT *timeout = NULL;
+	TPMT_TK_AUTH *ticket = NULL;
+	ESYS_TR s = ESYS_TR_NONE;
+	TSS2_RC rc;
+	int r;
+
+	r = session_start(t, TPM2_SE_POLICY, 1, 0, &s);
+	if (r < 0)
+		return r;
+	rc = Esys_PolicySecret(t->esys, ESYS_TR_RH_ENDORSEMENT, s, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+			       ESYS_TR_NONE, NULL, NULL, NULL, 0, &timeout, &ticket);
+	if (rc != TSS2_RC_SUCCESS) {
+		handle_flush(t, &s);
+		return tpm_rc(t, rc, "PolicySecret(endorsement) for the EK");
+	}
+	Esys_Free(timeout);
+	Esys_Free(ticket);
+	*ret = s;
+	return 0;
+}
+
+static int attest_activate(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
+			   const TPM2B_ID_OBJECT *blob, const TPM2B_ENCRYPTED_SECRET *sec)
+{
+	ESYS_TR ek = ESYS_TR_NONE, hmac = ESYS_TR_NONE, pol = ESYS_TR_NONE;
+	TPM2B_DIGEST *cred = NULL;
+	TSS2_RC rc;
+	int r;
+
+	r = srk_get(t);
+	if (r < 0)
+		return r;
+	/* The credential comes back encrypted by the salted session. */
+	r = session_start(t, TPM2_SE_HMAC, 1, TPMA_SESSION_ENCRYPT, &hmac);
+	if (r < 0)
+		goto out;
+	/* A low-range EK answers to PolicySecret(endorsement), a high-range one to its password. */
+	if (a->ek->high)
+		pol = ESYS_TR_PASSWORD;
+	else
+		r = ek_session(t, &pol);
+	if (r < 0)
+		goto out;
+	/*
+	 * The sessions hold their salt: the SRK may go, so that AK and EK fit
+	 * in a TPM with three object slots (swtpm, some firmware TPMs).
+	 */
+	objects_park(t);
+	r = ek_create(t, a->ek, &ek, NULL);
+	if (r < 0)
+		goto out;
+	rc = Esys_ActivateCredential(t->esys, ak, ek, hmac, pol, ESYS_TR_NONE, blob, sec, &cred);
+	if (rc != TSS2_RC_SUCCESS) {
+		TSS2_RC base = rc_base(rc);
+
+		/* A refusal of the credential itself, not a full or locked TPM. */
+		if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER ||
+		    base == TPM2_RC_OBJECT_MEMORY || base == TPM2_RC_SESSION_MEMORY ||
+		    base == TPM2_RC_OBJECT_HANDLES || base == TPM2_RC_SESSION_HANDLES ||
+		    base == TPM2_RC_LOCKOUT)
+			r = tpm_rc(t, rc, "activating the API's credential (ActivateCredential)");
+		else
+			r = tpm_fail(t, -EACCES,
+				     "tpm: the API's credential does not activate with this "
+				     "TPM's EK and AK (%s)",
+				     Tss2_RC_Decode(rc));
+		goto out;
+	}
+	a->secret = *cred;
+	OPENSSL_cleanse(cred, sizeof(*cred));
+	Esys_Free(cred);
+	esys_scrub(t);
+	r = 0;
+out:
+	if (pol != ESYS_TR_PASSWORD)
+		handle_flush(t, &pol);
+	handle_flush(t, &hmac);
+	handle_flush(t, &ek);
+	return r;
+}
+
+static int attest_quote(struct tpm *t, struct tpm_attest *a, ESYS_TR ak, const TPM2B_DATA *nonce)
+{
+	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL};
+	TPML_PCR_SELECTION one;
+	TPML_DIGEST *values = NULL;
+	TPM2B_ATTEST *quoted = NULL;
+	TPMT_SIGNATURE *sig = NULL;
+	UINT32 i, pcr, upd;
+	TSS2_RC rc;
+
+	a->npcrs = 0;
+	for (i = 0; i < t->pcrs.count; i++) {
+		const TPMS_PCR_SELECTION *s = &t->pcrs.pcrSelections[i];
+
+		for (pcr = 0; pcr < 8u * s->sizeofSelect; pcr++) {
+			if (!(s->pcrSelect[pcr / 8] & (1u << (pcr % 8))))
+				continue;
+			if (a->npcrs == TPM_QUOTE_PCRS_MAX)
+				return tpm_fail(t, -EINVAL, "tpm: more than %d PCRs to quote",
+						TPM_QUOTE_PCRS_MAX);
+			memset(&one, 0, sizeof(one));
+			one.count = 1;
+			one.pcrSelections[0].hash = s->hash;
+			one.pcrSelections[0].sizeofSelect = 3;
+			one.pcrSelections[0].pcrSelect[pcr / 8] = (BYTE)(1u << (pcr % 8));
+			rc = Esys_PCR_Read(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &one,
+					   &upd, NULL, &values);
+			if (rc != TSS2_RC_SUCCESS)
+				return tpm_rc(t, rc, "reading a PCR to quote");
+			if (values->count != 1) {
+				Esys_Free(values);
+				return tpm_fail(t, -EIO, "tpm: PCR %u of a bank is not active",
+						pcr);
+			}
+			a->pcrs[a->npcrs].bank = s->hash;
+			a->pcrs[a->npcrs].index = pcr;
+			a->pcrs[a->npcrs].value = values->digests[0];
+			a->npcrs++;
+			Esys_Free(values);
+		}
+	}
+	rc = Esys_Quote(t->esys, ak, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, nonce, &scheme,
+			&t->pcrs, &quoted, &sig);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_rc(t, rc, "quoting the PCRs (Quote)");
+	a->quote_info = *quoted;
+	a->quote_sig = *sig;
+	Esys_Free(quoted);
+	Esys_Free(sig);
+	a->quoted = 1;
+	return 0;
+}
+
+static int attest_prove_once(struct tpm *t, struct tpm_attest *a, const TPM2B_ID_OBJECT *blob,
+			     const TPM2B_ENCRYPTED_SECRET *sec, const TPM2B_DATA *nonce)
+{
+	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL};
+	TPM2B_ATTEST *info = NULL;
+	TPMT_SIGNATURE *sig = NULL;
+	ESYS_TR ak = ESYS_TR_NONE;
+	TSS2_RC rc;
+	int r;
+
+	r = ensure_loaded(t);
+	if (r == 0)
+		r = srk_get(t);
+	if (r < 0)
+		return r;
+	a->dk_pub = t->dk_pub;
+	r = object_load(t, "loading the attestation key", &a->ak_pub, &a->ak_priv, &ak);
+	if (r < 0)
+		return r;
+	r = attest_activate(t, a, ak, blob, sec);
+	if (r == 0)
+		r = dk_get(t);
+	if (r < 0)
+		goto out;
+	/* Nothing secret in Certify: the DK's ADMIN role answers to its empty authValue. */
+	rc = Esys_Certify(t->esys, t->dk, ak, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+			  nonce, &scheme, &info, &sig);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_rc(t, rc, "certifying the device key (Certify)");
+		goto out;
+	}
+	a->certify_info = *info;
+	a->certify_sig = *sig;
+	Esys_Free(info);
+	Esys_Free(sig);
+	a->quoted = 0;
+	if (t->pcrs.count) {
+		r = attest_quote(t, a, ak, nonce);
+		if (r < 0)
+			goto out;
+	}
+	a->proved = 1;
+	r = 0;
+out:
+	handle_flush(t, &ak);
+	return r;
+}
+
+int tpm_attest_prove(struct tpm *t, struct tpm_attest *a, const uint8_t *blob, size_t blob_len,
+		     const uint8_t *enc_secret, size_t enc_secret_len, const uint8_t *nonce,
+		     size_t nonce_len)
+{
+	TPM2B_ID_OBJECT id = {0};
+	TPM2B_ENCRYPTED_SECRET sec = {0};
+	TPM2B_DATA qual = {0};
+	size_t off = 0;
+	int r;
+
+	if (!t || !a || !blob || !enc_secret || !nonce)
+		return -EINVAL;
+	call_begin(t);
+	if (Tss2_MU_TPM2B_ID_OBJECT_Unmarshal(blob, blob_len, &off, &id) != TSS2_RC_SUCCESS ||
+	    off != blob_len) {
+		r = tpm_fail(t, -EBADMSG,
+			     "tpm: the API's credential_blob is not a TPM2B_ID_OBJECT");
+		goto out;
+	}
+	off = 0;
+	if (Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal(enc_secret, enc_secret_len, &off, &sec) !=
+		    TSS2_RC_SUCCESS ||
+	    off != enc_secret_len) {
+		r = tpm_fail(t, -EBADMSG,
+			     "tpm: the API's encrypted_secret is not a TPM2B_ENCRYPTED_SECRET");
+		goto out;
+	}
+	if (nonce_len == 0 || nonce_len > sizeof(qual.buffer)) {
+		r = tpm_fail(t, -EBADMSG, "tpm: the API's nonce has %zu bytes", nonce_len);
+		goto out;
+	}
+	qual.size = (UINT16)nonce_len;
+	memcpy(qual.buffer, nonce, nonce_len);
+	a->proved = 0;
+	r = attest_prove_once(t, a, &id, &sec, &qual);
+	if (r == -EBUSY && leftovers_flush(t))
+		r = attest_prove_once(t, a, &id, &sec, &qual);
+out:
+	return call_end(t, r);
+}
+
+int tpm_attest_item(const struct tpm_attest *a, enum tpm_attest_item which, const uint8_t **ret,
+		    size_t *ret_len)
+{
+	struct tpm_attest *w = (struct tpm_attest *)a; /* the marshalled cache only */
+	uint8_t *buf;
+	size_t cap, off = 0;
+	TSS2_RC rc;
+
+	if (!a || !ret || !ret_len || (unsigned)which > TPM_ATTEST_QUOTE_SIGNATURE)
+		return -EINVAL;
+	if (which == TPM_ATTEST_EK_CERT) {
+		*ret = a->ek_cert;
+		*ret_len = a->ek_cert_len;
+		return 0;
+	}
+	if (which >= TPM_ATTEST_SECRET && !a->proved)
+		return -ENOENT;
+	if (which >= TPM_ATTEST_QUOTE_INFO && !a->quoted)
+		return -ENOENT;
+	if (which == TPM_ATTEST_SECRET) {
+		*ret = a->secret.buffer;
+		*ret_len = a->secret.size;
+		return 0;
+	}
+	buf = w->m[which];
+	cap = sizeof(w->m[which]);
+	switch (which) {
+	case TPM_ATTEST_EK_PUBLIC:
+		rc = Tss2_MU_TPM2B_PUBLIC_Marshal(&a->ek_pub, buf, cap, &off);
+		break;
+	case TPM_ATTEST_AK_PUBLIC:
+		rc = Tss2_MU_TPM2B_PUBLIC_Marshal(&a->ak_pub, buf, cap, &off);
+		break;
+	case TPM_ATTEST_DK_PUBLIC:
+		rc = Tss2_MU_TPM2B_PUBLIC_Marshal(&a->dk_pub, buf, cap, &off);
+		break;
+	case TPM_ATTEST_CERTIFY_INFO:
+		rc = Tss2_MU_TPM2B_ATTEST_Marshal(&a->certify_info, buf, cap, &off);
+		break;
+	case TPM_ATTEST_CERTIFY_SIGNATURE:
+		rc = Tss2_MU_TPMT_SIGNATURE_Marshal(&a->certify_sig, buf, cap, &off);
+		break;
+	case TPM_ATTEST_QUOTE_INFO:
+		rc = Tss2_MU_TPM2B_ATTEST_Marshal(&a->quote_info, buf, cap, &off);
+		break;
+	default:
+		rc = Tss2_MU_TPMT_SIGNATURE_Marshal(&a->quote_sig, buf, cap, &off);
+		break;
+	}
+	if (rc != TSS2_RC_SUCCESS)
+		return -EIO;
+	*ret = buf;
+	*ret_len = off;
+	return 0;
+}
+
+int tpm_attest_pcr(const struct tpm_attest *a, size_t i, const char **ret_bank, unsigned *ret_index,
+		   const uint8_t **ret_digest, size_t *ret_len)
+{
+	size_t b;
+
+	if (!a || !ret_bank || !ret_index || !ret_digest || !ret_len)
+		return -EINVAL;
+	if (!a->quoted || i >= a->npcrs)
+		return -ENOENT;
+	for (b = 0; b < TPM_NBANKS; b++)
+		if (tpm_banks[b].alg == a->pcrs[i].bank)
+			break;
+	if (b == TPM_NBANKS)
+		return -EIO;
+	*ret_bank = tpm_banks[b].name;
+	*ret_index = a->pcrs[i].index;
+	*ret_digest = a->pcrs[i].value.buffer;
+	*ret_len = a->pcrs[i].value.size;
+	return 0;
+}
+
+void tpm_attest_free(struct tpm_attest *a)
+{
+	if (!a)
+		return;
+	free(a->ek_cert);
+	OPENSSL_cleanse(a, sizeof(*a));
+	free(a);
 }
 
 const char *tpm_last_error(struct tpm *t)

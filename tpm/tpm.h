@@ -22,6 +22,8 @@
  *   -EINVAL    a bad PCR selection or argument
  *   -ENOBUFS   the caller's buffer is too small for what unseal or unwrap
  *              yields (nothing is written)
+ *   -ENOKEY    no EK certificate in the TPM's NV (attestation)
+ *   -EKEYREJECTED  the EK certificate is not this TPM's EK
  *   -EBUSY     no free object or session slot in the TPM, even after
  *              flushing what other programs left there
  *   -EIO       any other TPM or file failure
@@ -75,7 +77,8 @@ void tpm_close(struct tpm *t);
 int tpm_is_enrolled(struct tpm *t);
 
 /*
- * Enrolment: creates (or re-creates) the device key and the sealed store
+ * Enrolment, the TPM's half (tpm_attest_* prove it to the API): creates
+ * (or re-creates) the device key and the sealed store
  * holding secret (up to 64 KiB; a random 256-bit key is sealed and the store
  * kept AES-256-GCM-encrypted under it in state_dir), bound to the PCR
  * selection, records the SRK's public key, writes the blobs with mode 0600
@@ -107,6 +110,56 @@ int tpm_unseal(struct tpm *t, uint8_t *buf, size_t cap, size_t *ret_len);
  */
 int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf,
 	       size_t cap, size_t *ret_len);
+
+/*
+ * Attested enrolment (docs/trust.md 1): evidence that the device key lives in
+ * this TPM, for the API's two calls. One struct tpm_attest is one attempt:
+ * its AK and the proof built over one challenge.
+ *
+ * tpm_attest_new reads the EK certificate from NV (the first of RSA-2048
+ * at 0x01c00002, ECC P-256 at 0x01c0000a, high-range ECC P-384 at
+ * 0x01c00016), creates the EK from the TCG template of that index, checks
+ * that its public key is the certificate's, and creates an AK (restricted
+ * signing, fixedTPM, fixedParent, sensitiveDataOrigin) under the SRK.
+ * -ENOKEY: no EK certificate (the message says how to provision one);
+ * -EKEYREJECTED: a certificate that does not match the TPM's EK.
+ *
+ * tpm_attest_prove takes the challenge (credential_blob, a TPM2B_ID_OBJECT,
+ * and encrypted_secret, a TPM2B_ENCRYPTED_SECRET, both marshalled with
+ * their size fields) and the nonce: TPM2_ActivateCredential (salted,
+ * response encrypted), TPM2_Certify of the enrolled device key by the AK
+ * over the nonce, and, when the key is bound to PCRs, TPM2_Quote of those
+ * PCRs over the same nonce. -EACCES when the TPM refuses the credential
+ * (made for another TPM or another AK).
+ */
+enum tpm_attest_item {
+	TPM_ATTEST_EK_CERT,	      /* DER */
+	TPM_ATTEST_EK_PUBLIC,	      /* TPM2B_PUBLIC */
+	TPM_ATTEST_AK_PUBLIC,	      /* TPM2B_PUBLIC */
+	TPM_ATTEST_SECRET,	      /* the credential's bytes (after prove) */
+	TPM_ATTEST_DK_PUBLIC,	      /* TPM2B_PUBLIC */
+	TPM_ATTEST_CERTIFY_INFO,      /* TPM2B_ATTEST */
+	TPM_ATTEST_CERTIFY_SIGNATURE, /* TPMT_SIGNATURE */
+	TPM_ATTEST_QUOTE_INFO,	      /* TPM2B_ATTEST; -ENOENT without PCRs */
+	TPM_ATTEST_QUOTE_SIGNATURE,   /* TPMT_SIGNATURE; -ENOENT without PCRs */
+};
+
+struct tpm_attest;
+int tpm_attest_new(struct tpm *t, struct tpm_attest **ret);
+int tpm_attest_prove(struct tpm *t, struct tpm_attest *a, const uint8_t *blob, size_t blob_len,
+		     const uint8_t *enc_secret, size_t enc_secret_len, const uint8_t *nonce,
+		     size_t nonce_len);
+/* Bytes of one item, valid until tpm_attest_free; -ENOENT when it has none (yet). */
+int tpm_attest_item(const struct tpm_attest *a, enum tpm_attest_item which, const uint8_t **ret,
+		    size_t *ret_len);
+/*
+ * The i-th quoted PCR value (bank name "sha256", index, digest), read just
+ * before the quote; -ENOENT past the last.
+ */
+int tpm_attest_pcr(const struct tpm_attest *a, size_t i, const char **ret_bank, unsigned *ret_index,
+		   const uint8_t **ret_digest, size_t *ret_len);
+/* Wipes the credential and frees; accepts NULL. */
+void tpm_attest_free(struct tpm_attest *a);
 
 /*
  * The last call's error message ("" when it succeeded); valid until the

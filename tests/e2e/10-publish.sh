@@ -33,12 +33,13 @@ token=$(curl -fsS --cacert "$STACK_CA" -H 'Content-Type: application/json' \
 	/usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 [ -n "$token" ] || bail "cannot log in to the emulator"
 
-# A device key of our own, enrolled, so the API wraps format-2 keys to it.
+# A device key of our own, recorded through the emulator's test control (a
+# software key cannot enrol through the API), so the API wraps format-2 keys to it.
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/dev.key" 2>/dev/null
 openssl pkey -in "$work/dev.key" -pubout -out "$work/dev.pub"
 device_id=$(/usr/bin/python3 - "$work/dev.pub" <<EOF | curl -fsS --cacert "$STACK_CA" \
-	-H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d @- \
-	"$API_URL/devices" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["device_id"])'
+	-H 'Content-Type: application/json' -d @- \
+	"$ADMIN_URL/devices" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["device_id"])'
 import json, sys
 print(json.dumps({"name": "publish-test", "hardware": "$hw", "public_key": open(sys.argv[1]).read()}))
 EOF

@@ -19,6 +19,16 @@ fs_mount "$W/mnt" "$W/enrol.conf"
 pid=$FS_PID
 check "the device enrolled on the stack's TPM" test -s "$W/state/device_id"
 id1=$(cat "$W/state/device_id")
+# device_field ID FIELD: a field of the API's record of a device.
+device_field() {
+	curl -s --cacert "$STACK_CA" "$ADMIN_URL/devices" | "$PY" -c '
+import json, sys
+d = [x for x in json.load(sys.stdin)["devices"] if x["device_id"] == sys.argv[1]]
+print(d[0].get(sys.argv[2]) or "" if d else "")' "$1" "$2"
+}
+ek1=$(device_field "$id1" ek_serial)
+fp1=$(device_field "$id1" fingerprint)
+check "the API recorded the first TPM's EK certificate" test -n "$ek1" -a -n "$fp1"
 names=()
 mkdir -p "$W/plain"
 for s in 1000 200003; do
@@ -79,6 +89,10 @@ n=${names[0]}
 check_eq "and its own key reads the model" "$(sha_of "$W/mnt/$n" 2>&1)" "$(sha_of "$W/plain/$n")"
 fs_umount "$W/mnt" "$pid"
 check_eq "the first state_dir kept its device id" "$(cat "$W/state/device_id")" "$id1"
+check "the new id is attested by the second TPM's EK certificate" \
+	test -n "$(device_field "$id2" ek_serial)" -a "$(device_field "$id2" ek_serial)" != "$ek1"
+check_eq "the old id still names the first TPM's key, not the second's" \
+	"$(device_field "$id1" ek_serial) $(device_field "$id1" fingerprint)" "$ek1 $fp1"
 
 check_eq "no transient object left in the second TPM" \
 	"$(TPM2TOOLS_TCTI=$TCTI2 tpm2_getcap handles-transient)" ""

@@ -18,7 +18,7 @@ devices:
   hashes/<folder>/<name>.json  format-1 chunk hashes (docs/trust.md section 4), the
                             body GET answers; replaced on republish, removed
                             when a format-2 key replaces the resource
-  devices.json              enrolled devices
+  devices.json              enrolled devices (attested: EK serial, AK public)
   requests.log              one line per request: no passwords, tokens, keys
 
 Test controls (no authentication; loopback only):
@@ -28,6 +28,11 @@ Test controls (no authentication; loopback only):
   POST /_admin/token_ttl {"seconds": n} token lifetime; null: tokens without exp
   POST /_admin/catalog {"enabled": b}   false: /resources/list answers 404
   GET  /_admin/devices                  the enrolled devices
+  POST /_admin/challenge_ttl {"seconds": n}   lifetime of an enrolment challenge
+                                        (default 300)
+  POST /_admin/devices {"name", "hardware", "public_key"}
+                                        records a software key without
+                                        attestation (publishing tests only)
   POST /_admin/devices/{id}/revoke      the device's key requests answer 404
   POST /_admin/devices/{id}/restore     undoes a revocation
   POST /_admin/fault {"status": s, "count": n, "delay": d, "path": prefix}
@@ -73,6 +78,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 from azformat import api_key, cbc_encrypt, hw_hash  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import attest  # noqa: E402
 
 JSON_MAX = 64 * 1024          # any JSON request body
 UPLOAD_MAX = 1024 * 1024      # a multipart upload (small parts are <= 3072 bytes)
@@ -135,6 +143,8 @@ class State:
         os.makedirs(os.path.join(data_dir, "resources", ROOT_FOLDER), exist_ok=True)
         os.makedirs(os.path.join(data_dir, "keys"), exist_ok=True)
         self.jwt_secret = self._persistent("jwt-secret", 32)
+        self.ek_ca = None           # trusted TPM manufacturer CAs (--ek-ca)
+        self.challenges = {}        # challenge_id -> what POST /devices checks
         self._persistent("key-fragment", 32)
         self.reset_settings()
 
@@ -150,6 +160,7 @@ class State:
         self.catalog = True
         self.counters = {}
         self.fault = None
+        self.challenge_ttl = 300    # seconds a challenge of POST /devices/challenge lives
 
     def reset_data(self):
         for sub in ("resources", "keys", "hashes"):
@@ -454,6 +465,8 @@ class Handler(BaseHTTPRequestHandler):
             self.state.check_token(self.headers.get("Authorization"))
             with open(self.state.path("key-fragment"), "rb") as f:
                 return self.send(200, f.read(), "application/octet-stream")
+        if m == "POST" and path == "/devices/challenge":
+            return self.device_challenge()
         if m == "POST" and path == "/devices":
             return self.enrol_device()
         if m == "POST" and path.startswith("/resources/") and path.count("/") == 2:
@@ -554,18 +567,85 @@ class Handler(BaseHTTPRequestHandler):
                 entries[entry["name"]] = entry
         self.send(200, {"resources": [entries[k] for k in sorted(entries)]})
 
+    # ---- attested enrolment (docs/trust.md section 1)
+    def b64_member(self, doc, key):
+        try:
+            return base64.b64decode(doc.get(key) or "", validate=True)
+        except (ValueError, TypeError):
+            raise HttpError(422, "%s is not base64" % key)
+
+    def device_challenge(self):
+        user = self.state.check_token(self.headers.get("Authorization"))
+        doc = self.read_json()
+        name, hardware = doc.get("name"), doc.get("hardware")
+        if not isinstance(name, str) or not isinstance(hardware, str):
+            raise HttpError(422, "name and hardware are required")
+        der = self.b64_member(doc, "ek_cert")
+        try:
+            if self.state.ek_ca is None:
+                raise attest.Refused("this API trusts no TPM manufacturer (--ek-ca)")
+            cert = attest.check_ek_cert(der, self.state.ek_ca)
+            ek = attest.Public(self.b64_member(doc, "ek_public"), "ek_public")
+            attest.check_ek_public(ek, cert)
+            ak_bytes = self.b64_member(doc, "ak_public")
+            ak = attest.Public(ak_bytes, "ak_public")
+            attest.check_ak(ak)
+        except attest.Refused as e:
+            raise HttpError(403, str(e))
+        secret, nonce = os.urandom(32), os.urandom(32)
+        blob, enc = attest.make_credential(ek, ak.name, secret)
+        cid = "ch-" + secrets.token_hex(12)
+        with self.state.lock:
+            now = time.time()
+            ch = self.state.challenges
+            for k in [k for k, v in ch.items() if v["expires"] <= now]:
+                del ch[k]
+            ch[cid] = {"expires": now + self.state.challenge_ttl, "user": user,
+                       "secret": secret, "nonce": nonce, "ak": ak_bytes, "name": name,
+                       "hardware": hardware, "ek_serial": "%x" % cert.serial_number,
+                       "ek_issuer": cert.issuer.rfc4514_string()}
+        self.send(200, {"challenge_id": cid,
+                        "credential_blob": base64.b64encode(blob).decode(),
+                        "encrypted_secret": base64.b64encode(enc).decode(),
+                        "nonce": base64.b64encode(nonce).decode()})
+
     def enrol_device(self):
         self.state.check_token(self.headers.get("Authorization"))
         doc = self.read_json()
-        name, hardware, pem = doc.get("name"), doc.get("hardware"), doc.get("public_key")
-        if not all(isinstance(v, str) for v in (name, hardware, pem)):
-            raise HttpError(422, "name, hardware and public_key are required")
+        cid = doc.get("challenge_id")
+        if not isinstance(cid, str):
+            raise HttpError(403, "POST /devices needs a challenge_id from POST "
+                            "/devices/challenge: a bare public key is not enrolled")
+        with self.state.lock:
+            ch = self.state.challenges.pop(cid, None)   # any attempt spends it
+        if ch is None or ch["expires"] <= time.time():
+            raise HttpError(403, "unknown, used or expired challenge_id")
         try:
-            pub = serialization.load_pem_public_key(pem.encode())
-        except ValueError:
-            raise HttpError(422, "public_key is not a PEM public key")
-        if not isinstance(pub, rsa.RSAPublicKey) or pub.key_size < 2048:
-            raise HttpError(422, "public_key is not an RSA key of 2048 bits or more")
+            secret = self.b64_member(doc, "secret")
+            if not hmac.compare_digest(secret, ch["secret"]):
+                raise attest.Refused("the credential secret does not match: the key was "
+                                     "not activated by the TPM of that EK certificate")
+            ak = attest.Public(ch["ak"], "ak_public")
+            dk = attest.Public(self.b64_member(doc, "dk_public"), "dk_public")
+            attest.check_certify(ak, self.b64_member(doc, "certify_info"),
+                                 self.b64_member(doc, "certify_signature"), ch["nonce"], dk)
+            pem = doc.get("public_key")
+            pub = attest.pem_modulus(pem if isinstance(pem, str) else "")
+            nums = pub.public_numbers()
+            if dk.type != attest.ALG_RSA or (nums.n, nums.e) != (dk.n, dk.e):
+                raise attest.Refused("public_key is not the key dk_public gives")
+            pcrs = None
+            if doc.get("quote") is not None:
+                pcrs = attest.check_quote(ak, doc["quote"], ch["nonce"],
+                                          lambda v, k: self.b64_member({k: v}, k))
+        except attest.Refused as e:
+            raise HttpError(403, str(e))
+        dev = self.record_device(ch["name"], ch["hardware"], pub, {
+            "attested": True, "ek_serial": ch["ek_serial"], "ek_issuer": ch["ek_issuer"],
+            "ak_public": base64.b64encode(ch["ak"]).decode(), "pcrs": pcrs})
+        self.send(201, {"device_id": dev["device_id"]})
+
+    def record_device(self, name, hardware, pub, extra):
         der = pub.public_bytes(serialization.Encoding.DER,
                                serialization.PublicFormat.SubjectPublicKeyInfo)
         fingerprint = hashlib.sha256(der).hexdigest()
@@ -573,16 +653,17 @@ class Handler(BaseHTTPRequestHandler):
             devices = self.state.load_devices()
             for dev in devices:
                 if dev["fingerprint"] == fingerprint:
-                    return self.send(201, {"device_id": dev["device_id"]})
+                    return dev
             dev = {"device_id": "dev-" + secrets.token_hex(8), "name": name,
                    "hardware": hardware, "fingerprint": fingerprint,
                    "public_key": pub.public_bytes(
                        serialization.Encoding.PEM,
                        serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
                    "revoked": False, "created": now_iso()}
+            dev.update(extra)
             devices.append(dev)
             self.state.save_devices(devices)
-        self.send(201, {"device_id": dev["device_id"]})
+        return dev
 
     def get_key(self, folder, name):
         self.state.check_token(self.headers.get("Authorization"))
@@ -713,6 +794,20 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 devices = st.load_devices()
             return self.send(200, {"devices": devices})
+        if m == "POST" and what == "challenge_ttl":
+            seconds = want_int(self.read_json().get("seconds"), "seconds")
+            with st.lock:
+                st.challenge_ttl = seconds
+            return self.send(200, {"challenge_ttl": seconds})
+        if m == "POST" and what == "devices":
+            doc = self.read_json()
+            try:
+                pub = attest.pem_modulus(doc.get("public_key") or "")
+            except attest.Refused as e:
+                raise HttpError(422, str(e))
+            dev = self.record_device(str(doc.get("name", "")), str(doc.get("hardware", "")),
+                                     pub, {"attested": False})
+            return self.send(201, {"device_id": dev["device_id"]})
         mm = re.match(r"^devices/([^/]+)/(revoke|restore)$", what)
         if m == "POST" and mm:
             with st.lock:
@@ -787,6 +882,8 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--cert", required=True, help="server certificate chain (PEM)")
     ap.add_argument("--key", required=True, help="server private key (PEM)")
+    ap.add_argument("--ek-ca", help="PEM bundle of the TPM manufacturer CAs whose EK "
+                    "certificates may enrol (intermediates included); without it none may")
     ap.add_argument("--users", help="file of email:password lines "
                     "(default: $AZ_API_USERS, else DATA/users, created with one user)")
     args = ap.parse_args()
@@ -795,6 +892,8 @@ def main():
 
     os.makedirs(args.data, exist_ok=True)
     state = State(os.path.abspath(args.data), load_users(args.users, args.data))
+    if args.ek_ca:
+        state.ek_ca = attest.load_bundle(args.ek_ca)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(args.cert, args.key)
     server = Server((args.host, args.port), state, tls)

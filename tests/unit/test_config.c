@@ -45,7 +45,7 @@ static void test_defaults(void)
 	      "seconds defaults");
 	CHECK(c->tpm == CONFIG_TPM_AUTO, "tpm default auto");
 	CHECK(!strcmp(c->tpm_tcti, "device:/dev/tpmrm0"), "tpm_tcti default");
-	CHECK(c->tpm_pcrs && !strcmp(c->tpm_pcrs, ""), "tpm_pcrs default empty");
+	CHECK(!strcmp(config_tpm_pcrs(c), ""), "tpm_pcrs default empty with tpm = auto");
 	CHECK(!strcmp(c->rest_listen, "127.0.0.1:8080") && !c->rest_public, "rest defaults");
 	CHECK(c->rest_hosts && !strcmp(c->rest_hosts[0], "loader") && !c->rest_hosts[1] &&
 		      !c->rest_upload && !strcmp(c->rest_group, "azaion") && !c->rest_token_file &&
@@ -56,6 +56,13 @@ static void test_defaults(void)
 		      !strcmp(c->images[6], "azaion/ai-training") && !c->images[7],
 	      "the seven default images");
 	CHECK(c->log_level == LOG_INFO, "log_level default info");
+	config_set(c, "tpm", "required", "-o", NULL);
+	CHECK(!strcmp(config_tpm_pcrs(c), "sha256:7"), "tpm = required binds to PCR 7 by default");
+	CHECK(config_set(c, "tpm_pcrs", "none", "-o", NULL) == 0 && !strcmp(config_tpm_pcrs(c), ""),
+	      "tpm_pcrs = none opts out of the binding");
+	CHECK(config_set(c, "tpm_pcrs", "sha256:0,7", "-o", NULL) == 0 &&
+		      !strcmp(config_tpm_pcrs(c), "sha256:0,7"),
+	      "an explicit tpm_pcrs wins");
 	config_free(c);
 }
 

@@ -625,11 +625,58 @@ static void test_api(const char *ca)
 
 	pem = make_public_pem();
 	CHECK(pem != NULL, "an RSA public key for the device");
-	r = fetch_api_register_device(f, api, token, "test-device", "HW-test", pem, &dev);
-	CHECK(r == 0 && dev && *dev, "device registration gives an id (%d)", r);
-	r = fetch_api_register_device(f, api, token, "test-device", "HW-test", pem, &dev2);
-	CHECK(r == 0 && dev && dev2 && !strcmp(dev, dev2),
-	      "the same key again gives the same id (%d)", r);
+	{
+		/* A software key is refused (docs/trust.md 1): both calls answer 403 with a reason. */
+		json_t *ev = json_pack("{s:s, s:s, s:s, s:s, s:s}", "name", "test-device",
+				       "hardware", "HW-test", "ek_cert", "AAAA", "ek_public",
+				       "AAAA", "ak_public", "AAAA");
+		json_t *pr = json_pack("{s:s, s:s, s:s}", "name", "test-device", "hardware",
+				       "HW-test", "public_key", pem);
+		char *detail = NULL;
+
+		r = fetch_api_device_challenge(f, api, token, ev, &j, &detail);
+		CHECK(r == -EPERM && !j && detail && *detail,
+		      "a challenge for a made-up EK certificate: -EPERM with the API's reason "
+		      "(%d, %s)",
+		      r, detail ? detail : "-");
+		free(detail);
+		detail = NULL;
+		r = fetch_api_device_enrol(f, api, token, pr, &dev, &detail);
+		CHECK(r == -EPERM && !dev && detail && *detail,
+		      "the bare POST /devices with a public key: -EPERM, no device id (%d, %s)", r,
+		      detail ? detail : "-");
+		free(detail);
+		json_decref(ev);
+		json_decref(pr);
+	}
+	{
+		/* The emulator's test control enrols a software key for the wrap checks below. */
+		char url[512], *body = NULL;
+		struct fetch_request req = {.method = "POST",
+					    .content_type = "application/json",
+					    .max_response = 65536};
+		struct fetch_response resp = {0};
+		json_t *pr = json_pack("{s:s, s:s, s:s}", "name", "test-device", "hardware",
+				       "HW-test", "public_key", pem);
+
+		snprintf(url, sizeof(url), "%s/_admin/devices", api);
+		body = json_dumps(pr, JSON_COMPACT);
+		req.url = url;
+		req.body = body;
+		req.body_len = body ? strlen(body) : 0;
+		r = fetch_request(f, &req, &resp);
+		json_decref(pr);
+		pr = resp.body.data
+			     ? json_loadb((const char *)resp.body.data, resp.body.len, 0, NULL)
+			     : NULL;
+		if (json_is_string(json_object_get(pr, "device_id")))
+			dev = strdup(json_string_value(json_object_get(pr, "device_id")));
+		CHECK(r == 0 && resp.status == 201 && dev,
+		      "a test device through the emulator's control (%d, %ld)", r, resp.status);
+		json_decref(pr);
+		fetch_response_free(&resp);
+		free(body);
+	}
 	if (!dev)
 		goto out;
 

@@ -26,6 +26,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 #include <openssl/rsa.h>
 
 #define WRAPPED_MAX 512
@@ -719,6 +720,44 @@ int main(void)
 	CHECK(r == 0 && olen == 300 && !memcmp(out, secret2, 300),
 	      "load and unseal under the persistent SRK (%d)", r);
 
+	{
+		/* This swtpm was never provisioned: no EK certificate, no attestation. */
+		struct tpm_attest *a = NULL;
+
+		r = tpm_attest_new(t2, &a);
+		CHECK(r == -ENOKEY && !a, "a TPM without an EK certificate cannot attest (%d)", r);
+		CHECK(strstr(tpm_last_error(t2), "swtpm_setup --create-ek-cert") &&
+			      strstr(tpm_last_error(t2), "Jetson") &&
+			      strstr(tpm_last_error(t2), "tpm2_nvwrite"),
+		      "and the message says how to provision one");
+	}
+	{
+		/* The stack's swtpm was, as a manufacturer does (scripts/stack). */
+		struct tpm *ts = NULL;
+		struct tpm_attest *a = NULL;
+		const uint8_t *d = NULL;
+		const unsigned char *pp;
+		size_t n = 0;
+		X509 *x = NULL;
+
+		r = open_tpm(tcti, dir_a, NULL, 10, NULL, &ts);
+		r = r ? r : tpm_attest_new(ts, &a);
+		CHECK(r == 0 && a, "the stack's swtpm attests: EK certificate, EK, AK (%d)", r);
+		if (a && tpm_attest_item(a, TPM_ATTEST_EK_CERT, &d, &n) == 0) {
+			pp = d;
+			x = d2i_X509(NULL, &pp, (long)n);
+		}
+		CHECK(x != NULL, "its EK certificate is DER X.509");
+		X509_free(x);
+		CHECK(a && tpm_attest_item(a, TPM_ATTEST_SECRET, &d, &n) == -ENOENT,
+		      "no credential before a challenge is answered");
+		r = a ? tpm_attest_prove(ts, a, (const uint8_t *)"\0\5x", 3,
+					 (const uint8_t *)"\0\0", 2, (const uint8_t *)"n", 1)
+		      : -1;
+		CHECK(r == -EBADMSG, "a malformed credential blob: -EBADMSG (%d)", r);
+		tpm_attest_free(a);
+		tpm_close(ts);
+	}
 	tpm_close(t2);
 	t2 = NULL;
 	CHECK(!tpm_leaks(tcti2), "none left in the second TPM either");
