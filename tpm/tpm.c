@@ -56,7 +56,7 @@
 
 #define TPM_SRK_HANDLE 0x81000001u
 #define TPM_STORE_KEY_LEN 32
-#define TPM_STORE_MAX (64 * 1024)       /* largest secret the store holds */
+#define TPM_STORE_MAX (64 * 1024) /* largest secret the store holds */
 #define TPM_STORE_HDR 8
 #define TPM_STORE_NONCE 12
 #define TPM_STORE_TAG 16
@@ -71,7 +71,7 @@
 #define TPM_HANDLES_TRANSIENT 0x80000000u
 #define TPM_HANDLES_SESSIONS 0x02000000u /* loaded HMAC (0x02) and policy (0x03) sessions */
 
-static const uint8_t tpm_store_magic[TPM_STORE_HDR] = { 'A', 'Z', 'T', 'S', 1, 0, 0, 0 };
+static const uint8_t tpm_store_magic[TPM_STORE_HDR] = {'A', 'Z', 'T', 'S', 1, 0, 0, 0};
 
 #define F_SRK "tpm-srk.pub"
 #define F_PCRS "tpm-pcrs"
@@ -81,8 +81,8 @@ static const uint8_t tpm_store_magic[TPM_STORE_HDR] = { 'A', 'Z', 'T', 'S', 1, 0
 #define F_SEAL_PRIV "tpm-seal.priv"
 #define F_STORE "tpm-store"
 
-static const char *const tpm_files[] = { F_SRK, F_PCRS, F_DK_PUB, F_DK_PRIV,
-					 F_SEAL_PUB, F_SEAL_PRIV, F_STORE };
+static const char *const tpm_files[] = {F_SRK,	    F_PCRS,	 F_DK_PUB, F_DK_PRIV,
+					F_SEAL_PUB, F_SEAL_PRIV, F_STORE};
 #define TPM_NFILES (sizeof(tpm_files) / sizeof(tpm_files[0]))
 
 struct tpm {
@@ -241,10 +241,10 @@ static const struct {
 	const char *name;
 	TPMI_ALG_HASH alg;
 } tpm_banks[] = {
-	{ "sha1", TPM2_ALG_SHA1 },
-	{ "sha256", TPM2_ALG_SHA256 },
-	{ "sha384", TPM2_ALG_SHA384 },
-	{ "sha512", TPM2_ALG_SHA512 },
+	{"sha1", TPM2_ALG_SHA1},
+	{"sha256", TPM2_ALG_SHA256},
+	{"sha384", TPM2_ALG_SHA384},
+	{"sha512", TPM2_ALG_SHA512},
 };
 #define TPM_NBANKS (sizeof(tpm_banks) / sizeof(tpm_banks[0]))
 
@@ -254,7 +254,7 @@ static const struct {
  */
 static int pcr_parse(const char *s, TPML_PCR_SELECTION *ret, char *why, size_t whylen)
 {
-	TPML_PCR_SELECTION sel = { 0 };
+	TPML_PCR_SELECTION sel = {0};
 	const char *p = s;
 
 	if (!s)
@@ -350,8 +350,8 @@ static void pcr_format(const TPML_PCR_SELECTION *sel, char *buf, size_t len)
 		for (i = 0; i < TPM_NBANKS; i++)
 			if (tpm_banks[i].alg == bank->hash)
 				name = tpm_banks[i].name;
-		off += (size_t)snprintf(buf + off, off < len ? len - off : 0, "%s%s:",
-					b ? "+" : "", name);
+		off += (size_t)snprintf(buf + off, off < len ? len - off : 0, "%s%s:", b ? "+" : "",
+					name);
 		for (i = 0; i < TPM_PCR_MAX && i / 8 < bank->sizeofSelect; i++) {
 			if (!(bank->pcrSelect[i / 8] & (1u << (i % 8))))
 				continue;
@@ -513,7 +513,7 @@ static int pub_marshal(struct tpm *t, const TPM2B_PUBLIC *pub, uint8_t *buf, siz
 static int pub_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, size_t len,
 			 TPM2B_PUBLIC *ret)
 {
-	TPM2B_PUBLIC pub = { 0 };
+	TPM2B_PUBLIC pub = {0};
 	size_t off = 0;
 	TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(buf, len, &off, &pub);
 
@@ -526,7 +526,7 @@ static int pub_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, si
 static int priv_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, size_t len,
 			  TPM2B_PRIVATE *ret)
 {
-	TPM2B_PRIVATE priv = { 0 };
+	TPM2B_PRIVATE priv = {0};
 	size_t off = 0;
 	TSS2_RC rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal(buf, len, &off, &priv);
 
@@ -547,8 +547,8 @@ static int store_seal(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const
 	int n, r = -EIO;
 
 	if (len > TPM_STORE_MAX)
-		return tpm_fail(t, -EINVAL, "tpm: secret of %zu bytes exceeds the store's %d",
-				len, TPM_STORE_MAX);
+		return tpm_fail(t, -EINVAL, "tpm: secret of %zu bytes exceeds the store's %d", len,
+				TPM_STORE_MAX);
 	blob = malloc(total);
 	if (!blob)
 		return tpm_fail(t, -ENOMEM, "tpm: out of memory");
@@ -726,13 +726,11 @@ static void handle_flush(struct tpm *t, ESYS_TR *h)
  * encryption), or, with salted == 0, an unsalted one (trial, or before an
  * SRK exists).
  */
-static int session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSION attrs,
-			 ESYS_TR *ret)
+static int session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSION attrs, ESYS_TR *ret)
 {
-	TPMT_SYM_DEF sym = { .algorithm = TPM2_ALG_AES,
-			     .keyBits = { .aes = 128 },
-			     .mode = { .aes = TPM2_ALG_CFB } };
-	TPMT_SYM_DEF none = { .algorithm = TPM2_ALG_NULL };
+	TPMT_SYM_DEF sym = {
+		.algorithm = TPM2_ALG_AES, .keyBits = {.aes = 128}, .mode = {.aes = TPM2_ALG_CFB}};
+	TPMT_SYM_DEF none = {.algorithm = TPM2_ALG_NULL};
 	ESYS_TR s = ESYS_TR_NONE;
 	TSS2_RC rc;
 
@@ -757,7 +755,7 @@ static int session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSION a
  */
 static int sessions_start(struct tpm *t, TPMA_SESSION enc, ESYS_TR *ret_auth, ESYS_TR *ret_enc)
 {
-	TPM2B_DIGEST empty = { .size = 0 };
+	TPM2B_DIGEST empty = {.size = 0};
 	ESYS_TR hmac = ESYS_TR_NONE, pol = ESYS_TR_NONE;
 	TSS2_RC rc;
 	int r;
@@ -793,7 +791,7 @@ out_hmac:
 /* The PolicyPCR digest over sel's current values, from a trial session. */
 static int policy_digest(struct tpm *t, const TPML_PCR_SELECTION *sel, TPM2B_DIGEST *ret)
 {
-	TPM2B_DIGEST empty = { .size = 0 };
+	TPM2B_DIGEST empty = {.size = 0};
 	TPM2B_DIGEST *digest = NULL;
 	ESYS_TR trial = ESYS_TR_NONE;
 	TSS2_RC rc;
@@ -802,8 +800,7 @@ static int policy_digest(struct tpm *t, const TPML_PCR_SELECTION *sel, TPM2B_DIG
 	r = session_start(t, TPM2_SE_TRIAL, 0, 0, &trial);
 	if (r < 0)
 		return r;
-	rc = Esys_PolicyPCR(t->esys, trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty,
-			    sel);
+	rc = Esys_PolicyPCR(t->esys, trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, sel);
 	if (rc != TSS2_RC_SUCCESS) {
 		r = tpm_rc(t, rc, "PolicyPCR (trial; are those PCR banks active?)");
 		goto out;
@@ -882,27 +879,29 @@ static int srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
 {
 	/* TCG's standard ECC P-256 storage template: deterministic per seed. */
 	TPM2B_PUBLIC tmpl = {
-		.publicArea = {
-			.type = TPM2_ALG_ECC,
-			.nameAlg = TPM2_ALG_SHA256,
-			.objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT |
-					    TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
-					    TPMA_OBJECT_SENSITIVEDATAORIGIN |
-					    TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA,
-			.parameters.eccDetail = {
-				.symmetric = { .algorithm = TPM2_ALG_AES,
-					       .keyBits = { .aes = 128 },
-					       .mode = { .aes = TPM2_ALG_CFB } },
-				.scheme = { .scheme = TPM2_ALG_NULL },
-				.curveID = TPM2_ECC_NIST_P256,
-				.kdf = { .scheme = TPM2_ALG_NULL },
+		.publicArea =
+			{
+				.type = TPM2_ALG_ECC,
+				.nameAlg = TPM2_ALG_SHA256,
+				.objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT |
+						    TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+						    TPMA_OBJECT_SENSITIVEDATAORIGIN |
+						    TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA,
+				.parameters.eccDetail =
+					{
+						.symmetric = {.algorithm = TPM2_ALG_AES,
+							      .keyBits = {.aes = 128},
+							      .mode = {.aes = TPM2_ALG_CFB}},
+						.scheme = {.scheme = TPM2_ALG_NULL},
+						.curveID = TPM2_ECC_NIST_P256,
+						.kdf = {.scheme = TPM2_ALG_NULL},
+					},
 			},
-		},
 	};
-	TPM2B_SENSITIVE_CREATE in = { 0 };
-	TPM2B_DATA outside = { 0 };
-	TPML_PCR_SELECTION creation = { 0 };
-	TPM2B_AUTH auth = { 0 };
+	TPM2B_SENSITIVE_CREATE in = {0};
+	TPM2B_DATA outside = {0};
+	TPML_PCR_SELECTION creation = {0};
+	TPM2B_AUTH auth = {0};
 	ESYS_TR s = ESYS_TR_NONE, h = ESYS_TR_NONE;
 	TPM2B_PUBLIC *pub = NULL;
 	TSS2_RC rc;
@@ -930,7 +929,7 @@ static int srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
 out_session:
 	handle_flush(t, &s);
 out_auth:
-	Esys_TR_SetAuth(t->esys, ESYS_TR_RH_OWNER, &(TPM2B_AUTH){ .size = 0 });
+	Esys_TR_SetAuth(t->esys, ESYS_TR_RH_OWNER, &(TPM2B_AUTH){.size = 0});
 	return r;
 }
 
@@ -951,12 +950,11 @@ static int srk_get(struct tpm *t)
 		if (r != -ENOENT)
 			return r;
 	}
-	rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-				TPM2_CAP_HANDLES, TPM_SRK_HANDLE, 1, NULL, &cap);
+	rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES,
+				TPM_SRK_HANDLE, 1, NULL, &cap);
 	if (rc != TSS2_RC_SUCCESS)
 		return tpm_rc(t, rc, "listing persistent handles");
-	persistent = cap->data.handles.count > 0 &&
-		     cap->data.handles.handle[0] == TPM_SRK_HANDLE;
+	persistent = cap->data.handles.count > 0 && cap->data.handles.handle[0] == TPM_SRK_HANDLE;
 	Esys_Free(cap);
 	if (!persistent) {
 		r = srk_create(t, &h, &pub);
@@ -1011,8 +1009,8 @@ static int object_create(struct tpm *t, const char *what, const TPM2B_PUBLIC *tm
 			 const TPM2B_SENSITIVE_CREATE *in, TPM2B_PUBLIC *ret_pub,
 			 TPM2B_PRIVATE *ret_priv)
 {
-	TPM2B_DATA outside = { 0 };
-	TPML_PCR_SELECTION creation = { 0 };
+	TPM2B_DATA outside = {0};
+	TPML_PCR_SELECTION creation = {0};
 	TPM2B_PUBLIC *pub = NULL;
 	TPM2B_PRIVATE *priv = NULL;
 	ESYS_TR s = ESYS_TR_NONE;
@@ -1064,30 +1062,32 @@ static int dk_create(struct tpm *t, const TPM2B_DIGEST *policy, TPM2B_PUBLIC *re
 		     TPM2B_PRIVATE *ret_priv)
 {
 	TPM2B_PUBLIC tmpl = {
-		.publicArea = {
-			.type = TPM2_ALG_RSA,
-			.nameAlg = TPM2_ALG_SHA256,
-			/*
+		.publicArea =
+			{
+				.type = TPM2_ALG_RSA,
+				.nameAlg = TPM2_ALG_SHA256,
+				/*
 			 * Bound to PCRs, the USER role (RSA_Decrypt) answers to the
 			 * policy only; the ADMIN role (Certify at enrolment) keeps its
 			 * empty authValue, because a policy for ADMIN would have to
 			 * name each command (PolicyCommandCode).
 			 */
-			.objectAttributes = TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
-					    TPMA_OBJECT_FIXEDPARENT |
-					    TPMA_OBJECT_SENSITIVEDATAORIGIN |
-					    (policy->size ? 0 : TPMA_OBJECT_USERWITHAUTH),
-			.authPolicy = *policy,
-			.parameters.rsaDetail = {
-				.symmetric = { .algorithm = TPM2_ALG_NULL },
-				/* The scheme (OAEP-SHA256) is chosen at each use. */
-				.scheme = { .scheme = TPM2_ALG_NULL },
-				.keyBits = 2048,
-				.exponent = 0,
+				.objectAttributes = TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
+						    TPMA_OBJECT_FIXEDPARENT |
+						    TPMA_OBJECT_SENSITIVEDATAORIGIN |
+						    (policy->size ? 0 : TPMA_OBJECT_USERWITHAUTH),
+				.authPolicy = *policy,
+				.parameters.rsaDetail =
+					{
+						.symmetric = {.algorithm = TPM2_ALG_NULL},
+						/* The scheme (OAEP-SHA256) is chosen at each use. */
+						.scheme = {.scheme = TPM2_ALG_NULL},
+						.keyBits = 2048,
+						.exponent = 0,
+					},
 			},
-		},
 	};
-	TPM2B_SENSITIVE_CREATE in = { 0 };
+	TPM2B_SENSITIVE_CREATE in = {0};
 
 	return object_create(t, "creating the device key", &tmpl, &in, ret_pub, ret_priv);
 }
@@ -1097,16 +1097,17 @@ static int seal_create(struct tpm *t, const TPM2B_DIGEST *policy,
 		       TPM2B_PRIVATE *ret_priv)
 {
 	TPM2B_PUBLIC tmpl = {
-		.publicArea = {
-			.type = TPM2_ALG_KEYEDHASH,
-			.nameAlg = TPM2_ALG_SHA256,
-			.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
-					    auth_attrs(policy),
-			.authPolicy = *policy,
-			.parameters.keyedHashDetail.scheme = { .scheme = TPM2_ALG_NULL },
-		},
+		.publicArea =
+			{
+				.type = TPM2_ALG_KEYEDHASH,
+				.nameAlg = TPM2_ALG_SHA256,
+				.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+						    auth_attrs(policy),
+				.authPolicy = *policy,
+				.parameters.keyedHashDetail.scheme = {.scheme = TPM2_ALG_NULL},
+			},
 	};
-	TPM2B_SENSITIVE_CREATE in = { 0 };
+	TPM2B_SENSITIVE_CREATE in = {0};
 	int r;
 
 	in.sensitive.data.size = TPM_STORE_KEY_LEN;
@@ -1149,8 +1150,8 @@ static int srk_check(struct tpm *t, const uint8_t *rec, size_t rec_len)
 
 static int state_load(struct tpm *t)
 {
-	uint8_t *data[TPM_NFILES] = { 0 };
-	size_t len[TPM_NFILES] = { 0 };
+	uint8_t *data[TPM_NFILES] = {0};
+	size_t len[TPM_NFILES] = {0};
 	TPM2B_PUBLIC dk_pub, seal_pub;
 	TPM2B_PRIVATE dk_priv, seal_priv;
 	TPML_PCR_SELECTION pcrs;
@@ -1629,7 +1630,7 @@ static int enrolment_write(struct tpm *t, const struct tpm_enrolment *e,
 	/* Indexed like tpm_files[]: srk, pcrs, dk pub, dk priv, seal pub, seal priv, store. */
 	uint8_t blob[TPM_NFILES - 1][sizeof(TPM2B_PRIVATE) + sizeof(TPM2B_PUBLIC)];
 	const void *data[TPM_NFILES];
-	size_t len[TPM_NFILES] = { 0 };
+	size_t len[TPM_NFILES] = {0};
 	char tmp[TPM_NFILES][PATH_MAX];
 	char path[PATH_MAX], text[256];
 	size_t i, n;
@@ -1690,8 +1691,8 @@ out_unlink:
 
 static int enroll_once(struct tpm *t, const void *secret, size_t len, char **ret_pem)
 {
-	struct tpm_enrolment e = { 0 };
-	TPM2B_DIGEST policy = { .size = 0 };
+	struct tpm_enrolment e = {0};
+	TPM2B_DIGEST policy = {.size = 0};
 	uint8_t key[TPM_STORE_KEY_LEN];
 	ESYS_TR dk = ESYS_TR_NONE;
 	char *pem = NULL;
@@ -1912,9 +1913,9 @@ static int tpm_healthy(struct tpm *t)
 static int unwrap_once(struct tpm *t, const TPM2B_PUBLIC_KEY_RSA *in, uint8_t *buf, size_t cap,
 		       size_t *ret_len)
 {
-	TPMT_RSA_DECRYPT scheme = { .scheme = TPM2_ALG_OAEP,
-				    .details = { .oaep = { .hashAlg = TPM2_ALG_SHA256 } } };
-	TPM2B_DATA label = { .size = 0 };
+	TPMT_RSA_DECRYPT scheme = {.scheme = TPM2_ALG_OAEP,
+				   .details = {.oaep = {.hashAlg = TPM2_ALG_SHA256}}};
+	TPM2B_DATA label = {.size = 0};
 	TPM2B_PUBLIC_KEY_RSA *out = NULL;
 	ESYS_TR auth = ESYS_TR_NONE, enc = ESYS_TR_NONE;
 	TSS2_RC rc, base;
@@ -1958,7 +1959,7 @@ out:
 int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf, size_t cap,
 	       size_t *ret_len)
 {
-	TPM2B_PUBLIC_KEY_RSA in = { 0 };
+	TPM2B_PUBLIC_KEY_RSA in = {0};
 	int r, tries = 0, flushed = 0;
 
 	if (!t || !wrapped || (!buf && cap) || !ret_len)
@@ -1995,7 +1996,7 @@ out:
 /* ---- attested enrolment (docs/trust.md 1) ------------------------------------ */
 
 #define TPM_EK_CERT_MAX 4096 /* largest certificate read from NV */
-#define TPM_NV_CHUNK 512	       /* bytes per NV_Read, below every TPM's buffer */
+#define TPM_NV_CHUNK 512     /* bytes per NV_Read, below every TPM's buffer */
 #define TPM_QUOTE_PCRS_MAX 32
 
 struct tpm_attest_pcr {
@@ -2044,9 +2045,10 @@ struct tpm_attest {
 };
 
 /* PolicySecret(TPM_RH_ENDORSEMENT), the low-range templates' authPolicy (SHA-256). */
-static const uint8_t tpm_ek_policy_low[32] = {
-	0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
-	0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa};
+static const uint8_t tpm_ek_policy_low[32] = {0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8,
+					      0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
+					      0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64,
+					      0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa};
 /* PolicyB-SHA384 of the EK profile's high-range templates. */
 static const uint8_t tpm_ek_policy_high384[48] = {
 	0xb2, 0x6e, 0x7d, 0x28, 0xd1, 0x1a, 0x50, 0xbc, 0x53, 0xd8, 0x82, 0xbc,
@@ -2157,15 +2159,16 @@ static int ek_cert_read(struct tpm *t, const struct tpm_ek_kind **ret_kind, uint
 		k = &tpm_ek_kinds[i];
 	}
 	if (r == 0)
-		return tpm_fail(t, -ENOKEY,
-				"tpm: no EK certificate in the TPM's NV (indices 0x%08x, 0x%08x, "
-				"0x%08x): the API enrols only a TPM its manufacturer certified. A "
-				"Jetson Orin's fTPM gets one from the board's provisioning (EKB); for "
-				"swtpm run swtpm_setup --create-ek-cert; otherwise write the "
-				"manufacturer's DER certificate with tpm2_nvdefine 0x%08x and "
-				"tpm2_nvwrite",
-				tpm_ek_kinds[0].nv, tpm_ek_kinds[1].nv, tpm_ek_kinds[2].nv,
-				tpm_ek_kinds[0].nv);
+		return tpm_fail(
+			t, -ENOKEY,
+			"tpm: no EK certificate in the TPM's NV (indices 0x%08x, 0x%08x, "
+			"0x%08x): the API enrols only a TPM its manufacturer certified. A "
+			"Jetson Orin's fTPM gets one from the board's provisioning (EKB); for "
+			"swtpm run swtpm_setup --create-ek-cert; otherwise write the "
+			"manufacturer's DER certificate with tpm2_nvdefine 0x%08x and "
+			"tpm2_nvwrite",
+			tpm_ek_kinds[0].nv, tpm_ek_kinds[1].nv, tpm_ek_kinds[2].nv,
+			tpm_ek_kinds[0].nv);
 	if (size == 0 || size > TPM_EK_CERT_MAX) {
 		Esys_TR_Close(t->esys, &h);
 		return tpm_fail(t, -EKEYREJECTED, "tpm: the EK certificate index holds %zu bytes",
@@ -2263,11 +2266,12 @@ static int ek_cert_check(struct tpm *t, const struct tpm_ek_kind *k, const uint8
 	eq = key && (k->type == TPM2_ALG_RSA ? ek_rsa_equal(key, ek) : ek_ecc_equal(key, ek));
 	X509_free(x);
 	if (!eq)
-		return tpm_fail(t, -EKEYREJECTED,
-				"tpm: the %s EK certificate in NV 0x%08x does not certify this "
-				"TPM's EK (TCG default template): the certificate belongs to another "
-				"TPM or the EK template differs",
-				k->what, k->nv);
+		return tpm_fail(
+			t, -EKEYREJECTED,
+			"tpm: the %s EK certificate in NV 0x%08x does not certify this "
+			"TPM's EK (TCG default template): the certificate belongs to another "
+			"TPM or the EK template differs",
+			k->what, k->nv);
 	*len = (size_t)(p - der);
 	return 0;
 }

@@ -42,17 +42,17 @@
 typedef void (*tpm_log_fn)(int priority, const char *msg);
 
 struct tpm_opts {
-	const char *tcti;              /* e.g. "device:/dev/tpmrm0", "swtpm:port=2321" */
-	unsigned wait_seconds;         /* wait for the device to appear */
-	const char *pcrs;              /* "sha256:0,2,7" or NULL/"" for none; banks
+	const char *tcti;	   /* e.g. "device:/dev/tpmrm0", "swtpm:port=2321" */
+	unsigned wait_seconds;	   /* wait for the device to appear */
+	const char *pcrs;	   /* "sha256:0,2,7" or NULL/"" for none; banks
 					* sha1, sha256, sha384, sha512, several
 					* joined by '+' */
-	const uint8_t *owner_auth;     /* owner hierarchy password, or NULL; copied,
+	const uint8_t *owner_auth; /* owner hierarchy password, or NULL; copied,
 					* used only to create the SRK */
 	size_t owner_auth_len;
-	const char *state_dir;         /* where blobs live, mode 0600 */
-	tpm_log_fn log;                /* may be NULL */
-	int quick;		       /* tpm = auto: see tpm_open */
+	const char *state_dir; /* where blobs live, mode 0600 */
+	tpm_log_fn log;	       /* may be NULL */
+	int quick;	       /* tpm = auto: see tpm_open */
 };
 
 struct tpm;
@@ -108,8 +108,8 @@ int tpm_unseal(struct tpm *t, uint8_t *buf, size_t cap, size_t *ret_len);
  * key, into buf (the caller's locked memory). Salted, parameter-encrypted
  * session; -EACCES on a PCR mismatch, -EBADMSG when it does not decrypt.
  */
-int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf,
-	       size_t cap, size_t *ret_len);
+int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf, size_t cap,
+	       size_t *ret_len);
 
 /*
  * Attested enrolment (docs/trust.md 1): evidence that the device key lives in

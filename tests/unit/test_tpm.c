@@ -223,11 +223,11 @@ static int copy_files(const char *from, const char *to, const char *const *names
 	return 0;
 }
 
-static const char *const all_files[] = { "tpm-srk.pub",   "tpm-pcrs",      "tpm-dk.pub",
-					 "tpm-dk.priv",   "tpm-seal.pub",  "tpm-seal.priv",
-					 "tpm-store",     NULL };
-static const char *const object_files[] = { "tpm-dk.pub",   "tpm-dk.priv", "tpm-seal.pub",
-					    "tpm-seal.priv", "tpm-store", NULL };
+static const char *const all_files[] = {
+	"tpm-srk.pub",	"tpm-pcrs",	 "tpm-dk.pub", "tpm-dk.priv",
+	"tpm-seal.pub", "tpm-seal.priv", "tpm-store",  NULL};
+static const char *const object_files[] = {"tpm-dk.pub",    "tpm-dk.priv", "tpm-seal.pub",
+					   "tpm-seal.priv", "tpm-store",   NULL};
 
 static double now(void)
 {
@@ -243,15 +243,14 @@ static int free_port_pair(void)
 	int tries;
 
 	for (tries = 0; tries < 50; tries++) {
-		struct sockaddr_in a = { .sin_family = AF_INET,
-					 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		struct sockaddr_in a = {.sin_family = AF_INET,
+					.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 		socklen_t al = sizeof(a);
 		int s1 = socket(AF_INET, SOCK_STREAM, 0), s2 = socket(AF_INET, SOCK_STREAM, 0);
 		int port = -1;
 
 		if (s1 >= 0 && s2 >= 0 && bind(s1, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-		    getsockname(s1, (struct sockaddr *)&a, &al) == 0 &&
-		    ntohs(a.sin_port) < 65000) {
+		    getsockname(s1, (struct sockaddr *)&a, &al) == 0 && ntohs(a.sin_port) < 65000) {
 			port = ntohs(a.sin_port);
 			a.sin_port = htons((uint16_t)(port + 1));
 			if (bind(s2, (struct sockaddr *)&a, sizeof(a)) != 0)
@@ -312,8 +311,8 @@ static void *unwrap_thread(void *arg)
 		uint8_t k[64];
 		size_t klen = 0;
 
-		if (tpm_unwrap(j->t, j->wrapped, j->wlen, k, sizeof(k), &klen) != 0 ||
-		    klen != 32 || memcmp(k, j->want, 32))
+		if (tpm_unwrap(j->t, j->wrapped, j->wlen, k, sizeof(k), &klen) != 0 || klen != 32 ||
+		    memcmp(k, j->want, 32))
 			j->bad++;
 	}
 	return NULL;
@@ -358,8 +357,9 @@ int main(void)
 
 	/* ---- argument checks ---- */
 	{
-		static const char *const bad[] = { "sha256:", "sha256:24", "md5:1", "sha256:1,x",
-						   "0,1", "sha256:1+sha256:2", "sha256:-1", NULL };
+		static const char *const bad[] = {"sha256:",	"sha256:24", "md5:1",
+						  "sha256:1,x", "0,1",	     "sha256:1+sha256:2",
+						  "sha256:-1",	NULL};
 		int wrong = 0;
 		size_t i;
 
@@ -484,7 +484,7 @@ int main(void)
 		int i, bad = 0;
 
 		for (i = 0; i < 4; i++) {
-			jobs[i] = (struct unwrap_job){ t, wrapped, wlen, k, 0 };
+			jobs[i] = (struct unwrap_job){t, wrapped, wlen, k, 0};
 			pthread_create(&th[i], NULL, unwrap_thread, &jobs[i]);
 		}
 		for (i = 0; i < 4; i++) {
@@ -668,8 +668,8 @@ int main(void)
 	CHECK(copy_files(dir_a, dir_d, object_files) == 0, "the first TPM's objects copied over");
 	r = open_tpm(tcti2, dir_d, NULL, 10, NULL, &t2);
 	r = r ? r : tpm_load(t2);
-	CHECK(r == -ESTALE,
-	      "tpm_load of another TPM's objects under this SRK gives -ESTALE (%d)", r);
+	CHECK(r == -ESTALE, "tpm_load of another TPM's objects under this SRK gives -ESTALE (%d)",
+	      r);
 	CHECK(t2 && strstr(tpm_last_error(t2), "not this TPM's"), "and says why: %s",
 	      t2 ? tpm_last_error(t2) : "");
 	tpm_close(t2);
