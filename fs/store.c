@@ -109,7 +109,7 @@ struct store_obj {
 	/* prepared (see the locking rules above) */
 	char *url;
 	char cache_id[33];
-	struct store_blob blob;
+	struct src_blob blob;
 	uint64_t size;	/* plaintext */
 	uint8_t *small; /* format 1: E[0:n], locked memory */
 	size_t small_len;
@@ -151,7 +151,7 @@ struct store {
 	struct fetch *f;
 	struct session *s;
 	struct device *d;
-	struct store_src *src;
+	struct src *src;
 	uint8_t *rkey; /* format 1 resource key, locked memory */
 	uint64_t ra_max;
 	unsigned timeout_s;
@@ -197,10 +197,10 @@ struct store_file {
 #define STORE_COUNT(st, field, n) __atomic_fetch_add(&(st)->stats.field, (n), __ATOMIC_RELAXED)
 
 /* The source layers' read, counted for /metrics. */
-static int store_src_read(struct store *st, const struct store_blob *b, uint64_t off, size_t len,
+static int store_src_read(struct store *st, const struct src_blob *b, uint64_t off, size_t len,
 			  uint8_t *buf)
 {
-	int r = st->src->ops->read(st->src, b, off, len, buf);
+	int r = src_read(st->src, b, off, len, buf);
 
 	STORE_COUNT(st, fetches, 1);
 	if (r < 0)
@@ -211,10 +211,9 @@ static int store_src_read(struct store *st, const struct store_blob *b, uint64_t
 }
 
 /* Makes the source layers forget what they keep of a range (a failed check). */
-static void store_src_drop(struct store *st, const struct store_blob *b, uint64_t off, size_t len)
+static void store_src_drop(struct store *st, const struct src_blob *b, uint64_t off, size_t len)
 {
-	if (st->src->ops->drop)
-		st->src->ops->drop(st->src, b, off, len);
+	src_drop(st->src, b, off, len);
 }
 
 /* A ciphertext buffer of at least len bytes; release it with store_buf_put. */
@@ -1728,7 +1727,7 @@ static int store_resource_key(struct store *st)
 int store_new(const struct config *c, struct fetch *f, struct session *s, struct device *d,
 	      struct store **ret)
 {
-	struct store_src *cdn = NULL;
+	struct src *cdn = NULL;
 	pthread_condattr_t ca;
 	struct store *st;
 	size_t nb;
@@ -1783,11 +1782,11 @@ int store_new(const struct config *c, struct fetch *f, struct session *s, struct
 	if (st->ra_max > st->n_units * STORE_UNIT / 4)
 		st->ra_max = st->n_units * STORE_UNIT / 4;
 
-	r = store_src_cdn_new(f, &cdn);
+	r = src_cdn_new(f, &cdn);
 	if (r < 0)
 		goto err;
 	if (c->cache_dir && *c->cache_dir && c->cache_max > 0) {
-		r = store_src_disk_new(c->cache_dir, c->cache_max, cdn, &st->src);
+		r = src_disk_new(c->cache_dir, c->cache_max, cdn, &st->src);
 		if (r < 0) {
 			log_warn("cache_dir %s unusable (%s): reading without a disk cache",
 				 c->cache_dir, strerror(-r));
@@ -1799,7 +1798,7 @@ int store_new(const struct config *c, struct fetch *f, struct session *s, struct
 	*ret = st;
 	return 0;
 err:
-	store_src_free(cdn);
+	src_free(cdn);
 	store_free(st);
 	return r;
 }
@@ -1828,7 +1827,7 @@ void store_free(struct store *st)
 		next = o->next;
 		store_obj_put_locked(o);
 	}
-	store_src_free(st->src);
+	src_free(st->src);
 	secmem_free(st->slab);
 	secmem_free(st->rkey);
 	free(st->units);
@@ -1840,58 +1839,4 @@ void store_free(struct store *st)
 	pthread_mutex_destroy(&st->buf_lock);
 	pthread_cond_destroy(&st->buf_cond);
 	free(st);
-}
-
-/* ---- the CDN source -------------------------------------------------------------------- */
-
-struct store_cdn {
-	struct store_src src;
-	struct fetch *f;
-};
-
-static int store_cdn_read(struct store_src *src, const struct store_blob *b, uint64_t off,
-			  size_t len, uint8_t *buf)
-{
-	struct store_cdn *c = (struct store_cdn *)src;
-	size_t got = 0;
-	int r;
-
-	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL);
-	if (r < 0)
-		return r;
-	if (got != len) {
-		log_err("%s: %zu bytes at %llu, wanted %zu: the big part is shorter than "
-			"expected",
-			b->url, got, (unsigned long long)off, len);
-		return -EIO;
-	}
-	return 0;
-}
-
-static void store_cdn_free(struct store_src *src)
-{
-	free(src);
-}
-
-static const struct store_src_ops store_cdn_ops = {
-	.read = store_cdn_read,
-	.free = store_cdn_free,
-};
-
-int store_src_cdn_new(struct fetch *f, struct store_src **ret)
-{
-	struct store_cdn *c = calloc(1, sizeof(*c));
-
-	if (!c)
-		return -ENOMEM;
-	c->src.ops = &store_cdn_ops;
-	c->f = f;
-	*ret = &c->src;
-	return 0;
-}
-
-void store_src_free(struct store_src *src)
-{
-	if (src)
-		src->ops->free(src);
 }

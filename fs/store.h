@@ -30,49 +30,9 @@
 #include "fs/config.h"
 #include "fs/device.h"
 #include "fs/session.h"
+#include "fs/src.h"
 
 #define STORE_UNIT (64 * 1024) /* plaintext bytes per cache entry */
-
-/* ---- source layers -------------------------------------------------------- */
-
-/* One big part as the source layers see it. */
-struct store_blob {
-	const char *url;
-	const struct fetch_s3 *s3; /* NULL: unsigned */
-	uint64_t size;		   /* bytes of the big part */
-	const char *cache_id;	   /* its name in cache_dir (hex) */
-};
-
-struct store_src;
-struct store_src_ops {
-	/*
-	 * Reads exactly len bytes at off of b (off + len <= b->size) into buf.
-	 * 0 or a negative errno; a short answer is -EIO.
-	 */
-	int (*read)(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len,
-		    uint8_t *buf);
-	/* Frees the layer and the layers below it. */
-	void (*free)(struct store_src *src);
-	/*
-	 * May be NULL: forgets what this layer and the ones below keep of
-	 * [off, off + len) of b, after those bytes failed their check.
-	 */
-	void (*drop)(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len);
-};
-struct store_src {
-	const struct store_src_ops *ops;
-};
-
-/* The bottom layer: range requests to the CDN. */
-int store_src_cdn_new(struct fetch *f, struct store_src **ret);
-/*
- * A ciphertext cache in dir over lower (which it then owns): whole big
- * parts' blocks kept in files of mode 0600, at most max bytes in all,
- * least recently used files evicted first.
- */
-int store_src_disk_new(const char *dir, uint64_t max, struct store_src *lower,
-		       struct store_src **ret);
-void store_src_free(struct store_src *src);
 
 /* ---- the store -------------------------------------------------------------- */
 
