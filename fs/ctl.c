@@ -20,6 +20,7 @@
 #include "fs/config.h"
 #include "fs/device.h"
 #include "fs/hw.h"
+#include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/names.h"
 #include "fs/publish.h"
@@ -209,7 +210,7 @@ static ssize_t ctl_read_fd(void *ctx, uint8_t *buf, size_t cap)
 static int ctl_resource_key(const struct config *c, uint8_t key[CRYPTO_KEY_SIZE])
 {
 	char *msg = NULL;
-	int r = config_resource_key(c, key, &msg);
+	int r = keys_resource_key(c, NULL, key, &msg);
 
 	if (r < 0)
 		ctl_error("%s", msg ? msg : strerror(-r));

@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "crypto/crypto.h"
+#include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/names.h"
 #include "fs/publish.h"
@@ -643,30 +644,6 @@ static ssize_t rest_upload_src(void *ctx, uint8_t *buf, size_t cap)
 	return (ssize_t)n;
 }
 
-static int rest_resource_key(const struct config *c, uint8_t *key)
-{
-	char *secret = NULL, *msg = NULL;
-	size_t len;
-	int e;
-
-	if (!c->legacy_resource_secret_file) {
-		f1_aes_key(F1_DEFAULT_RESOURCE_SECRET, strlen(F1_DEFAULT_RESOURCE_SECRET), key);
-		return 0;
-	}
-	e = config_read_secret_file(c->legacy_resource_secret_file, 1, &secret, &len, &msg);
-	if (e < 0) {
-		log_err("legacy_resource_secret_file: %s", msg ? msg : strerror(-e));
-		free(msg);
-		return e;
-	}
-	/* As the store reads it: a trailing newline is not part of the secret. */
-	while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
-		len--;
-	f1_aes_key(secret, len, key);
-	secmem_free(secret);
-	return 0;
-}
-
 static unsigned rest_upload_status(int e)
 {
 	switch (e) {
@@ -1212,6 +1189,7 @@ int rest_new(const struct rest_deps *deps, struct rest **ret)
 {
 	const char *spec = deps->c->rest_listen;
 	struct rest *r;
+	char *msg = NULL;
 	int e;
 
 	r = calloc(1, sizeof(*r));
@@ -1227,9 +1205,13 @@ int rest_new(const struct rest_deps *deps, struct rest **ret)
 		e = -errno;
 		goto err;
 	}
-	e = rest_resource_key(deps->c, r->rkey);
-	if (e < 0)
+	/* The readers' key (keys.h): what F3 publishes must decrypt for them. */
+	e = keys_resource_key(deps->c, deps->d, r->rkey, &msg);
+	if (e < 0) {
+		log_err("%s", msg ? msg : strerror(-e));
+		free(msg);
 		goto err;
+	}
 	e = unlock_new(deps->c, deps->f, deps->s, deps->d, &r->unlock);
 	if (e < 0)
 		goto err;

@@ -359,8 +359,7 @@ static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, si
 			ssize_t n = pread(f->fd, buf + (from - off), to - from, (off_t)from);
 
 			if (n != (ssize_t)(to - from))
-				r = src_read(d->lower, b, from, to - from,
-							buf + (from - off));
+				r = src_read(d->lower, b, from, to - from, buf + (from - off));
 		} else {
 			uint8_t *tmp = disk_tmp_get(d, z - a);
 			uint64_t from = a > off ? a : off, to = z < end ? z : end;
@@ -490,8 +489,7 @@ static void disk_scan(struct disk_src *d)
 	closedir(dir);
 }
 
-int src_disk_new(const char *dir, uint64_t max, struct src *lower,
-		       struct src **ret)
+int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **ret)
 {
 	struct disk_src *d;
 	struct stat st;
