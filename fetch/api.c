@@ -623,3 +623,558 @@ out:
 	free(url);
 	return r;
 }
+
+/* ---- format-1 chunk hashes (docs/trust.md section 4) ----------------------- */
+
+/*
+ * The list can be long (a 1 TiB big part has a million entries), so its
+ * answer is parsed as it streams, by a tokenizer and a small grammar for
+ * exactly {"chunk_size": n, "sha256": ["<hex>", ...]}, and only the
+ * digests are kept: 32 bytes an entry, within FETCH_CHUNK_HASHES_COUNT_MAX.
+ * Members of other names are skipped whatever their value.
+ */
+#define HASHES_TOKEN_MAX 80 /* a key, a number, a 64-hex entry */
+/* Bytes of the answer: the entries with generous whitespace. */
+#define HASHES_BODY_MAX (FETCH_CHUNK_HASHES_COUNT_MAX * 128 + 4096)
+/* Bytes of an error page read before giving up. */
+#define HASHES_DISCARD_MAX (64u * 1024)
+#define HASHES_DEPTH_MAX 64
+
+enum hashes_tok {
+	TOK_BEGIN_OBJ,
+	TOK_END_OBJ,
+	TOK_BEGIN_ARR,
+	TOK_END_ARR,
+	TOK_COLON,
+	TOK_COMMA,
+	TOK_STRING,
+	TOK_NUMBER,
+	TOK_LITERAL
+};
+
+enum hashes_lex {
+	LEX_WS,	     /* between tokens */
+	LEX_STRING,  /* inside "..." */
+	LEX_ESCAPE,  /* after a backslash */
+	LEX_UHEX,    /* in the 4 digits of \uXXXX */
+	LEX_NUMBER,  /* in a number */
+	LEX_LITERAL, /* in true, false or null */
+};
+
+enum hashes_state {
+	HS_START,     /* before '{' */
+	HS_FIRST_KEY, /* after '{': a key or '}' */
+	HS_KEY,	      /* after ',': a key */
+	HS_COLON,     /* after a key */
+	HS_VALUE,     /* after ':' */
+	HS_SKIP,      /* inside a skipped array or object */
+	HS_AFTER,     /* after a member: ',' or '}' */
+	HS_ARR_FIRST, /* after "sha256": [ */
+	HS_ARR_ITEM,  /* after a ',' in the array */
+	HS_ARR_AFTER, /* after an entry: ',' or ']' */
+	HS_DONE,      /* after the final '}' */
+};
+
+enum hashes_key {
+	KEY_OTHER,
+	KEY_CHUNK_SIZE,
+	KEY_SHA256
+};
+
+struct hashes_parse {
+	/* tokenizer */
+	enum hashes_lex lex;
+	char tok[HASHES_TOKEN_MAX + 1];
+	size_t tok_len;
+	int tok_long; /* the token did not fit in tok */
+	int uhex;
+	/* grammar */
+	enum hashes_state state;
+	enum hashes_key key;
+	unsigned depth;
+	uint64_t closers; /* bit per depth in HS_SKIP: 1 '}', 0 ']' */
+	int have_chunk_size, have_sha256;
+	uint32_t chunk_size;
+	uint8_t *sha;
+	size_t count, alloc;
+	/* the answer */
+	size_t bytes;
+	const char *why; /* static; NULL while the answer is well formed */
+};
+
+static void hashes_reset(struct hashes_parse *p)
+{
+	uint8_t *sha = p->sha;
+	size_t alloc = p->alloc;
+
+	memset(p, 0, sizeof(*p));
+	p->sha = sha;
+	p->alloc = alloc;
+}
+
+static int hex_value(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+static int hashes_fail(struct hashes_parse *p, const char *why)
+{
+	if (!p->why)
+		p->why = why;
+	return -EBADMSG;
+}
+
+static int hashes_add(struct hashes_parse *p)
+{
+	uint8_t *d;
+	size_t i;
+
+	if (p->tok_long || p->tok_len != 64)
+		return hashes_fail(p, "an entry of \"sha256\" is not 64 hex characters");
+	if (p->count == FETCH_CHUNK_HASHES_COUNT_MAX)
+		return hashes_fail(p, "\"sha256\" has more entries than any big part needs");
+	if (p->count == p->alloc) {
+		size_t n = p->alloc ? p->alloc * 2 : 256;
+
+		if (n > FETCH_CHUNK_HASHES_COUNT_MAX)
+			n = FETCH_CHUNK_HASHES_COUNT_MAX;
+		d = realloc(p->sha, n * 32);
+		if (!d)
+			return -ENOMEM;
+		p->sha = d;
+		p->alloc = n;
+	}
+	d = p->sha + p->count * 32;
+	for (i = 0; i < 32; i++) {
+		int hi = hex_value(p->tok[2 * i]), lo = hex_value(p->tok[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return hashes_fail(p, "an entry of \"sha256\" is not 64 hex characters");
+		d[i] = (uint8_t)(hi << 4 | lo);
+	}
+	p->count++;
+	return 0;
+}
+
+static int hashes_chunk_size(struct hashes_parse *p)
+{
+	uint64_t v = 0;
+	size_t i;
+
+	if (p->tok_long || !p->tok_len || (p->tok[0] == '0' && p->tok_len > 1))
+		return hashes_fail(p, "\"chunk_size\" is not a whole number");
+	for (i = 0; i < p->tok_len; i++) {
+		if (p->tok[i] < '0' || p->tok[i] > '9')
+			return hashes_fail(p, "\"chunk_size\" is not a whole number");
+		v = v * 10 + (uint64_t)(p->tok[i] - '0');
+		if (v > FETCH_CHUNK_HASHES_MAX)
+			break;
+	}
+	if (v < FETCH_CHUNK_HASHES_MIN || v > FETCH_CHUNK_HASHES_MAX || (v & (v - 1)))
+		return hashes_fail(p, "\"chunk_size\" is not a power of two from 64 KiB to 16 MiB");
+	p->chunk_size = (uint32_t)v;
+	p->have_chunk_size = 1;
+	return 0;
+}
+
+/* Opens a skipped array or object, or closes one. */
+static int hashes_skip(struct hashes_parse *p, enum hashes_tok t)
+{
+	if (t == TOK_BEGIN_OBJ || t == TOK_BEGIN_ARR) {
+		if (p->depth == HASHES_DEPTH_MAX)
+			return hashes_fail(p, "a member nests deeper than any answer needs");
+		if (t == TOK_BEGIN_OBJ)
+			p->closers |= (uint64_t)1 << p->depth;
+		else
+			p->closers &= ~((uint64_t)1 << p->depth);
+		p->depth++;
+		p->state = HS_SKIP;
+		return 0;
+	}
+	if (t == TOK_END_OBJ || t == TOK_END_ARR) {
+		int obj = (p->closers >> (p->depth - 1)) & 1;
+
+		if (obj != (t == TOK_END_OBJ))
+			return hashes_fail(p, "the answer is not valid JSON (mismatched brackets)");
+		if (--p->depth == 0)
+			p->state = HS_AFTER;
+	}
+	return 0;
+}
+
+/* The grammar: one token at a time. */
+static int hashes_token(struct hashes_parse *p, enum hashes_tok t)
+{
+	switch (p->state) {
+	case HS_START:
+		if (t != TOK_BEGIN_OBJ)
+			return hashes_fail(p, "the answer is not a JSON object");
+		p->state = HS_FIRST_KEY;
+		return 0;
+	case HS_FIRST_KEY:
+		if (t == TOK_END_OBJ) {
+			p->state = HS_DONE;
+			return 0;
+		}
+		/* fall through */
+	case HS_KEY:
+		if (t != TOK_STRING)
+			return hashes_fail(p, "the answer is not valid JSON (a key was expected)");
+		p->key = KEY_OTHER;
+		if (!p->tok_long && p->tok_len == 10 && !memcmp(p->tok, "chunk_size", 10))
+			p->key = KEY_CHUNK_SIZE;
+		else if (!p->tok_long && p->tok_len == 6 && !memcmp(p->tok, "sha256", 6))
+			p->key = KEY_SHA256;
+		if ((p->key == KEY_CHUNK_SIZE && p->have_chunk_size) ||
+		    (p->key == KEY_SHA256 && p->have_sha256))
+			return hashes_fail(p, "a member appears twice");
+		p->state = HS_COLON;
+		return 0;
+	case HS_COLON:
+		if (t != TOK_COLON)
+			return hashes_fail(p, "the answer is not valid JSON (':' was expected)");
+		p->state = HS_VALUE;
+		return 0;
+	case HS_VALUE:
+		if (p->key == KEY_CHUNK_SIZE) {
+			if (t != TOK_NUMBER)
+				return hashes_fail(p, "\"chunk_size\" is not a whole number");
+			p->state = HS_AFTER;
+			return hashes_chunk_size(p);
+		}
+		if (p->key == KEY_SHA256) {
+			if (t != TOK_BEGIN_ARR)
+				return hashes_fail(p, "\"sha256\" is not an array");
+			p->have_sha256 = 1;
+			p->state = HS_ARR_FIRST;
+			return 0;
+		}
+		if (t == TOK_STRING || t == TOK_NUMBER || t == TOK_LITERAL) {
+			p->state = HS_AFTER;
+			return 0;
+		}
+		if (t == TOK_BEGIN_OBJ || t == TOK_BEGIN_ARR)
+			return hashes_skip(p, t);
+		return hashes_fail(p, "the answer is not valid JSON (a value was expected)");
+	case HS_SKIP:
+		return hashes_skip(p, t);
+	case HS_AFTER:
+		if (t == TOK_COMMA)
+			p->state = HS_KEY;
+		else if (t == TOK_END_OBJ)
+			p->state = HS_DONE;
+		else
+			return hashes_fail(
+				p, "the answer is not valid JSON (',' or '}' was expected)");
+		return 0;
+	case HS_ARR_FIRST:
+		if (t == TOK_END_ARR) {
+			p->state = HS_AFTER;
+			return 0;
+		}
+		/* fall through */
+	case HS_ARR_ITEM:
+		if (t != TOK_STRING)
+			return hashes_fail(p, "an entry of \"sha256\" is not a string");
+		p->state = HS_ARR_AFTER;
+		return hashes_add(p);
+	case HS_ARR_AFTER:
+		if (t == TOK_COMMA)
+			p->state = HS_ARR_ITEM;
+		else if (t == TOK_END_ARR)
+			p->state = HS_AFTER;
+		else
+			return hashes_fail(
+				p, "the answer is not valid JSON (',' or ']' was expected)");
+		return 0;
+	case HS_DONE:
+		break;
+	}
+	return hashes_fail(p, "the answer goes on after its JSON object");
+}
+
+static void tok_push(struct hashes_parse *p, char ch)
+{
+	if (p->tok_len < HASHES_TOKEN_MAX)
+		p->tok[p->tok_len++] = ch;
+	else
+		p->tok_long = 1;
+}
+
+/* Ends a number or literal that the byte after it has ended. */
+static int hashes_end_word(struct hashes_parse *p)
+{
+	enum hashes_tok t = p->lex == LEX_NUMBER ? TOK_NUMBER : TOK_LITERAL;
+
+	p->lex = LEX_WS;
+	p->tok[p->tok_len] = '\0';
+	if (t == TOK_LITERAL &&
+	    (p->tok_long ||
+	     (strcmp(p->tok, "true") && strcmp(p->tok, "false") && strcmp(p->tok, "null"))))
+		return hashes_fail(p, "the answer is not valid JSON (an unknown word)");
+	return hashes_token(p, t);
+}
+
+/* The tokenizer: one byte at a time. */
+static int hashes_byte(struct hashes_parse *p, unsigned char ch)
+{
+	int r;
+
+	switch (p->lex) {
+	case LEX_STRING:
+		if (ch == '"') {
+			p->lex = LEX_WS;
+			return hashes_token(p, TOK_STRING);
+		}
+		if (ch < 0x20)
+			return hashes_fail(p, "the answer is not valid JSON (a control character)");
+		if (ch == '\\')
+			p->lex = LEX_ESCAPE;
+		tok_push(p, (char)ch);
+		return 0;
+	case LEX_ESCAPE:
+		if (!strchr("\"\\/bfnrtu", ch) || !ch)
+			return hashes_fail(p, "the answer is not valid JSON (a bad escape)");
+		p->lex = ch == 'u' ? LEX_UHEX : LEX_STRING;
+		p->uhex = 0;
+		tok_push(p, (char)ch);
+		return 0;
+	case LEX_UHEX:
+		if (hex_value((char)ch) < 0)
+			return hashes_fail(p, "the answer is not valid JSON (a bad escape)");
+		if (++p->uhex == 4)
+			p->lex = LEX_STRING;
+		tok_push(p, (char)ch);
+		return 0;
+	case LEX_NUMBER:
+		if ((ch >= '0' && ch <= '9') || ch == '-' || ch == '+' || ch == '.' || ch == 'e' ||
+		    ch == 'E') {
+			tok_push(p, (char)ch);
+			return 0;
+		}
+		r = hashes_end_word(p);
+		if (r)
+			return r;
+		break;
+	case LEX_LITERAL:
+		if (ch >= 'a' && ch <= 'z') {
+			tok_push(p, (char)ch);
+			return 0;
+		}
+		r = hashes_end_word(p);
+		if (r)
+			return r;
+		break;
+	case LEX_WS:
+		break;
+	}
+	p->tok_len = 0;
+	p->tok_long = 0;
+	switch (ch) {
+	case ' ':
+	case '\t':
+	case '\n':
+	case '\r':
+		return 0;
+	case '{':
+		return hashes_token(p, TOK_BEGIN_OBJ);
+	case '}':
+		return hashes_token(p, TOK_END_OBJ);
+	case '[':
+		return hashes_token(p, TOK_BEGIN_ARR);
+	case ']':
+		return hashes_token(p, TOK_END_ARR);
+	case ':':
+		return hashes_token(p, TOK_COLON);
+	case ',':
+		return hashes_token(p, TOK_COMMA);
+	case '"':
+		p->lex = LEX_STRING;
+		return 0;
+	}
+	if ((ch >= '0' && ch <= '9') || ch == '-') {
+		p->lex = LEX_NUMBER;
+		tok_push(p, (char)ch);
+		return 0;
+	}
+	if (ch >= 'a' && ch <= 'z') {
+		p->lex = LEX_LITERAL;
+		tok_push(p, (char)ch);
+		return 0;
+	}
+	return hashes_fail(p, "the answer is not valid JSON (an unexpected character)");
+}
+
+/* At the end of the answer: is the list whole and within the rules? */
+static int hashes_finish(struct hashes_parse *p)
+{
+	if (p->why)
+		return -EBADMSG;
+	if (p->lex == LEX_NUMBER || p->lex == LEX_LITERAL) {
+		int r = hashes_end_word(p);
+
+		if (r)
+			return r;
+	}
+	if (p->state != HS_DONE)
+		return hashes_fail(p, p->state == HS_START
+					      ? "the answer is empty"
+					      : "the answer ends inside its JSON object");
+	if (!p->have_chunk_size)
+		return hashes_fail(p, "the answer has no \"chunk_size\"");
+	if (!p->have_sha256)
+		return hashes_fail(p, "the answer has no \"sha256\"");
+	if (!fetch_chunk_hashes_valid(p->chunk_size, p->count))
+		return hashes_fail(p, "\"sha256\" has more entries than a big part of 1 TiB needs");
+	return 0;
+}
+
+static void hashes_begin(struct fetch_call *c)
+{
+	hashes_reset(c->ctx);
+}
+
+static int hashes_body(struct fetch_call *c, const uint8_t *data, size_t len)
+{
+	struct hashes_parse *p = c->ctx;
+	size_t i;
+	int r;
+
+	/* begin() starts the parse again, so a cut answer may be retried. */
+	p->bytes += len;
+	if (c->status < 200 || c->status > 299)
+		/* An error page: only its status matters. */
+		return p->bytes > HASHES_DISCARD_MAX ? FETCH_STOP : 0;
+	if (p->bytes > HASHES_BODY_MAX) {
+		hashes_fail(p, "the answer is larger than any list needs");
+		return FETCH_STOP;
+	}
+	for (i = 0; i < len; i++) {
+		r = hashes_byte(p, data[i]);
+		if (r == -ENOMEM) {
+			c->why = "out of memory for the chunk-hash list";
+			return r;
+		}
+		/* Stop reading; the caller logs why, in full. */
+		if (r)
+			return FETCH_STOP;
+	}
+	return 0;
+}
+
+static const struct fetch_body_ops hashes_ops = {
+	.begin = hashes_begin,
+	.body = hashes_body,
+};
+
+int fetch_chunk_hashes_valid(uint32_t chunk_size, size_t count)
+{
+	if (chunk_size < FETCH_CHUNK_HASHES_MIN || chunk_size > FETCH_CHUNK_HASHES_MAX ||
+	    (chunk_size & (chunk_size - 1)))
+		return 0;
+	return count <= FETCH_CHUNK_HASHES_COUNT_MAX &&
+	       count <= FETCH_CHUNK_HASHES_BIG_MAX / chunk_size;
+}
+
+int fetch_api_chunk_hashes(struct fetch *f, const char *api_url_base, const char *token,
+			   const char *folder, const char *name, uint32_t *ret_chunk_size,
+			   uint8_t **ret_sha256, size_t *ret_count)
+{
+	struct fetch_request req = {.method = "GET", .bearer = token};
+	struct hashes_parse p = {0};
+	struct fetch_call c = {.f = f, .req = &req, .ops = &hashes_ops, .ctx = &p};
+	char u[512];
+	int r;
+
+	if (!name || !*name)
+		return -EINVAL;
+	req.url = api_url(api_url_base, "/resources/hashes/", folder ? folder : "", name);
+	if (!req.url)
+		return -EINVAL;
+	r = fetch_run(&c);
+	if (r)
+		goto out;
+	r = fetch_check_status(f, req.method, req.url, c.status, 1);
+	if (r)
+		goto out;
+	r = hashes_finish(&p);
+	if (r) {
+		fetch_url_for_log(req.url, u, sizeof(u));
+		fetch_logf(f, LOG_ERR,
+			   "GET %s: the chunk-hash list is malformed: %s (after %zu entries); "
+			   "the API must answer {\"chunk_size\": n, \"sha256\": [\"<hex>\", ...]}",
+			   u, p.why, p.count);
+		goto out;
+	}
+	/* Never NULL on success, even for an empty list. */
+	if (!p.sha && !(p.sha = malloc(32))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	*ret_chunk_size = p.chunk_size;
+	*ret_count = p.count;
+	*ret_sha256 = p.sha;
+	p.sha = NULL;
+out:
+	free(p.sha);
+	free((char *)req.url);
+	return r;
+}
+
+int fetch_api_register_chunk_hashes(struct fetch *f, const char *api_url_base, const char *token,
+				    const char *folder, const char *name, uint32_t chunk_size,
+				    const uint8_t *sha256, size_t count)
+{
+	static const char hex[] = "0123456789abcdef";
+	static const char head[] = "{\"chunk_size\":%u,\"sha256\":[";
+	struct fetch_request req = {
+		.method = "POST",
+		.bearer = token,
+		.content_type = "application/json",
+		.max_response = API_JSON_MAX,
+	};
+	char *body, *url, *w;
+	size_t cap, i, j;
+	int r;
+
+	if (!name || !*name || (!sha256 && count) || !fetch_chunk_hashes_valid(chunk_size, count))
+		return -EINVAL;
+	url = api_url(api_url_base, "/resources/hashes/", folder ? folder : "", name);
+	if (!url)
+		return -EINVAL;
+	/* The head, 67 bytes an entry ("<64 hex>",) and "]}". */
+	cap = sizeof(head) + 16 + count * 67 + 3;
+	body = malloc(cap);
+	if (!body) {
+		r = -ENOMEM;
+		goto out;
+	}
+	w = body + snprintf(body, cap, head, chunk_size);
+	for (i = 0; i < count; i++) {
+		if (i)
+			*w++ = ',';
+		*w++ = '"';
+		for (j = 0; j < 32; j++) {
+			*w++ = hex[sha256[i * 32 + j] >> 4];
+			*w++ = hex[sha256[i * 32 + j] & 15];
+		}
+		*w++ = '"';
+	}
+	*w++ = ']';
+	*w++ = '}';
+	req.url = url;
+	req.body = body;
+	req.body_len = (size_t)(w - body);
+	/* Idempotent (the list replaces the one before): retries are safe. */
+	r = api_exchange(f, &req, NULL, 0, NULL);
+	free(body);
+out:
+	free(url);
+	return r;
+}

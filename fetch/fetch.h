@@ -19,6 +19,7 @@
  *   -EPROTO      an answer that breaks the protocol (bad Content-Range,
  *                unparsable JSON, a missing field)
  *   -EFBIG       an answer larger than the cap for that call
+ *   -EBADMSG     a chunk-hash list that breaks its rules (below)
  *   -ECANCELED   a sink or body reader asked to stop
  *   -ENOMEM
  * The cause is logged once, here, through the log callback; secrets
@@ -152,6 +153,35 @@ int fetch_api_device_key(struct fetch *f, const char *api_url, const char *token
 int fetch_api_register_key(struct fetch *f, const char *api_url, const char *token,
 			   const char *folder, const char *name, const char *key_b64, uint64_t size,
 			   const char *sha256_hex, const char *file_id_hex, uint64_t big_size);
+
+/*
+ * Format-1 chunk hashes (docs/trust.md section 4): the SHA-256 of every
+ * chunk_size bytes of a big part's ciphertext, the last chunk possibly
+ * shorter; an empty big part has none. chunk_size is a power of two from
+ * FETCH_CHUNK_HASHES_MIN to FETCH_CHUNK_HASHES_MAX; a list covers at most
+ * FETCH_CHUNK_HASHES_BIG_MAX bytes and holds at most
+ * FETCH_CHUNK_HASHES_COUNT_MAX entries (32 MiB of digests), so that a
+ * hostile API cannot make the daemon allocate without bound.
+ */
+#define FETCH_CHUNK_HASHES_MIN (64u * 1024)
+#define FETCH_CHUNK_HASHES_MAX (16u * 1024 * 1024)
+#define FETCH_CHUNK_HASHES_BIG_MAX ((uint64_t)1 << 40)
+#define FETCH_CHUNK_HASHES_COUNT_MAX ((size_t)1 << 20)
+/* 1 when chunk_size and count follow the rules above. */
+int fetch_chunk_hashes_valid(uint32_t chunk_size, size_t count);
+/* GET /resources/hashes/{folder}/{name} (docs/trust.md section 4): the format-1 chunk hashes;
+ * -ENOENT (logged at LOG_DEBUG only) when the API holds none; -EBADMSG (logged, with the
+ * reason) for an answer that breaks the rules above or is not the JSON object
+ * {"chunk_size": n, "sha256": ["<64 hex>", ...]} (other members are skipped). */
+int fetch_api_chunk_hashes(struct fetch *f, const char *api_url, const char *token,
+			   const char *folder, const char *name, uint32_t *ret_chunk_size,
+			   uint8_t **ret_sha256 /* ret_count * 32 bytes, malloc()ed, not NULL */,
+			   size_t *ret_count);
+/* POST /resources/hashes/{folder}/{name} {"chunk_size","sha256":[hex,...]} -> 201. Replaces
+ * the list the API held; safe to retry. -EINVAL when the list breaks the rules above. */
+int fetch_api_register_chunk_hashes(struct fetch *f, const char *api_url, const char *token,
+				    const char *folder, const char *name, uint32_t chunk_size,
+				    const uint8_t *sha256, size_t count);
 
 /* ---- the CDN ------------------------------------------------------------ */
 

@@ -58,6 +58,11 @@ struct format_enc;
 
 struct format_ops {
 	int id; /* 1, 2, ... as in the catalog and the API */
+	/*
+	 * 1 for a format without tags: its big part's ciphertext is checked
+	 * against a list of chunk hashes from the API (docs/trust.md section 4).
+	 */
+	int chunk_hashes;
 	/* Whether a stream that begins with these n bytes is this format's (by its magic). */
 	int (*sniff)(const uint8_t *b, size_t n);
 	/*

@@ -261,6 +261,7 @@ static int fmt1_stream_size(uint64_t big, uint64_t *ret)
 
 const struct format_ops format_f1 = {
 	.id = 1,
+	.chunk_hashes = 1,
 	.sniff = fmt1_sniff,
 	.key_material = fmt1_key_material,
 	.key_unlock = fmt1_key_unlock,

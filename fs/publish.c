@@ -7,6 +7,9 @@
  * Format 1's small part is the first n bytes of E = CBC(resource_key, P)
  * and n depends only on |E|, which the plaintext size fixes, so the stream
  * diverts those bytes into a buffer and emits the rest as the big part.
+ * CBC has no tag, so the SHA-256 of every 1 MiB of that big part is taken
+ * as its bytes go by and registered before the small part (docs/trust.md
+ * section 4): 32 bytes of memory per MiB, and no second pass.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +24,105 @@
 #include "fs/format.h"
 #include "fs/names.h"
 #include "fs/publish.h"
+
+#define PUB_HASH_CHUNK (1024u * 1024)
+
+/* ---- format-1 chunk hashes, taken as the big part goes by -------------------- */
+
+struct pub_chunks {
+	struct crypto_sha256 *sha;
+	uint8_t *digests; /* count * 32 */
+	size_t count, want;
+	size_t fill; /* bytes of the current chunk hashed so far */
+};
+
+/* -EFBIG when a big part of big_size bytes needs more hashes than a list may hold. */
+static int pub_chunks_init(struct pub_chunks *h, uint64_t big_size)
+{
+	uint64_t want = (big_size + PUB_HASH_CHUNK - 1) / PUB_HASH_CHUNK;
+
+	if (want > SIZE_MAX / 32 || !fetch_chunk_hashes_valid(PUB_HASH_CHUNK, (size_t)want))
+		return -EFBIG;
+	h->want = (size_t)want;
+	h->sha = crypto_sha256_new();
+	h->digests = malloc(h->want ? h->want * 32 : 1);
+	return h->sha && h->digests ? 0 : -ENOMEM;
+}
+
+static void pub_chunks_update(struct pub_chunks *h, const uint8_t *p, size_t n)
+{
+	while (n > 0 && h->count < h->want) {
+		size_t take = PUB_HASH_CHUNK - h->fill;
+
+		if (take > n)
+			take = n;
+		crypto_sha256_update(h->sha, p, take);
+		h->fill += take;
+		p += take;
+		n -= take;
+		if (h->fill == PUB_HASH_CHUNK) {
+			crypto_sha256_final(h->sha, h->digests + 32 * h->count++);
+			crypto_sha256_reset(h->sha);
+			h->fill = 0;
+		}
+	}
+}
+
+/* Closes the last, shorter chunk; 0 when every chunk has its hash. */
+static int pub_chunks_final(struct pub_chunks *h)
+{
+	if (h->fill && h->count < h->want) {
+		crypto_sha256_final(h->sha, h->digests + 32 * h->count++);
+		h->fill = 0;
+	}
+	return h->count == h->want ? 0 : -EIO;
+}
+
+static void pub_chunks_free(struct pub_chunks *h)
+{
+	crypto_sha256_free(h->sha);
+	free(h->digests);
+}
+
+/* fetch_read_fn writing the list as the API serves it, one entry a line. */
+struct pub_chunks_json {
+	const struct pub_chunks *h;
+	int head, tail; /* written */
+	size_t next;	/* entry */
+};
+
+static ssize_t pub_chunks_json_read(void *ctx, uint8_t *buf, size_t cap)
+{
+	struct pub_chunks_json *j = ctx;
+	size_t n = 0;
+
+	if (cap < 128)
+		return -EINVAL;
+	if (!j->head) {
+		n = (size_t)snprintf((char *)buf, cap, "{\"chunk_size\": %u, \"sha256\": [",
+				     PUB_HASH_CHUNK);
+		j->head = 1;
+	}
+	/* ,\n"<64 hex>" and crypto_hex's NUL */
+	while (j->next < j->h->count && cap - n >= 70) {
+		if (j->next)
+			buf[n++] = ',';
+		buf[n++] = '\n';
+		buf[n++] = '"';
+		crypto_hex(j->h->digests + 32 * j->next, 32, (char *)buf + n);
+		n += 64;
+		buf[n++] = '"';
+		j->next++;
+	}
+	if (j->next == j->h->count && !j->tail && cap - n >= 4) {
+		if (j->next)
+			buf[n++] = '\n';
+		memcpy(buf + n, "]}\n", 3);
+		n += 3;
+		j->tail = 1;
+	}
+	return (ssize_t)n;
+}
 
 struct pub_stream {
 	const struct publish_req *req;
@@ -37,7 +139,8 @@ struct pub_stream {
 	char *msg;
 	const struct format_ops *fmt;
 	struct format_enc *enc;
-	uint8_t *small; /* secmem: the stream's first bytes (format 1's small part) */
+	struct pub_chunks chunks; /* a format without tags (format 1) */
+	uint8_t *small;		  /* secmem: the stream's first bytes (format 1's small part) */
 	size_t small_len, small_want;
 	uint8_t *key; /* secmem, CRYPTO_KEY_SIZE: a key the format drew (format 2) */
 	char file_id[33];
@@ -136,6 +239,8 @@ static ssize_t pub_big_read(void *ctx, uint8_t *buf, size_t cap)
 	if (n > cap)
 		n = cap;
 	memcpy(buf, s->out + s->out_pos, n);
+	if (s->fmt->chunk_hashes)
+		pub_chunks_update(&s->chunks, buf, n);
 	s->out_pos += n;
 	s->emitted += n;
 	if (s->req->progress)
@@ -147,6 +252,7 @@ static void pub_stream_free(struct pub_stream *s)
 {
 	if (s->fmt)
 		s->fmt->enc_free(s->enc);
+	pub_chunks_free(&s->chunks);
 	crypto_sha256_free(s->sha);
 	secmem_free(s->plain);
 	secmem_free(s->small);
@@ -175,6 +281,15 @@ static int pub_stream_init(struct pub_stream *s, const struct publish_req *req)
 	s->small = secmem_alloc(s->small_want ? s->small_want : 1);
 	if (!s->small)
 		return -errno;
+	if (s->fmt->chunk_hashes) {
+		r = pub_chunks_init(&s->chunks, s->big_size);
+		if (r == -EFBIG)
+			pub_fail(s, r,
+				 "the big part would be larger than 1 TiB, more than its "
+				 "chunk-hash list may cover");
+		if (r < 0)
+			return r;
+	}
 	/* Every update's plaintext and output fit in the room the first one names. */
 	s->fmt->enc_next(s->enc, &out_cap);
 	s->plain_cap = out_cap;
@@ -233,6 +348,41 @@ static int pub_write_file(const char *dir, const char *name, const char *suffix,
 		r = -errno;
 	if (r < 0)
 		unlink(tmp);
+	return r;
+}
+
+/*
+ * Format 1: the chunk hashes of the big part just sent, registered (or
+ * written as <name>.hashes) before the small part, so that a small part
+ * never exists without its list (docs/trust.md section 4).
+ */
+static int pub_register_chunks(struct pub_stream *s, const struct publish_req *req,
+			       const struct publish_target *t)
+{
+	struct pub_chunks_json j = {.h = &s->chunks};
+	int r;
+
+	r = pub_chunks_final(&s->chunks);
+	if (r < 0) {
+		pub_fail(s, r, "the chunk hashes cover %zu of %zu chunks of the big part",
+			 s->chunks.count, s->chunks.want);
+		return r;
+	}
+	if (t->out_dir) {
+		r = pub_write_file(t->out_dir, req->name, ".hashes", 0644, pub_chunks_json_read, &j,
+				   NULL, 0);
+		if (r < 0)
+			pub_fail(s, r, "writing %s/%s.hashes: %s", t->out_dir, req->name,
+				 strerror(-r));
+		return r;
+	}
+	r = session_register_chunk_hashes(t->session, req->folder, req->name, PUB_HASH_CHUNK,
+					  s->chunks.digests, s->chunks.count);
+	if (r < 0)
+		pub_fail(s, r,
+			 "registering the chunk hashes with the API failed: %s; the small part "
+			 "was not uploaded, so the model is not published: publish it again",
+			 strerror(-r));
 	return r;
 }
 
@@ -319,6 +469,11 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 	crypto_sha256_final(s.sha, digest);
 	crypto_hex(digest, sizeof(digest), res.sha256);
 
+	if (s.fmt->chunk_hashes) {
+		r = pub_register_chunks(&s, req, t);
+		if (r < 0)
+			goto out;
+	}
 	/* A format with a small part sends it; one that drew a key registers that. */
 	if (!s.key) {
 		if (t->out_dir) {

@@ -47,10 +47,13 @@ struct publish_result {
 };
 
 /*
- * Publishes one model. Writes <name>.big and <name>.small (format 1, the
- * raw small part) or <name>.key (format 2: the key registration body,
- * mode 0600) in out_dir; or PUTs the big part to {cdn_url}/{folder}/
- * {name}.big and then uploads the small part or registers the key.
+ * Publishes one model. Writes <name>.big, <name>.hashes and <name>.small
+ * (format 1: the chunk-hash list as the API serves it, the raw small part)
+ * or <name>.key (format 2: the key registration body, mode 0600) in
+ * out_dir; or PUTs the big part to {cdn_url}/{folder}/{name}.big and then
+ * registers the chunk hashes and uploads the small part (format 1,
+ * docs/trust.md section 4), or registers the key. A failure at any step
+ * stops there, so a small part never exists without its list.
  * On error *ret_msg gets a malloc()ed line saying what failed.
  */
 int publish_model(const struct publish_req *req, const struct publish_target *t,

@@ -859,6 +859,31 @@ int session_register_key(struct session *s, const char *folder, const char *name
 	return session_call(s, session_key_fn, &kc);
 }
 
+struct session_hashes_ctx {
+	const char *folder;
+	const char *name;
+	uint32_t chunk_size;
+	const uint8_t *sha256;
+	size_t count;
+};
+
+static int session_hashes_fn(struct session *s, const char *token, const struct session_creds *cr,
+			     void *ctx)
+{
+	struct session_hashes_ctx *hc = ctx;
+
+	return fetch_api_register_chunk_hashes(s->f, s->c->api_url, token, hc->folder, hc->name,
+					       hc->chunk_size, hc->sha256, hc->count);
+}
+
+int session_register_chunk_hashes(struct session *s, const char *folder, const char *name,
+				  uint32_t chunk_size, const uint8_t *sha256, size_t count)
+{
+	struct session_hashes_ctx hc = {folder, name, chunk_size, sha256, count};
+
+	return session_call(s, session_hashes_fn, &hc);
+}
+
 /* ---- cdn.yaml ----------------------------------------------------------- */
 
 static char *session_unquote(char *v)

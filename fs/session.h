@@ -81,6 +81,9 @@ int session_upload(struct session *s, const char *folder, const char *file_name,
 int session_register_key(struct session *s, const char *folder, const char *name,
 			 const char *key_b64, uint64_t size, const char *sha256_hex,
 			 const char *file_id_hex, uint64_t big_size);
+/* POST /resources/hashes/{folder}/{name}: a format-1 big part's chunk hashes (publishing). */
+int session_register_chunk_hashes(struct session *s, const char *folder, const char *name,
+				  uint32_t chunk_size, const uint8_t *sha256, size_t count);
 
 /* Parses cdn.yaml's flat "key: value" lines; exposed for tests. */
 struct session_cdn_yaml {

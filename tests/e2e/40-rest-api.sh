@@ -296,6 +296,16 @@ case $out in *unreachable*" 401") ok "F1 while the API fails: 401 naming it: $ou
 *) not_ok "F1 while the API fails: '$out'" ;; esac
 client before-login
 client flows
+# F3 registered format 1's chunk hashes (docs/trust.md section 4) with the small part.
+tok=$(curl -fsS --cacert "$STACK_CA" -H 'Content-Type: application/json' \
+	-d "{\"email\":\"$API_EMAIL\",\"password\":\"$API_PASSWORD\"}" "$API_URL/login" |
+	"$PY" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+curl -fsS --cacert "$STACK_CA" -H "Authorization: Bearer $tok" -o "$W/f3.hashes" \
+	"$API_URL/resources/hashes/$F/small-f1.bin"
+curl -fsS --cacert "$STACK_CA" -o "$W/f3.big" "$NGINX_URL/$F/small-f1.bin.big"
+check "F3, format 1: the API's chunk-hash list equals hashlib over the CDN's big part" \
+	"$PY" -c 'import json,sys; sys.path.insert(0, sys.argv[3]); import azformat; assert json.load(open(sys.argv[1])) == azformat.f1_chunk_hashes(open(sys.argv[2], "rb"))' \
+	"$W/f3.hashes" "$W/f3.big" "$AZ_TOP/tests/tools"
 start=$SECONDS
 client big
 echo "# 100 MiB round trips: $((SECONDS - start)) s"

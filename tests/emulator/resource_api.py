@@ -15,6 +15,9 @@ devices:
                             (the empty folder is the directory "_root")
   resources/<folder>/<file>.meta.json   catalog fields of an uploaded part
   keys/<folder>/<name>.json format-2 registrations (K in base64, size, ...)
+  hashes/<folder>/<name>.json  format-1 chunk hashes (trust.md section 4), the
+                            body GET answers; replaced on republish, removed
+                            when a format-2 key replaces the resource
   devices.json              enrolled devices
   requests.log              one line per request: no passwords, tokens, keys
 
@@ -32,7 +35,21 @@ Test controls (no authentication; loopback only):
                                         and answer s (0: answer normally)
   POST /_admin/reset {"data": b}        counters, settings and faults to their
                                         defaults; with data, also resources,
-                                        keys and devices
+                                        keys, chunk hashes and devices
+  DELETE /_admin/hashes/{folder}/{name} drops a resource's chunk hashes (a
+                                        legacy resource) -> {"deleted": b}
+  PUT  /_admin/hashes/{folder}/{name}   stores the body as is, for GET
+                                        /resources/hashes to answer verbatim
+                                        (malformed lists); an empty folder is
+                                        written as /_admin/hashes//{name}
+
+Chunk hashes (trust.md section 4), authenticated like the other resource
+routes:
+
+  POST /resources/hashes/{folder}/{name} {"chunk_size": n, "sha256": [hex, ...]}
+        -> 201; n a power of two from 64 KiB to 16 MiB, each entry 64 hex
+        characters (stored lowercase); replaces the list held before
+  GET  /resources/hashes/{folder}/{name} -> 200 the list, 404 when none
 """
 import argparse
 import base64
@@ -59,6 +76,7 @@ from azformat import api_key, cbc_encrypt, hw_hash  # noqa: E402
 
 JSON_MAX = 64 * 1024          # any JSON request body
 UPLOAD_MAX = 1024 * 1024      # a multipart upload (small parts are <= 3072 bytes)
+HASHES_MAX = (1 << 20) * 70   # a chunk-hash list: 2^20 entries (1 TiB at 1 MiB)
 NAME_MAX = 255
 DEFAULT_TTL = 3600
 DEFAULT_EMAIL = "test@azaion.com"
@@ -134,7 +152,7 @@ class State:
         self.fault = None
 
     def reset_data(self):
-        for sub in ("resources", "keys"):
+        for sub in ("resources", "keys", "hashes"):
             top = os.path.join(self.dir, sub)
             for root, dirs, files in os.walk(top, topdown=False):
                 for f in files:
@@ -426,6 +444,12 @@ class Handler(BaseHTTPRequestHandler):
                 return self.get_key(folder, name)
             if m == "POST":
                 return self.register_key(folder, name)
+        if path.startswith("/resources/hashes/"):
+            folder, _, name = path[len("/resources/hashes/"):].partition("/")
+            if m == "GET":
+                return self.get_hashes(folder, name)
+            if m == "POST":
+                return self.register_hashes(folder, name)
         if m == "GET" and path == "/binary-split/key-fragment":
             self.state.check_token(self.headers.get("Authorization"))
             with open(self.state.path("key-fragment"), "rb") as f:
@@ -612,7 +636,55 @@ class Handler(BaseHTTPRequestHandler):
                     os.unlink(self.state.path("resources", d, f))
                 except FileNotFoundError:
                     pass
+            self.drop_hashes(d, name)
         self.send(201, {"status": "ok"})
+
+    # ---- format-1 chunk hashes (trust.md section 4)
+    def hashes_path(self, folder, name):
+        check_name(name, "name")
+        return self.state.path("hashes", folder_dir(folder), name + ".json")
+
+    def drop_hashes(self, d, name):
+        """Under the state lock. True when there was a list."""
+        try:
+            os.unlink(self.state.path("hashes", d, name + ".json"))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def get_hashes(self, folder, name):
+        self.state.check_token(self.headers.get("Authorization"))
+        path = self.hashes_path(folder, name)
+        with self.state.lock:
+            try:
+                with open(path, "rb") as f:
+                    body = f.read()
+            except FileNotFoundError:
+                raise HttpError(404, "No chunk hashes for that resource")
+        self.send(200, body)
+
+    def register_hashes(self, folder, name):
+        self.state.check_token(self.headers.get("Authorization"))
+        path = self.hashes_path(folder, name)
+        try:
+            doc = json.loads(self.read_body(HASHES_MAX))
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(422, "malformed JSON")
+        if not isinstance(doc, dict):
+            raise HttpError(422, "the body is not a JSON object")
+        size = doc.get("chunk_size")
+        if (not isinstance(size, int) or isinstance(size, bool) or size < 65536
+                or size > 16 << 20 or size & (size - 1)):
+            raise HttpError(422, "chunk_size is not a power of two from 64 KiB to 16 MiB")
+        sha = doc.get("sha256")
+        if not isinstance(sha, list):
+            raise HttpError(422, "sha256 is not a list")
+        sha = [want_hex(h, "a sha256 entry", 32) for h in sha]
+        if len(sha) > min(1 << 20, (1 << 40) // size):
+            raise HttpError(422, "sha256 has more entries than a big part of 1 TiB needs")
+        with self.state.lock:
+            write_atomic(path, json.dumps({"chunk_size": size, "sha256": sha}).encode())
+        self.send(201, {"status": "ok", "count": len(sha)})
 
     # ---- test controls
     def admin(self, what):
@@ -660,6 +732,17 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.fault = f if f["count"] > 0 else None
             return self.send(200, {"fault": st.fault})
+        if what.startswith("hashes/") and m in ("DELETE", "PUT"):
+            folder, _, name = what[len("hashes/"):].partition("/")
+            path = self.hashes_path(folder, name)
+            if m == "PUT":
+                body = self.read_body(HASHES_MAX)
+                with st.lock:
+                    write_atomic(path, body)
+                return self.send(200, {"stored": len(body)})
+            with st.lock:
+                deleted = self.drop_hashes(folder_dir(folder), name)
+            return self.send(200, {"deleted": deleted})
         if m == "POST" and what == "reset":
             doc = self.read_json() if self.headers.get("Content-Length", "0") != "0" else {}
             with st.lock:

@@ -79,6 +79,22 @@ def f1_split(e: bytes):
     return e[:n], e[n:]
 
 
+F1_HASH_CHUNK = 1 << 20
+
+
+def f1_chunk_hashes(f, chunk_size: int = F1_HASH_CHUNK) -> dict:
+    """The chunk-hash list of a format-1 big part (trust.md section 4), read
+    from the binary file object f a chunk at a time: the SHA-256 of every
+    chunk_size bytes, the last chunk possibly shorter, none for no bytes."""
+    out = []
+    while True:
+        chunk = f.read(chunk_size)
+        if not chunk:
+            break
+        out.append(hashlib.sha256(chunk).hexdigest())
+    return {"chunk_size": chunk_size, "sha256": out}
+
+
 def f1_wrap(email: str, password: str, hwh: str, small: bytes, iv: bytes = None) -> bytes:
     """What the Resource API answers for <name>.small: CBC(api_key, small)."""
     return cbc_encrypt(api_key(email, password, hwh), small, iv)
@@ -235,6 +251,10 @@ def main(argv=None):
     p.add_argument("--big", required=True)
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("f1-hashes", help="big part -> its chunk-hash list (JSON)")
+    p.add_argument("--chunk-size", type=int, default=F1_HASH_CHUNK)
+    p.add_argument("--in", dest="inp", required=True)
+
     p = sub.add_parser("f1-wrap", help="small -> CBC(api_key, small)")
     api_args(p)
     p.add_argument("--iv-hex", help="a fixed IV (default random)")
@@ -276,6 +296,10 @@ def main(argv=None):
             _write(args.big, big)
         elif args.cmd == "f1-join":
             _write(args.out, _read(args.small) + _read(args.big))
+        elif args.cmd == "f1-hashes":
+            import json
+            with open(args.inp, "rb") as f:
+                print(json.dumps(f1_chunk_hashes(f, args.chunk_size)))
         elif args.cmd == "f1-wrap":
             _write(args.out, f1_wrap(args.email, args.password, _hw_hash(args),
                                      _read(args.inp), _iv(args)))

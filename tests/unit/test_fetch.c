@@ -45,6 +45,7 @@ static const char *env(const char *name)
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *log_text;
 static size_t log_len;
+static int log_errors; /* messages at LOG_ERR or worse */
 
 static void log_cb(int priority, const char *msg)
 {
@@ -52,6 +53,8 @@ static void log_cb(int priority, const char *msg)
 	char *p;
 
 	pthread_mutex_lock(&log_lock);
+	if (priority <= LOG_ERR)
+		log_errors++;
 	p = realloc(log_text, log_len + n + 2);
 	if (p) {
 		log_text = p;
@@ -659,6 +662,206 @@ out:
 	fetch_free(f);
 }
 
+/* ---- format-1 chunk hashes (docs/trust.md section 4) --------------------- */
+
+static int errors_logged(void)
+{
+	int n;
+
+	pthread_mutex_lock(&log_lock);
+	n = log_errors;
+	pthread_mutex_unlock(&log_lock);
+	return n;
+}
+
+/* PUT or DELETE /_admin/hashes/{folder}/{name}: plants a raw answer or drops the list. */
+static int admin_hashes(struct fetch *f, const char *api, const char *method, const char *folder,
+			const char *name, const char *body, size_t len)
+{
+	struct fetch_request req = {.method = method, .body = body, .body_len = len};
+	struct fetch_response resp = {0};
+	char url[1024];
+	int r;
+
+	snprintf(url, sizeof(url), "%s/_admin/hashes/%s/%s", api, folder, name);
+	req.url = url;
+	r = fetch_request(f, &req, &resp);
+	if (r == 0 && resp.status != 200)
+		r = -EIO;
+	fetch_response_free(&resp);
+	return r;
+}
+
+/* Plants body as the API's answer and reads it back through the client. */
+static int planted_answer(struct fetch *f, const char *api, const char *token, const char *name,
+			  const char *body, size_t len, uint32_t *ret_cs, size_t *ret_count)
+{
+	uint8_t *sha = NULL;
+	int r;
+
+	r = admin_hashes(f, api, "PUT", "models", name, body, len);
+	if (r)
+		return -1000 + r;
+	r = fetch_api_chunk_hashes(f, api, token, "models", name, ret_cs, &sha, ret_count);
+	free(sha);
+	return r;
+}
+
+static void test_chunk_hashes(const char *ca)
+{
+	static const char hex64[] =
+		"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+	static const struct {
+		const char *body;
+		const char *what;
+	} bad[] = {
+		{"", "an empty answer"},
+		{"<html>busy</html>", "an HTML page"},
+		{"[]", "a JSON array"},
+		{"{\"chunk_size\": 1048576, \"sha256\": [", "a cut answer"},
+		{"{\"chunk_size\": 1048576}", "no sha256"},
+		{"{\"sha256\": []}", "no chunk_size"},
+		{"{\"chunk_size\": 1000000, \"sha256\": []}", "chunk_size not a power of two"},
+		{"{\"chunk_size\": 32768, \"sha256\": []}", "chunk_size below 64 KiB"},
+		{"{\"chunk_size\": 33554432, \"sha256\": []}", "chunk_size above 16 MiB"},
+		{"{\"chunk_size\": 4294967296, \"sha256\": []}", "chunk_size past 32 bits"},
+		{"{\"chunk_size\": -1048576, \"sha256\": []}", "a negative chunk_size"},
+		{"{\"chunk_size\": 1048576.0, \"sha256\": []}", "a fractional chunk_size"},
+		{"{\"chunk_size\": \"1048576\", \"sha256\": []}", "chunk_size as a string"},
+		{"{\"chunk_size\": 01048576, \"sha256\": []}", "a leading zero"},
+		{"{\"chunk_size\": 1048576, \"sha256\": \"abc\"}", "sha256 not an array"},
+		{"{\"chunk_size\": 1048576, \"sha256\": [\"0011\"]}", "a short entry"},
+		{"{\"chunk_size\": 1048576, \"sha256\": [\"00112233445566778899aabbccddeeff"
+		 "00112233445566778899aabbccddeeff00\"]}",
+		 "a long entry"},
+		{"{\"chunk_size\": 1048576, \"sha256\": [\"00112233445566778899aabbccddeeff"
+		 "00112233445566778899aabbccddeefg\"]}",
+		 "a non-hex entry"},
+		{"{\"chunk_size\": 1048576, \"sha256\": [42]}", "a number entry"},
+		{"{\"chunk_size\": 1048576, \"sha256\": [null]}", "a null entry"},
+		{"{\"chunk_size\": 1048576, \"chunk_size\": 1048576, \"sha256\": []}",
+		 "a member twice"},
+		{"{\"chunk_size\": 1048576, \"sha256\": []} x", "trailing garbage"},
+		{"{\"chunk_size\": 1048576, \"sha256\": [],}", "a trailing comma"},
+		{"{\"chunk_size\": 1048576, \"x\": [1, 2}, \"sha256\": []}",
+		 "mismatched brackets in another member"},
+		{"{\"chunk_size\": 1048576, \"x\": nope, \"sha256\": []}", "an unknown word"},
+	};
+	const char *api = env("API_URL"), *email = env("API_EMAIL"), *pw = env("API_PASSWORD");
+	struct fetch *f = new_fetch(ca, 20000, 2);
+	char *token = NULL, *body = NULL, name[64], odd[64];
+	uint8_t sha[3 * 32], *got = NULL;
+	uint32_t cs = 0;
+	size_t count = 0, i, n, len;
+	int r, errs;
+
+	if (!api || !email || !pw || !f)
+		goto out;
+	r = fetch_api_login(f, api, email, pw, &token, NULL);
+	CHECK(r == 0, "login for the chunk hashes (%d)", r);
+	if (r)
+		goto out;
+	snprintf(name, sizeof(name), "hashtest-%d.onnx", (int)getpid());
+	/* Escaped in the path: '+', '@', '=' and ',' are not unreserved. */
+	snprintf(odd, sizeof(odd), "hash+test@%d=a,b.onnx", (int)getpid());
+	fill_random(sha, sizeof(sha));
+
+	r = fetch_api_register_chunk_hashes(f, api, token, "models", name, 1 << 20, sha, 3);
+	CHECK(r == 0, "register three chunk hashes (%d)", r);
+	r = fetch_api_chunk_hashes(f, api, token, "models", name, &cs, &got, &count);
+	CHECK(r == 0 && cs == 1 << 20 && count == 3 && got && !memcmp(got, sha, sizeof(sha)),
+	      "the list comes back as registered (%d, %u, %zu)", r, cs, count);
+	free(got);
+	got = NULL;
+
+	r = fetch_api_register_chunk_hashes(f, api, token, "models", name, 1 << 16, sha + 32, 1);
+	CHECK(r == 0, "register again with another chunk size (%d)", r);
+	r = fetch_api_chunk_hashes(f, api, token, "models", name, &cs, &got, &count);
+	CHECK(r == 0 && cs == 1 << 16 && count == 1 && !memcmp(got, sha + 32, 32),
+	      "the new list replaces the old one (%d, %u, %zu)", r, cs, count);
+	free(got);
+	got = NULL;
+
+	r = fetch_api_register_chunk_hashes(f, api, token, "models", name, 1 << 20, NULL, 0);
+	r = r ? r : fetch_api_chunk_hashes(f, api, token, "models", name, &cs, &got, &count);
+	CHECK(r == 0 && count == 0 && got,
+	      "an empty list (an empty big part) round-trips (%d, %zu)", r, count);
+	free(got);
+	got = NULL;
+
+	r = fetch_api_register_chunk_hashes(f, api, token, "", odd, 1 << 24, sha, 2);
+	r = r ? r : fetch_api_chunk_hashes(f, api, token, "", odd, &cs, &got, &count);
+	CHECK(r == 0 && cs == 1 << 24 && count == 2 && !memcmp(got, sha, 64),
+	      "the root folder and a name that needs escaping round-trip (%d, %zu)", r, count);
+	free(got);
+	got = NULL;
+
+	r = admin_hashes(f, api, "DELETE", "models", name, NULL, 0);
+	CHECK(r == 0, "the emulator drops the list (%d)", r);
+	errs = errors_logged();
+	got = (uint8_t *)"untouched";
+	cs = 7;
+	r = fetch_api_chunk_hashes(f, api, token, "models", name, &cs, &got, &count);
+	CHECK(r == -ENOENT && cs == 7 && got == (uint8_t *)"untouched",
+	      "no list (a legacy resource): -ENOENT, out-parameters untouched (%d)", r);
+	CHECK(errors_logged() == errs, "that 404 is logged at debug only");
+	got = NULL;
+	r = fetch_api_chunk_hashes(f, api, "not-a-token", "models", odd, &cs, &got, &count);
+	CHECK(r == -EACCES, "a bad token: -EACCES (%d)", r);
+
+	r = fetch_api_register_chunk_hashes(f, api, token, "models", name, 1000000, sha, 1);
+	CHECK(r == -EINVAL, "registering a chunk size that is not a power of two: -EINVAL (%d)", r);
+	r = fetch_api_register_chunk_hashes(f, api, token, "models", name, 1 << 24, sha, 65537);
+	CHECK(r == -EINVAL, "registering more than 1 TiB of chunks: -EINVAL (%d)", r);
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		errs = errors_logged();
+		r = planted_answer(f, api, token, name, bad[i].body, strlen(bad[i].body), &cs,
+				   &count);
+		CHECK(r == -EBADMSG && errors_logged() > errs &&
+			      log_has("the chunk-hash list is malformed"),
+		      "malformed answer, %s: -EBADMSG, logged (%d)", bad[i].what, r);
+	}
+
+	/* Members of other names, whitespace and upper-case hex are fine. */
+	n = (size_t)asprintf(&body,
+			     " {\"updated\": \"2026-11-01T12:00:00Z\", \"x\": {\"a\": [1, "
+			     "-2.5e3, true, null, {\"b\": \"\\u00e9\\\"\"}]},\n"
+			     "\t\"sha256\" : [ \"%s\" ,\r\n\"%s\" ], \"chunk_size\":1048576 }\n",
+			     hex64,
+			     "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF");
+	r = planted_answer(f, api, token, name, body, n, &cs, &count);
+	CHECK(r == 0 && cs == 1 << 20 && count == 2,
+	      "other members are skipped, chunk_size may come last (%d, %zu)", r, count);
+	free(body);
+	body = NULL;
+
+	/* 1 TiB at 16 MiB chunks is 65536 entries; one more is refused. */
+	for (n = 65536; n <= 65537; n++) {
+		len = 64 + n * 67;
+		body = malloc(len);
+		if (!body)
+			break;
+		len = (size_t)snprintf(body, len, "{\"chunk_size\": 16777216, \"sha256\": [");
+		for (i = 0; i < n; i++)
+			len += (size_t)sprintf(body + len, "%s\"%s\"", i ? "," : "", hex64);
+		len += (size_t)sprintf(body + len, "]}");
+		r = planted_answer(f, api, token, name, body, len, &cs, &count);
+		if (n == 65536)
+			CHECK(r == 0 && count == n, "a list of exactly 1 TiB is accepted (%d)", r);
+		else
+			CHECK(r == -EBADMSG, "a list of more than 1 TiB is refused (%d)", r);
+		free(body);
+		body = NULL;
+	}
+	admin_hashes(f, api, "DELETE", "models", name, NULL, 0);
+	admin_hashes(f, api, "DELETE", "", odd, NULL, 0);
+	CHECK(!log_has(token), "no token in the log");
+out:
+	free(token);
+	fetch_free(f);
+}
+
 /* ---- the CDN: nginx ----------------------------------------------------- */
 
 struct reader_arg {
@@ -965,6 +1168,7 @@ int main(void)
 	test_closed_port();
 	if (ca) {
 		test_api(ca);
+		test_chunk_hashes(ca);
 		test_nginx(ca);
 		test_tls(ca);
 		test_s3(ca);
