@@ -271,6 +271,18 @@ out:
 	return r;
 }
 
+static int real_chunk_hashes(struct keys *kk, const char *name, uint32_t *ret_chunk_size,
+			     uint8_t **ret_sha256, size_t *ret_count, char **ret_msg)
+{
+	struct keys_real *k = (struct keys_real *)kk;
+	int r;
+
+	r = session_chunk_hashes(k->s, k->c->folder, name, ret_chunk_size, ret_sha256, ret_count);
+	if (r < 0 && r != -ENOENT)
+		*ret_msg = keys_fmt("cannot get its chunk hashes from the API: %s", strerror(-r));
+	return r;
+}
+
 static int real_unwrap(struct keys *kk, const struct keys_doc *doc, uint8_t *key, char **ret_msg)
 {
 	struct keys_real *k = (struct keys_real *)kk;
@@ -301,6 +313,7 @@ static const struct keys_ops real_ops = {
 	.cdn = real_cdn,
 	.small_part = real_small_part,
 	.key_doc = real_key_doc,
+	.chunk_hashes = real_chunk_hashes,
 	.unwrap = real_unwrap,
 	.free = real_free,
 };

@@ -56,6 +56,13 @@ struct keys_ops {
 	 * the API's error when no kept copy serves instead.
 	 */
 	int (*key_doc)(struct keys *k, const char *name, struct keys_doc *ret, char **ret_msg);
+	/*
+	 * The chunk hashes of name's big part (docs/trust.md section 4), from
+	 * the API, never the CDN: *ret_sha256 (count * 32 bytes) malloc()ed.
+	 * -ENOENT when the API holds none.
+	 */
+	int (*chunk_hashes)(struct keys *k, const char *name, uint32_t *ret_chunk_size,
+			    uint8_t **ret_sha256, size_t *ret_count, char **ret_msg);
 	/* Unwraps a document's key into key (CRYPTO_KEY_SIZE bytes, locked memory). */
 	int (*unwrap)(struct keys *k, const struct keys_doc *doc, uint8_t *key, char **ret_msg);
 	void (*free)(struct keys *k);

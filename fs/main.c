@@ -405,7 +405,7 @@ static int main_fuse_args(const struct main_opts *o, struct fuse_args *args)
 
 /*
  * Composes the read path (store.h): the CDN, cache_dir over it when set,
- * the key source, and the store over both.
+ * the chunk-hash check over those, the key source, and the store over all.
  */
 static int main_read_path(const struct config *c, struct fetch *f, struct session *s,
 			  struct device *d, struct store **ret)
@@ -434,7 +434,14 @@ static int main_read_path(const struct config *c, struct fetch *f, struct sessio
 		else
 			src = disk;
 	}
-	return store_new(c, src, keys, ret);
+	/* Above cache_dir: its bytes are checked as the CDN's are (docs/trust.md). */
+	r = src_hash_new(src, &disk);
+	if (r < 0) {
+		src_free(src);
+		keys_free(keys);
+		return r;
+	}
+	return store_new(c, disk, keys, ret);
 }
 
 int main(int argc, char **argv)

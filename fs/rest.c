@@ -769,17 +769,26 @@ static size_t rest_models(struct rest *r)
 
 static enum MHD_Result rest_status(struct rest *r, struct MHD_Connection *conn)
 {
-	char id[160];
+	char id[160], **names = NULL;
 	const char *tpm = device_status(r->d.d, NULL, 0);
 	int has_id = device_id(r->d.d, id, sizeof(id)) == 0;
+	json_t *body, *unchecked = json_array();
+	size_t n = 0;
 
-	return rest_json(r, conn, MHD_HTTP_OK,
-			 json_pack("{s:s, s:b, s:s, s:b, s:s, s:s?, s:s, s:I}", "status", "ok",
-				   "authenticated", session_logged_in(r->d.s), "modelCacheDir",
-				   r->d.mountpoint, "mounted", r->mhd != NULL, "tpm", tpm,
-				   "device_id", has_id ? id : NULL, "api",
-				   rest_api_reachable(r) ? "ok" : "unreachable", "models",
-				   (json_int_t)rest_models(r)));
+	/* The files served without any check (docs/trust.md section 4). */
+	if (unchecked && store_unchecked(r->d.st, &names, &n) == 0) {
+		for (size_t i = 0; i < n; i++) {
+			json_array_append_new(unchecked, json_string(names[i]));
+			free(names[i]);
+		}
+		free(names);
+	}
+	body = json_pack("{s:s, s:b, s:s, s:b, s:s, s:s?, s:s, s:I, s:o?}", "status", "ok",
+			 "authenticated", session_logged_in(r->d.s), "modelCacheDir",
+			 r->d.mountpoint, "mounted", r->mhd != NULL, "tpm", tpm, "device_id",
+			 has_id ? id : NULL, "api", rest_api_reachable(r) ? "ok" : "unreachable",
+			 "models", (json_int_t)rest_models(r), "unchecked", unchecked);
+	return rest_json(r, conn, MHD_HTTP_OK, body);
 }
 
 static void rest_metric(FILE *m, const char *name, const char *type, const char *help,

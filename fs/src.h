@@ -5,6 +5,8 @@
  *   src_cdn   range requests to the CDN (fetch_cdn_range, with its retries)
  *   src_disk  cache_dir: big parts' blocks kept on disk, over a lower layer
  *   src_mem   big parts held in memory (tests), with failures on demand
+ *   src_hash  checks each range of a blob that carries chunk hashes
+ *             (docs/trust.md section 4) before it goes up
  *
  * Each layer is created over the one below and owns it: src_free frees the
  * whole stack. Only ciphertext passes through a source; the layers know
@@ -18,12 +20,25 @@
 
 #include "fetch/fetch.h"
 
+/*
+ * The SHA-256 of every chunk_size bytes of a big part (the last chunk may
+ * be shorter), from the API or from a whole-file check. id names the list
+ * for the checked chunks src_hash keeps: unique for the process's life.
+ */
+struct src_hashes {
+	uint64_t id;
+	uint32_t chunk_size;
+	const uint8_t *sha256; /* count * 32 bytes */
+	size_t count;
+};
+
 /* One big part as the sources see it. */
 struct src_blob {
 	const char *url;
-	const struct fetch_s3 *s3; /* NULL: unsigned */
-	uint64_t size;		   /* bytes of the big part; 0: not known yet */
-	const char *cache_id;	   /* its name in cache_dir (hex); NULL: not kept */
+	const struct fetch_s3 *s3;	 /* NULL: unsigned */
+	uint64_t size;			 /* bytes of the big part; 0: not known yet */
+	const char *cache_id;		 /* its name in cache_dir (hex); NULL: not kept */
+	const struct src_hashes *hashes; /* NULL: its bytes go up unchecked */
 };
 
 struct src;
@@ -79,6 +94,15 @@ int src_cdn_new(struct fetch *f, struct src **ret);
  * Blobs without a cache_id pass through.
  */
 int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **ret);
+
+/*
+ * Checks every range of a blob with hashes against them, over lower
+ * (which it then owns): whole chunks are read and checked, the last few
+ * kept for the next reads. A chunk that fails is dropped from the layers
+ * below and read once more (from the CDN, when cache_dir held it); a
+ * second failure is -EIO, logged with the blob's URL.
+ */
+int src_hash_new(struct src *lower, struct src **ret);
 
 /*
  * Big parts in memory, by URL (tests). A put copies the bytes; a fault

@@ -38,11 +38,9 @@
 #define STORE_WORKERS 4
 #define STORE_JOBS_MAX 64
 #define STORE_READ_MAX (16u * 1024 * 1024)
-#define STORE_MIN_UNITS 64	/* 4 MiB: room for every thread's units */
-#define STORE_SHA_WAIT_MS 1000	/* how long an early read waits for its turn */
-#define STORE_SHA_FLY 32	/* reads in flight that an early read can wait for */
-#define STORE_SHA_GRACE_MS 50	/* for the read before it to arrive, when none is in flight */
-#define STORE_FAIL_HOLD_MS 1000 /* a failed fill answers new reads at once for this long */
+#define STORE_MIN_UNITS 64	       /* 4 MiB: room for every thread's units */
+#define STORE_HASH_CHUNK (1024 * 1024) /* chunks of a whole-file check's own list */
+#define STORE_FAIL_HOLD_MS 1000	       /* a failed fill answers new reads at once for this long */
 /*
  * Ciphertext buffers of one run (STORE_RUN_MAX units, their tags or the
  * block before them, and slack), kept between fills: a fresh buffer of
@@ -84,26 +82,12 @@ struct store_obj {
 	size_t prefix_len;
 	struct format_file *ff; /* the opened file: its key, while prepared */
 
-	/* with a catalog sha256: the plaintext's prefix hashed so far */
-	pthread_mutex_t sha_lock;
-	pthread_cond_t sha_cond;
-	struct crypto_sha256 *sha; /* NULL: nothing to check */
-	uint64_t sha_next;
-	int sha_state;
-	/* reads in flight while the check runs: [off, end) each, or end 0 */
-	struct {
-		uint64_t off, end;
-	} sha_fly[STORE_SHA_FLY];
-	uint64_t sha_stuck; /* 1 + a prefix end that no read came to extend; 0: none */
+	/* a format without tags: its big part's chunk hashes (docs/trust.md section 4) */
+	struct src_hashes hashes;
+	uint8_t *hash_list; /* hashes.sha256, malloc()ed; NULL: none */
 
 	/* the last failed fill, under the cache's lock (ucache.h) */
 	struct ucache_fail fail;
-};
-
-enum {
-	SHA_RUNNING,
-	SHA_GOOD,
-	SHA_BAD
 };
 
 struct store_job {
@@ -132,6 +116,8 @@ struct store {
 	pthread_t workers[STORE_WORKERS];
 	unsigned n_workers;
 	unsigned n_handles; /* open store_files; atomic, no lock */
+	char **unchecked;   /* names served without any check, under lock */
+	size_t n_unchecked;
 
 	struct store_stats stats; /* atomic adds only, no lock */
 
@@ -350,6 +336,9 @@ static void store_obj_unprepare(struct store_obj *o)
 {
 	format_close(o->ff);
 	o->ff = NULL;
+	free(o->hash_list);
+	o->hash_list = NULL;
+	o->blob.hashes = NULL;
 	secmem_free(o->prefix);
 	o->prefix = NULL;
 	o->prefix_len = 0;
@@ -359,9 +348,6 @@ static void store_obj_unprepare(struct store_obj *o)
 static void store_obj_free(struct store_obj *o)
 {
 	store_obj_unprepare(o);
-	crypto_sha256_free(o->sha);
-	pthread_cond_destroy(&o->sha_cond);
-	pthread_mutex_destroy(&o->sha_lock);
 	free(o->e.name);
 	free(o->e.updated);
 	free(o->url);
@@ -396,17 +382,11 @@ static struct store_obj *store_obj_get_locked(struct store *st, const struct cat
 	o = calloc(1, sizeof(*o));
 	if (!o)
 		return NULL;
-	pthread_mutex_init(&o->sha_lock, NULL);
-	pthread_cond_init(&o->sha_cond, NULL);
 	o->e = *e;
 	o->e.name = strdup(e->name);
 	o->e.updated = e->updated ? strdup(e->updated) : NULL;
 	o->fmt = format_get(e->format);
-	/* Format 2 authenticates every chunk: the whole-file check is format 1's. */
-	if (e->format == 1 && e->has_sha256)
-		o->sha = crypto_sha256_new();
-	if (!o->e.name || (e->updated && !o->e.updated) ||
-	    (e->format == 1 && e->has_sha256 && !o->sha)) {
+	if (!o->e.name || (e->updated && !o->e.updated)) {
 		store_obj_free(o);
 		return NULL;
 	}
@@ -519,6 +499,199 @@ static void *store_unlock_main(void *arg)
 	return NULL;
 }
 
+/* Records name among the files served without any check (GET /status), once. */
+static void store_mark_unchecked(struct store *st, const char *name)
+{
+	char **grown, *copy;
+	int found = 0;
+
+	pthread_mutex_lock(&st->lock);
+	for (size_t i = 0; i < st->n_unchecked && !found; i++)
+		found = strcmp(st->unchecked[i], name) == 0;
+	if (!found) {
+		grown = realloc(st->unchecked, (st->n_unchecked + 1) * sizeof(*grown));
+		copy = strdup(name);
+		if (grown)
+			st->unchecked = grown;
+		if (grown && copy)
+			st->unchecked[st->n_unchecked++] = copy;
+		else
+			free(copy);
+	}
+	pthread_mutex_unlock(&st->lock);
+	if (!found)
+		log_warn("%s: served unchecked: the API holds no chunk hashes for it and the "
+			 "catalog no sha256 (docs/trust.md)",
+			 name);
+}
+
+int store_unchecked(struct store *st, char ***ret, size_t *ret_n)
+{
+	char **names;
+	size_t n;
+	int r = 0;
+
+	pthread_mutex_lock(&st->lock);
+	n = st->n_unchecked;
+	names = calloc(n + 1, sizeof(*names));
+	for (size_t i = 0; names && i < n; i++)
+		if (!(names[i] = strdup(st->unchecked[i])))
+			r = -ENOMEM;
+	pthread_mutex_unlock(&st->lock);
+	if (!names || r < 0) {
+		for (size_t i = 0; names && i < n; i++)
+			free(names[i]);
+		free(names);
+		return -ENOMEM;
+	}
+	*ret = names;
+	*ret_n = n;
+	return 0;
+}
+
+/*
+ * A format without tags, no chunk hashes from the API, a sha256 in the
+ * catalog (a legacy resource, docs/trust.md section 4): the whole file is
+ * read, decrypted and hashed before its first byte is served. The SHA-256
+ * of each STORE_HASH_CHUNK of the big part read on the way becomes o's
+ * list, so that every later read, from the CDN or cache_dir, is checked
+ * against the bytes that were checked whole.
+ */
+static int store_check_whole(struct store *st, struct store_obj *o)
+{
+	const struct format_ops *fmt = o->fmt;
+	uint64_t big = o->blob.size, size = o->ff->size, unit = o->ff->unit, p = 0, w0 = 0;
+	size_t count = (size_t)((big + STORE_HASH_CHUNK - 1) / STORE_HASH_CHUNK), wlen;
+	size_t cap = o->prefix_len + STORE_HASH_CHUNK + 4 * CRYPTO_BLOCK + (size_t)unit;
+	struct crypto_sha256 *sha = crypto_sha256_new();
+	uint8_t *list = malloc(count ? count * 32 : 1), *win = malloc(cap);
+	uint8_t *plain = secmem_alloc(cap), d[32];
+	struct src_blob b = o->blob;
+	int r = 0;
+
+	b.hashes = NULL;
+	if (!sha || !list || !win || !plain) {
+		r = -ENOMEM;
+		goto out;
+	}
+	memcpy(win, o->prefix, o->prefix_len);
+	wlen = o->prefix_len;
+	for (size_t c = 0; r == 0 && c < count; c++) {
+		uint64_t a = (uint64_t)c * STORE_HASH_CHUNK, e_avail, p_next, c0, c1, nc0;
+		size_t n = big - a < STORE_HASH_CHUNK ? (size_t)(big - a) : STORE_HASH_CHUNK;
+		char *msg = NULL;
+
+		r = store_src_read(st, &b, a, n, win + wlen);
+		if (r < 0) {
+			log_err("%s: reading it whole for its sha256 check: %s", o->e.name,
+				strerror(-r));
+			break;
+		}
+		crypto_sha256(win + wlen, n, list + 32 * c);
+		wlen += n;
+		e_avail = w0 + wlen;
+		/* The plaintext that the stream read so far decrypts. */
+		p_next = c + 1 == count ? size : e_avail / unit * unit;
+		if (p_next > size)
+			p_next = size;
+		for (; p_next > p; p_next = p_next - p > unit ? p_next - unit : p) {
+			fmt->span(o->ff, p, (size_t)(p_next - p), &c0, &c1);
+			if (c1 <= e_avail)
+				break;
+		}
+		if (p_next > p) {
+			uint8_t *out[1] = {plain};
+
+			fmt->span(o->ff, p, (size_t)(p_next - p), &c0, &c1);
+			r = fmt->decrypt(o->ff, p, (size_t)(p_next - p), win + (c0 - w0), out, cap,
+					 &msg);
+			if (r < 0) {
+				log_err("%s: %s", o->e.name, msg ? msg : strerror(-r));
+				free(msg);
+				break;
+			}
+			crypto_sha256_update(sha, plain, (size_t)(p_next - p));
+			crypto_wipe(plain, (size_t)(p_next - p));
+			p = p_next;
+		}
+		nc0 = e_avail;
+		if (p < size)
+			fmt->span(o->ff, p, (size_t)(size - p < unit ? size - p : unit), &nc0, &c1);
+		memmove(win, win + (nc0 - w0), (size_t)(e_avail - nc0));
+		wlen = (size_t)(e_avail - nc0);
+		w0 = nc0;
+	}
+	if (r == 0 && p != size) {
+		log_err("%s: its parts decrypt to %llu of %llu bytes", o->e.name,
+			(unsigned long long)p, (unsigned long long)size);
+		r = -EIO;
+	}
+	if (r == 0) {
+		crypto_sha256_final(sha, d);
+		if (crypto_memcmp(d, o->e.sha256, 32) != 0) {
+			log_err("%s: the plaintext's sha256 differs from the catalog's", o->e.name);
+			r = -EIO;
+		}
+	}
+	if (r == 0) {
+		o->hash_list = list;
+		list = NULL;
+		o->hashes.id = o->id;
+		o->hashes.chunk_size = STORE_HASH_CHUNK;
+		o->hashes.sha256 = o->hash_list;
+		o->hashes.count = count;
+		o->blob.hashes = &o->hashes;
+		log_debug("%s: checked whole against the catalog's sha256", o->e.name);
+	}
+out:
+	crypto_sha256_free(sha);
+	free(list);
+	free(win);
+	secmem_free(plain);
+	return r;
+}
+
+/*
+ * A format without tags: the API's chunk hashes for o's big part, set on
+ * its blob, so that the source stack checks every range (docs/trust.md
+ * section 4). 1 when the API holds none (or is out of reach), after which
+ * the caller checks the file whole or marks it unchecked.
+ */
+static int store_obj_hashes(struct store *st, struct store_obj *o)
+{
+	uint8_t *list = NULL;
+	uint32_t cs = 0;
+	size_t count = 0;
+	char *msg = NULL;
+	int r;
+
+	if (!st->keys->ops->chunk_hashes)
+		return 1;
+	r = st->keys->ops->chunk_hashes(st->keys, o->e.name, &cs, &list, &count, &msg);
+	if (r == -ENOENT)
+		return 1;
+	if (r < 0) {
+		log_warn("%s: %s; checking it as a file without a list", o->e.name,
+			 msg ? msg : strerror(-r));
+		free(msg);
+		return 1;
+	}
+	if (!cs || count != (o->blob.size + cs - 1) / cs) {
+		log_err("%s: the API's chunk-hash list (%zu chunks of %u bytes) does not cover its "
+			"big part of %llu bytes",
+			o->e.name, count, cs, (unsigned long long)o->blob.size);
+		free(list);
+		return -EIO;
+	}
+	o->hash_list = list;
+	o->hashes.id = o->id;
+	o->hashes.chunk_size = cs;
+	o->hashes.sha256 = list;
+	o->hashes.count = count;
+	o->blob.hashes = &o->hashes;
+	return 0;
+}
+
 /* Key material, head and format file of o: what every read of it needs. */
 static int store_prepare(struct store *st, struct store_obj *o)
 {
@@ -530,7 +703,7 @@ static int store_prepare(struct store *st, struct store_obj *o)
 	size_t head_len;
 	pthread_t unlocker;
 	char *msg = NULL;
-	int r, threaded = 0;
+	int r, threaded = 0, whole = 0;
 
 	if (!o->fmt) {
 		log_err("%s: format %d is not one this build reads", o->e.name, o->e.format);
@@ -546,6 +719,13 @@ static int store_prepare(struct store *st, struct store_obj *o)
 		return r == -ENOKEY ? -EACCES : store_reader_errno(r);
 	}
 	store_obj_cache_id(st, o, fk.mark, fk.mark_len);
+	if (o->fmt->chunk_hashes) {
+		whole = store_obj_hashes(st, o);
+		if (whole < 0) {
+			r = whole;
+			goto out;
+		}
+	}
 	/* The prefix moves into o: the stream reads need it. */
 	o->prefix = fk.prefix;
 	o->prefix_len = fk.prefix_len;
@@ -602,6 +782,12 @@ static int store_prepare(struct store *st, struct store_obj *o)
 		r = store_reader_errno(r);
 		goto out;
 	}
+	if (whole && o->e.has_sha256)
+		r = store_check_whole(st, o);
+	else if (whole)
+		store_mark_unchecked(st, o->e.name);
+	if (r < 0)
+		goto out;
 	o->size = o->ff->size;
 out:
 	if (r < 0)
@@ -777,136 +963,6 @@ static void store_readahead(struct store_file *h, uint64_t off, size_t len)
 	}
 }
 
-/*
- * Under o->sha_lock: whether a read in flight other than slot covers the
- * end of the prefix, so that waiting for it can let a later read in.
- */
-static int store_sha_filler(const struct store_obj *o, int slot)
-{
-	for (int i = 0; i < STORE_SHA_FLY; i++)
-		if (i != slot && o->sha_fly[i].end && o->sha_fly[i].off <= o->sha_next &&
-		    o->sha_next < o->sha_fly[i].end)
-			return 1;
-	return 0;
-}
-
-/* Under o->sha_lock: the read of slot is no longer in flight. */
-static void store_sha_end_locked(struct store_obj *o, int slot)
-{
-	if (slot >= 0 && slot < STORE_SHA_FLY)
-		o->sha_fly[slot].end = 0;
-	pthread_cond_broadcast(&o->sha_cond);
-}
-
-/*
- * Feeds a read into the whole-file check of o. The object, not the handle,
- * keeps the hashed prefix: with the kernel's page cache in between, one
- * pass over the file may arrive through several opens. A read that starts
- * past the prefix waits while a read in flight covers the prefix's end
- * (parallel FUSE threads deliver neighbours out of order), or briefly for
- * one to arrive, else it is left out: pages the kernel keeps are not read
- * again, so waiting long for a gap that no read is filling would only
- * stall the reader. -EIO for
- * the read that completes a mismatching file, and for every read after.
- * Ends the read's mark (store_sha_begin).
- */
-static int store_check_sha(struct store_obj *o, uint64_t off, const struct store_read *rd, int slot)
-{
-	struct timespec dl, grace;
-	uint64_t skip;
-	uint8_t d[32];
-	int r = 0;
-
-	clock_gettime(CLOCK_REALTIME, &dl);
-	grace = dl;
-	dl.tv_sec += STORE_SHA_WAIT_MS / 1000;
-	grace.tv_nsec += STORE_SHA_GRACE_MS * 1000000L;
-	if (grace.tv_nsec >= 1000000000L) {
-		grace.tv_sec++;
-		grace.tv_nsec -= 1000000000L;
-	}
-	pthread_mutex_lock(&o->sha_lock);
-	while (o->sha_state == SHA_RUNNING && off > o->sha_next &&
-	       off - o->sha_next <= STORE_RA_SLACK) {
-		int filler = store_sha_filler(o, slot);
-
-		/* A gap that one grace period did not fill is not waited for again. */
-		if (!filler && o->sha_stuck == o->sha_next + 1)
-			break;
-		if (pthread_cond_timedwait(&o->sha_cond, &o->sha_lock, filler ? &dl : &grace) ==
-		    ETIMEDOUT) {
-			if (!store_sha_filler(o, slot))
-				o->sha_stuck = o->sha_next + 1;
-			break;
-		}
-	}
-	store_sha_end_locked(o, slot);
-	if (o->sha_state == SHA_BAD) {
-		pthread_mutex_unlock(&o->sha_lock);
-		return -EIO;
-	}
-	if (o->sha_state != SHA_RUNNING || off > o->sha_next || off + rd->len <= o->sha_next) {
-		pthread_mutex_unlock(&o->sha_lock);
-		return 0;
-	}
-	skip = o->sha_next - off;
-	for (int i = 0; i < rd->iovcnt; i++) {
-		size_t n = rd->iov[i].iov_len;
-
-		if (skip >= n) {
-			skip -= n;
-			continue;
-		}
-		crypto_sha256_update(o->sha, (uint8_t *)rd->iov[i].iov_base + skip, n - skip);
-		skip = 0;
-	}
-	o->sha_next = off + rd->len;
-	if (o->sha_next == o->size) {
-		crypto_sha256_final(o->sha, d);
-		if (crypto_memcmp(d, o->e.sha256, 32) != 0) {
-			log_err("%s: the plaintext's sha256 differs from the catalog's", o->e.name);
-			o->sha_state = SHA_BAD;
-			r = -EIO;
-		} else {
-			o->sha_state = SHA_GOOD;
-		}
-	}
-	pthread_mutex_unlock(&o->sha_lock);
-	return r;
-}
-
-/*
- * Marks the read of [off, off + len) in flight for store_check_sha: 0 when
- * the check does not apply, else 1 + its slot (STORE_SHA_FLY: in flight
- * unmarked, when every slot is taken).
- */
-static int store_sha_begin(struct store_obj *o, uint64_t off, size_t len)
-{
-	int slot = 0;
-
-	if (!o->sha)
-		return 0;
-	pthread_mutex_lock(&o->sha_lock);
-	if (o->sha_state != SHA_GOOD) {
-		while (slot < STORE_SHA_FLY && o->sha_fly[slot].end)
-			slot++;
-		if (slot < STORE_SHA_FLY) {
-			o->sha_fly[slot].off = off;
-			o->sha_fly[slot].end = off + len;
-		}
-		slot++;
-	}
-	pthread_mutex_unlock(&o->sha_lock);
-	return slot;
-}
-
-static void store_sha_abort(struct store_obj *o, int slot)
-{
-	pthread_mutex_lock(&o->sha_lock);
-	store_sha_end_locked(o, slot);
-	pthread_mutex_unlock(&o->sha_lock);
-}
-
 int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret)
 {
 	struct store *st = h->st;
@@ -915,7 +971,7 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 	struct timespec dl;
 	uint64_t first, n;
 	size_t done = 0;
-	int r, check;
+	int r;
 
 	memset(ret, 0, sizeof(*ret));
 	ret->st = st;
@@ -937,13 +993,10 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 	}
 	store_readahead(h, off, len);
 	store_deadline(st, &dl);
-	check = store_sha_begin(o, off, len);
 	STORE_COUNT(st, reads, 1);
 	r = store_units_get(st, o, first, n, u, &dl);
 	if (r < 0) {
 		STORE_COUNT(st, read_errors, 1);
-		if (check)
-			store_sha_abort(o, check - 1);
 		free(u);
 		free(ret->iov);
 		ret->iov = NULL;
@@ -964,14 +1017,6 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 		done += take;
 	}
 	ret->len = done;
-	if (check) {
-		r = store_check_sha(o, off, ret, check - 1);
-		if (r < 0) {
-			STORE_COUNT(st, read_errors, 1);
-			store_read_release(ret);
-			return r;
-		}
-	}
 	STORE_COUNT(st, read_bytes, done);
 	return 0;
 }
@@ -1027,8 +1072,12 @@ static void *store_worker(void *arg)
 
 			if ((j->first + n - 1) * STORE_UNIT >= j->o->size)
 				n = (j->o->size - 1) / STORE_UNIT - j->first + 1;
+			/*
+			 * A failed read-ahead does not hold the object failed: a reader
+			 * before a damaged chunk still gets its bytes (docs/trust.md).
+			 */
 			ucache_prefetch(st->cache, j->o->id, j->first, (size_t)n, store_fill, &ctx,
-					&j->o->fail);
+					NULL);
 		}
 		pthread_mutex_lock(&st->lock);
 		store_obj_close_locked(j->o);
@@ -1235,6 +1284,9 @@ void store_free(struct store *st)
 		store_obj_put_locked(o);
 	}
 	ucache_free(st->cache);
+	while (st->n_unchecked)
+		free(st->unchecked[--st->n_unchecked]);
+	free(st->unchecked);
 	src_free(st->src);
 	keys_free(st->keys);
 	pthread_cond_destroy(&st->cond);

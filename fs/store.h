@@ -88,6 +88,13 @@ struct store_stats {
 };
 void store_stats(struct store *st, struct store_stats *ret);
 
+/*
+ * The names of the files opened without any check (a format without tags,
+ * no chunk hashes, no catalog sha256): a NULL-terminated malloc()ed array
+ * of malloc()ed strings, and its length.
+ */
+int store_unchecked(struct store *st, char ***ret, size_t *ret_n);
+
 /* Reads up to len bytes at off; release the result with store_read_release. */
 int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret);
 void store_read_release(struct store_read *r);

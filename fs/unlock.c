@@ -325,6 +325,8 @@ static int unlock_fill(struct unlock_run *run)
 	int r;
 
 	if (n == 0) {
+		/* Format 1's last block may be all padding, which no span names. */
+		run->consumed = run->size;
 		unlock_run_eof(run);
 		return 0;
 	}
@@ -475,6 +477,7 @@ static const struct keys_ops unlock_keys_ops = {
 	.cdn = unlock_keys_cdn,
 	.small_part = unlock_keys_small,
 	.key_doc = unlock_keys_doc,
+	.chunk_hashes = NULL, /* the archive is a local file */
 	.unwrap = unlock_keys_unwrap,
 	.free = unlock_keys_free,
 };

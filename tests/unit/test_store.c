@@ -30,6 +30,8 @@ struct fake_model {
 	size_t small_len;
 	struct keys_doc doc; /* format 2: the "wrapped" key is the key itself */
 	int has_doc;
+	uint8_t *hashes; /* format 1: the API's chunk hashes, or NULL */
+	size_t n_hashes;
 };
 
 struct fake_keys {
@@ -91,6 +93,24 @@ static int fake_doc(struct keys *k, const char *name, struct keys_doc *ret, char
 	return 0;
 }
 
+#define TEST_HASH_CHUNK (64 * 1024)
+
+static int fake_chunk_hashes(struct keys *k, const char *name, uint32_t *ret_chunk_size,
+			     uint8_t **ret_sha256, size_t *ret_count, char **ret_msg)
+{
+	struct fake_model *m = fake_find((struct fake_keys *)k, name);
+
+	if (!m || !m->hashes)
+		return -ENOENT;
+	*ret_sha256 = malloc(m->n_hashes * 32);
+	if (!*ret_sha256)
+		return -ENOMEM;
+	memcpy(*ret_sha256, m->hashes, m->n_hashes * 32);
+	*ret_chunk_size = TEST_HASH_CHUNK;
+	*ret_count = m->n_hashes;
+	return 0;
+}
+
 static int fake_unwrap(struct keys *k, const struct keys_doc *doc, uint8_t *key, char **ret_msg)
 {
 	struct fake_keys *f = (struct fake_keys *)k;
@@ -113,6 +133,7 @@ static const struct keys_ops fake_ops = {
 	.cdn = fake_cdn,
 	.small_part = fake_small,
 	.key_doc = fake_doc,
+	.chunk_hashes = fake_chunk_hashes,
 	.unwrap = fake_unwrap,
 	.free = fake_free,
 };
@@ -202,6 +223,38 @@ static int make_model(struct model *m, struct fake_keys *f, struct fake_model *f
 	return r;
 }
 
+/* Gives fm the chunk hashes of m's big part, as a publisher registers them. */
+static void model_hashes(struct model *m, struct fake_model *fm)
+{
+	size_t big = m->stream_len - m->small_len;
+
+	fm->n_hashes = (big + TEST_HASH_CHUNK - 1) / TEST_HASH_CHUNK;
+	fm->hashes = malloc(fm->n_hashes * 32);
+	for (size_t c = 0; c < fm->n_hashes; c++) {
+		size_t a = c * TEST_HASH_CHUNK;
+
+		crypto_sha256(m->stream + m->small_len + a,
+			      big - a < TEST_HASH_CHUNK ? big - a : TEST_HASH_CHUNK,
+			      fm->hashes + 32 * c);
+	}
+}
+
+/* XORs nine bytes of m's big part at off on the source. */
+static void tamper(struct src *mem, struct model *m, size_t off)
+{
+	uint8_t x[9];
+
+	memcpy(x, m->stream + m->small_len + off, sizeof(x));
+	for (size_t i = 0; i < sizeof(x); i++)
+		x[i] ^= 0xa5;
+	src_mem_poke(mem, m->url, off, x, sizeof(x));
+}
+
+static void untamper(struct src *mem, struct model *m, size_t off)
+{
+	src_mem_poke(mem, m->url, off, m->stream + m->small_len + off, 9);
+}
+
 static void model_free(struct model *m)
 {
 	free(m->plain);
@@ -285,8 +338,11 @@ static void *reader_main(void *arg)
 int main(void)
 {
 	struct fake_keys keys = {.k.ops = &fake_ops};
-	struct fake_model fm[4];
-	struct model m[4];
+	struct fake_model fm[8];
+	struct model m[8];
+	struct src *mem = NULL;
+	char **unchecked = NULL;
+	size_t n_unchecked = 0;
 	struct config c = {0};
 	struct src *src = NULL;
 	struct store *st = NULL;
@@ -301,22 +357,38 @@ int main(void)
 	pthread_mutex_init(&keys.lock, NULL);
 	fill_random(keys.rkey, sizeof(keys.rkey), 99);
 	keys.models = fm;
-	keys.n = 4;
+	keys.n = 8;
 	c.folder = FOLDER;
 	c.io_timeout = 5;
 	c.memory_cache = 4 << 20; /* the minimum: 64 units */
 	c.readahead_max = 1 << 20;
 
-	r = src_mem_new(&src);
+	r = src_mem_new(&mem);
 	CHECK(r == 0, "src_mem_new");
-	CHECK(make_model(&m[0], &keys, &fm[0], src, "one.onnx", 1, 1000003, 0) == 0,
+	r = src_hash_new(mem, &src);
+	CHECK(r == 0, "src_hash_new over it");
+	CHECK(make_model(&m[0], &keys, &fm[0], mem, "one.onnx", 1, 1000003, 0) == 0,
 	      "a format-1 model of 1000003 bytes, small and big part");
-	CHECK(make_model(&m[1], &keys, &fm[1], src, "two.onnx", 2, 777777, 12) == 0,
+	CHECK(make_model(&m[1], &keys, &fm[1], mem, "two.onnx", 2, 777777, 12) == 0,
 	      "a format-2 model in 4 KiB chunks");
-	CHECK(make_model(&m[2], &keys, &fm[2], src, "big.onnx", 2, 6 << 20, 17) == 0,
+	CHECK(make_model(&m[2], &keys, &fm[2], mem, "big.onnx", 2, 6 << 20, 17) == 0,
 	      "a format-2 model of 6 MiB in 128 KiB chunks (larger than a cache unit)");
-	CHECK(make_model(&m[3], &keys, &fm[3], src, "tiny.onnx", 1, 5, 0) == 0,
+	CHECK(make_model(&m[3], &keys, &fm[3], mem, "tiny.onnx", 1, 5, 0) == 0,
 	      "a format-1 model of 5 bytes: its big part is shorter than a block");
+	/* Format 1 and chunk hashes (docs/trust.md section 4). */
+	CHECK(make_model(&m[4], &keys, &fm[4], mem, "listed.onnx", 1, 900000, 0) == 0,
+	      "a format-1 model with the API's chunk hashes");
+	model_hashes(&m[4], &fm[4]);
+	CHECK(make_model(&m[5], &keys, &fm[5], mem, "legacy.onnx", 1, 300000, 0) == 0,
+	      "a legacy format-1 model: no list, a catalog sha256");
+	m[5].e.has_sha256 = 1;
+	crypto_sha256(m[5].plain, m[5].size, m[5].e.sha256);
+	CHECK(make_model(&m[6], &keys, &fm[6], mem, "wrong.onnx", 1, 200000, 0) == 0,
+	      "a legacy format-1 model whose catalog sha256 is another file's");
+	m[6].e.has_sha256 = 1;
+	memcpy(m[6].e.sha256, m[5].e.sha256, 32);
+	CHECK(make_model(&m[7], &keys, &fm[7], mem, "bare.onnx", 1, 100000, 0) == 0,
+	      "a legacy format-1 model with neither");
 	r = store_new(&c, src, &keys.k, &st);
 	CHECK(r == 0, "store_new over src_mem and a fake key source");
 	if (r < 0)
@@ -351,10 +423,10 @@ int main(void)
 	/* Hits: the same bytes again come from the cache, not the source. */
 	r = store_open(st, &m[1].e, &h);
 	CHECK(r == 0 && read_cmp(h, 4096, 100000, m[1].plain + 4096, NULL) == 0, "a read");
-	src_mem_stats(src, &ms);
+	src_mem_stats(mem, &ms);
 	store_stats(st, &ss);
 	CHECK(read_cmp(h, 4096, 100000, m[1].plain + 4096, NULL) == 0, "the same read again");
-	src_mem_stats(src, &ms2);
+	src_mem_stats(mem, &ms2);
 	store_stats(st, &ss2);
 	CHECK(ms2.reads == ms.reads, "a hit reads nothing from the source (%llu reads)",
 	      (unsigned long long)(ms2.reads - ms.reads));
@@ -366,9 +438,9 @@ int main(void)
 	/* Eviction: 6 MiB through a 4 MiB cache leaves its start out. */
 	r = store_open(st, &m[2].e, &h);
 	CHECK(r == 0 && read_all(h, &m[2], 1 << 20) == 0, "6 MiB read through a 4 MiB cache");
-	src_mem_stats(src, &ms);
+	src_mem_stats(mem, &ms);
 	CHECK(read_cmp(h, 0, 4096, m[2].plain, NULL) == 0, "its first bytes read again");
-	src_mem_stats(src, &ms2);
+	src_mem_stats(mem, &ms2);
 	CHECK(ms2.reads > ms.reads, "evicted: they came from the source again");
 	store_close(h);
 	h = NULL;
@@ -376,23 +448,23 @@ int main(void)
 	/* Failures: a source that fails, then recovers; a tampered chunk. */
 	r = store_open(st, &m[1].e, &h);
 	CHECK(r == 0, "open two.onnx again");
-	src_mem_fault(src, m[1].url, 0, 1 << 30, -EIO, -1);
+	src_mem_fault(mem, m[1].url, 0, 1 << 30, -EIO, -1);
 	r = read_cmp(h, 700000, 4096, m[1].plain + 700000, NULL);
 	CHECK(r == -EIO, "a read the source fails is EIO (%d)", r);
 	r = read_cmp(h, 650000, 4096, m[1].plain + 650000, NULL);
 	CHECK(r == -EIO, "a read right after a failed fill fails at once (%d)", r);
-	src_mem_fault(src, m[1].url, 0, 0, 0, 0);
+	src_mem_fault(mem, m[1].url, 0, 0, 0, 0);
 	usleep(1100 * 1000);
 	CHECK(read_cmp(h, 700000, 4096, m[1].plain + 700000, NULL) == 0,
 	      "once the source answers again, the read works");
 	{
 		uint8_t x = m[1].stream[64 + 5 * (4096 + 16) + 9] ^ 0x5a;
 
-		src_mem_poke(src, m[1].url, 64 + 5 * (4096 + 16) + 9, &x, 1);
+		src_mem_poke(mem, m[1].url, 64 + 5 * (4096 + 16) + 9, &x, 1);
 	}
-	src_mem_stats(src, &ms);
+	src_mem_stats(mem, &ms);
 	r = read_cmp(h, 5 * 4096 + 1, 10, m[1].plain + 5 * 4096 + 1, NULL);
-	src_mem_stats(src, &ms2);
+	src_mem_stats(mem, &ms2);
 	CHECK(r == -EIO, "a chunk that fails its tag is EIO (%d)", r);
 	CHECK(ms2.drops == ms.drops + 1 && ms2.reads == ms.reads + 2,
 	      "it was dropped from the lower layers and read once more (%llu drops, %llu reads)",
@@ -400,7 +472,7 @@ int main(void)
 	      (unsigned long long)(ms2.reads - ms.reads));
 	store_close(h);
 	h = NULL;
-	src_mem_poke(src, m[1].url, 64 + 5 * (4096 + 16) + 9,
+	src_mem_poke(mem, m[1].url, 64 + 5 * (4096 + 16) + 9,
 		     m[1].stream + 64 + 5 * (4096 + 16) + 9, 1);
 
 	/* A format-2 key lives while the file is open, and is unwrapped again after. */
@@ -423,12 +495,12 @@ int main(void)
 	/* Read-ahead: a sequential reader gets what it has not asked for yet. */
 	CHECK(store_start(st) == 0, "the read-ahead workers start");
 	r = store_open(st, &m[2].e, &h);
-	src_mem_stats(src, &ms);
+	src_mem_stats(mem, &ms);
 	for (uint64_t off = 0; r == 0 && off < 512 * 1024; off += 128 * 1024)
 		r = read_cmp(h, off, 128 * 1024, m[2].plain + off, NULL);
 	CHECK(r == 0, "a sequential reader reads 512 KiB");
 	for (int i = 0; i < 50; i++) {
-		src_mem_stats(src, &ms2);
+		src_mem_stats(mem, &ms2);
 		if (ms2.read_bytes - ms.read_bytes >= 1024 * 1024)
 			break;
 		usleep(20 * 1000);
@@ -450,7 +522,7 @@ int main(void)
 		pthread_t t[8];
 		int bad = 0;
 
-		src_mem_delay(src, 2);
+		src_mem_delay(mem, 2);
 		for (int i = 0; i < 8; i++) {
 			rd[i] = (struct reader){.st = st, .m = m, .seed = (unsigned)i + 1};
 			pthread_create(&t[i], NULL, reader_main, &rd[i]);
@@ -459,9 +531,72 @@ int main(void)
 			pthread_join(t[i], NULL);
 			bad += rd[i].bad;
 		}
-		src_mem_delay(src, 0);
+		src_mem_delay(mem, 0);
 		CHECK(bad == 0,
 		      "8 threads x 60 random reads over 3 models: every byte right (%d bad)", bad);
+	}
+
+	/* Chunk hashes: every range is checked before it is decrypted. */
+	r = store_open(st, &m[4].e, &h);
+	CHECK(r == 0 && read_all(h, &m[4], 70000) == 0, "a listed model reads back whole");
+	store_close(h);
+	h = NULL;
+	pe = m[4].e;
+	pe.updated = "v2"; /* a new version: nothing of it in the cache */
+	tamper(mem, &m[4], 5 * TEST_HASH_CHUNK + 100);
+	src_mem_stats(mem, &ms);
+	r = store_open(st, &pe, &h);
+	CHECK(r == 0, "the tampered model opens (its head is intact)");
+	got = 0;
+	r = r ? r : read_cmp(h, 0, 5 * TEST_HASH_CHUNK - 4096, m[4].plain, &got);
+	CHECK(r == 0, "the bytes before the tampered chunk read and match the original");
+	r = read_cmp(h, 5 * TEST_HASH_CHUNK, 4096, m[4].plain + 5 * TEST_HASH_CHUNK, NULL);
+	CHECK(r == -EIO, "the tampered chunk is EIO (%d)", r);
+	src_mem_stats(mem, &ms2);
+	CHECK(ms2.drops > ms.drops, "the failed chunk was dropped below and read again");
+	untamper(mem, &m[4], 5 * TEST_HASH_CHUNK + 100);
+	usleep(1100 * 1000);
+	CHECK(read_cmp(h, 5 * TEST_HASH_CHUNK, 4096, m[4].plain + 5 * TEST_HASH_CHUNK, NULL) == 0,
+	      "restored at the source, the chunk reads again");
+	store_close(h);
+	h = NULL;
+
+	/* No list, a catalog sha256: checked whole before the first byte. */
+	r = store_open(st, &m[5].e, &h);
+	CHECK(r == 0 && read_all(h, &m[5], 65536) == 0,
+	      "a legacy model whose sha256 matches opens and reads");
+	tamper(mem, &m[5], 200000);
+	pe = m[5].e;
+	r = read_cmp(h, 190000, 20000, m[5].plain + 190000, NULL);
+	CHECK(r == 0, "what the cache holds still reads");
+	store_close(h);
+	h = NULL;
+	pe.updated = "v2";
+	r = store_open(st, &pe, &h);
+	CHECK(r == -EIO, "tampered, it no longer opens: the whole check fails (%d)", r);
+	untamper(mem, &m[5], 200000);
+	r = store_open(st, &m[6].e, &h);
+	CHECK(r == -EIO, "a model whose sha256 differs does not open (%d)", r);
+	h = NULL;
+
+	/* Neither: served unchecked, and said so. */
+	r = store_open(st, &m[7].e, &h);
+	CHECK(r == 0 && read_all(h, &m[7], 65536) == 0, "a model with neither reads");
+	store_close(h);
+	h = NULL;
+	r = store_unchecked(st, &unchecked, &n_unchecked);
+	CHECK(r == 0 && n_unchecked >= 1, "store_unchecked lists it");
+	{
+		int listed = 0, wrongly = 0;
+
+		for (size_t i = 0; i < n_unchecked; i++) {
+			listed += strcmp(unchecked[i], "bare.onnx") == 0;
+			wrongly += strcmp(unchecked[i], "listed.onnx") == 0 ||
+				   strcmp(unchecked[i], "legacy.onnx") == 0;
+			free(unchecked[i]);
+		}
+		free(unchecked);
+		CHECK(listed == 1 && !wrongly, "only the file with neither is unchecked");
 	}
 
 	/* A source with no such big part. */
@@ -471,8 +606,10 @@ int main(void)
 	CHECK(r < 0, "a model the source does not have does not open (%d)", r);
 
 	store_free(st);
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 8; i++) {
 		model_free(&m[i]);
+		free(fm[i].hashes);
+	}
 	pthread_mutex_destroy(&keys.lock);
 	return check_done();
 }
