@@ -63,6 +63,12 @@ struct format_ops {
 	 * against a list of chunk hashes from the API (docs/trust.md section 4).
 	 */
 	int chunk_hashes;
+	/*
+	 * 1 for a format whose files have keys of their own (format 2): the
+	 * reader wipes one at its file's last close (docs/tpm.md), where a
+	 * shared key (format 1's resource key) stays.
+	 */
+	int file_key;
 	/* Whether a stream that begins with these n bytes is this format's (by its magic). */
 	int (*sniff)(const uint8_t *b, size_t n);
 	/*

@@ -262,6 +262,7 @@ static int fmt1_stream_size(uint64_t big, uint64_t *ret)
 const struct format_ops format_f1 = {
 	.id = 1,
 	.chunk_hashes = 1,
+	.file_key = 0,
 	.sniff = fmt1_sniff,
 	.key_material = fmt1_key_material,
 	.key_unlock = fmt1_key_unlock,

@@ -280,6 +280,7 @@ static void fmt2_enc_free(struct format_enc *e)
 const struct format_ops format_f2 = {
 	.id = 2,
 	.chunk_hashes = 0,
+	.file_key = 1,
 	.sniff = fmt2_sniff,
 	.key_material = fmt2_key_material,
 	.key_unlock = fmt2_key_unlock,

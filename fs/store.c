@@ -405,13 +405,13 @@ static void store_obj_open_locked(struct store_obj *o)
 }
 
 /*
- * Under st->lock: one user fewer. The last one wipes a format-2 key
- * (docs/tpm.md: kept while the file is in use); the next open unwraps it
- * again. A format-1 object keeps its resource key and small part.
+ * Under st->lock: one user fewer. The last one wipes a file's own key
+ * (format 2; docs/tpm.md: kept while the file is in use); the next open
+ * unwraps it again. A shared key (format 1's) stays with its object.
  */
 static void store_obj_close_locked(struct store_obj *o)
 {
-	if (--o->opens > 0 || o->e.format != 2 || o->prep != PREP_READY)
+	if (--o->opens > 0 || !o->fmt || !o->fmt->file_key || o->prep != PREP_READY)
 		return;
 	store_obj_unprepare(o);
 }
@@ -1135,21 +1135,19 @@ int store_probe(void *arg, struct catalog_entry *e)
 	if (r < 0)
 		goto out;
 	first_len = b.size < sizeof(first) ? (size_t)b.size : sizeof(first);
-	if (e->format != 1 && first_len) {
-		r = src_read(st->src, &b, 0, first_len, first);
+	/* The catalog's format, or the one whose magic begins the big part. */
+	fmt = e->format ? format_get(e->format) : NULL;
+	if (e->format && !fmt) {
+		r = -EPROTO;
+		goto out;
+	}
+	if (!fmt) {
+		r = first_len ? src_read(st->src, &b, 0, first_len, first) : 0;
 		if (r < 0)
 			goto out;
 		fmt = format_detect(first, first_len);
-		if (fmt->id == 1 || (e->format && e->format != fmt->id))
-			fmt = NULL;
 	}
 	for (int pass = 0; pass < 2; pass++) {
-		if (!fmt && e->format > 1) {
-			r = -EPROTO;
-			goto out;
-		}
-		if (!fmt)
-			fmt = &format_f1;
 		r = fmt->stream_size(b.size, &e_size);
 		if (r < 0)
 			goto out;
@@ -1178,7 +1176,7 @@ int store_probe(void *arg, struct catalog_entry *e)
 			r = st->keys->ops->resource_key(st->keys, key, &msg);
 		hint.prefix_len = (size_t)(e_size - b.size);
 		if (r == 0)
-			r = fmt->open(key, head, e_size, fmt->id == 1 ? &hint : NULL, &ff, &msg);
+			r = fmt->open(key, head, e_size, &hint, &ff, &msg);
 		free(msg);
 		msg = NULL;
 		free(head);
@@ -1186,9 +1184,9 @@ int store_probe(void *arg, struct catalog_entry *e)
 		secmem_free(key);
 		key = NULL;
 		format_key_clear(&fk);
-		/* A magic that did not open: format 1 after all, unless the catalog says otherwise. */
-		if (r < 0 && fmt->id != 1 && !e->format) {
-			fmt = NULL;
+		/* A magic that did not open: the format without one after all (format 1). */
+		if (r < 0 && !e->format && fmt != format_detect(NULL, 0)) {
+			fmt = format_detect(NULL, 0);
 			continue;
 		}
 		break;
