@@ -100,7 +100,7 @@ int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **
  * (which it then owns): whole chunks are read and checked, the last few
  * kept for the next reads. A chunk that fails is dropped from the layers
  * below and read once more (from the CDN, when cache_dir held it); a
- * second failure is -EIO, logged with the blob's URL.
+ * second failure is -EBADMSG, logged with the blob's URL.
  */
 int src_hash_new(struct src *lower, struct src **ret);
 

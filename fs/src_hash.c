@@ -111,7 +111,7 @@ static int hash_chunk(struct src_hash *h, const struct src_blob *b, uint64_t c, 
 			log_err("%s: chunk %llu of the big part fails its SHA-256 again: tampered "
 				"at the source",
 				b->url, (unsigned long long)c);
-			return -EIO;
+			return -EBADMSG;
 		}
 		log_err("%s: chunk %llu of the big part fails its SHA-256; reading it again",
 			b->url, (unsigned long long)c);

@@ -86,6 +86,9 @@ struct store_obj {
 	struct src_hashes hashes;
 	uint8_t *hash_list; /* hashes.sha256, malloc()ed; NULL: none */
 
+	/* when the last user of a prepared file key left (monotonic ms); 0: in use */
+	int64_t idle_ms;
+
 	/* the last failed fill, under the cache's lock (ucache.h) */
 	struct ucache_fail fail;
 };
@@ -115,6 +118,9 @@ struct store {
 	int stop;
 	pthread_t workers[STORE_WORKERS];
 	unsigned n_workers;
+	pthread_t reaper; /* wipes file keys key_ttl after their last close */
+	int has_reaper;
+	pthread_cond_t reap_cond;
 	unsigned n_handles; /* open store_files; atomic, no lock */
 	char **unchecked;   /* names served without any check, under lock */
 	size_t n_unchecked;
@@ -287,14 +293,18 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 	r = store_read_stream(st, o, c0, (size_t)(c1 - c0), buf);
 	for (int retried = 0;; retried = 1) {
 		char *msg = NULL;
+		int opened = 0;
 
-		if (r == 0)
+		/* -EBADMSG from the sources: their own check failed twice already. */
+		if (r == 0) {
 			r = fmt->decrypt(o->ff, p0, (size_t)(p1 - p0), buf, data, STORE_UNIT, &msg);
+			opened = r == -EBADMSG;
+		}
 		if (msg)
 			log_err("%s: %s%s", o->e.name, msg,
-				r == -EBADMSG && !retried ? "; reading it again" : "");
+				opened && !retried ? "; reading it again" : "");
 		free(msg);
-		if ((r != -EBADMSG && r != -EPROTO) || retried)
+		if ((!opened && r != -EPROTO) || retried)
 			break;
 		store_drop_stream(st, o, c0, (size_t)(c1 - c0));
 		r = store_read_stream(st, o, c0, (size_t)(c1 - c0), buf);
@@ -307,7 +317,7 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 						      : STORE_UNIT;
 	}
 	store_buf_put(st, buf, (size_t)(c1 - c0));
-	return store_reader_errno(r);
+	return r == -EBADMSG ? r : store_reader_errno(r);
 }
 
 /*
@@ -321,6 +331,8 @@ static int store_units_get(struct store *st, struct store_obj *o, uint64_t first
 	int r;
 
 	r = ucache_get(st->cache, o->id, first, n, u, store_fill, &ctx, &o->fail, deadline);
+	if (r == -EBADMSG)
+		r = -EIO; /* bytes that failed their check, logged by the fill */
 	if (r == -ETIMEDOUT || r == -ENOBUFS) {
 		log_err("%s: no answer within io_timeout (%u s)%s", o->e.name, st->timeout_s,
 			r == -ENOBUFS ? "; the plaintext cache is full" : "");
@@ -402,18 +414,33 @@ static struct store_obj *store_obj_get_locked(struct store *st, const struct cat
 static void store_obj_open_locked(struct store_obj *o)
 {
 	o->opens++;
+	o->idle_ms = 0;
+}
+
+static int64_t store_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /*
- * Under st->lock: one user fewer. The last one wipes a file's own key
- * (format 2; docs/tpm.md: kept while the file is in use); the next open
- * unwraps it again. A shared key (format 1's) stays with its object.
+ * Under st->lock: one user fewer. After the last one a file's own key
+ * (format 2; docs/tpm.md) stays key_ttl seconds, for a reopening to need
+ * no unwrap, then the reaper wipes it (at once with key_ttl 0, or before
+ * the reaper runs); the next open unwraps it again. A shared key (format
+ * 1's) stays with its object.
  */
-static void store_obj_close_locked(struct store_obj *o)
+static void store_obj_close_locked(struct store *st, struct store_obj *o)
 {
 	if (--o->opens > 0 || !o->fmt || !o->fmt->file_key || o->prep != PREP_READY)
 		return;
-	store_obj_unprepare(o);
+	if (st->c->key_ttl == 0 || !st->has_reaper) {
+		store_obj_unprepare(o);
+		return;
+	}
+	o->idle_ms = store_now_ms();
 }
 
 /* The big part's URL and size, and the CDN's keys, into o. */
@@ -868,7 +895,7 @@ void store_close(struct store_file *h)
 		return;
 	st = h->st;
 	pthread_mutex_lock(&st->lock);
-	store_obj_close_locked(h->o);
+	store_obj_close_locked(st, h->o);
 	store_obj_put_locked(h->o);
 	__atomic_sub_fetch(&st->n_handles, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&st->lock);
@@ -1080,7 +1107,7 @@ static void *store_worker(void *arg)
 					NULL);
 		}
 		pthread_mutex_lock(&st->lock);
-		store_obj_close_locked(j->o);
+		store_obj_close_locked(st, j->o);
 		store_obj_put_locked(j->o);
 		free(j);
 	}
@@ -1088,8 +1115,34 @@ static void *store_worker(void *arg)
 	return NULL;
 }
 
+/* Wipes the file keys whose last close is key_ttl ago, once a second. */
+static void *store_reaper(void *arg)
+{
+	struct store *st = arg;
+	struct timespec ts;
+
+	pthread_mutex_lock(&st->lock);
+	while (!st->stop) {
+		int64_t now = store_now_ms(), ttl_ms = (int64_t)st->c->key_ttl * 1000;
+
+		for (struct store_obj *o = st->objs; o; o = o->next)
+			if (o->idle_ms && !o->opens && o->prep == PREP_READY &&
+			    now - o->idle_ms >= ttl_ms) {
+				store_obj_unprepare(o);
+				o->idle_ms = 0;
+			}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += 1;
+		pthread_cond_timedwait(&st->reap_cond, &st->lock, &ts);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return NULL;
+}
+
 int store_start(struct store *st)
 {
+	if (st->c->key_ttl && pthread_create(&st->reaper, NULL, store_reaper, st) == 0)
+		st->has_reaper = 1;
 	for (unsigned i = 0; i < STORE_WORKERS; i++) {
 		int r = pthread_create(&st->workers[i], NULL, store_worker, st);
 
@@ -1232,6 +1285,7 @@ int store_new(const struct config *c, struct src *src, struct keys *keys, struct
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&st->cond, &ca);
+	pthread_cond_init(&st->reap_cond, &ca);
 	pthread_condattr_destroy(&ca);
 
 	n_units = c->memory_cache / STORE_UNIT;
@@ -1266,14 +1320,17 @@ void store_free(struct store *st)
 	pthread_mutex_lock(&st->lock);
 	st->stop = 1;
 	pthread_cond_broadcast(&st->cond);
+	pthread_cond_broadcast(&st->reap_cond);
 	pthread_mutex_unlock(&st->lock);
 	for (unsigned i = 0; i < st->n_workers; i++)
 		pthread_join(st->workers[i], NULL);
+	if (st->has_reaper)
+		pthread_join(st->reaper, NULL);
 	while (st->jobs) {
 		struct store_job *j = st->jobs;
 
 		st->jobs = j->next;
-		store_obj_close_locked(j->o);
+		store_obj_close_locked(st, j->o);
 		store_obj_put_locked(j->o);
 		free(j);
 	}
@@ -1288,6 +1345,7 @@ void store_free(struct store *st)
 	src_free(st->src);
 	keys_free(st->keys);
 	pthread_cond_destroy(&st->cond);
+	pthread_cond_destroy(&st->reap_cond);
 	pthread_mutex_destroy(&st->lock);
 	while (st->n_bufs)
 		free(st->bufs[--st->n_bufs]);

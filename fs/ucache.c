@@ -205,6 +205,9 @@ static void ucache_fill_claimed(struct ucache *c, uint64_t first, size_t n, stru
 			r = fill(ctx, first + i, j - i, data + i, lens + i);
 			for (size_t k = i; k < j; k++)
 				res[k] = r;
+			/* Bad bytes somewhere in the run: the other units may be good. */
+			for (size_t k = i; r == -EBADMSG && j - i > 1 && k < j; k++)
+				res[k] = fill(ctx, first + k, 1, data + k, lens + k);
 		}
 	}
 	pthread_mutex_lock(&c->lock);
@@ -214,7 +217,7 @@ static void ucache_fill_claimed(struct ucache *c, uint64_t first, size_t n, stru
 		u[i]->err = res && data && lens ? res[i] : -ENOMEM;
 		u[i]->len = u[i]->err ? 0 : lens[i];
 		u[i]->state = u[i]->err ? UNIT_FAILED : UNIT_READY;
-		if (u[i]->err && u[i]->err != -ENOMEM && fail) {
+		if (u[i]->err && u[i]->err != -ENOMEM && u[i]->err != -EBADMSG && fail) {
 			fail->ms = ucache_now_ms();
 			fail->err = u[i]->err;
 		}

@@ -27,7 +27,9 @@ struct ucache_unit;
 /*
  * Fills units first .. first + n - 1 (at most the run given to ucache_new)
  * of one object: data[i] has room for UCACHE_UNIT bytes, lens[i] gets the
- * bytes it holds. 0 or a negative errno for the whole run.
+ * bytes it holds. 0 or a negative errno for the whole run; -EBADMSG means
+ * bytes that failed their check, after which the run's units are filled
+ * one by one, so that the good ones around a bad range still serve.
  */
 typedef int (*ucache_fill_fn)(void *ctx, uint64_t first, size_t n, uint8_t *const *data,
 			      size_t *lens);
@@ -37,7 +39,8 @@ typedef int (*ucache_fill_fn)(void *ctx, uint64_t first, size_t n, uint8_t *cons
  * get that starts within hold_ms of it, and one waiting for units that
  * others load when a fill fails meanwhile, get its error at once. Else the
  * kernel, which retries a failed read-ahead page by page, and readers
- * queued behind a dead source would each wait their deadline anew.
+ * queued behind a dead source would each wait their deadline anew. Bad
+ * bytes (-EBADMSG) are not held: they are one range's, not the source's.
  */
 struct ucache_fail {
 	int64_t ms;

@@ -516,6 +516,41 @@ int main(void)
 	store_close(h);
 	h = NULL;
 
+	/* key_ttl: a format-2 key outlives its last close, then goes. */
+	c.key_ttl = 2;
+	{
+		struct store *st2 = NULL;
+		struct src *mem2 = NULL;
+		int u0;
+
+		/* A store of its own: key_ttl takes effect with its workers. */
+		r = src_mem_new(&mem2);
+		if (r == 0)
+			r = src_mem_put(mem2, m[1].url, m[1].stream, m[1].stream_len);
+		if (r == 0)
+			r = store_new(&c, mem2, &keys.k, &st2);
+		if (r == 0)
+			r = store_start(st2);
+		CHECK(r == 0, "a store with key_ttl = 2 s starts");
+		u0 = keys.unwraps;
+		r = r ? r : store_open(st2, &m[1].e, &h);
+		store_close(h);
+		r = r ? r : store_open(st2, &m[1].e, &h);
+		CHECK(r == 0 && keys.unwraps == u0 + 1 &&
+			      read_cmp(h, 0, 4096, m[1].plain, NULL) == 0,
+		      "a reopening within key_ttl needs no unwrap (%d)", keys.unwraps - u0);
+		store_close(h);
+		h = NULL;
+		usleep(3500 * 1000);
+		r = store_open(st2, &m[1].e, &h);
+		CHECK(r == 0 && keys.unwraps == u0 + 2,
+		      "after key_ttl the key is gone: unwrapped anew");
+		store_close(h);
+		h = NULL;
+		store_free(st2);
+		c.key_ttl = 0;
+	}
+
 	/* Many readers at once, over every model, with a slow source. */
 	{
 		struct reader rd[8];
