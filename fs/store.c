@@ -25,9 +25,11 @@
 #include <time.h>
 
 #include "crypto/crypto.h"
+#include "fs/check.h"
 #include "fs/format.h"
 #include "fs/log.h"
 #include "fs/names.h"
+#include "fs/probe.h"
 #include "fs/store.h"
 #include "fs/ucache.h"
 
@@ -578,104 +580,37 @@ int store_unchecked(struct store *st, char ***ret, size_t *ret_n)
 
 /*
  * A format without tags, no chunk hashes from the API, a sha256 in the
- * catalog (a legacy resource, docs/trust.md section 4): the whole file is
- * read, decrypted and hashed before its first byte is served. The SHA-256
- * of each STORE_HASH_CHUNK of the big part read on the way becomes o's
- * list, so that every later read, from the CDN or cache_dir, is checked
- * against the bytes that were checked whole.
+ * catalog (a legacy resource, docs/trust.md section 4): checked whole
+ * before its first byte is served (check.h); the list of its chunks that
+ * the check yields then checks every later read, from the CDN or
+ * cache_dir, against the bytes that were checked whole.
  */
 static int store_check_whole(struct store *st, struct store_obj *o)
 {
-	const struct format_ops *fmt = o->fmt;
-	uint64_t big = o->blob.size, size = o->ff->size, unit = o->ff->unit, p = 0, w0 = 0;
-	size_t count = (size_t)((big + STORE_HASH_CHUNK - 1) / STORE_HASH_CHUNK), wlen;
-	size_t cap = o->prefix_len + STORE_HASH_CHUNK + 4 * CRYPTO_BLOCK + (size_t)unit;
-	struct crypto_sha256 *sha = crypto_sha256_new();
-	uint8_t *list = malloc(count ? count * 32 : 1), *win = malloc(cap);
-	uint8_t *plain = secmem_alloc(cap), d[32];
 	struct src_blob b = o->blob;
-	int r = 0;
+	uint8_t *list = NULL;
+	size_t count = 0;
+	char *msg = NULL;
+	int r;
 
 	b.hashes = NULL;
-	if (!sha || !list || !win || !plain) {
-		r = -ENOMEM;
-		goto out;
+	r = check_whole(st->src, &b, o->ff, o->prefix, o->prefix_len, o->e.sha256, STORE_HASH_CHUNK,
+			&list, &count, &msg);
+	STORE_COUNT(st, fetches, count);
+	STORE_COUNT(st, fetch_bytes, r == 0 ? b.size : 0);
+	if (r < 0) {
+		log_err("%s: %s", o->e.name, msg ? msg : strerror(-r));
+		free(msg);
+		return r == -ENOMEM ? r : -EIO;
 	}
-	memcpy(win, o->prefix, o->prefix_len);
-	wlen = o->prefix_len;
-	for (size_t c = 0; r == 0 && c < count; c++) {
-		uint64_t a = (uint64_t)c * STORE_HASH_CHUNK, e_avail, p_next, c0, c1, nc0;
-		size_t n = big - a < STORE_HASH_CHUNK ? (size_t)(big - a) : STORE_HASH_CHUNK;
-		char *msg = NULL;
-
-		r = store_src_read(st, &b, a, n, win + wlen);
-		if (r < 0) {
-			log_err("%s: reading it whole for its sha256 check: %s", o->e.name,
-				strerror(-r));
-			break;
-		}
-		crypto_sha256(win + wlen, n, list + 32 * c);
-		wlen += n;
-		e_avail = w0 + wlen;
-		/* The plaintext that the stream read so far decrypts. */
-		p_next = c + 1 == count ? size : e_avail / unit * unit;
-		if (p_next > size)
-			p_next = size;
-		for (; p_next > p; p_next = p_next - p > unit ? p_next - unit : p) {
-			fmt->span(o->ff, p, (size_t)(p_next - p), &c0, &c1);
-			if (c1 <= e_avail)
-				break;
-		}
-		if (p_next > p) {
-			uint8_t *out[1] = {plain};
-
-			fmt->span(o->ff, p, (size_t)(p_next - p), &c0, &c1);
-			r = fmt->decrypt(o->ff, p, (size_t)(p_next - p), win + (c0 - w0), out, cap,
-					 &msg);
-			if (r < 0) {
-				log_err("%s: %s", o->e.name, msg ? msg : strerror(-r));
-				free(msg);
-				break;
-			}
-			crypto_sha256_update(sha, plain, (size_t)(p_next - p));
-			crypto_wipe(plain, (size_t)(p_next - p));
-			p = p_next;
-		}
-		nc0 = e_avail;
-		if (p < size)
-			fmt->span(o->ff, p, (size_t)(size - p < unit ? size - p : unit), &nc0, &c1);
-		memmove(win, win + (nc0 - w0), (size_t)(e_avail - nc0));
-		wlen = (size_t)(e_avail - nc0);
-		w0 = nc0;
-	}
-	if (r == 0 && p != size) {
-		log_err("%s: its parts decrypt to %llu of %llu bytes", o->e.name,
-			(unsigned long long)p, (unsigned long long)size);
-		r = -EIO;
-	}
-	if (r == 0) {
-		crypto_sha256_final(sha, d);
-		if (crypto_memcmp(d, o->e.sha256, 32) != 0) {
-			log_err("%s: the plaintext's sha256 differs from the catalog's", o->e.name);
-			r = -EIO;
-		}
-	}
-	if (r == 0) {
-		o->hash_list = list;
-		list = NULL;
-		o->hashes.id = o->id;
-		o->hashes.chunk_size = STORE_HASH_CHUNK;
-		o->hashes.sha256 = o->hash_list;
-		o->hashes.count = count;
-		o->blob.hashes = &o->hashes;
-		log_debug("%s: checked whole against the catalog's sha256", o->e.name);
-	}
-out:
-	crypto_sha256_free(sha);
-	free(list);
-	free(win);
-	secmem_free(plain);
-	return r;
+	o->hash_list = list;
+	o->hashes.id = o->id;
+	o->hashes.chunk_size = STORE_HASH_CHUNK;
+	o->hashes.sha256 = o->hash_list;
+	o->hashes.count = count;
+	o->blob.hashes = &o->hashes;
+	log_debug("%s: checked whole against the catalog's sha256", o->e.name);
+	return 0;
 }
 
 /*
@@ -1157,105 +1092,21 @@ int store_start(struct store *st)
 
 /* ---- probing the big part for the catalog ------------------------------------------- */
 
-/*
- * Tells format and sizes from the big part alone: a format whose magic
- * begins it and whose head opens, else format 1 (which has no magic), its
- * size from its last blocks and the resource key.
- */
 int store_probe(void *arg, struct catalog_entry *e)
 {
 	struct store *st = arg;
-	const struct format_ops *fmt = NULL;
-	struct format_file *ff = NULL;
-	struct format_key fk = {0};
-	struct format_hint hint = {0};
-	struct src_blob b = {0};
-	uint8_t first[64], *head = NULL, *key = NULL;
-	uint64_t e_size, head_off;
-	size_t head_len, first_len;
-	char *url = NULL, *msg = NULL;
+	const struct fetch_s3 *s3 = NULL;
 	const char *base;
+	char *url;
 	int r;
 
-	r = st->keys->ops->cdn(st->keys, &base, &b.s3);
+	r = st->keys->ops->cdn(st->keys, &base, &s3);
 	if (r < 0)
 		return r;
 	url = store_big_url(base, st->c->folder, e->name);
 	if (!url)
 		return -ENOMEM;
-	b.url = url;
-	r = src_size(st->src, &b, &b.size);
-	if (r < 0)
-		goto out;
-	first_len = b.size < sizeof(first) ? (size_t)b.size : sizeof(first);
-	/* The catalog's format, or the one whose magic begins the big part. */
-	fmt = e->format ? format_get(e->format) : NULL;
-	if (e->format && !fmt) {
-		r = -EPROTO;
-		goto out;
-	}
-	if (!fmt) {
-		r = first_len ? src_read(st->src, &b, 0, first_len, first) : 0;
-		if (r < 0)
-			goto out;
-		fmt = format_detect(first, first_len);
-	}
-	for (int pass = 0; pass < 2; pass++) {
-		r = fmt->stream_size(b.size, &e_size);
-		if (r < 0)
-			goto out;
-		fmt->head(e_size, NULL, &head_off, &head_len);
-		head = malloc(head_len ? head_len : 1);
-		key = secmem_alloc(CRYPTO_KEY_SIZE);
-		if (!head || !key) {
-			r = -ENOMEM;
-			goto out;
-		}
-		/* A head that begins before the big part takes the key material's prefix. */
-		if (head_off < e_size - b.size) {
-			r = fmt->key_material(st->keys, e->name, &fk, &msg);
-			if (r == 0 && fk.prefix_len + b.size != e_size)
-				r = -EPROTO;
-			if (r == 0)
-				memcpy(head, fk.prefix + head_off,
-				       (size_t)(e_size - b.size - head_off));
-			if (r == 0 && b.size)
-				r = src_read(st->src, &b, 0, (size_t)b.size,
-					     head + (e_size - b.size - head_off));
-		} else {
-			r = src_read(st->src, &b, head_off - (e_size - b.size), head_len, head);
-		}
-		if (r == 0)
-			r = st->keys->ops->resource_key(st->keys, key, &msg);
-		hint.prefix_len = (size_t)(e_size - b.size);
-		if (r == 0)
-			r = fmt->open(key, head, e_size, &hint, &ff, &msg);
-		free(msg);
-		msg = NULL;
-		free(head);
-		head = NULL;
-		secmem_free(key);
-		key = NULL;
-		format_key_clear(&fk);
-		/* A magic that did not open: the format without one after all (format 1). */
-		if (r < 0 && !e->format && fmt != format_detect(NULL, 0)) {
-			fmt = format_detect(NULL, 0);
-			continue;
-		}
-		break;
-	}
-	if (r < 0)
-		goto out;
-	e->format = fmt->id;
-	e->size = ff->size;
-	e->big_size = b.size;
-	e->has_size = 1;
-out:
-	format_close(ff);
-	free(head);
-	secmem_free(key);
-	format_key_clear(&fk);
-	free(msg);
+	r = probe_entry(st->src, st->keys, url, s3, e);
 	free(url);
 	return r;
 }
