@@ -3,10 +3,13 @@
  *
  *   src_cdn (range requests to the CDN)              src.h
  *     -> src_disk (cache_dir, optional)              src.h
- *       -> the store: objects, read-ahead            here
- *            decryption by each file's format        format.h
- *            keys from a key source                  keys.h
- *            plaintext units in the cache            ucache.h
+ *       -> src_hash (format 1's chunk hashes)        src.h
+ *         -> the store: objects, read-ahead          here
+ *              decryption by each file's format      format.h
+ *              keys from a key source                keys.h
+ *              plaintext units in the cache          ucache.h
+ *              a legacy file's whole check           check.h
+ *              format and size for the catalog       probe.h
  *
  * store_read maps a plaintext range to 64 KiB units, answers from the
  * cache, fills the missing ones (merging neighbours into one range
