@@ -74,6 +74,7 @@ static const struct config_key config_keys[] = {
 	K(memory_cache, T_SIZE, "64M"),
 	K(catalog_ttl, T_SECONDS, "300"),
 	K(io_timeout, T_SECONDS, "30"),
+	K(key_ttl, T_SECONDS, "600"),
 	K(readahead_max, T_SIZE, "8M"),
 	K(rest_listen, T_STR, "127.0.0.1:8080"),
 	K(rest_public, T_BOOL, "false"),

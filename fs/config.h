@@ -44,6 +44,7 @@ struct config {
 	uint64_t memory_cache;	/* bytes */
 	unsigned catalog_ttl;	/* seconds */
 	unsigned io_timeout;	/* seconds */
+	unsigned key_ttl;	/* seconds a format-2 key outlives its last close */
 	uint64_t readahead_max; /* bytes */
 	char *rest_listen;
 	int rest_public;

@@ -18,8 +18,10 @@
 #include "crypto/crypto.h"
 #include "fetch/fetch.h"
 #include "fs/config.h"
+#include "fs/format.h"
 #include "fs/device.h"
 #include "fs/hw.h"
+#include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/names.h"
 #include "fs/publish.h"
@@ -149,13 +151,13 @@ static void ctl_progress_start(struct ctl_progress *p, const char *name, int tty
 	clock_gettime(CLOCK_MONOTONIC, &p->start);
 }
 
-/* --format's value: 1 or 2. */
+/* --format's value: a format this build knows (format.h). */
 static int ctl_format_arg(const char *arg, int *ret)
 {
 	char *end;
 	long v = strtol(arg, &end, 10);
 
-	if (*end || (v != 1 && v != 2))
+	if (*end || v < 1 || v > 99 || !format_get((int)v))
 		return ctl_error("--format: expected 1 or 2, got '%s'", arg);
 	*ret = (int)v;
 	return 0;
@@ -209,7 +211,7 @@ static ssize_t ctl_read_fd(void *ctx, uint8_t *buf, size_t cap)
 static int ctl_resource_key(const struct config *c, uint8_t key[CRYPTO_KEY_SIZE])
 {
 	char *msg = NULL;
-	int r = config_resource_key(c, key, &msg);
+	int r = keys_resource_key(c, NULL, key, &msg);
 
 	if (r < 0)
 		ctl_error("%s", msg ? msg : strerror(-r));
@@ -285,7 +287,8 @@ static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 		target.fetch = fetch;
 		target.session = session;
 	}
-	if (format == 1) {
+	/* A format without keys of its own encrypts with the shared resource key. */
+	if (!format_get(format)->file_key) {
 		resource_key = secmem_alloc(CRYPTO_KEY_SIZE);
 		if (!resource_key) {
 			ctl_error("cannot lock memory for the key: %s", strerror(errno));

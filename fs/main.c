@@ -36,6 +36,7 @@
 #include "fs/catalog.h"
 #include "fs/config.h"
 #include "fs/device.h"
+#include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/ops.h"
 #include "fs/rest.h"
@@ -623,6 +624,47 @@ static int main_fuse_args(const struct main_opts *o, struct fuse_args *args)
 	return 0;
 }
 
+/*
+ * Composes the read path (store.h): the CDN, cache_dir over it when set,
+ * the chunk-hash check over those, the key source, and the store over all.
+ */
+static int main_read_path(const struct config *c, struct fetch *f, struct session *s,
+			  struct device *d, struct store **ret)
+{
+	struct src *src = NULL, *disk = NULL;
+	struct keys *keys = NULL;
+	char *msg = NULL;
+	int r;
+
+	r = keys_new(c, s, d, &keys, &msg);
+	if (r < 0) {
+		log_err("%s", msg ? msg : strerror(-r));
+		free(msg);
+		return r;
+	}
+	r = src_cdn_new(f, &src);
+	if (r < 0) {
+		keys_free(keys);
+		return r;
+	}
+	if (c->cache_dir && *c->cache_dir && c->cache_max > 0) {
+		r = src_disk_new(c->cache_dir, c->cache_max, src, &disk);
+		if (r < 0)
+			log_warn("cache_dir %s unusable (%s): reading without a disk cache",
+				 c->cache_dir, strerror(-r));
+		else
+			src = disk;
+	}
+	/* Above cache_dir: its bytes are checked as the CDN's are (docs/trust.md). */
+	r = src_hash_new(src, &disk);
+	if (r < 0) {
+		src_free(src);
+		keys_free(keys);
+		return r;
+	}
+	return store_new(c, disk, keys, ret);
+}
+
 int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -699,7 +741,7 @@ int main(int argc, char **argv)
 	device_login(d);
 	if (session_logged_in(s))
 		device_enroll_if_needed(d);
-	r = store_new(c, f, s, d, &ms.st);
+	r = main_read_path(c, f, s, d, &ms.st);
 	if (r < 0) {
 		log_err("cannot set up the read path: %s", strerror(-r));
 		goto out_device;

@@ -21,10 +21,10 @@
 #include <unistd.h>
 
 #include "crypto/crypto.h"
+#include "fs/format.h"
 #include "fs/names.h"
 #include "fs/publish.h"
 
-#define PUB_F1_STEP (1024 * 1024)
 #define PUB_HASH_CHUNK (1024u * 1024)
 
 /* ---- format-1 chunk hashes, taken as the big part goes by -------------------- */
@@ -137,16 +137,13 @@ struct pub_stream {
 	int done;
 	int err;
 	char *msg;
-	/* format 1 */
-	struct f1_encryptor *enc;
-	struct pub_chunks chunks;
-	uint8_t *small; /* secmem */
+	const struct format_ops *fmt;
+	struct format_enc *enc;
+	struct pub_chunks chunks; /* a format without tags (format 1) */
+	uint8_t *small;		  /* secmem: the stream's first bytes (format 1's small part) */
 	size_t small_len, small_want;
-	/* format 2 */
-	struct f2_header header;
-	uint8_t *key; /* secmem, CRYPTO_KEY_SIZE */
-	uint64_t chunk;
-	int header_sent;
+	uint8_t *key; /* secmem, CRYPTO_KEY_SIZE: a key the format drew (format 2) */
+	char file_id[33];
 };
 
 static void pub_fail(struct pub_stream *s, int err, const char *fmt, ...)
@@ -189,28 +186,28 @@ static int pub_read_plain(struct pub_stream *s, size_t n)
 	return 0;
 }
 
-/* Format 1: the next step of E, minus what goes to the small part. */
-static int pub_refill_f1(struct pub_stream *s)
+/* The next update of the format's stream, minus what goes to the small part. */
+static int pub_refill(struct pub_stream *s)
 {
-	uint64_t left = s->req->size - s->src_done;
-	size_t n = left < s->plain_cap ? (size_t)left : s->plain_cap;
-	size_t len = 0, tail = 0, take;
+	size_t cap, len = 0, take, n = s->fmt->enc_next(s->enc, &cap);
 	int r;
 
-	r = pub_read_plain(s, n);
-	if (r < 0)
-		return r;
-	r = f1_encryptor_update(s->enc, s->plain, n, s->out, &len);
-	if (r == 0 && s->src_done == s->req->size) {
-		r = f1_encryptor_final(s->enc, s->out + len, &tail);
-		s->done = 1;
+	if (n > s->plain_cap || cap > s->out_cap) {
+		pub_fail(s, -EIO, "the encryptor asks for more room than it said");
+		return -EIO;
 	}
+	if (n) {
+		r = pub_read_plain(s, n);
+		if (r < 0)
+			return r;
+	}
+	r = s->fmt->enc_update(s->enc, s->plain, n, s->out, &len);
 	crypto_wipe(s->plain, n);
 	if (r < 0) {
-		pub_fail(s, r, "encryption failed");
+		pub_fail(s, r, "encryption failed at %llu bytes", (unsigned long long)s->src_done);
 		return r;
 	}
-	len += tail;
+	s->done = s->fmt->enc_done(s->enc);
 	take = s->small_want - s->small_len;
 	if (take > len)
 		take = len;
@@ -218,35 +215,6 @@ static int pub_refill_f1(struct pub_stream *s)
 	s->small_len += take;
 	s->out_pos = take;
 	s->out_len = len;
-	return 0;
-}
-
-/* Format 2: the header, then one sealed chunk per call. */
-static int pub_refill_f2(struct pub_stream *s)
-{
-	size_t n;
-	int r;
-
-	s->out_pos = 0;
-	if (!s->header_sent) {
-		memcpy(s->out, s->header.raw, F2_HEADER_SIZE);
-		s->out_len = F2_HEADER_SIZE;
-		s->header_sent = 1;
-		return 0;
-	}
-	n = (size_t)f2_chunk_plain_len(&s->header, s->chunk);
-	r = pub_read_plain(s, n);
-	if (r < 0)
-		return r;
-	r = f2_seal_chunk(s->key, &s->header, s->chunk, s->plain, n, s->out);
-	crypto_wipe(s->plain, n);
-	if (r < 0) {
-		pub_fail(s, r, "encryption of chunk %llu failed", (unsigned long long)s->chunk);
-		return r;
-	}
-	s->out_len = n + CRYPTO_TAG_SIZE;
-	if (++s->chunk == f2_chunk_count(&s->header))
-		s->done = 1;
 	return 0;
 }
 
@@ -263,7 +231,7 @@ static ssize_t pub_big_read(void *ctx, uint8_t *buf, size_t cap)
 
 		if (s->done)
 			return 0;
-		r = s->req->format == 1 ? pub_refill_f1(s) : pub_refill_f2(s);
+		r = pub_refill(s);
 		if (r < 0)
 			return r;
 	}
@@ -271,7 +239,7 @@ static ssize_t pub_big_read(void *ctx, uint8_t *buf, size_t cap)
 	if (n > cap)
 		n = cap;
 	memcpy(buf, s->out + s->out_pos, n);
-	if (s->req->format == 1)
+	if (s->fmt->chunk_hashes)
 		pub_chunks_update(&s->chunks, buf, n);
 	s->out_pos += n;
 	s->emitted += n;
@@ -282,7 +250,8 @@ static ssize_t pub_big_read(void *ctx, uint8_t *buf, size_t cap)
 
 static void pub_stream_free(struct pub_stream *s)
 {
-	f1_encryptor_free(s->enc);
+	if (s->fmt)
+		s->fmt->enc_free(s->enc);
 	pub_chunks_free(&s->chunks);
 	crypto_sha256_free(s->sha);
 	secmem_free(s->plain);
@@ -294,27 +263,25 @@ static void pub_stream_free(struct pub_stream *s)
 
 static int pub_stream_init(struct pub_stream *s, const struct publish_req *req)
 {
-	uint8_t file_id[F2_FILE_ID_SIZE];
+	size_t out_cap;
 	int r;
 
 	memset(s, 0, sizeof(*s));
 	s->req = req;
+	s->fmt = format_get(req->format);
 	s->sha = crypto_sha256_new();
-	if (!s->sha)
-		return -ENOMEM;
-	if (req->format == 1) {
-		uint64_t e_size = f1_cipher_size(req->size);
-
-		s->small_want = (size_t)f1_small_size(e_size);
-		s->big_size = e_size - s->small_want;
-		s->plain_cap = PUB_F1_STEP;
-		s->out_cap = PUB_F1_STEP + 2 * CRYPTO_BLOCK + CRYPTO_BLOCK;
-		s->small = secmem_alloc(s->small_want ? s->small_want : 1);
-		if (!s->small)
-			return -errno;
-		r = f1_encryptor_new(req->resource_key, NULL, &s->enc);
-		if (r < 0)
-			return r;
+	if (!s->sha || !s->fmt)
+		return s->fmt ? -ENOMEM : -EINVAL;
+	r = s->fmt->enc_new(req->resource_key, req->size, req->chunk_shift, &s->enc, &s->key,
+			    s->file_id);
+	if (r < 0)
+		return r;
+	s->small_want = (size_t)s->fmt->small_size(req->size);
+	s->big_size = s->fmt->enc_size(s->enc) - s->small_want;
+	s->small = secmem_alloc(s->small_want ? s->small_want : 1);
+	if (!s->small)
+		return -errno;
+	if (s->fmt->chunk_hashes) {
 		r = pub_chunks_init(&s->chunks, s->big_size);
 		if (r == -EFBIG)
 			pub_fail(s, r,
@@ -322,23 +289,11 @@ static int pub_stream_init(struct pub_stream *s, const struct publish_req *req)
 				 "chunk-hash list may cover");
 		if (r < 0)
 			return r;
-	} else {
-		unsigned shift = req->chunk_shift ? req->chunk_shift : F2_SHIFT_DEFAULT;
-
-		s->key = secmem_alloc(CRYPTO_KEY_SIZE);
-		if (!s->key)
-			return -errno;
-		r = crypto_random(s->key, CRYPTO_KEY_SIZE);
-		if (r == 0)
-			r = crypto_random(file_id, sizeof(file_id));
-		if (r == 0)
-			r = f2_header_init(&s->header, req->size, shift, file_id);
-		if (r < 0)
-			return r;
-		s->big_size = f2_big_size(&s->header);
-		s->plain_cap = (size_t)f2_chunk_size(&s->header);
-		s->out_cap = s->plain_cap + CRYPTO_TAG_SIZE;
 	}
+	/* Every update's plaintext and output fit in the room the first one names. */
+	s->fmt->enc_next(s->enc, &out_cap);
+	s->plain_cap = out_cap;
+	s->out_cap = out_cap;
 	s->plain = secmem_alloc(s->plain_cap);
 	s->out = malloc(s->out_cap);
 	if (!s->plain || !s->out)
@@ -464,7 +419,7 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 			strdup("the folder must be 1 to 255 bytes, without '/', and not . or ..");
 		return -EINVAL;
 	}
-	if (req->format != 1 && req->format != 2) {
+	if (!format_get(req->format)) {
 		*ret_msg = strdup("the format must be 1 or 2");
 		return -EINVAL;
 	}
@@ -477,8 +432,7 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 	res.size = req->size;
 	res.big_size = s.big_size;
 	res.small_size = s.small_want;
-	if (req->format == 2)
-		crypto_hex(s.header.file_id, F2_FILE_ID_SIZE, res.file_id);
+	memcpy(res.file_id, s.file_id, sizeof(res.file_id));
 
 	/* The big part first: a small part or key must never name a missing one. */
 	if (t->out_dir) {
@@ -522,10 +476,13 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 	crypto_sha256_final(s.sha, digest);
 	crypto_hex(digest, sizeof(digest), res.sha256);
 
-	if (req->format == 1) {
+	if (s.fmt->chunk_hashes) {
 		r = pub_register_chunks(&s, req, t);
 		if (r < 0)
 			goto out;
+	}
+	/* A format with a small part sends it; one that drew a key registers that. */
+	if (!s.key) {
 		if (t->out_dir) {
 			r = pub_write_file(t->out_dir, req->name, ".small", 0600, NULL, NULL,
 					   s.small, s.small_len);

@@ -51,6 +51,7 @@
 #include <arpa/inet.h>
 
 #include "crypto/crypto.h"
+#include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/names.h"
 #include "fs/publish.h"
@@ -703,30 +704,6 @@ static ssize_t rest_upload_src(void *ctx, uint8_t *buf, size_t cap)
 	return (ssize_t)n;
 }
 
-static int rest_resource_key(const struct config *c, uint8_t *key)
-{
-	char *secret = NULL, *msg = NULL;
-	size_t len;
-	int e;
-
-	if (!c->legacy_resource_secret_file) {
-		f1_aes_key(F1_DEFAULT_RESOURCE_SECRET, strlen(F1_DEFAULT_RESOURCE_SECRET), key);
-		return 0;
-	}
-	e = config_read_secret_file(c->legacy_resource_secret_file, 1, &secret, &len, &msg);
-	if (e < 0) {
-		log_err("legacy_resource_secret_file: %s", msg ? msg : strerror(-e));
-		free(msg);
-		return e;
-	}
-	/* As the store reads it: a trailing newline is not part of the secret. */
-	while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
-		len--;
-	f1_aes_key(secret, len, key);
-	secmem_free(secret);
-	return 0;
-}
-
 static unsigned rest_upload_status(int e)
 {
 	switch (e) {
@@ -859,17 +836,26 @@ static size_t rest_models(struct rest *r)
 
 static enum MHD_Result rest_status(struct rest *r, struct MHD_Connection *conn)
 {
-	char id[160];
+	char id[160], **names = NULL;
 	const char *tpm = device_status(r->d.d, NULL, 0);
 	int has_id = device_id(r->d.d, id, sizeof(id)) == 0;
+	json_t *body, *unchecked = json_array();
+	size_t n = 0;
 
-	return rest_json(r, conn, MHD_HTTP_OK,
-			 json_pack("{s:s, s:b, s:s, s:b, s:s, s:s?, s:s, s:I}", "status", "ok",
-				   "authenticated", session_logged_in(r->d.s), "modelCacheDir",
-				   r->d.mountpoint, "mounted", r->serving, "tpm", tpm, "device_id",
-				   has_id ? id : NULL, "api",
-				   rest_api_reachable(r) ? "ok" : "unreachable", "models",
-				   (json_int_t)rest_models(r)));
+	/* The files served without any check (docs/trust.md section 4). */
+	if (unchecked && store_unchecked(r->d.st, &names, &n) == 0) {
+		for (size_t i = 0; i < n; i++) {
+			json_array_append_new(unchecked, json_string(names[i]));
+			free(names[i]);
+		}
+		free(names);
+	}
+	body = json_pack("{s:s, s:b, s:s, s:b, s:s, s:s?, s:s, s:I, s:o?}", "status", "ok",
+			 "authenticated", session_logged_in(r->d.s), "modelCacheDir",
+			 r->d.mountpoint, "mounted", r->serving, "tpm", tpm, "device_id",
+			 has_id ? id : NULL, "api", rest_api_reachable(r) ? "ok" : "unreachable",
+			 "models", (json_int_t)rest_models(r), "unchecked", unchecked);
+	return rest_json(r, conn, MHD_HTTP_OK, body);
 }
 
 static void rest_metric(FILE *m, const char *name, const char *type, const char *help,
@@ -1725,6 +1711,7 @@ static int rest_open_door(struct rest *r, const char *spec, int metrics_only)
 int rest_new(const struct rest_deps *deps, struct rest **ret)
 {
 	struct rest *r;
+	char *msg = NULL;
 	int e;
 
 	r = calloc(1, sizeof(*r));
@@ -1739,9 +1726,13 @@ int rest_new(const struct rest_deps *deps, struct rest **ret)
 		e = -errno;
 		goto err;
 	}
-	e = rest_resource_key(deps->c, r->rkey);
-	if (e < 0)
+	/* The readers' key (keys.h): what F3 publishes must decrypt for them. */
+	e = keys_resource_key(deps->c, deps->d, r->rkey, &msg);
+	if (e < 0) {
+		log_err("%s", msg ? msg : strerror(-e));
+		free(msg);
 		goto err;
+	}
 	if (deps->c->rest_token_file) {
 		e = rest_load_token(r);
 		if (e < 0)

@@ -955,6 +955,38 @@ int session_register_chunk_hashes(struct session *s, const char *folder, const c
 	return session_call(s, session_hashes_fn, &hc);
 }
 
+struct session_get_hashes_ctx {
+	const char *folder;
+	const char *name;
+	uint32_t chunk_size;
+	uint8_t *sha256;
+	size_t count;
+};
+
+static int session_get_hashes_fn(struct session *s, const char *token,
+				 const struct session_creds *cr, void *ctx)
+{
+	struct session_get_hashes_ctx *hc = ctx;
+
+	return fetch_api_chunk_hashes(s->f, s->c->api_url, token, hc->folder, hc->name,
+				      &hc->chunk_size, &hc->sha256, &hc->count);
+}
+
+int session_chunk_hashes(struct session *s, const char *folder, const char *name,
+			 uint32_t *ret_chunk_size, uint8_t **ret_sha256, size_t *ret_count)
+{
+	struct session_get_hashes_ctx hc = {.folder = folder, .name = name};
+	int r;
+
+	r = session_call(s, session_get_hashes_fn, &hc);
+	if (r < 0)
+		return r;
+	*ret_chunk_size = hc.chunk_size;
+	*ret_sha256 = hc.sha256;
+	*ret_count = hc.count;
+	return 0;
+}
+
 /* ---- cdn.yaml ----------------------------------------------------------- */
 
 static char *session_unquote(char *v)

@@ -90,6 +90,9 @@ int session_register_key(struct session *s, const char *folder, const char *name
 /* POST /resources/hashes/{folder}/{name}: a format-1 big part's chunk hashes (publishing). */
 int session_register_chunk_hashes(struct session *s, const char *folder, const char *name,
 				  uint32_t chunk_size, const uint8_t *sha256, size_t count);
+/* GET /resources/hashes/{folder}/{name}: the list (malloc()ed); -ENOENT when the API holds none. */
+int session_chunk_hashes(struct session *s, const char *folder, const char *name,
+			 uint32_t *ret_chunk_size, uint8_t **ret_sha256, size_t *ret_count);
 
 /* Parses cdn.yaml's flat "key: value" lines; exposed for tests. */
 struct session_cdn_yaml {

@@ -1,19 +1,21 @@
 /*
- * store.h - the read path, as layers behind one interface:
+ * store.h - the read path's top layer. main composes the stack:
  *
- *   CDN source (fetch_cdn_range, with its retries)
- *     -> disk ciphertext cache (cache_dir, optional)
- *       -> decryption (format 1: CBC blocks; format 2: GCM chunks)
- *         -> plaintext cache (one locked slab of memory_cache bytes)
+ *   src_cdn (range requests to the CDN)              src.h
+ *     -> src_disk (cache_dir, optional)              src.h
+ *       -> src_hash (format 1's chunk hashes)        src.h
+ *         -> the store: objects, read-ahead          here
+ *              decryption by each file's format      format.h
+ *              keys from a key source                keys.h
+ *              plaintext units in the cache          ucache.h
+ *              a legacy file's whole check           check.h
+ *              format and size for the catalog       probe.h
  *
- * The two source layers share struct store_src: each reads a range of a
- * big part, and the disk cache is created over the CDN source, owning it.
- * Decryption and the plaintext cache are the store itself: store_read maps
- * a plaintext range to 64 KiB units, answers from the cache, fills the
- * missing ones (merging neighbours into one range request) and hands back
- * references to the cached bytes, which stay valid until
- * store_read_release. Sequential readers trigger read-ahead on a small
- * pool of workers. Every call is bounded by io_timeout.
+ * store_read maps a plaintext range to 64 KiB units, answers from the
+ * cache, fills the missing ones (merging neighbours into one range
+ * request) and hands back references to the cached bytes, which stay
+ * valid until store_read_release. Sequential readers trigger read-ahead on
+ * a small pool of workers. Every call is bounded by io_timeout.
  *
  * Errors are 0 or a negative errno fit for a reader: -EIO, -EACCES,
  * -ENOENT, -ETIMEDOUT (the cause logged once).
@@ -28,58 +30,21 @@
 #include "fetch/fetch.h"
 #include "fs/catalog.h"
 #include "fs/config.h"
-#include "fs/device.h"
-#include "fs/session.h"
+#include "fs/keys.h"
+#include "fs/src.h"
+#include "fs/ucache.h"
 
-#define STORE_UNIT (64 * 1024) /* plaintext bytes per cache entry */
-
-/* ---- source layers -------------------------------------------------------- */
-
-/* One big part as the source layers see it. */
-struct store_blob {
-	const char *url;
-	const struct fetch_s3 *s3; /* NULL: unsigned */
-	uint64_t size;		   /* bytes of the big part */
-	const char *cache_id;	   /* its name in cache_dir (hex) */
-};
-
-struct store_src;
-struct store_src_ops {
-	/*
-	 * Reads exactly len bytes at off of b (off + len <= b->size) into buf.
-	 * 0 or a negative errno; a short answer is -EIO.
-	 */
-	int (*read)(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len,
-		    uint8_t *buf);
-	/* Frees the layer and the layers below it. */
-	void (*free)(struct store_src *src);
-	/*
-	 * May be NULL: forgets what this layer and the ones below keep of
-	 * [off, off + len) of b, after those bytes failed their check.
-	 */
-	void (*drop)(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len);
-};
-struct store_src {
-	const struct store_src_ops *ops;
-};
-
-/* The bottom layer: range requests to the CDN. */
-int store_src_cdn_new(struct fetch *f, struct store_src **ret);
-/*
- * A ciphertext cache in dir over lower (which it then owns): whole big
- * parts' blocks kept in files of mode 0600, at most max bytes in all,
- * least recently used files evicted first.
- */
-int store_src_disk_new(const char *dir, uint64_t max, struct store_src *lower,
-		       struct store_src **ret);
-void store_src_free(struct store_src *src);
+#define STORE_UNIT UCACHE_UNIT /* plaintext bytes per cache entry */
 
 /* ---- the store -------------------------------------------------------------- */
 
 struct store;
-/* c, f, s and d must outlive the store. */
-int store_new(const struct config *c, struct fetch *f, struct session *s, struct device *d,
-	      struct store **ret);
+/*
+ * A store over the source stack src and the key source keys, which it
+ * owns from here on (also when this fails); c must outlive it. The
+ * plaintext cache takes memory_cache bytes of locked memory.
+ */
+int store_new(const struct config *c, struct src *src, struct keys *keys, struct store **ret);
 /* Starts the read-ahead workers (after daemonising). */
 int store_start(struct store *st);
 /* Stops the workers and frees everything; no file may be open. */
@@ -112,28 +77,26 @@ struct store_read {
  * updated atomically on its own; a snapshot is not one consistent instant.
  */
 struct store_stats {
-	uint64_t opens;	       /* store_open calls */
+	uint64_t opens; /* store_open calls */
 	uint64_t open_errors;
-	uint64_t reads;	       /* store_read calls */
-	uint64_t read_bytes;   /* plaintext bytes handed out */
+	uint64_t reads;	     /* store_read calls */
+	uint64_t read_bytes; /* plaintext bytes handed out */
 	uint64_t read_errors;
 	uint64_t cache_hits;   /* 64 KiB units found in the plaintext cache */
 	uint64_t cache_misses; /* units this reader (or read-ahead) had to fill */
 	uint64_t fetches;      /* ciphertext reads from the source layers */
 	uint64_t fetch_bytes;
 	uint64_t fetch_errors;
-	uint64_t cache_units;  /* capacity of the plaintext cache, in units */
+	uint64_t cache_units; /* capacity of the plaintext cache, in units */
 };
 void store_stats(struct store *st, struct store_stats *ret);
 
 /*
- * Checks a format-2 small part (docs/formats.md's JSON document): format 2, a
- * file_id of 32 hex digits (copied to ret_file_id), a wrapped_key that
- * decodes into at most cap bytes of wrapped. -EBADMSG when it does not.
- * Exposed for tests.
+ * The names of the files opened without any check (a format without tags,
+ * no chunk hashes, no catalog sha256): a NULL-terminated malloc()ed array
+ * of malloc()ed strings, and its length.
  */
-int store_parse_key_doc(json_t *doc, char ret_file_id[33], uint8_t *wrapped, size_t cap,
-			size_t *ret_len);
+int store_unchecked(struct store *st, char ***ret, size_t *ret_n);
 
 /* Reads up to len bytes at off; release the result with store_read_release. */
 int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret);

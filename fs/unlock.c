@@ -3,12 +3,15 @@
  * on its own thread, the archive decrypted piece by piece into locked
  * memory and handed to libcurl's upload to dockerd, never to a file.
  *
- * Format 1 is streamed with the range primitives: the padding (and so the
- * plaintext size, and most wrong keys) is checked first from the last two
- * blocks, then each step of ciphertext is decrypted with the block before
- * it. Format 2 is opened chunk by chunk, each tag checked before a byte of
- * it goes out; a failed check aborts the load, so dockerd never gets an
- * unauthenticated byte.
+ * The archive is one format's ciphertext stream (format.h), read through
+ * its format's table like a model: the head opens it (format 1: the
+ * padding, and so the plaintext size and most wrong keys, from the last two
+ * blocks; format 2: the header), then each step is decrypted from the
+ * ciphertext its span names. Format 2 checks every chunk's tag before a
+ * byte of it goes out; a failed check aborts the load, so dockerd never
+ * gets an unauthenticated byte. The keys come from a key source of the
+ * unlock's own (format 1: the archive key from the API's key fragment;
+ * format 2: the device's key document for images_resource).
  *
  * Locking: u->lock guards state, error, bytes_*, images, running and
  * joinable; it is never held across I/O. u->start_lock serialises F4
@@ -29,10 +32,12 @@
 #include <unistd.h>
 
 #include "crypto/crypto.h"
+#include "fs/format.h"
+#include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/unlock.h"
 
-#define UNLOCK_STEP (1024 * 1024) /* archive bytes decrypted at a time (format 1) */
+#define UNLOCK_STEP (1024 * 1024) /* plaintext decrypted at a time, at least */
 #define UNLOCK_ERR_MAX 512
 #define UNLOCK_REF_MAX 512
 #define UNLOCK_WRAPPED_MAX 1024
@@ -63,21 +68,24 @@ struct unlock {
 struct unlock_run {
 	struct unlock *u;
 	int fd;
-	int format;
-	uint64_t size; /* of the archive file */
+	const struct format_ops *fmt;
+	struct format_file *ff; /* the archive opened: its key */
+	uint64_t size;		/* of the archive file */
 	uint64_t consumed;
-	uint8_t *key;	/* secmem */
-	uint8_t *cbuf;	/* ciphertext: not secret */
+	uint64_t plain_done; /* plaintext decrypted so far */
+	size_t step;	     /* plaintext per fill */
+	uint8_t *cbuf;	     /* ciphertext: not secret */
+	size_t cbuf_cap;
 	uint8_t *plain; /* secmem */
 	size_t plain_cap, plain_len, plain_pos;
 	int eof;
 	char msg[UNLOCK_ERR_MAX]; /* the first cause of a failed read */
-	/* format 1 */
-	uint64_t plain_size, plain_emitted;
-	uint8_t prev[CRYPTO_BLOCK];
-	/* format 2 */
-	struct f2_header hdr;
-	uint64_t chunk;
+};
+
+/* The unlock's key source (keys.h): the archive's keys, from the API and the TPM. */
+struct unlock_keys {
+	struct keys k;
+	struct unlock *u;
 };
 
 static const char *const unlock_names[] = {
@@ -265,12 +273,13 @@ static void unlock_set_images(struct unlock *u, json_t *present)
 
 /* ---- the archive as a stream of plaintext --------------------------------- */
 
-static int unlock_read_full(struct unlock_run *run, uint8_t *buf, size_t n)
+/* Reads exactly n bytes of the archive at off. */
+static int unlock_pread_full(struct unlock_run *run, uint64_t off, uint8_t *buf, size_t n)
 {
 	size_t got = 0;
 
 	while (got < n) {
-		ssize_t k = read(run->fd, buf + got, n - got);
+		ssize_t k = pread(run->fd, buf + got, n - got, (off_t)(off + got));
 
 		if (k < 0 && errno == EINTR)
 			continue;
@@ -283,8 +292,7 @@ static int unlock_read_full(struct unlock_run *run, uint8_t *buf, size_t n)
 		}
 		if (k == 0) {
 			unlock_run_fail(run, "%s ended after %llu bytes: the archive is truncated",
-					run->u->c->images_archive,
-					(unsigned long long)(run->consumed + got));
+					run->u->c->images_archive, (unsigned long long)(off + got));
 			return -EIO;
 		}
 		got += (size_t)k;
@@ -307,64 +315,41 @@ static void unlock_run_eof(struct unlock_run *run)
 	unlock_set_state(run->u, UNLOCK_LOADING_IMAGES);
 }
 
-static int unlock_fill_f1(struct unlock_run *run)
+/* Decrypts the next step of plaintext into run->plain. */
+static int unlock_fill(struct unlock_run *run)
 {
-	uint64_t left = run->size - run->consumed;
-	size_t want = left < UNLOCK_STEP ? (size_t)left : UNLOCK_STEP, n;
+	uint64_t left = run->ff->size - run->plain_done, c0, c1;
+	size_t n = left < run->step ? (size_t)left : run->step;
+	uint8_t *out[1] = {run->plain};
+	char *msg = NULL;
 	int r;
 
-	if (want == 0) {
+	if (n == 0) {
+		/* Format 1's last block may be all padding, which no span names. */
+		run->consumed = run->size;
 		unlock_run_eof(run);
 		return 0;
 	}
-	memcpy(run->cbuf, run->prev, CRYPTO_BLOCK);
-	r = unlock_read_full(run, run->cbuf + CRYPTO_BLOCK, want);
-	if (r < 0)
-		return r;
-	r = f1_decrypt_blocks(run->key, run->cbuf, want + CRYPTO_BLOCK, run->plain);
-	if (r < 0) {
-		unlock_run_fail(run, "decrypting the archive failed: %s", strerror(-r));
+	run->fmt->span(run->ff, run->plain_done, n, &c0, &c1);
+	if (c1 - c0 > run->cbuf_cap) {
+		unlock_run_fail(run, "a step of %s needs %llu bytes of ciphertext",
+				run->u->c->images_archive, (unsigned long long)(c1 - c0));
 		return -EIO;
 	}
-	memcpy(run->prev, run->cbuf + want, CRYPTO_BLOCK);
-	run->consumed += want;
-	/* The padding, already checked, is cut off the last step. */
-	n = run->plain_size - run->plain_emitted < want
-		    ? (size_t)(run->plain_size - run->plain_emitted)
-		    : want;
-	run->plain_emitted += n;
-	run->plain_len = n;
-	run->plain_pos = 0;
-	unlock_progress(run);
-	return 0;
-}
-
-static int unlock_fill_f2(struct unlock_run *run)
-{
-	uint64_t plen;
-	size_t ct_len;
-	int r;
-
-	if (run->chunk == f2_chunk_count(&run->hdr)) {
-		unlock_run_eof(run);
-		return 0;
-	}
-	plen = f2_chunk_plain_len(&run->hdr, run->chunk);
-	ct_len = (size_t)plen + CRYPTO_TAG_SIZE;
-	r = unlock_read_full(run, run->cbuf, ct_len);
+	r = unlock_pread_full(run, c0, run->cbuf, (size_t)(c1 - c0));
 	if (r < 0)
 		return r;
-	r = f2_open_chunk(run->key, &run->hdr, run->chunk, run->cbuf, ct_len, run->plain);
+	r = run->fmt->decrypt(run->ff, run->plain_done, n, run->cbuf, out, run->plain_cap, &msg);
 	if (r < 0) {
 		unlock_run_fail(run,
-				"chunk %llu of %s fails its check: the archive is damaged, "
-				"or not the one its key is for",
-				(unsigned long long)run->chunk, run->u->c->images_archive);
+				"%s: %s: the archive is damaged, or not the one its key is for",
+				run->u->c->images_archive, msg ? msg : strerror(-r));
+		free(msg);
 		return -EIO;
 	}
-	run->chunk++;
-	run->consumed += ct_len;
-	run->plain_len = (size_t)plen;
+	run->plain_done += n;
+	run->consumed = c1;
+	run->plain_len = n;
 	run->plain_pos = 0;
 	unlock_progress(run);
 	return 0;
@@ -386,7 +371,7 @@ static ssize_t unlock_read(void *ctx, uint8_t *buf, size_t cap)
 		run->plain_len = run->plain_pos = 0;
 		if (run->eof)
 			return 0;
-		r = run->format == 2 ? unlock_fill_f2(run) : unlock_fill_f1(run);
+		r = unlock_fill(run);
 		if (r < 0)
 			return r;
 	}
@@ -398,119 +383,164 @@ static ssize_t unlock_read(void *ctx, uint8_t *buf, size_t cap)
 
 /* ---- the key -------------------------------------------------------------- */
 
-static int unlock_key_f1(struct unlock_run *run)
+/* keys_ops: format 1's key is the archive key from the API's key fragment. */
+static int unlock_keys_archive(struct keys *k, uint8_t *key, char **ret_msg)
 {
-	struct unlock *u = run->u;
-	uint8_t last[32];
+	struct unlock *u = ((struct unlock_keys *)k)->u;
 	uint8_t *frag = NULL;
 	size_t flen;
 	int r;
 
-	if (run->size < 32 || run->size % CRYPTO_BLOCK) {
-		unlock_fail(u,
-			    "%s is truncated or not an encrypted archive: %llu bytes is not a "
-			    "whole number of AES blocks",
-			    u->c->images_archive, (unsigned long long)run->size);
-		return -EIO;
-	}
 	r = session_key_fragment(u->s, &frag, &flen);
 	if (r < 0) {
-		unlock_fail(u, "cannot get the key fragment from the API: %s", unlock_cause(r));
+		if (asprintf(ret_msg, "cannot get the key fragment from the API: %s",
+			     unlock_cause(r)) < 0)
+			*ret_msg = NULL;
 		return r;
 	}
-	f1_archive_key(frag, flen, run->key);
+	f1_archive_key(frag, flen, key);
 	secmem_free(frag);
-	if (pread(run->fd, last, sizeof(last), (off_t)(run->size - 32)) != (ssize_t)sizeof(last)) {
-		unlock_fail(u, "reading the end of %s: %s", u->c->images_archive, strerror(errno));
-		return -EIO;
-	}
-	r = f1_plain_size(run->key, last, run->size, &run->plain_size);
-	if (r < 0) {
-		unlock_fail(u,
-			    "%s does not decrypt with the archive key from the API's key "
-			    "fragment (bad padding): a wrong key fragment, or a damaged or "
-			    "truncated archive",
-			    u->c->images_archive);
-		return -EBADMSG;
-	}
-	/* The stream starts after the IV, which is the first "previous block". */
-	r = unlock_read_full(run, run->prev, CRYPTO_BLOCK);
-	if (r < 0) {
-		unlock_fail(u, "%s", run->msg);
-		return r;
-	}
-	run->consumed = CRYPTO_BLOCK;
-	run->plain_cap = UNLOCK_STEP;
 	return 0;
 }
 
-static int unlock_key_f2(struct unlock_run *run, const uint8_t *raw)
+static int unlock_keys_cdn(struct keys *k, const char **ret_url, const struct fetch_s3 **ret_s3)
 {
-	struct unlock *u = run->u;
-	char id[160], file_id[2 * F2_FILE_ID_SIZE + 1];
-	uint8_t wrapped[UNLOCK_WRAPPED_MAX];
-	const char *fid, *wk;
-	size_t wlen, klen;
+	return -ENOENT; /* the archive is a local file */
+}
+
+/* keys_ops: the archive holds the whole stream; nothing comes before it. */
+static int unlock_keys_small(struct keys *k, const char *name, uint8_t **ret, size_t *ret_len,
+			     char **ret_msg)
+{
+	*ret = NULL;
+	*ret_len = 0;
+	return 0;
+}
+
+static int unlock_keys_doc(struct keys *k, const char *name, struct keys_doc *ret, char **ret_msg)
+{
+	struct unlock *u = ((struct unlock_keys *)k)->u;
+	struct keys_doc kd = {0};
 	json_t *doc = NULL;
+	char id[160];
 	int r;
 
-	r = f2_header_parse(raw, &run->hdr);
-	if (r < 0) {
-		unlock_fail(u, "%s has a malformed format-2 header", u->c->images_archive);
-		return r;
-	}
-	if (f2_big_size(&run->hdr) != run->size) {
-		unlock_fail(u, "%s has %llu bytes, its header says %llu: the archive is %s",
-			    u->c->images_archive, (unsigned long long)run->size,
-			    (unsigned long long)f2_big_size(&run->hdr),
-			    run->size < f2_big_size(&run->hdr) ? "truncated" : "damaged");
-		return -EIO;
-	}
 	if (device_id(u->d, id, sizeof(id)) < 0) {
-		unlock_fail(u,
-			    "a format-2 archive needs an enrolled TPM device, and this one "
-			    "is not (TPM: %s)",
-			    device_status(u->d, NULL, 0));
+		if (asprintf(ret_msg,
+			     "a format-2 archive needs an enrolled TPM device, and this one "
+			     "is not (TPM: %s)",
+			     device_status(u->d, NULL, 0)) < 0)
+			*ret_msg = NULL;
 		return -EACCES;
 	}
-	r = session_device_key(u->s, u->c->folder, u->c->images_resource, id, &doc);
+	r = session_device_key(u->s, u->c->folder, name, id, &doc);
 	if (r < 0) {
-		unlock_fail(u, "cannot get the key of %s/%s for device %s: %s", u->c->folder,
-			    u->c->images_resource, id, unlock_cause(r));
+		if (asprintf(ret_msg, "cannot get the key of %s/%s for device %s: %s", u->c->folder,
+			     name, id, unlock_cause(r)) < 0)
+			*ret_msg = NULL;
 		return r;
 	}
-	fid = json_string_value(json_object_get(doc, "file_id"));
-	wk = json_string_value(json_object_get(doc, "wrapped_key"));
-	if (!fid || !wk || json_integer_value(json_object_get(doc, "format")) != 2 ||
-	    crypto_b64_decode(wk, strlen(wk), wrapped, sizeof(wrapped), &wlen) < 0) {
-		unlock_fail(u, "the API's key document for %s is malformed", u->c->images_resource);
-		r = -EPROTO;
-		goto out;
+	r = keys_parse_doc(doc, kd.file_id, kd.wrapped, sizeof(kd.wrapped), &kd.wrapped_len);
+	json_decref(doc);
+	if (r < 0) {
+		if (asprintf(ret_msg, "the API's key document for %s is malformed", name) < 0)
+			*ret_msg = NULL;
+		return -EPROTO;
 	}
-	crypto_hex(run->hdr.file_id, F2_FILE_ID_SIZE, file_id);
-	if (strcasecmp(file_id, fid) != 0) {
-		unlock_fail(u, "the key of %s is for file %s, but %s is file %s",
-			    u->c->images_resource, fid, u->c->images_archive, file_id);
-		r = -EIO;
-		goto out;
-	}
-	r = device_unwrap(u->d, wrapped, wlen, run->key, CRYPTO_KEY_SIZE, &klen);
+	*ret = kd;
+	crypto_wipe(&kd, sizeof(kd));
+	return 0;
+}
+
+static int unlock_keys_unwrap(struct keys *k, const struct keys_doc *doc, uint8_t *key,
+			      char **ret_msg)
+{
+	struct unlock *u = ((struct unlock_keys *)k)->u;
+	size_t klen = 0;
+	int r;
+
+	r = device_unwrap(u->d, doc->wrapped, doc->wrapped_len, key, CRYPTO_KEY_SIZE, &klen);
 	if (r == 0 && klen != CRYPTO_KEY_SIZE)
 		r = -EIO;
+	if (r < 0 &&
+	    asprintf(ret_msg, "the TPM cannot unwrap the archive's key: %s", strerror(-r)) < 0)
+		*ret_msg = NULL;
+	return r;
+}
+
+static void unlock_keys_free(struct keys *k)
+{
+}
+
+static const struct keys_ops unlock_keys_ops = {
+	.resource_key = unlock_keys_archive,
+	.cdn = unlock_keys_cdn,
+	.small_part = unlock_keys_small,
+	.key_doc = unlock_keys_doc,
+	.chunk_hashes = NULL, /* the archive is a local file */
+	.unwrap = unlock_keys_unwrap,
+	.free = unlock_keys_free,
+};
+
+/*
+ * Opens the archive with its format's key material and head; a failure is
+ * in F5's error. The step is a whole number of the format's units.
+ */
+static int unlock_open(struct unlock_run *run)
+{
+	struct unlock *u = run->u;
+	struct unlock_keys keys = {.k.ops = &unlock_keys_ops, .u = u};
+	struct format_key fk = {0};
+	struct format_hint hint = {0};
+	uint64_t head_off, c0, c1;
+	uint8_t *head = NULL;
+	size_t head_len;
+	char *msg = NULL;
+	int r;
+
+	r = run->fmt->key_material(&keys.k, u->c->images_resource, &fk, &msg);
+	if (r == 0)
+		r = run->fmt->key_unlock(&keys.k, &fk, &msg);
 	if (r < 0) {
-		unlock_fail(u, "the TPM cannot unwrap the archive's key: %s", strerror(-r));
+		unlock_fail(u, "%s", msg ? msg : unlock_cause(r));
 		goto out;
 	}
-	/* The header came by pread: the stream of chunks starts after it. */
-	if (lseek(run->fd, F2_HEADER_SIZE, SEEK_SET) != F2_HEADER_SIZE) {
-		r = -errno;
-		unlock_fail(u, "%s: %s", u->c->images_archive, strerror(errno));
+	hint.file_id = fk.file_id[0] ? fk.file_id : NULL;
+	run->fmt->head(run->size, &hint, &head_off, &head_len);
+	head = malloc(head_len ? head_len : 1);
+	if (!head) {
+		r = -ENOMEM;
+		unlock_fail(u, "%s", strerror(-r));
 		goto out;
 	}
-	run->consumed = F2_HEADER_SIZE;
-	run->plain_cap = (size_t)f2_chunk_size(&run->hdr);
+	if (head_off + head_len > run->size) {
+		unlock_fail(u, "%s is truncated or not an encrypted archive: %llu bytes",
+			    u->c->images_archive, (unsigned long long)run->size);
+		r = -EIO;
+		goto out;
+	}
+	r = unlock_pread_full(run, head_off, head, head_len);
+	if (r < 0) {
+		unlock_fail(u, "%s", run->msg);
+		goto out;
+	}
+	r = run->fmt->open(fk.key, head, run->size, &hint, &run->ff, &msg);
+	if (r < 0) {
+		unlock_fail(u,
+			    "%s does not open with its key from the API (%s): a wrong key "
+			    "fragment or device key, or a damaged or truncated archive",
+			    u->c->images_archive, msg ? msg : strerror(-r));
+		goto out;
+	}
+	run->step = run->ff->unit >= UNLOCK_STEP ? (size_t)run->ff->unit
+						 : UNLOCK_STEP / run->ff->unit * run->ff->unit;
+	run->plain_cap = run->step + CRYPTO_BLOCK; /* format 1's last block, padding and all */
+	run->fmt->span(run->ff, 0, run->step < run->ff->size ? run->step : run->ff->size, &c0, &c1);
+	run->cbuf_cap = (size_t)(c1 - c0) + 2 * CRYPTO_BLOCK;
 out:
-	json_decref(doc);
+	free(msg);
+	free(head);
+	format_key_clear(&fk);
 	return r;
 }
 
@@ -606,26 +636,16 @@ static void *unlock_thread(void *arg)
 	u->bytes_total = run.size;
 	pthread_mutex_unlock(&u->lock);
 	n = pread(run.fd, raw, sizeof(raw), 0);
-	run.key = secmem_alloc(CRYPTO_KEY_SIZE);
-	if (!run.key) {
-		unlock_fail(u, "cannot lock memory for the key: %s", strerror(errno));
-		goto out;
-	}
 	/* The magic tells the formats apart: a CBC archive starts with a random IV. */
-	run.format = n >= 4 && memcmp(raw, F2_MAGIC, 4) == 0 ? 2 : 1;
-	if (run.format == 2 && n != (ssize_t)sizeof(raw)) {
-		unlock_fail(u, "%s is truncated: %zd bytes", u->c->images_archive, n);
-		goto out;
-	}
-	r = run.format == 2 ? unlock_key_f2(&run, raw) : unlock_key_f1(&run);
-	if (r < 0)
+	run.fmt = format_detect(raw, n > 0 ? (size_t)n : 0);
+	if (unlock_open(&run) < 0)
 		goto out;
 	log_info("unlock: %s is a format-%d archive of %llu bytes", u->c->images_archive,
-		 run.format, (unsigned long long)run.size);
+		 run.fmt->id, (unsigned long long)run.size);
 
 	unlock_set_state(u, UNLOCK_DECRYPTING);
 	run.plain = secmem_alloc(run.plain_cap);
-	run.cbuf = malloc(run.plain_cap + CRYPTO_TAG_SIZE + CRYPTO_BLOCK);
+	run.cbuf = malloc(run.cbuf_cap);
 	if (!run.plain || !run.cbuf) {
 		unlock_fail(u, "cannot lock %zu bytes of memory for the plaintext", run.plain_cap);
 		goto out;
@@ -634,8 +654,7 @@ static void *unlock_thread(void *arg)
 out:
 	secmem_free(run.plain);
 	free(run.cbuf);
-	secmem_free(run.key);
-	crypto_wipe(run.prev, sizeof(run.prev));
+	format_close(run.ff);
 	if (run.fd >= 0)
 		close(run.fd);
 	unlock_finish(u);

@@ -1,14 +1,14 @@
 /*
  * fuzz_key_doc.c - the format-2 small part: the API's JSON key document
- * (docs/formats.md), parsed by jansson and checked by store_parse_key_doc, as
- * store_prepare_f2 does with the API's answer or the copy in state_dir.
+ * (docs/formats.md), parsed by jansson and checked by keys_parse_doc, as
+ * the key source does with the API's answer or the copy in state_dir.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <jansson.h>
 
 #include "fs/log.h"
-#include "fs/store.h"
+#include "fs/keys.h"
 #include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	doc = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
 	if (!doc)
 		return 0;
-	if (store_parse_key_doc(doc, fid, wrapped, sizeof(wrapped), &len) == 0) {
+	if (keys_parse_doc(doc, fid, wrapped, sizeof(wrapped), &len) == 0) {
 		if (len == 0 || len > sizeof(wrapped) || strlen(fid) != 32)
 			abort();
 	}

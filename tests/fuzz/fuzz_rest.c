@@ -27,6 +27,7 @@
 #include "fs/catalog.h"
 #include "fs/config.h"
 #include "fs/device.h"
+#include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/rest.h"
 #include "fs/session.h"
@@ -59,6 +60,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	struct session *s = NULL;
 	struct device *d = NULL;
 	struct store *st = NULL;
+	struct keys *keys = NULL;
+	struct src *src = NULL;
+	char *msg = NULL;
 	struct catalog *cat = NULL;
 	struct rest *r = NULL, *ru = NULL;
 	struct group *gr;
@@ -104,7 +108,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	fuzz_set(c, "docker_socket", path);
 	snprintf(path, sizeof(path), "%s/state", dir);
 	if (mkdir(path, 0700) < 0 || fetch_new(&fo, &f) < 0 || session_new(c, f, &s) < 0 ||
-	    device_new(c, s, &d) < 0 || store_new(c, f, s, d, &st) < 0 ||
+	    device_new(c, s, &d) < 0 || keys_new(c, s, d, &keys, &msg) < 0 ||
+	    src_cdn_new(f, &src) < 0 || store_new(c, src, keys, &st) < 0 ||
 	    catalog_new(c, s, store_probe, st, &cat) < 0)
 		abort();
 	rd.c = c;

@@ -1,5 +1,5 @@
 /*
- * store_disk.c - the ciphertext cache layer (see store.h): blocks of big
+ * src_disk.c - the ciphertext cache layer (see src.h): blocks of big
  * parts kept in cache_dir so that a device reads its models again without
  * the CDN. Only big-part bytes, which are ciphertext, ever reach these
  * files; plaintext never does.
@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #include "fs/log.h"
-#include "fs/store.h"
+#include "fs/src.h"
 
 #define DISK_BLOCK (64 * 1024)
 #define DISK_ID_LEN 32
@@ -54,8 +54,8 @@ struct disk_file {
 };
 
 struct disk_src {
-	struct store_src src;
-	struct store_src *lower;
+	struct src src;
+	struct src *lower;
 	char *dir;
 	uint64_t max;
 	pthread_mutex_t lock;
@@ -252,7 +252,7 @@ static int disk_make_room(struct disk_src *d, const struct disk_file *keep, uint
 	return d->total + add <= d->max;
 }
 
-static struct disk_file *disk_get(struct disk_src *d, const struct store_blob *b)
+static struct disk_file *disk_get(struct disk_src *d, const struct src_blob *b)
 {
 	struct disk_file *f;
 	int r = 0;
@@ -331,7 +331,7 @@ static int disk_present(struct disk_src *d, struct disk_file *f, uint64_t i)
 	return p;
 }
 
-static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len,
+static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
 		     uint8_t *buf)
 {
 	struct disk_src *d = (struct disk_src *)src;
@@ -340,10 +340,10 @@ static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t
 	int r = 0;
 
 	if (!b->cache_id || !disk_id_ok(b->cache_id) || len == 0)
-		return d->lower->ops->read(d->lower, b, off, len, buf);
+		return src_read(d->lower, b, off, len, buf);
 	f = disk_get(d, b);
 	if (!f)
-		return d->lower->ops->read(d->lower, b, off, len, buf);
+		return src_read(d->lower, b, off, len, buf);
 	last = (end - 1) / DISK_BLOCK;
 	for (i = off / DISK_BLOCK; r == 0 && i <= last;) {
 		int present = disk_present(d, f, i);
@@ -359,8 +359,7 @@ static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t
 			ssize_t n = pread(f->fd, buf + (from - off), to - from, (off_t)from);
 
 			if (n != (ssize_t)(to - from))
-				r = d->lower->ops->read(d->lower, b, from, to - from,
-							buf + (from - off));
+				r = src_read(d->lower, b, from, to - from, buf + (from - off));
 		} else {
 			uint8_t *tmp = disk_tmp_get(d, z - a);
 			uint64_t from = a > off ? a : off, to = z < end ? z : end;
@@ -369,7 +368,7 @@ static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t
 				r = -ENOMEM;
 				break;
 			}
-			r = d->lower->ops->read(d->lower, b, a, z - a, tmp);
+			r = src_read(d->lower, b, a, z - a, tmp);
 			if (r == 0) {
 				memcpy(buf + (from - off), tmp + (from - a), to - from);
 				disk_store(d, f, i, j, tmp, z - a);
@@ -384,7 +383,7 @@ static int disk_read(struct store_src *src, const struct store_blob *b, uint64_t
 	return r;
 }
 
-static void disk_drop(struct store_src *src, const struct store_blob *b, uint64_t off, size_t len)
+static void disk_drop(struct src *src, const struct src_blob *b, uint64_t off, size_t len)
 {
 	struct disk_src *d = (struct disk_src *)src;
 	struct disk_file *f;
@@ -410,11 +409,10 @@ static void disk_drop(struct store_src *src, const struct store_blob *b, uint64_
 		d->total -= gone;
 	}
 	pthread_mutex_unlock(&d->lock);
-	if (d->lower->ops->drop)
-		d->lower->ops->drop(d->lower, b, off, len);
+	src_drop(d->lower, b, off, len);
 }
 
-static void disk_free(struct store_src *src)
+static void disk_free(struct src *src)
 {
 	struct disk_src *d = (struct disk_src *)src;
 	struct disk_file *f, *next;
@@ -424,7 +422,7 @@ static void disk_free(struct store_src *src)
 		disk_file_close(f);
 		free(f);
 	}
-	store_src_free(d->lower);
+	src_free(d->lower);
 	while (d->n_tmp)
 		free(d->tmp[--d->n_tmp]);
 	pthread_mutex_destroy(&d->lock);
@@ -432,8 +430,16 @@ static void disk_free(struct store_src *src)
 	free(d);
 }
 
-static const struct store_src_ops disk_ops = {
+static int disk_size(struct src *src, const struct src_blob *b, uint64_t *ret_size)
+{
+	struct disk_src *d = (struct disk_src *)src;
+
+	return src_size(d->lower, b, ret_size);
+}
+
+static const struct src_ops disk_ops = {
 	.read = disk_read,
+	.size = disk_size,
 	.free = disk_free,
 	.drop = disk_drop,
 };
@@ -483,8 +489,7 @@ static void disk_scan(struct disk_src *d)
 	closedir(dir);
 }
 
-int store_src_disk_new(const char *dir, uint64_t max, struct store_src *lower,
-		       struct store_src **ret)
+int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **ret)
 {
 	struct disk_src *d;
 	struct stat st;

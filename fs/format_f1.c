@@ -1,0 +1,282 @@
+/*
+ * format_f1.c - format 1 (docs/formats.md): E = AES-256-CBC(resource key,
+ * P) with PKCS#7 padding and a random IV as E's first block; the small
+ * part is E's first min(3072, floor(0.3 |E|)) bytes. Any block decrypts
+ * from the one before it, so a plaintext range needs the ciphertext from
+ * one block before it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs/format.h"
+
+#define F1_STEP (1024 * 1024) /* plaintext per encryptor update */
+
+struct f1_file {
+	struct format_file ff;
+	uint8_t *key; /* locked */
+};
+
+struct format_enc {
+	struct f1_encryptor *enc;
+	uint64_t size, done;
+};
+
+static int fmt1_sniff(const uint8_t *b, size_t n)
+{
+	return 0; /* a random IV: no magic */
+}
+
+static void fmt1_head(uint64_t cipher_size, const struct format_hint *hint, uint64_t *ret_off,
+		      size_t *ret_len)
+{
+	/* The last two blocks: the padding tells the size. */
+	*ret_off = cipher_size >= 32 ? cipher_size - 32 : 0;
+	*ret_len = hint && hint->has_size ? 0 : 32;
+}
+
+static int fmt1_open(const uint8_t *key, const uint8_t *head, uint64_t cipher_size,
+		     const struct format_hint *hint, struct format_file **ret, char **ret_msg)
+{
+	struct f1_file *f;
+	uint64_t size;
+	int r;
+
+	if (cipher_size % CRYPTO_BLOCK || cipher_size < 32) {
+		if (hint && hint->prefix_len) {
+			if (asprintf(ret_msg,
+				     "a small part of %zu bytes does not fit a big part of %llu "
+				     "bytes",
+				     hint->prefix_len,
+				     (unsigned long long)(cipher_size - hint->prefix_len)) < 0)
+				*ret_msg = NULL;
+			return -EIO;
+		}
+		if (asprintf(ret_msg, "%llu bytes are not a whole number of AES blocks",
+			     (unsigned long long)cipher_size) < 0)
+			*ret_msg = NULL;
+		return -EBADMSG;
+	}
+	if (hint && hint->prefix_len && hint->prefix_len != f1_small_size(cipher_size)) {
+		if (asprintf(ret_msg,
+			     "a small part of %zu bytes does not fit a big part of %llu bytes",
+			     hint->prefix_len,
+			     (unsigned long long)(cipher_size - hint->prefix_len)) < 0)
+			*ret_msg = NULL;
+		return -EIO;
+	}
+	if (hint && hint->has_size) {
+		size = hint->size;
+		if (f1_cipher_size(size) != cipher_size) {
+			if (asprintf(ret_msg, "the catalog's size %llu does not match its parts",
+				     (unsigned long long)size) < 0)
+				*ret_msg = NULL;
+			return -EIO;
+		}
+	} else {
+		r = key && head ? f1_plain_size(key, head, cipher_size, &size) : -EINVAL;
+		if (r < 0) {
+			if (asprintf(ret_msg, "cannot derive its size: %s", strerror(-r)) < 0)
+				*ret_msg = NULL;
+			return r;
+		}
+	}
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	f->key = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!f->key) {
+		free(f);
+		return -ENOMEM;
+	}
+	if (key)
+		memcpy(f->key, key, CRYPTO_KEY_SIZE);
+	f->ff.ops = &format_f1;
+	f->ff.size = size;
+	f->ff.cipher_size = cipher_size;
+	f->ff.unit = CRYPTO_BLOCK;
+	*ret = &f->ff;
+	return 0;
+}
+
+static void fmt1_span(const struct format_file *ff, uint64_t off, size_t len, uint64_t *ret_c0,
+		      uint64_t *ret_c1)
+{
+	uint64_t j0 = off / CRYPTO_BLOCK, j1 = (off + len + CRYPTO_BLOCK - 1) / CRYPTO_BLOCK;
+
+	/* Block j of P is block j + 1 of E, after the IV. */
+	*ret_c0 = j0 * CRYPTO_BLOCK;
+	*ret_c1 = (j1 + 1) * CRYPTO_BLOCK;
+}
+
+static int fmt1_decrypt(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
+			uint8_t *const *out, size_t stride, char **ret_msg)
+{
+	const struct f1_file *f = (const struct f1_file *)ff;
+	int r = 0;
+
+	for (size_t i = 0; r == 0 && (uint64_t)i * stride < len; i++) {
+		uint64_t q0 = off + (uint64_t)i * stride;
+		uint64_t q1 = q0 + stride < off + len ? q0 + stride : off + len;
+		uint64_t a = q0 / CRYPTO_BLOCK, b = (q1 + CRYPTO_BLOCK - 1) / CRYPTO_BLOCK;
+
+		r = f1_decrypt_blocks(f->key, ct + (a - off / CRYPTO_BLOCK) * CRYPTO_BLOCK,
+				      (size_t)(b - a) * CRYPTO_BLOCK + CRYPTO_BLOCK, out[i]);
+		if (r < 0 &&
+		    asprintf(ret_msg, "decrypting blocks %llu..%llu failed: %s",
+			     (unsigned long long)a, (unsigned long long)b, strerror(-r)) < 0)
+			*ret_msg = NULL;
+	}
+	return r;
+}
+
+static void fmt1_close(struct format_file *ff)
+{
+	struct f1_file *f = (struct f1_file *)ff;
+
+	if (!f)
+		return;
+	secmem_free(f->key);
+	free(f);
+}
+
+static uint64_t fmt1_small(uint64_t size)
+{
+	return f1_small_size(f1_cipher_size(size));
+}
+
+static int fmt1_enc_new(const uint8_t *key, uint64_t size, unsigned chunk_shift,
+			struct format_enc **ret, uint8_t **ret_key, char ret_file_id[33])
+{
+	struct format_enc *e;
+	int r;
+
+	if (!key)
+		return -EINVAL;
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	r = f1_encryptor_new(key, NULL, &e->enc);
+	if (r < 0) {
+		free(e);
+		return r;
+	}
+	e->size = size;
+	*ret = e;
+	return 0;
+}
+
+static uint64_t fmt1_enc_size(const struct format_enc *e)
+{
+	return f1_cipher_size(e->size);
+}
+
+static size_t fmt1_enc_next(const struct format_enc *e, size_t *ret_out_cap)
+{
+	uint64_t left = e->size - e->done;
+
+	/* E's IV and the padding block come with the first and the last update. */
+	*ret_out_cap = F1_STEP + 3 * CRYPTO_BLOCK;
+	return left < F1_STEP ? (size_t)left : F1_STEP;
+}
+
+static int fmt1_enc_done(const struct format_enc *e)
+{
+	return e->enc == NULL;
+}
+
+static int fmt1_enc_update(struct format_enc *e, const uint8_t *plain, size_t n, uint8_t *out,
+			   size_t *ret_len)
+{
+	size_t len = 0, tail = 0;
+	int r;
+
+	if (!e->enc)
+		return -EINVAL;
+	r = f1_encryptor_update(e->enc, plain, n, out, &len);
+	if (r < 0)
+		return r;
+	e->done += n;
+	if (e->done == e->size) {
+		r = f1_encryptor_final(e->enc, out + len, &tail);
+		f1_encryptor_free(e->enc);
+		e->enc = NULL;
+		if (r < 0)
+			return r;
+	}
+	*ret_len = len + tail;
+	return 0;
+}
+
+static void fmt1_enc_free(struct format_enc *e)
+{
+	if (!e)
+		return;
+	f1_encryptor_free(e->enc);
+	free(e);
+}
+
+static int fmt1_key_material(struct keys *k, const char *name, struct format_key *fk,
+			     char **ret_msg)
+{
+	int r = k->ops->small_part(k, name, &fk->prefix, &fk->prefix_len, ret_msg);
+
+	if (r < 0)
+		return r;
+	/* The small part begins with E's random IV: every publication's is new. */
+	fk->mark = fk->prefix;
+	fk->mark_len = fk->prefix_len;
+	fk->file_id[0] = 0;
+	return 0;
+}
+
+static int fmt1_key_unlock(struct keys *k, struct format_key *fk, char **ret_msg)
+{
+	int r;
+
+	fk->key = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!fk->key)
+		return -ENOMEM;
+	r = k->ops->resource_key(k, fk->key, ret_msg);
+	if (r < 0) {
+		secmem_free(fk->key);
+		fk->key = NULL;
+	}
+	return r;
+}
+
+static int fmt1_stream_size(uint64_t big, uint64_t *ret)
+{
+	/* |E| - min(3072, floor(0.3 |E|)) = big. */
+	for (uint64_t e = (big + 15) / 16 * 16; e <= big + 3072 + 16; e += 16) {
+		if (e >= 32 && e - f1_small_size(e) == big) {
+			*ret = e;
+			return 0;
+		}
+	}
+	return -EPROTO;
+}
+
+const struct format_ops format_f1 = {
+	.id = 1,
+	.chunk_hashes = 1,
+	.file_key = 0,
+	.sniff = fmt1_sniff,
+	.key_material = fmt1_key_material,
+	.key_unlock = fmt1_key_unlock,
+	.stream_size = fmt1_stream_size,
+	.head = fmt1_head,
+	.open = fmt1_open,
+	.span = fmt1_span,
+	.decrypt = fmt1_decrypt,
+	.close = fmt1_close,
+	.small_size = fmt1_small,
+	.enc_new = fmt1_enc_new,
+	.enc_size = fmt1_enc_size,
+	.enc_next = fmt1_enc_next,
+	.enc_done = fmt1_enc_done,
+	.enc_update = fmt1_enc_update,
+	.enc_free = fmt1_enc_free,
+};

@@ -1,0 +1,300 @@
+/*
+ * format_f2.c - format 2 (docs/formats.md): a 64-byte header, then the
+ * plaintext in chunks of 2^shift bytes, each sealed by AES-256-GCM with
+ * the file's own key and a tag of its own. A plaintext range needs the
+ * whole chunks it touches.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "fs/format.h"
+
+struct f2_file {
+	struct format_file ff;
+	struct f2_header hdr;
+	uint8_t *key; /* locked */
+};
+
+struct format_enc {
+	struct f2_header hdr;
+	uint8_t *key; /* locked, the caller's copy is separate */
+	uint64_t chunk;
+	int header_sent;
+};
+
+static int fmt2_sniff(const uint8_t *b, size_t n)
+{
+	return n >= 4 && memcmp(b, F2_MAGIC, 4) == 0;
+}
+
+static int fmt2_key_material(struct keys *k, const char *name, struct format_key *fk,
+			     char **ret_msg)
+{
+	int r = k->ops->key_doc(k, name, &fk->doc, ret_msg);
+
+	/* No key for this device: to a reader, not allowed. */
+	if (r == -ENOENT)
+		r = -EACCES;
+	if (r < 0)
+		return r;
+	memcpy(fk->file_id, fk->doc.file_id, sizeof(fk->file_id));
+	fk->mark = fk->file_id;
+	fk->mark_len = strlen(fk->file_id);
+	return 0;
+}
+
+static int fmt2_key_unlock(struct keys *k, struct format_key *fk, char **ret_msg)
+{
+	int r;
+
+	fk->key = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!fk->key)
+		return -ENOMEM;
+	r = k->ops->unwrap(k, &fk->doc, fk->key, ret_msg);
+	if (r < 0) {
+		secmem_free(fk->key);
+		fk->key = NULL;
+	}
+	return r;
+}
+
+static int fmt2_stream_size(uint64_t big, uint64_t *ret)
+{
+	*ret = big;
+	return 0;
+}
+
+static void fmt2_head(uint64_t cipher_size, const struct format_hint *hint, uint64_t *ret_off,
+		      size_t *ret_len)
+{
+	*ret_off = 0;
+	*ret_len = F2_HEADER_SIZE;
+}
+
+static int fmt2_open(const uint8_t *key, const uint8_t *head, uint64_t cipher_size,
+		     const struct format_hint *hint, struct format_file **ret, char **ret_msg)
+{
+	char file_id[2 * F2_FILE_ID_SIZE + 1];
+	struct f2_file *f;
+	struct f2_header h;
+	int r;
+
+	r = f2_header_parse(head, &h);
+	if (r < 0) {
+		if (asprintf(ret_msg, "cannot read its header: %s", strerror(-r)) < 0)
+			*ret_msg = NULL;
+		return r;
+	}
+	crypto_hex(h.file_id, F2_FILE_ID_SIZE, file_id);
+	if (hint && hint->file_id && strcasecmp(file_id, hint->file_id) != 0) {
+		if (asprintf(ret_msg, "the key is for file %s, the big part is file %s",
+			     hint->file_id, file_id) < 0)
+			*ret_msg = NULL;
+		return -EBADMSG;
+	}
+	if ((hint && hint->has_size && h.size != hint->size) || f2_big_size(&h) != cipher_size) {
+		if (asprintf(ret_msg,
+			     "the header's sizes do not match the catalog's or the big part's "
+			     "(%llu bytes, the header says %llu)",
+			     (unsigned long long)cipher_size,
+			     (unsigned long long)f2_big_size(&h)) < 0)
+			*ret_msg = NULL;
+		return -EBADMSG;
+	}
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	f->key = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!f->key) {
+		free(f);
+		return -ENOMEM;
+	}
+	if (key)
+		memcpy(f->key, key, CRYPTO_KEY_SIZE);
+	f->hdr = h;
+	f->ff.ops = &format_f2;
+	f->ff.size = h.size;
+	f->ff.cipher_size = cipher_size;
+	f->ff.unit = f2_chunk_size(&h);
+	*ret = &f->ff;
+	return 0;
+}
+
+static void fmt2_span(const struct format_file *ff, uint64_t off, size_t len, uint64_t *ret_c0,
+		      uint64_t *ret_c1)
+{
+	const struct f2_header *h = &((const struct f2_file *)ff)->hdr;
+	uint64_t cs = f2_chunk_size(h), c0 = off / cs, c1 = len ? (off + len - 1) / cs : c0;
+
+	*ret_c0 = f2_chunk_offset(h, c0);
+	*ret_c1 = f2_chunk_offset(h, c1) + f2_chunk_plain_len(h, c1) + CRYPTO_TAG_SIZE;
+}
+
+static int fmt2_decrypt(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
+			uint8_t *const *out, size_t stride, char **ret_msg)
+{
+	const struct f2_file *f = (const struct f2_file *)ff;
+	const struct f2_header *h = &f->hdr;
+	uint64_t cs = f2_chunk_size(h), end = off + len, c0 = off / cs,
+		 base = f2_chunk_offset(h, c0);
+	uint8_t *tmp = NULL;
+	int r = 0;
+
+	for (uint64_t c = c0; r == 0 && c * cs < end; c++) {
+		uint64_t plen = f2_chunk_plain_len(h, c), p0 = c * cs, p1 = p0 + plen;
+		const uint8_t *cc = ct + (f2_chunk_offset(h, c) - base);
+
+		/* A chunk inside one slot decrypts in place; others go through tmp. */
+		if (plen && p0 >= off && p1 <= end &&
+		    (p0 - off) / stride == (p1 - 1 - off) / stride) {
+			r = f2_open_chunk(f->key, h, c, cc, plen + CRYPTO_TAG_SIZE,
+					  out[(p0 - off) / stride] + (p0 - off) % stride);
+		} else {
+			if (!tmp && !(tmp = secmem_alloc(cs)))
+				return -ENOMEM;
+			r = f2_open_chunk(f->key, h, c, cc, plen + CRYPTO_TAG_SIZE, tmp);
+			for (uint64_t q = p0 > off ? p0 : off; r == 0 && q < p1 && q < end;) {
+				uint64_t s = (q - off) / stride, s_end = off + (s + 1) * stride;
+				uint64_t to = s_end < p1 ? s_end : p1;
+
+				if (to > end)
+					to = end;
+				memcpy(out[s] + (q - off) % stride, tmp + (q - p0), to - q);
+				q = to;
+			}
+		}
+		if (r < 0 &&
+		    asprintf(ret_msg,
+			     "chunk %llu fails its check (%s): tampered, truncated or not this "
+			     "file's",
+			     (unsigned long long)c, strerror(-r)) < 0)
+			*ret_msg = NULL;
+	}
+	secmem_free(tmp);
+	return r;
+}
+
+static void fmt2_close(struct format_file *ff)
+{
+	struct f2_file *f = (struct f2_file *)ff;
+
+	if (!f)
+		return;
+	secmem_free(f->key);
+	free(f);
+}
+
+static uint64_t fmt2_small(uint64_t size)
+{
+	return 0; /* the small part is the key document */
+}
+
+static int fmt2_enc_new(const uint8_t *key, uint64_t size, unsigned chunk_shift,
+			struct format_enc **ret, uint8_t **ret_key, char ret_file_id[33])
+{
+	uint8_t file_id[F2_FILE_ID_SIZE];
+	struct format_enc *e;
+	uint8_t *k = NULL;
+	int r;
+
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	e->key = secmem_alloc(CRYPTO_KEY_SIZE);
+	k = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!e->key || !k) {
+		r = -ENOMEM;
+		goto err;
+	}
+	/* Every publication draws its own key and file id. */
+	r = crypto_random(e->key, CRYPTO_KEY_SIZE);
+	if (r == 0)
+		r = crypto_random(file_id, sizeof(file_id));
+	if (r == 0)
+		r = f2_header_init(&e->hdr, size, chunk_shift ? chunk_shift : F2_SHIFT_DEFAULT,
+				   file_id);
+	if (r < 0)
+		goto err;
+	memcpy(k, e->key, CRYPTO_KEY_SIZE);
+	crypto_hex(file_id, F2_FILE_ID_SIZE, ret_file_id);
+	*ret_key = k;
+	*ret = e;
+	return 0;
+err:
+	secmem_free(k);
+	secmem_free(e->key);
+	free(e);
+	return r;
+}
+
+static uint64_t fmt2_enc_size(const struct format_enc *e)
+{
+	return f2_big_size(&e->hdr);
+}
+
+static size_t fmt2_enc_next(const struct format_enc *e, size_t *ret_out_cap)
+{
+	*ret_out_cap = (size_t)f2_chunk_size(&e->hdr) + CRYPTO_TAG_SIZE;
+	if (!e->header_sent)
+		return 0;
+	return (size_t)f2_chunk_plain_len(&e->hdr, e->chunk);
+}
+
+static int fmt2_enc_done(const struct format_enc *e)
+{
+	return e->header_sent && e->chunk == f2_chunk_count(&e->hdr);
+}
+
+static int fmt2_enc_update(struct format_enc *e, const uint8_t *plain, size_t n, uint8_t *out,
+			   size_t *ret_len)
+{
+	int r;
+
+	if (!e->header_sent) {
+		memcpy(out, e->hdr.raw, F2_HEADER_SIZE);
+		e->header_sent = 1;
+		*ret_len = F2_HEADER_SIZE;
+		return 0;
+	}
+	if (fmt2_enc_done(e) || n != f2_chunk_plain_len(&e->hdr, e->chunk))
+		return -EINVAL;
+	r = f2_seal_chunk(e->key, &e->hdr, e->chunk, plain, n, out);
+	if (r < 0)
+		return r;
+	e->chunk++;
+	*ret_len = n + CRYPTO_TAG_SIZE;
+	return 0;
+}
+
+static void fmt2_enc_free(struct format_enc *e)
+{
+	if (!e)
+		return;
+	secmem_free(e->key);
+	free(e);
+}
+
+const struct format_ops format_f2 = {
+	.id = 2,
+	.chunk_hashes = 0,
+	.file_key = 1,
+	.sniff = fmt2_sniff,
+	.key_material = fmt2_key_material,
+	.key_unlock = fmt2_key_unlock,
+	.stream_size = fmt2_stream_size,
+	.head = fmt2_head,
+	.open = fmt2_open,
+	.span = fmt2_span,
+	.decrypt = fmt2_decrypt,
+	.close = fmt2_close,
+	.small_size = fmt2_small,
+	.enc_new = fmt2_enc_new,
+	.enc_size = fmt2_enc_size,
+	.enc_next = fmt2_enc_next,
+	.enc_done = fmt2_enc_done,
+	.enc_update = fmt2_enc_update,
+	.enc_free = fmt2_enc_free,
+};

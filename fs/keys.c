@@ -1,0 +1,351 @@
+/*
+ * keys.c - the read path's real key source (see keys.h): the API through
+ * the session, the TPM through the device, the configuration.
+ *
+ * Format-2 key documents are kept in state_dir/keys, one file per folder,
+ * name and device, so that a model read before still opens while the API
+ * is out of reach. They are useless off this TPM. An answer of the API
+ * that the key is gone (404: revoked, republished elsewhere) removes the
+ * copy; only an API out of reach makes the copy serve.
+ *
+ * No lock of its own: the session and the device guard themselves, and a
+ * key document is replaced by rename.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crypto/crypto.h"
+#include "fs/keys.h"
+#include "fs/log.h"
+
+#define KEYS_DOC_MAX (64 * 1024) /* a kept key document, read back */
+#define KEYS_DIR "keys"		 /* under state_dir */
+
+struct keys_real {
+	struct keys k;
+	const struct config *c;
+	struct session *s;
+	struct device *d;
+	uint8_t *rkey; /* the format-1 resource key, locked, read once at start */
+};
+
+static char *keys_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *keys_fmt(const char *fmt, ...)
+{
+	va_list ap;
+	char *m = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	return m;
+}
+
+int keys_resource_key(const struct config *c, struct device *d, uint8_t *key, char **ret_msg)
+{
+	char *secret = NULL;
+	size_t len;
+
+	/* The TPM's copy outlives legacy_resource_secret_file, which may go once sealed. */
+	if (d && device_resource_secret(d, &secret, &len) == 0) {
+		f1_aes_key(secret, len, key);
+		secmem_free(secret);
+		return 0;
+	}
+	return config_resource_key(c, key, ret_msg);
+}
+
+int keys_parse_doc(json_t *doc, char ret_file_id[2 * F2_FILE_ID_SIZE + 1], uint8_t *wrapped,
+		   size_t cap, size_t *ret_len)
+{
+	const char *fid, *wk;
+	size_t wlen;
+
+	fid = json_string_value(json_object_get(doc, "file_id"));
+	wk = json_string_value(json_object_get(doc, "wrapped_key"));
+	if (!fid || !wk || !json_is_integer(json_object_get(doc, "format")) ||
+	    json_integer_value(json_object_get(doc, "format")) != 2 ||
+	    strlen(fid) != 2 * F2_FILE_ID_SIZE ||
+	    strspn(fid, "0123456789abcdefABCDEF") != 2 * F2_FILE_ID_SIZE ||
+	    crypto_b64_decode(wk, strlen(wk), wrapped, cap, &wlen) < 0 || wlen == 0)
+		return -EBADMSG;
+	memcpy(ret_file_id, fid, 2 * F2_FILE_ID_SIZE + 1);
+	*ret_len = wlen;
+	return 0;
+}
+
+static char *keys_doc_path(struct keys_real *k, const char *name, const char *device)
+{
+	struct crypto_sha256 *h = crypto_sha256_new();
+	char hex[33], *p = NULL;
+	uint8_t d[32];
+
+	if (!h)
+		return NULL;
+	crypto_sha256_update(h, k->c->folder, strlen(k->c->folder) + 1);
+	crypto_sha256_update(h, name, strlen(name) + 1);
+	crypto_sha256_update(h, device, strlen(device) + 1);
+	crypto_sha256_final(h, d);
+	crypto_sha256_free(h);
+	crypto_hex(d, 16, hex);
+	if (asprintf(&p, "%s/%s/%s.json", k->c->state_dir, KEYS_DIR, hex) < 0)
+		return NULL;
+	return p;
+}
+
+/*
+ * Whether the document kept at path is for the same file and device as
+ * doc. The API wraps the key anew for every answer (RSA-OAEP is
+ * randomised), and any of its wrappings serves the same.
+ */
+static int keys_doc_same(const char *path, json_t *doc)
+{
+	static const char *const fields[] = {"file_id", "device_id"};
+	struct stat sb;
+	json_t *kept;
+	int same = 1;
+
+	if (stat(path, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size > KEYS_DOC_MAX)
+		return 0;
+	kept = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	if (!kept)
+		return 0;
+	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+		const char *a = json_string_value(json_object_get(kept, fields[i]));
+		const char *b = json_string_value(json_object_get(doc, fields[i]));
+
+		if (!a || !b || strcasecmp(a, b) != 0)
+			same = 0;
+	}
+	if (!json_is_string(json_object_get(kept, "wrapped_key")))
+		same = 0;
+	json_decref(kept);
+	return same;
+}
+
+static void keys_doc_save(struct keys_real *k, const char *name, const char *device, json_t *doc)
+{
+	char *path = keys_doc_path(k, name, device), *dir = NULL, *tmp = NULL, *text = NULL;
+	size_t len;
+	int fd = -1;
+
+	if (!path || asprintf(&dir, "%s/%s", k->c->state_dir, KEYS_DIR) < 0 ||
+	    asprintf(&tmp, "%s.tmp", path) < 0)
+		goto out;
+	text = json_dumps(doc, JSON_COMPACT);
+	if (!text || (mkdir(dir, 0700) < 0 && errno != EEXIST))
+		goto out;
+	/* Every open brings the document: an fsync per open would hold up each first read. */
+	if (keys_doc_same(path, doc))
+		goto out;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		goto fail;
+	len = strlen(text);
+	if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0) {
+		close(fd);
+		goto fail;
+	}
+	if (close(fd) < 0 || rename(tmp, path) < 0)
+		goto fail;
+	goto out;
+fail:
+	log_warn("%s: cannot keep its key document in %s: %s", name, dir, strerror(errno));
+	unlink(tmp);
+out:
+	free(text);
+	free(tmp);
+	free(dir);
+	free(path);
+}
+
+static json_t *keys_doc_load(struct keys_real *k, const char *name, const char *device)
+{
+	char *path = keys_doc_path(k, name, device);
+	json_t *doc = NULL;
+	struct stat sb;
+
+	if (path && stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size <= KEYS_DOC_MAX)
+		doc = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	free(path);
+	return doc;
+}
+
+static void keys_doc_forget(struct keys_real *k, const char *name, const char *device)
+{
+	char *path = keys_doc_path(k, name, device);
+
+	if (path && unlink(path) == 0)
+		log_info("%s: the API no longer gives its key; the kept copy is removed", name);
+	free(path);
+}
+
+static int real_resource_key(struct keys *kk, uint8_t *key, char **ret_msg)
+{
+	struct keys_real *k = (struct keys_real *)kk;
+
+	memcpy(key, k->rkey, CRYPTO_KEY_SIZE);
+	return 0;
+}
+
+static int real_cdn(struct keys *kk, const char **ret_url, const struct fetch_s3 **ret_s3)
+{
+	struct keys_real *k = (struct keys_real *)kk;
+	struct session_cdn cdn;
+	int r = session_cdn(k->s, &cdn);
+
+	if (r < 0)
+		return r;
+	*ret_url = cdn.url;
+	*ret_s3 = cdn.s3;
+	return 0;
+}
+
+static int real_small_part(struct keys *kk, const char *name, uint8_t **ret, size_t *ret_len,
+			   char **ret_msg)
+{
+	struct keys_real *k = (struct keys_real *)kk;
+	char *small_name = NULL;
+	int r;
+
+	if (asprintf(&small_name, "%s.small", name) < 0)
+		return -ENOMEM;
+	r = session_get_resource(k->s, k->c->folder, small_name, ret, ret_len);
+	free(small_name);
+	if (r == -ENOKEY)
+		*ret_msg = keys_fmt("not logged in (no credentials): its small part is out of "
+				    "reach");
+	else if (r < 0)
+		*ret_msg = keys_fmt("cannot get its small part: %s", strerror(-r));
+	return r;
+}
+
+static int real_key_doc(struct keys *kk, const char *name, struct keys_doc *ret, char **ret_msg)
+{
+	struct keys_real *k = (struct keys_real *)kk;
+	struct keys_doc kd = {0};
+	json_t *doc = NULL;
+	char id[160];
+	int r;
+
+	r = k->d ? device_id(k->d, id, sizeof(id)) : -ENODEV;
+	if (r < 0) {
+		*ret_msg = keys_fmt("format 2 needs an enrolled TPM device, and this one is not");
+		return -EACCES;
+	}
+	r = session_device_key(k->s, k->c->folder, name, id, &doc);
+	if (r == -ENOENT)
+		keys_doc_forget(k, name, id);
+	if (r < 0 && r != -ENOENT && r != -EACCES) {
+		doc = keys_doc_load(k, name, id);
+		if (doc) {
+			log_info("%s: the API is out of reach (%s): using its key document kept "
+				 "in state_dir",
+				 name, strerror(-r));
+			kd.kept = 1;
+			r = 0;
+		}
+	}
+	if (r < 0) {
+		*ret_msg = keys_fmt("cannot get its key for device %s: %s", id, strerror(-r));
+		return r;
+	}
+	if (keys_parse_doc(doc, kd.file_id, kd.wrapped, sizeof(kd.wrapped), &kd.wrapped_len) < 0) {
+		*ret_msg = keys_fmt("the %s key document is malformed", kd.kept ? "kept" : "API's");
+		r = -EBADMSG;
+		goto out;
+	}
+	if (!kd.kept)
+		keys_doc_save(k, name, id, doc);
+	*ret = kd;
+out:
+	json_decref(doc);
+	return r;
+}
+
+static int real_chunk_hashes(struct keys *kk, const char *name, uint32_t *ret_chunk_size,
+			     uint8_t **ret_sha256, size_t *ret_count, char **ret_msg)
+{
+	struct keys_real *k = (struct keys_real *)kk;
+	int r;
+
+	r = session_chunk_hashes(k->s, k->c->folder, name, ret_chunk_size, ret_sha256, ret_count);
+	if (r < 0 && r != -ENOENT)
+		*ret_msg = keys_fmt("cannot get its chunk hashes from the API: %s", strerror(-r));
+	return r;
+}
+
+static int real_unwrap(struct keys *kk, const struct keys_doc *doc, uint8_t *key, char **ret_msg)
+{
+	struct keys_real *k = (struct keys_real *)kk;
+	size_t klen = 0;
+	int r;
+
+	r = k->d ? device_unwrap(k->d, doc->wrapped, doc->wrapped_len, key, CRYPTO_KEY_SIZE, &klen)
+		 : -ENODEV;
+	if (r == 0 && klen != CRYPTO_KEY_SIZE) {
+		*ret_msg = keys_fmt("the unwrapped key has %zu bytes", klen);
+		return -EIO;
+	}
+	if (r < 0)
+		*ret_msg = keys_fmt("the TPM cannot unwrap its key: %s", strerror(-r));
+	return r;
+}
+
+static void real_free(struct keys *kk)
+{
+	struct keys_real *k = (struct keys_real *)kk;
+
+	secmem_free(k->rkey);
+	free(k);
+}
+
+static const struct keys_ops real_ops = {
+	.resource_key = real_resource_key,
+	.cdn = real_cdn,
+	.small_part = real_small_part,
+	.key_doc = real_key_doc,
+	.chunk_hashes = real_chunk_hashes,
+	.unwrap = real_unwrap,
+	.free = real_free,
+};
+
+int keys_new(const struct config *c, struct session *s, struct device *d, struct keys **ret,
+	     char **ret_msg)
+{
+	struct keys_real *k = calloc(1, sizeof(*k));
+	int r;
+
+	if (!k)
+		return -ENOMEM;
+	k->k.ops = &real_ops;
+	k->c = c;
+	k->s = s;
+	k->d = d;
+	k->rkey = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!k->rkey) {
+		free(k);
+		return -ENOMEM;
+	}
+	r = keys_resource_key(c, d, k->rkey, ret_msg);
+	if (r < 0) {
+		real_free(&k->k);
+		return r;
+	}
+	*ret = &k->k;
+	return 0;
+}
+
+void keys_free(struct keys *k)
+{
+	if (k)
+		k->ops->free(k);
+}

@@ -1,0 +1,70 @@
+/*
+ * src_cdn.c - the bottom source layer (see src.h): range requests to the
+ * CDN. Retries, timeouts and the CDN's keys are fetch's; this layer only
+ * insists on an answer of exactly the bytes asked for.
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "fs/log.h"
+#include "fs/src.h"
+
+struct src_cdn {
+	struct src src;
+	struct fetch *f;
+};
+
+static int cdn_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
+		    uint8_t *buf)
+{
+	struct src_cdn *c = (struct src_cdn *)src;
+	size_t got = 0;
+	int r;
+
+	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL);
+	if (r < 0)
+		return r;
+	if (got != len) {
+		log_err("%s: %zu bytes at %llu, wanted %zu: the big part is shorter than "
+			"expected",
+			b->url, got, (unsigned long long)off, len);
+		return -EIO;
+	}
+	return 0;
+}
+
+static int cdn_size(struct src *src, const struct src_blob *b, uint64_t *ret_size)
+{
+	struct src_cdn *c = (struct src_cdn *)src;
+
+	return fetch_cdn_size(c->f, b->url, b->s3, ret_size);
+}
+
+static void cdn_free(struct src *src)
+{
+	free(src);
+}
+
+static const struct src_ops cdn_ops = {
+	.read = cdn_read,
+	.size = cdn_size,
+	.free = cdn_free,
+};
+
+int src_cdn_new(struct fetch *f, struct src **ret)
+{
+	struct src_cdn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	c->src.ops = &cdn_ops;
+	c->f = f;
+	*ret = &c->src;
+	return 0;
+}
+
+void src_free(struct src *s)
+{
+	if (s)
+		s->ops->free(s);
+}

@@ -1,0 +1,220 @@
+/*
+ * src_mem.c - a source layer of big parts in memory (see src.h), for
+ * tests: it stands where the CDN does, and fails, lags or serves other
+ * bytes on demand.
+ *
+ * Locking: m->lock guards the table, the faults and the counters; a read
+ * copies under it (the bytes are small test data).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fs/src.h"
+
+struct mem_blob {
+	struct mem_blob *next;
+	char *url;
+	uint8_t *data;
+	size_t len;
+	/* one fault */
+	uint64_t f_off, f_len;
+	int f_err, f_count;
+};
+
+struct src_mem {
+	struct src src;
+	pthread_mutex_t lock;
+	struct mem_blob *blobs;
+	unsigned delay_ms;
+	struct src_mem_stats stats;
+};
+
+static struct mem_blob *mem_find(struct src_mem *m, const char *url)
+{
+	struct mem_blob *b;
+
+	for (b = m->blobs; b; b = b->next)
+		if (strcmp(b->url, url) == 0)
+			return b;
+	return NULL;
+}
+
+static int mem_read(struct src *src, const struct src_blob *sb, uint64_t off, size_t len,
+		    uint8_t *buf)
+{
+	struct src_mem *m = (struct src_mem *)src;
+	struct mem_blob *b;
+	unsigned delay;
+	int r = 0;
+
+	pthread_mutex_lock(&m->lock);
+	delay = m->delay_ms;
+	pthread_mutex_unlock(&m->lock);
+	if (delay) {
+		struct timespec ts = {delay / 1000, (long)(delay % 1000) * 1000000L};
+
+		nanosleep(&ts, NULL);
+	}
+	pthread_mutex_lock(&m->lock);
+	m->stats.reads++;
+	b = mem_find(m, sb->url);
+	if (!b) {
+		r = -ENOENT;
+	} else if (b->f_err && b->f_count != 0 && off < b->f_off + b->f_len &&
+		   b->f_off < off + len) {
+		r = b->f_err;
+		if (b->f_count > 0 && --b->f_count == 0)
+			b->f_err = 0;
+	} else if (off > b->len || len > b->len - off) {
+		r = -EIO;
+	} else {
+		memcpy(buf, b->data + off, len);
+		m->stats.read_bytes += len;
+	}
+	if (r < 0)
+		m->stats.failures++;
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+static int mem_size(struct src *src, const struct src_blob *sb, uint64_t *ret_size)
+{
+	struct src_mem *m = (struct src_mem *)src;
+	struct mem_blob *b;
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&m->lock);
+	b = mem_find(m, sb->url);
+	if (b) {
+		*ret_size = b->len;
+		r = 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+static void mem_drop(struct src *src, const struct src_blob *sb, uint64_t off, size_t len)
+{
+	struct src_mem *m = (struct src_mem *)src;
+
+	pthread_mutex_lock(&m->lock);
+	m->stats.drops++;
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void mem_free(struct src *src)
+{
+	struct src_mem *m = (struct src_mem *)src;
+
+	while (m->blobs) {
+		struct mem_blob *b = m->blobs;
+
+		m->blobs = b->next;
+		free(b->url);
+		free(b->data);
+		free(b);
+	}
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
+static const struct src_ops mem_ops = {
+	.read = mem_read,
+	.size = mem_size,
+	.drop = mem_drop,
+	.free = mem_free,
+};
+
+int src_mem_new(struct src **ret)
+{
+	struct src_mem *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return -ENOMEM;
+	m->src.ops = &mem_ops;
+	pthread_mutex_init(&m->lock, NULL);
+	*ret = &m->src;
+	return 0;
+}
+
+int src_mem_put(struct src *src, const char *url, const uint8_t *data, size_t len)
+{
+	struct src_mem *m = (struct src_mem *)src;
+	struct mem_blob *b = calloc(1, sizeof(*b));
+
+	if (!b)
+		return -ENOMEM;
+	b->url = strdup(url);
+	b->data = malloc(len ? len : 1);
+	if (!b->url || !b->data) {
+		free(b->url);
+		free(b->data);
+		free(b);
+		return -ENOMEM;
+	}
+	memcpy(b->data, data, len);
+	b->len = len;
+	pthread_mutex_lock(&m->lock);
+	b->next = m->blobs;
+	m->blobs = b;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+int src_mem_poke(struct src *src, const char *url, uint64_t off, const uint8_t *data, size_t len)
+{
+	struct src_mem *m = (struct src_mem *)src;
+	struct mem_blob *b;
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&m->lock);
+	b = mem_find(m, url);
+	if (b && (off > b->len || len > b->len - off)) {
+		r = -EINVAL;
+	} else if (b) {
+		memcpy(b->data + off, data, len);
+		r = 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+int src_mem_fault(struct src *src, const char *url, uint64_t off, uint64_t len, int err, int count)
+{
+	struct src_mem *m = (struct src_mem *)src;
+	struct mem_blob *b;
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&m->lock);
+	b = mem_find(m, url);
+	if (b) {
+		b->f_off = off;
+		b->f_len = len;
+		b->f_err = err;
+		b->f_count = count;
+		r = 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+void src_mem_delay(struct src *src, unsigned ms)
+{
+	struct src_mem *m = (struct src_mem *)src;
+
+	pthread_mutex_lock(&m->lock);
+	m->delay_ms = ms;
+	pthread_mutex_unlock(&m->lock);
+}
+
+void src_mem_stats(struct src *src, struct src_mem_stats *ret)
+{
+	struct src_mem *m = (struct src_mem *)src;
+
+	pthread_mutex_lock(&m->lock);
+	*ret = m->stats;
+	pthread_mutex_unlock(&m->lock);
+}
