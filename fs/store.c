@@ -617,8 +617,9 @@ static int store_check_whole(struct store *st, struct store_obj *o)
 /*
  * A format without tags: the API's chunk hashes for o's big part, set on
  * its blob, so that the source stack checks every range (docs/trust.md
- * section 4). 1 when the API holds none (or is out of reach), after which
- * the caller checks the file whole or marks it unchecked.
+ * section 4). 1 when the API holds none (404), after which the caller
+ * checks the file whole or marks it unchecked; a failure to get the list
+ * is an error, not a file without one.
  */
 static int store_obj_hashes(struct store *st, struct store_obj *o)
 {
@@ -634,10 +635,16 @@ static int store_obj_hashes(struct store *st, struct store_obj *o)
 	if (r == -ENOENT)
 		return 1;
 	if (r < 0) {
-		log_warn("%s: %s; checking it as a file without a list", o->e.name,
-			 msg ? msg : strerror(-r));
+		/*
+		 * Never a downgrade: whoever can break this one call (a reset
+		 * connection, a 5xx) must not get the file served with a weaker
+		 * check than its list gives. The open fails; the next one asks again.
+		 */
+		log_err("%s: cannot get its chunk hashes from the API (%s); not served until they "
+			"arrive: check the API's reachability and open it again",
+			o->e.name, msg ? msg : strerror(-r));
 		free(msg);
-		return 1;
+		return store_reader_errno(r) == -ETIMEDOUT ? -ETIMEDOUT : -EIO;
 	}
 	if (!cs || count != (o->blob.size + cs - 1) / cs) {
 		log_err("%s: the API's chunk-hash list (%zu chunks of %u bytes) does not cover its "

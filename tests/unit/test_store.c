@@ -32,6 +32,7 @@ struct fake_model {
 	int has_doc;
 	uint8_t *hashes; /* format 1: the API's chunk hashes, or NULL */
 	size_t n_hashes;
+	int hashes_errno; /* the API cannot be asked for the list: this error */
 };
 
 struct fake_keys {
@@ -100,6 +101,8 @@ static int fake_chunk_hashes(struct keys *k, const char *name, uint32_t *ret_chu
 {
 	struct fake_model *m = fake_find((struct fake_keys *)k, name);
 
+	if (m && m->hashes_errno)
+		return m->hashes_errno;
 	if (!m || !m->hashes)
 		return -ENOENT;
 	*ret_sha256 = malloc(m->n_hashes * 32);
@@ -593,6 +596,25 @@ int main(void)
 	usleep(1100 * 1000);
 	CHECK(read_cmp(h, 5 * TEST_HASH_CHUNK, 4096, m[4].plain + 5 * TEST_HASH_CHUNK, NULL) == 0,
 	      "restored at the source, the chunk reads again");
+	store_close(h);
+	h = NULL;
+
+	/* A list that exists but does not arrive: no downgrade to a weaker check. */
+	fm[4].hashes_errno = -ECONNRESET;
+	pe = m[4].e;
+	pe.updated = "v3";
+	r = store_open(st, &pe, &h);
+	CHECK(r == -EIO, "a listed model whose list cannot be fetched does not open (%d)", r);
+	h = NULL;
+	fm[4].hashes_errno = -ETIMEDOUT;
+	pe.updated = "v4";
+	r = store_open(st, &pe, &h);
+	CHECK(r == -ETIMEDOUT, "... and a timed-out list is ETIMEDOUT (%d)", r);
+	h = NULL;
+	fm[4].hashes_errno = 0;
+	pe.updated = "v5";
+	r = store_open(st, &pe, &h);
+	CHECK(r == 0 && read_all(h, &m[4], 70000) == 0, "once the list arrives, it reads whole");
 	store_close(h);
 	h = NULL;
 
