@@ -965,6 +965,8 @@ int device_resource_secret(struct device *d, char **ret, size_t *ret_len)
 		s = secmem_strndup(d->rsecret, d->rsecret_len);
 		n = d->rsecret_len;
 		r = s ? 0 : -ENOMEM;
+	} else if (d->tpm && tpm_is_enrolled(d->tpm) && !d->sealed_ok) {
+		r = -ENOKEY;
 	}
 	pthread_mutex_unlock(&d->lock);
 	if (r < 0)

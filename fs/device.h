@@ -72,7 +72,9 @@ int device_unwrap(struct device *d, const uint8_t *wrapped, size_t len, uint8_t 
 /*
  * The legacy resource_secret the sealed store held (format 1), copied
  * into locked memory (secmem_free it); -ENOENT when it held none, e.g.
- * when none was configured at enrolment (the documented default applies).
+ * when none was configured at enrolment (the documented default applies),
+ * or there is no enrolled TPM; -ENOKEY when there is a sealed store that
+ * did not unseal (a PCR change), so what it holds is unknown.
  */
 int device_resource_secret(struct device *d, char **ret, size_t *ret_len);
 

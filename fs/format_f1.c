@@ -32,9 +32,14 @@ static int fmt1_sniff(const uint8_t *b, size_t n)
 static void fmt1_head(uint64_t cipher_size, const struct format_hint *hint, uint64_t *ret_off,
 		      size_t *ret_len)
 {
-	/* The last two blocks: the padding tells the size. */
+	/*
+	 * The last two blocks: the padding tells the size, and where the
+	 * catalog gives it, tells whether the key is the publisher's (CBC has
+	 * no tag: a wrong resource_secret would decrypt into garbage).
+	 */
+	(void)hint;
 	*ret_off = cipher_size >= 32 ? cipher_size - 32 : 0;
-	*ret_len = hint && hint->has_size ? 0 : 32;
+	*ret_len = 32;
 }
 
 static int fmt1_open(const uint8_t *key, const uint8_t *head, uint64_t cipher_size,
@@ -68,10 +73,25 @@ static int fmt1_open(const uint8_t *key, const uint8_t *head, uint64_t cipher_si
 		return -EIO;
 	}
 	if (hint && hint->has_size) {
+		uint64_t padded;
+
 		size = hint->size;
 		if (f1_cipher_size(size) != cipher_size) {
 			if (asprintf(ret_msg, "the catalog's size %llu does not match its parts",
 				     (unsigned long long)size) < 0)
+				*ret_msg = NULL;
+			return -EIO;
+		}
+		/* A key check: about 255 wrong keys in 256 fail it. */
+		if (key && head &&
+		    (f1_plain_size(key, head, cipher_size, &padded) < 0 || padded != size)) {
+			if (asprintf(
+				    ret_msg,
+				    "it does not decrypt to the catalog's size %llu with this "
+				    "device's format-1 resource key: the resource_secret differs "
+				    "from the publisher's (legacy_resource_secret_file, or the one "
+				    "sealed in the TPM), or the big part's end is damaged",
+				    (unsigned long long)size) < 0)
 				*ret_msg = NULL;
 			return -EIO;
 		}

@@ -33,7 +33,6 @@ struct keys_real {
 	const struct config *c;
 	struct session *s;
 	struct device *d;
-	uint8_t *rkey; /* the format-1 resource key, locked, read once at start */
 };
 
 static char *keys_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -53,13 +52,30 @@ int keys_resource_key(const struct config *c, struct device *d, uint8_t *key, ch
 {
 	char *secret = NULL;
 	size_t len;
+	int r;
 
 	/* The TPM's copy outlives legacy_resource_secret_file, which may go once sealed. */
-	if (d && device_resource_secret(d, &secret, &len) == 0) {
+	r = d ? device_resource_secret(d, &secret, &len) : -ENOENT;
+	if (r == 0) {
 		f1_aes_key(secret, len, key);
 		secmem_free(secret);
 		return 0;
 	}
+	/*
+	 * A sealed store that no longer unseals may hold a secret of its own:
+	 * the documented default would then decrypt every format-1 file into
+	 * garbage that no check catches (the chunk hashes cover ciphertext).
+	 */
+	if (r == -ENOKEY && !c->legacy_resource_secret_file) {
+		*ret_msg =
+			keys_fmt("format 1: the TPM's sealed store, which holds this device's "
+				 "resource_secret, does not unseal (a PCR change?): log in again "
+				 "(azaionctl login) to re-enrol, or set "
+				 "legacy_resource_secret_file");
+		return -EACCES;
+	}
+	if (r < 0 && r != -ENOENT && r != -ENOKEY)
+		return r;
 	return config_resource_key(c, key, ret_msg);
 }
 
@@ -192,8 +208,8 @@ static int real_resource_key(struct keys *kk, uint8_t *key, char **ret_msg)
 {
 	struct keys_real *k = (struct keys_real *)kk;
 
-	memcpy(key, k->rkey, CRYPTO_KEY_SIZE);
-	return 0;
+	/* At each use: a re-enrolment (which seals the secret again) counts at once. */
+	return keys_resource_key(k->c, k->d, key, ret_msg);
 }
 
 static int real_cdn(struct keys *kk, const char **ret_url, const struct fetch_s3 **ret_s3)
@@ -304,7 +320,6 @@ static void real_free(struct keys *kk)
 {
 	struct keys_real *k = (struct keys_real *)kk;
 
-	secmem_free(k->rkey);
 	free(k);
 }
 
@@ -321,25 +336,34 @@ static const struct keys_ops real_ops = {
 int keys_new(const struct config *c, struct session *s, struct device *d, struct keys **ret,
 	     char **ret_msg)
 {
-	struct keys_real *k = calloc(1, sizeof(*k));
+	struct keys_real *k = NULL;
+	uint8_t *probe = secmem_alloc(CRYPTO_KEY_SIZE);
+	char *msg = NULL;
 	int r;
 
+	if (!probe)
+		return -ENOMEM;
+	/*
+	 * Once at start, so that an unreadable legacy_resource_secret_file
+	 * stops it; a sealed store that does not unseal only stops format 1
+	 * (each open asks again, and says why).
+	 */
+	r = keys_resource_key(c, d, probe, &msg);
+	secmem_free(probe);
+	if (r == -EACCES) {
+		log_warn("%s", msg);
+		free(msg);
+	} else if (r < 0) {
+		*ret_msg = msg;
+		return r;
+	}
+	k = calloc(1, sizeof(*k));
 	if (!k)
 		return -ENOMEM;
 	k->k.ops = &real_ops;
 	k->c = c;
 	k->s = s;
 	k->d = d;
-	k->rkey = secmem_alloc(CRYPTO_KEY_SIZE);
-	if (!k->rkey) {
-		free(k);
-		return -ENOMEM;
-	}
-	r = keys_resource_key(c, d, k->rkey, ret_msg);
-	if (r < 0) {
-		real_free(&k->k);
-		return r;
-	}
 	*ret = &k->k;
 	return 0;
 }

@@ -6,12 +6,16 @@
  * keys_resource_key is the one owner of the format-1 resource key rule
  * (docs/formats.md, docs/tpm.md): the secret sealed in the TPM first, then
  * legacy_resource_secret_file, then the original loader's documented
- * default. The mount, POST /upload and azaionctl all call it, so that what
- * is published decrypts for the readers.
+ * default. The mount, POST /upload and azaionctl all call it, at each use,
+ * so that what is published decrypts for the readers and a re-enrolment
+ * counts at once. Never a guess: when a sealed store that may hold the
+ * secret does not unseal and no file is configured, it is -EACCES, since
+ * the default would decrypt into garbage that no check catches.
  *
  * Errors are 0 or a negative errno with a message the caller owns (where
  * there is one); nothing here logs above debug, except the kept key
- * documents' housekeeping (a warning when state_dir cannot keep one).
+ * documents' housekeeping (a warning when state_dir cannot keep one) and
+ * keys_new's warning that format 1 is unreadable until a re-enrolment.
  */
 #ifndef AZAION_KEYS_H
 #define AZAION_KEYS_H
@@ -27,7 +31,11 @@
 
 #define KEYS_WRAPPED_MAX 1024
 
-/* The format-1 resource key into key (CRYPTO_KEY_SIZE bytes); d may be NULL. */
+/*
+ * The format-1 resource key into key (CRYPTO_KEY_SIZE bytes); d may be
+ * NULL (azaionctl: the file or the default). -EACCES with *ret_msg when the
+ * TPM's sealed store does not unseal and no legacy_resource_secret_file is set.
+ */
 int keys_resource_key(const struct config *c, struct device *d, uint8_t *key, char **ret_msg);
 
 /* A format-2 key document, as the API or the copy in state_dir gave it. */

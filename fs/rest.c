@@ -125,7 +125,6 @@ struct rest {
 	uint8_t *token_hash; /* SHA-256 of the bearer token, locked memory; NULL: none */
 	int serving;
 	struct unlock *unlock;
-	uint8_t *rkey; /* format-1 resource key, locked memory */
 	int stopping;
 	uint64_t upload_bytes; /* buffered by uploads in flight */
 	struct rest_counters n;
@@ -732,6 +731,7 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 	struct publish_result res;
 	const char *folder = "models", *why;
 	char *msg = NULL, reason[160] = "";
+	uint8_t *rkey;
 	enum MHD_Result ret;
 	unsigned status;
 	int format = 1, e;
@@ -761,16 +761,30 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 	if (!session_has_credentials(r->d.s))
 		return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
 				   "not logged in (POST /login first)");
+	/* The readers' key (keys.h), asked at each upload: what F3 publishes must decrypt for them. */
+	rkey = secmem_alloc(CRYPTO_KEY_SIZE);
+	if (!rkey)
+		return rest_detail(r, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of locked memory");
+	e = keys_resource_key(r->d.c, r->d.d, rkey, &msg);
+	if (e < 0) {
+		secmem_free(rkey);
+		log_err("upload %s/%s: %s", folder, q->name, msg ? msg : strerror(-e));
+		ret = rest_detail(r, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "%s",
+				  msg ? msg : strerror(-e));
+		free(msg);
+		return ret;
+	}
 	REST_COUNT(r, uploads, 1);
 	req.name = q->name;
 	req.folder = folder;
 	req.format = format;
-	req.resource_key = r->rkey;
+	req.resource_key = rkey;
 	req.src = rest_upload_src;
 	req.src_ctx = q;
 	req.size = up->len;
 	up->pos = 0;
 	e = publish_model(&req, &t, &res, &msg);
+	secmem_free(rkey);
 	if (e < 0) {
 		REST_COUNT(r, upload_errors, 1);
 		status = rest_upload_status(e);
@@ -1711,7 +1725,6 @@ static int rest_open_door(struct rest *r, const char *spec, int metrics_only)
 int rest_new(const struct rest_deps *deps, struct rest **ret)
 {
 	struct rest *r;
-	char *msg = NULL;
 	int e;
 
 	r = calloc(1, sizeof(*r));
@@ -1721,18 +1734,6 @@ int rest_new(const struct rest_deps *deps, struct rest **ret)
 	pthread_mutex_init(&r->lock, NULL);
 	/* Process-wide, and harmless for every other user of jansson. */
 	json_set_alloc_funcs(malloc, rest_json_free);
-	r->rkey = secmem_alloc(CRYPTO_KEY_SIZE);
-	if (!r->rkey) {
-		e = -errno;
-		goto err;
-	}
-	/* The readers' key (keys.h): what F3 publishes must decrypt for them. */
-	e = keys_resource_key(deps->c, deps->d, r->rkey, &msg);
-	if (e < 0) {
-		log_err("%s", msg ? msg : strerror(-e));
-		free(msg);
-		goto err;
-	}
 	if (deps->c->rest_token_file) {
 		e = rest_load_token(r);
 		if (e < 0)
@@ -1801,7 +1802,6 @@ void rest_free(struct rest *r)
 			free(door->unix_path);
 		}
 	}
-	secmem_free(r->rkey);
 	secmem_free(r->token_hash);
 	pthread_mutex_destroy(&r->lock);
 	free(r);

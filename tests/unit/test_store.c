@@ -656,6 +656,17 @@ int main(void)
 		CHECK(listed == 1 && !wrongly, "only the file with neither is unchecked");
 	}
 
+	/* A resource key other than the publisher's: the padding check refuses it. */
+	keys.rkey[0] ^= 0x5a;
+	pe = m[7].e;
+	pe.has_size = 1; /* the catalog's size: no padding needed for the size itself */
+	pe.size = m[7].size;
+	pe.updated = "another-key";
+	r = store_open(st, &pe, &h);
+	CHECK(r == -EIO, "a format-1 model with a wrong resource key does not open (%d)", r);
+	h = NULL;
+	keys.rkey[0] ^= 0x5a;
+
 	/* A source with no such big part. */
 	pe = m[0].e;
 	pe.name = "absent.onnx";
