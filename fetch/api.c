@@ -1080,6 +1080,30 @@ static int hashes_finish(struct hashes_parse *p)
 	return 0;
 }
 
+int fetch_chunk_hashes_parse(const uint8_t *body, size_t len, uint32_t *ret_chunk_size,
+			     uint8_t **ret_sha256, size_t *ret_count, const char **ret_why)
+{
+	struct hashes_parse p = {0};
+	int r = len > HASHES_BODY_MAX ? hashes_fail(&p, "the answer is larger than any list needs")
+				      : 0;
+
+	for (size_t i = 0; r == 0 && i < len; i++)
+		r = hashes_byte(&p, body[i]);
+	if (r == 0)
+		r = hashes_finish(&p);
+	if (r == 0 && !p.sha && !(p.sha = malloc(32)))
+		r = -ENOMEM;
+	if (r < 0) {
+		*ret_why = p.why ? p.why : strerror(-r);
+		free(p.sha);
+		return r;
+	}
+	*ret_chunk_size = p.chunk_size;
+	*ret_count = p.count;
+	*ret_sha256 = p.sha;
+	return 0;
+}
+
 static void hashes_begin(struct fetch_call *c)
 {
 	hashes_reset(c->ctx);

@@ -197,6 +197,12 @@ int fetch_api_chunk_hashes(struct fetch *f, const char *api_url, const char *tok
 			   const char *folder, const char *name, uint32_t *ret_chunk_size,
 			   uint8_t **ret_sha256 /* ret_count * 32 bytes, malloc()ed, not NULL */,
 			   size_t *ret_count);
+/*
+ * The same parse over a whole answer in memory (the fuzz target's entry);
+ * -EBADMSG with *ret_why (static) when it is malformed.
+ */
+int fetch_chunk_hashes_parse(const uint8_t *body, size_t len, uint32_t *ret_chunk_size,
+			     uint8_t **ret_sha256, size_t *ret_count, const char **ret_why);
 /* POST /resources/hashes/{folder}/{name} {"chunk_size","sha256":[hex,...]} -> 201. Replaces
  * the list the API held; safe to retry. -EINVAL when the list breaks the rules above. */
 int fetch_api_register_chunk_hashes(struct fetch *f, const char *api_url, const char *token,
