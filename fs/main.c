@@ -38,6 +38,7 @@
 #include "fs/device.h"
 #include "fs/keys.h"
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/ops.h"
 #include "fs/rest.h"
 #include "fs/session.h"
@@ -688,6 +689,7 @@ int main(int argc, char **argv)
 	int r, rc = 1, report = -1;
 
 	log_init("azaionfs", LOG_INFO);
+	metrics_set_version(MAIN_VERSION);
 	/* tpm2-tss writes its own warnings to stderr; the causes reach the log through tpm/. */
 	setenv("TSS2_LOG", "all+NONE", 0);
 	fuse_set_log_func(main_fuse_log);

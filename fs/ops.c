@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/ops.h"
 
 #define OPS_ROOT 1
@@ -409,6 +410,7 @@ static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct ops_handle *oh = (struct ops_handle *)(uintptr_t)fi->fh;
+	uint64_t t0 = metrics_now();
 	struct store_read rd;
 	int r;
 
@@ -419,6 +421,7 @@ static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	r = store_read(oh->f, (uint64_t)off, size, &rd);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
+		metrics_observe(METRICS_FUSE_READ, t0);
 		return;
 	}
 	if (rd.len == 0)
@@ -426,6 +429,7 @@ static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	else
 		fuse_reply_iov(req, rd.iov, rd.iovcnt);
 	store_read_release(&rd);
+	metrics_observe(METRICS_FUSE_READ, t0);
 }
 
 static void ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/src.h"
 
 #define DISK_BLOCK (64 * 1024)
@@ -358,8 +359,12 @@ static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, si
 			uint64_t from = a > off ? a : off, to = z < end ? z : end;
 			ssize_t n = pread(f->fd, buf + (from - off), to - from, (off_t)from);
 
-			if (n != (ssize_t)(to - from))
+			if (n != (ssize_t)(to - from)) {
 				r = src_read(d->lower, b, from, to - from, buf + (from - off));
+			} else {
+				metrics_count(METRICS_DISK_HITS, 1);
+				metrics_count(METRICS_DISK_BYTES, (uint64_t)n);
+			}
 		} else {
 			uint8_t *tmp = disk_tmp_get(d, z - a);
 			uint64_t from = a > off ? a : off, to = z < end ? z : end;
