@@ -38,8 +38,7 @@
 #define DISK_BLOCK (64 * 1024)
 #define DISK_ID_LEN 32
 #define DISK_MAX_FILES 4096
-#define DISK_RESERVE 10		      /* per cent of cache_dir's file system left free */
-#define DISK_RECHECK_NS 1000000000ull /* how often a filling cache looks at it again */
+#define DISK_RESERVE 10 /* per cent of cache_dir's file system left free */
 /*
  * Staging buffers for blocks read from below, kept between misses (a
  * fresh one of this size is a new mapping that faults in page by page):
@@ -66,11 +65,11 @@ struct disk_src {
 	char *dir;
 	uint64_t max_conf; /* cache_max */
 	uint64_t max;	   /* the bound now: cache_max or what the file system allows */
-	uint64_t checked;  /* metrics_now() of the last look at the file system */
 	pthread_mutex_t lock;
 	struct disk_file *files;
 	unsigned n_files;
 	uint64_t total;
+	uint64_t pending; /* of total: counted, not yet written (not yet out of the free space) */
 	/*
 	 * Writing to cache_dir failed (a full file system, an I/O error) and
 	 * that was logged: a full disk is said once, not at every read, and
@@ -231,7 +230,7 @@ static struct disk_file *disk_file_new(struct disk_src *d, const char *id)
 static int disk_fs_allows(struct disk_src *d, uint64_t *ret, uint64_t *ret_free)
 {
 	struct statvfs sv;
-	uint64_t avail, reserve;
+	uint64_t avail, reserve, held;
 
 	if (statvfs(d->dir, &sv) < 0)
 		return -errno;
@@ -239,21 +238,25 @@ static int disk_fs_allows(struct disk_src *d, uint64_t *ret, uint64_t *ret_free)
 	avail = (uint64_t)sv.f_bavail * (sv.f_frsize ? sv.f_frsize : sv.f_bsize);
 	reserve = (uint64_t)sv.f_blocks * (sv.f_frsize ? sv.f_frsize : sv.f_bsize) / 100 *
 		  DISK_RESERVE;
-	*ret = avail > reserve		    ? d->total + (avail - reserve)
-	       : d->total > reserve - avail ? d->total - (reserve - avail)
-					    : 0;
+	/* What the cache has on disk now: total less what is still being written. */
+	held = d->total - d->pending;
+	if (avail > reserve)
+		*ret = held + (avail - reserve);
+	else
+		*ret = held > reserve - avail ? held - (reserve - avail) : 0;
 	*ret_free = avail;
 	return 0;
 }
 
-/* Sets d->max from cache_max and the file system, at most once a second. Under d->lock. */
+/*
+ * Sets d->max from cache_max and the file system before each store: a
+ * statvfs costs less than the write it guards, and a cache filling at disk
+ * speed would overrun a bound looked at only now and then. Under d->lock.
+ */
 static void disk_recheck(struct disk_src *d)
 {
-	uint64_t now = metrics_now(), allows, avail;
+	uint64_t allows, avail;
 
-	if (d->checked && now - d->checked < DISK_RECHECK_NS)
-		return;
-	d->checked = now;
 	if (disk_fs_allows(d, &allows, &avail) == 0)
 		d->max = allows < d->max_conf ? allows : d->max_conf;
 }
@@ -269,7 +272,8 @@ static int disk_make_room(struct disk_src *d, const struct disk_file *keep, uint
 	char(*gone)[DISK_ID_LEN + 1] = NULL;
 	size_t n = 0;
 
-	disk_recheck(d);
+	if (add)
+		disk_recheck(d);
 	while (d->total + add > d->max) {
 		struct disk_file **pp, **victim = NULL, *f;
 		void *grown;
@@ -338,6 +342,7 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 	if (fits) {
 		/* Counted now, marked present only once written. */
 		d->total += add;
+		d->pending += add;
 		f->bytes += add;
 	}
 	pthread_mutex_unlock(&d->lock);
@@ -350,11 +355,13 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 		disk_fail(d, "writing", f->id, "data", errno ? errno : ENOSPC);
 		pthread_mutex_lock(&d->lock);
 		d->total -= add;
+		d->pending -= add;
 		f->bytes -= add;
 		pthread_mutex_unlock(&d->lock);
 		return;
 	}
 	pthread_mutex_lock(&d->lock);
+	d->pending -= add;
 	memset(f->map + b0, 1, b1 - b0);
 	pthread_mutex_unlock(&d->lock);
 	if (pwrite(f->map_fd, f->map + b0, b1 - b0, (off_t)b0) != (ssize_t)(b1 - b0)) {
@@ -564,7 +571,6 @@ static void disk_say_cap(struct disk_src *d)
 	char conf[16], cap[16], fr[16];
 	int r = disk_fs_allows(d, &allows, &avail);
 
-	d->checked = metrics_now();
 	if (r < 0) {
 		log_warn("cache_dir %s: cannot see how much its file system has free (%s); "
 			 "keeping to cache_max",
