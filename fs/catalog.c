@@ -7,6 +7,7 @@
  * under it; cat->refresh_lock serialises refreshes themselves, so two
  * never probe the same entries at once.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -122,6 +123,75 @@ static int catalog_get_u64(json_t *o, const char *key, uint64_t *ret, int *ret_h
 	return 0;
 }
 
+/* n decimal digits at p into *ret; 0 or -EINVAL. */
+static int catalog_digits(const char *p, int n, int *ret)
+{
+	int v = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (!isdigit((unsigned char)p[i]))
+			return -EINVAL;
+		v = v * 10 + (p[i] - '0');
+	}
+	*ret = v;
+	return 0;
+}
+
+int catalog_parse_time(const char *s, time_t *ret)
+{
+	static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	struct tm tm = {0};
+	int y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0;
+	const char *p = s;
+	time_t t;
+
+	/* date-time of RFC 3339 section 5.6; 't', 'z' and a space for 'T' too. */
+	if (catalog_digits(p, 4, &y) < 0 || p[4] != '-' || catalog_digits(p + 5, 2, &mo) < 0 ||
+	    p[7] != '-' || catalog_digits(p + 8, 2, &d) < 0)
+		return -EINVAL;
+	p += 10;
+	if (*p != 'T' && *p != 't' && *p != ' ')
+		return -EINVAL;
+	p++;
+	if (catalog_digits(p, 2, &h) < 0 || p[2] != ':' || catalog_digits(p + 3, 2, &mi) < 0 ||
+	    p[5] != ':' || catalog_digits(p + 6, 2, &sec) < 0)
+		return -EINVAL;
+	p += 8;
+	if (*p == '.') {
+		if (!isdigit((unsigned char)*++p))
+			return -EINVAL;
+		while (isdigit((unsigned char)*p))
+			p++;
+	}
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		sign = *p == '-' ? -1 : 1;
+		if (catalog_digits(p + 1, 2, &oh) < 0 || p[3] != ':' ||
+		    catalog_digits(p + 4, 2, &om) < 0 || oh > 23 || om > 59)
+			return -EINVAL;
+		p += 6;
+	} else {
+		return -EINVAL;
+	}
+	if (*p || y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 ||
+	    mi > 59 || sec > 60)
+		return -EINVAL;
+	if (mo == 2 && d == 29 && (y % 4 != 0 || (y % 100 == 0 && y % 400 != 0)))
+		return -EINVAL;
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo - 1;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec == 60 ? 59 : sec; /* a leap second */
+	t = timegm(&tm);
+	if (t == (time_t)-1)
+		return -EINVAL;
+	*ret = t - sign * (time_t)(oh * 3600 + om * 60);
+	return 0;
+}
+
 /* One entry of the document into e; -EINVAL (logged) when it is refused. */
 static int catalog_parse_entry(json_t *o, size_t idx, struct catalog_entry *e)
 {
@@ -168,6 +238,11 @@ static int catalog_parse_entry(json_t *o, size_t idx, struct catalog_entry *e)
 	v = json_object_get(o, "updated");
 	if (json_is_string(v) && !(e->updated = strdup(json_string_value(v))))
 		return -ENOMEM;
+	/* Left 0 (stamped when listed) when `updated` is absent or not a time. */
+	if (e->updated && catalog_parse_time(e->updated, &e->mtime) < 0)
+		log_debug("catalog: %s: updated \"%.40s\" is not an RFC 3339 time; its time is "
+			  "when it was listed",
+			  n, e->updated);
 	e->name = strdup(n);
 	if (!e->name) {
 		free(e->updated);
@@ -435,6 +510,27 @@ static void catalog_complete(struct catalog *cat, struct catalog_list *l,
 	l->n = out;
 }
 
+/*
+ * Gives l's entries without a time of their own the one prev had for the
+ * same version, or now; and l itself prev's time when nothing changed.
+ */
+static void catalog_stamp(struct catalog_list *l, const struct catalog_list *prev)
+{
+	time_t now = time(NULL);
+	int same = prev->n == l->n;
+
+	for (size_t i = 0; i < l->n; i++) {
+		struct catalog_entry *e = &l->e[i];
+		const struct catalog_entry *p = catalog_find(prev, e->name);
+		int unchanged = p && catalog_entry_same(p, e);
+
+		if (!e->mtime)
+			e->mtime = unchanged ? p->mtime : now;
+		same = same && unchanged;
+	}
+	l->mtime = same && prev->mtime ? prev->mtime : now;
+}
+
 static void catalog_publish(struct catalog *cat, struct catalog_list *l)
 {
 	struct catalog_list *old;
@@ -468,6 +564,7 @@ int catalog_refresh(struct catalog *cat, int offline)
 	if (r < 0) {
 		prev = catalog_get(cat);
 		if (prev->n == 0 && catalog_load_saved(cat, &l) == 0) {
+			catalog_stamp(l, prev);
 			log_info("catalog: using the saved copy (%zu files)", l->n);
 			catalog_publish(cat, l);
 		}
@@ -478,6 +575,7 @@ int catalog_refresh(struct catalog *cat, int offline)
 	}
 	prev = catalog_get(cat);
 	catalog_complete(cat, l, prev);
+	catalog_stamp(l, prev);
 	catalog_put(cat, prev);
 	catalog_save(cat, l);
 	log_debug("catalog: %zu files", l->n);
@@ -573,6 +671,7 @@ int catalog_new(const struct config *c, struct session *s, catalog_probe_fn prob
 		free(cat);
 		return -ENOMEM;
 	}
+	cat->cur->mtime = time(NULL);
 	pthread_mutex_init(&cat->refresh_lock, NULL);
 	pthread_mutex_init(&cat->lock, NULL);
 	pthread_condattr_init(&ca);

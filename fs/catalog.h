@@ -11,6 +11,7 @@
 #define AZAION_CATALOG_H
 
 #include <stdint.h>
+#include <time.h>
 #include <jansson.h>
 
 #include "fs/config.h"
@@ -25,12 +26,18 @@ struct catalog_entry {
 	uint8_t sha256[32]; /* of the plaintext */
 	uint64_t big_size;  /* 0: unknown */
 	char *updated;	    /* the API's version mark, or NULL */
+	/*
+	 * The files' times: `updated` when it is an RFC 3339 time, else when
+	 * this version was first listed (so a republished file moves it).
+	 */
+	time_t mtime;
 };
 
 struct catalog_list {
 	unsigned refs; /* under the catalog's lock */
 	size_t n;
 	struct catalog_entry *e; /* sorted by name */
+	time_t mtime;		 /* when the list last changed: the root's times */
 };
 
 /*
@@ -70,5 +77,10 @@ int catalog_entry_same(const struct catalog_entry *a, const struct catalog_entry
  */
 int catalog_parse(json_t *doc, struct catalog_list **ret);
 void catalog_list_free(struct catalog_list *l);
+/*
+ * An RFC 3339 time ("2026-11-01T12:00:00Z", fractions and offsets too)
+ * into *ret; -EINVAL when s is not one. Exposed for tests.
+ */
+int catalog_parse_time(const char *s, time_t *ret);
 
 #endif

@@ -38,6 +38,7 @@
 #include "fs/device.h"
 #include "fs/keys.h"
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/ops.h"
 #include "fs/rest.h"
 #include "fs/session.h"
@@ -159,10 +160,11 @@ static const struct fuse_opt main_opt_spec[] = {
 	FUSE_OPT_KEY("default_permissions", KEY_DEFAULT_PERMISSIONS),
 	FUSE_OPT_KEY("auto_unmount", KEY_KEEP),
 	FUSE_OPT_KEY("max_read=", KEY_KEEP),
-	FUSE_OPT_KEY("dev", KEY_KEEP),
-	FUSE_OPT_KEY("nodev", KEY_KEEP),
-	FUSE_OPT_KEY("suid", KEY_KEEP),
-	FUSE_OPT_KEY("nosuid", KEY_KEEP),
+	/* nosuid,nodev are always added (main_fuse_args): dev and suid mean nothing. */
+	FUSE_OPT_KEY("dev", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("nodev", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("suid", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("nosuid", FUSE_OPT_KEY_DISCARD),
 	FUSE_OPT_KEY("exec", KEY_KEEP),
 	FUSE_OPT_KEY("noexec", KEY_KEEP),
 	FUSE_OPT_KEY("atime", KEY_KEEP),
@@ -616,8 +618,12 @@ static void main_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap
 
 static int main_fuse_args(const struct main_opts *o, struct fuse_args *args)
 {
-	/* ro always; the name shows in mount(8) and /proc/mounts. */
-	if (fuse_opt_add_arg(args, "-oro,fsname=azaion,subtype=azaionfs") < 0)
+	/*
+	 * ro, nosuid and nodev always: fusermount3 adds the last two for users
+	 * but a root start (mount -t fuse.azaionfs, the unit) would not. The
+	 * name shows in mount(8) and /proc/mounts.
+	 */
+	if (fuse_opt_add_arg(args, "-oro,nosuid,nodev,fsname=azaion,subtype=azaionfs") < 0)
 		return -ENOMEM;
 	if (o->debug && fuse_opt_add_arg(args, "-odebug") < 0)
 		return -ENOMEM;
@@ -683,6 +689,7 @@ int main(int argc, char **argv)
 	int r, rc = 1, report = -1;
 
 	log_init("azaionfs", LOG_INFO);
+	metrics_set_version(MAIN_VERSION);
 	/* tpm2-tss writes its own warnings to stderr; the causes reach the log through tpm/. */
 	setenv("TSS2_LOG", "all+NONE", 0);
 	fuse_set_log_func(main_fuse_log);

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/ops.h"
 
 #define OPS_ROOT 1
@@ -40,7 +41,6 @@ struct ops_handle {
 
 struct ops {
 	struct ops_opts o;
-	time_t t0; /* shown as every file's times */
 	pthread_mutex_t lock;
 	struct ops_inode **by_ino; /* index ino - 2 */
 	size_t n_ino, cap_ino;
@@ -126,15 +126,20 @@ static struct ops_inode *ops_inode(struct ops *ops, fuse_ino_t ino)
 	return in;
 }
 
-static void ops_fill_attr(struct ops *ops, fuse_ino_t ino, const struct catalog_entry *e,
-			  struct stat *st)
+/*
+ * Times are the catalog's: a file's `updated` (a republished model moves
+ * its mtime, which is what stat-polling reload watchers look at; inotify
+ * does not see FUSE changes), the root's the last change of the list.
+ */
+static void ops_fill_attr(struct ops *ops, fuse_ino_t ino, const struct catalog_list *l,
+			  const struct catalog_entry *e, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
 	st->st_uid = ops->o.uid;
 	st->st_gid = ops->o.gid;
 	st->st_blksize = OPS_BLOCK;
-	st->st_atime = st->st_mtime = st->st_ctime = ops->t0;
+	st->st_atime = st->st_mtime = st->st_ctime = e ? e->mtime : l->mtime;
 	if (!e) {
 		st->st_mode = S_IFDIR | (0555 & ~ops->o.umask);
 		st->st_nlink = 2;
@@ -209,7 +214,7 @@ static int ops_do_lookup(struct ops *ops, fuse_ino_t parent, const char *name,
 	ep->ino = ino;
 	ep->attr_timeout = OPS_TIMEOUT;
 	ep->entry_timeout = OPS_TIMEOUT;
-	ops_fill_attr(ops, ino, e, &ep->attr);
+	ops_fill_attr(ops, ino, l, e, &ep->attr);
 	catalog_put(ops->o.cat, l);
 	return 0;
 }
@@ -232,13 +237,15 @@ static int ops_do_getattr(struct ops *ops, fuse_ino_t ino, struct stat *st)
 	int r;
 
 	if (ino == OPS_ROOT) {
-		ops_fill_attr(ops, ino, NULL, st);
+		l = catalog_get(ops->o.cat);
+		ops_fill_attr(ops, ino, l, NULL, st);
+		catalog_put(ops->o.cat, l);
 		return 0;
 	}
 	r = ops_entry(ops, ino, &l, &e);
 	if (r < 0)
 		return r;
-	ops_fill_attr(ops, ino, e, st);
+	ops_fill_attr(ops, ino, l, e, st);
 	catalog_put(ops->o.cat, l);
 	return 0;
 }
@@ -403,6 +410,7 @@ static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct ops_handle *oh = (struct ops_handle *)(uintptr_t)fi->fh;
+	uint64_t t0 = metrics_now();
 	struct store_read rd;
 	int r;
 
@@ -413,6 +421,7 @@ static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	r = store_read(oh->f, (uint64_t)off, size, &rd);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
+		metrics_observe(METRICS_FUSE_READ, t0);
 		return;
 	}
 	if (rd.len == 0)
@@ -420,6 +429,7 @@ static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	else
 		fuse_reply_iov(req, rd.iov, rd.iovcnt);
 	store_read_release(&rd);
+	metrics_observe(METRICS_FUSE_READ, t0);
 }
 
 static void ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -442,6 +452,12 @@ static void ops_statfs(fuse_req_t req, fuse_ino_t ino)
 	sv.f_blocks = (bytes + OPS_BLOCK - 1) / OPS_BLOCK;
 	sv.f_files = l->n + 1;
 	sv.f_namemax = 255;
+	/*
+	 * As squashfs and erofs: the catalog's total used, nothing free or
+	 * available, so df shows 100%. Disk-full alerts (node_exporter's
+	 * filesystem rules) skip read-only mounts, and the mount is always
+	 * `ro` (main.c); the kernel takes f_flag from the mount, not from here.
+	 */
 	sv.f_flag = ST_RDONLY;
 	catalog_put(ops->o.cat, l);
 	fuse_reply_statfs(req, &sv);
@@ -534,7 +550,6 @@ int ops_new(const struct ops_opts *o, struct ops **ret)
 	if (!ops)
 		return -ENOMEM;
 	ops->o = *o;
-	ops->t0 = time(NULL);
 	ops->hash = calloc(nb, sizeof(*ops->hash));
 	if (!ops->hash) {
 		free(ops);

@@ -53,6 +53,7 @@
 #include "crypto/crypto.h"
 #include "fs/keys.h"
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/names.h"
 #include "fs/publish.h"
 #include "fs/rest.h"
@@ -896,6 +897,7 @@ static enum MHD_Result rest_metrics(struct rest *r, struct MHD_Connection *conn)
 	m = open_memstream(&text, &len);
 	if (!m)
 		return MHD_NO;
+	metrics_write(m);
 	rest_metric(m, "authenticated", "gauge", "1 when the last login succeeded",
 		    session_logged_in(r->d.s));
 	rest_metric(m, "mounted", "gauge", "1 while the filesystem is mounted", r->serving);
@@ -922,8 +924,8 @@ static enum MHD_Result rest_metrics(struct rest *r, struct MHD_Connection *conn)
 		    ss.cache_misses);
 	rest_metric(m, "cache_units", "gauge", "capacity of the plaintext cache in 64 KiB units",
 		    ss.cache_units);
-	rest_metric(m, "fetches_total", "counter", "ciphertext range reads (CDN or disk cache)",
-		    ss.fetches);
+	rest_metric(m, "fetches_total", "counter",
+		    "ciphertext range reads of the store (CDN and cache_dir together)", ss.fetches);
 	rest_metric(m, "fetch_bytes_total", "counter", "ciphertext bytes read", ss.fetch_bytes);
 	rest_metric(m, "fetch_errors_total", "counter", "ciphertext reads that failed",
 		    ss.fetch_errors);

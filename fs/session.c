@@ -20,6 +20,7 @@
 #include "crypto/crypto.h"
 #include "fs/hw.h"
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/session.h"
 
 #define SESSION_FIELD_MAX 1024	/* email, password, a cdn.yaml value */
@@ -614,20 +615,27 @@ static int session_call(struct session *s, session_fn fn, void *ctx)
 	char *tok;
 	int r, attempt;
 
+	uint64_t t0 = metrics_now();
+
 	for (attempt = 0;; attempt++) {
 		r = session_token(s, &tok, &cr, &gen);
 		if (r < 0)
-			return r;
+			break;
 		r = fn(s, tok, cr, ctx);
 		session_free_token(tok);
 		session_creds_put(s, cr);
 		if (r != -EACCES || attempt > 0)
-			return r;
+			break;
 		log_info("the API refused the token; logging in again");
 		r = session_do_login(s, 1, gen, 0);
 		if (r < 0)
-			return r;
+			break;
 	}
+	metrics_observe(METRICS_API_CALL, t0);
+	/* An absent resource or catalog is an answer, not a failure. */
+	if (r < 0 && r != -ENOENT)
+		metrics_count(METRICS_API_ERRORS, 1);
+	return r;
 }
 
 struct session_resource_ctx {

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/src.h"
 
 struct src_cdn {
@@ -18,10 +19,16 @@ static int cdn_read(struct src *src, const struct src_blob *b, uint64_t off, siz
 		    uint8_t *buf)
 {
 	struct src_cdn *c = (struct src_cdn *)src;
+	uint64_t t0 = metrics_now();
 	size_t got = 0;
 	int r;
 
 	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL);
+	metrics_observe(METRICS_CDN_READ, t0);
+	metrics_count(METRICS_CDN_FETCHES, 1);
+	metrics_count(METRICS_CDN_BYTES, got);
+	if (r < 0 || got != len)
+		metrics_count(METRICS_CDN_ERRORS, 1);
 	if (r < 0)
 		return r;
 	if (got != len) {

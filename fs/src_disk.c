@@ -7,7 +7,10 @@
  * Each big part has two files named by its cache id: ID.data (sparse, the
  * big part's bytes at their offsets) and ID.map (one byte per 64 KiB block,
  * 1 when the block is in ID.data). Both are mode 0600. Whole files are
- * evicted, least recently used first, to keep the blocks under cache_max.
+ * evicted, least recently used first, to keep the blocks under cache_max,
+ * and under what the file system can give while keeping DISK_RESERVE of
+ * itself free: cache_max says how much the cache may take, not how much
+ * there is, and a cache that fills its file system breaks its neighbours.
  *
  * Locking: d->lock guards the file table, every file's users and map,
  * the byte total, the failing flag and the kept staging buffers. It is not
@@ -24,15 +27,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fs/log.h"
+#include "fs/metrics.h"
 #include "fs/src.h"
 
 #define DISK_BLOCK (64 * 1024)
 #define DISK_ID_LEN 32
 #define DISK_MAX_FILES 4096
+#define DISK_RESERVE 10 /* per cent of cache_dir's file system left free */
 /*
  * Staging buffers for blocks read from below, kept between misses (a
  * fresh one of this size is a new mapping that faults in page by page):
@@ -57,11 +63,13 @@ struct disk_src {
 	struct src src;
 	struct src *lower;
 	char *dir;
-	uint64_t max;
+	uint64_t max_conf; /* cache_max */
+	uint64_t max;	   /* the bound now: cache_max or what the file system allows */
 	pthread_mutex_t lock;
 	struct disk_file *files;
 	unsigned n_files;
 	uint64_t total;
+	uint64_t pending; /* of total: counted, not yet written (not yet out of the free space) */
 	/*
 	 * Writing to cache_dir failed (a full file system, an I/O error) and
 	 * that was logged: a full disk is said once, not at every read, and
@@ -215,6 +223,45 @@ static struct disk_file *disk_file_new(struct disk_src *d, const char *id)
 }
 
 /*
+ * What cache_dir may hold by its file system: what it holds now plus the
+ * space that is free beyond DISK_RESERVE per cent. -errno when it cannot
+ * be asked. Under d->lock or before the layer is shared.
+ */
+static int disk_fs_allows(struct disk_src *d, uint64_t *ret, uint64_t *ret_free)
+{
+	struct statvfs sv;
+	uint64_t avail, reserve, held;
+
+	if (statvfs(d->dir, &sv) < 0)
+		return -errno;
+	/* f_bavail: what an unprivileged writer gets, root's reserve aside. */
+	avail = (uint64_t)sv.f_bavail * (sv.f_frsize ? sv.f_frsize : sv.f_bsize);
+	reserve = (uint64_t)sv.f_blocks * (sv.f_frsize ? sv.f_frsize : sv.f_bsize) / 100 *
+		  DISK_RESERVE;
+	/* What the cache has on disk now: total less what is still being written. */
+	held = d->total - d->pending;
+	if (avail > reserve)
+		*ret = held + (avail - reserve);
+	else
+		*ret = held > reserve - avail ? held - (reserve - avail) : 0;
+	*ret_free = avail;
+	return 0;
+}
+
+/*
+ * Sets d->max from cache_max and the file system before each store: a
+ * statvfs costs less than the write it guards, and a cache filling at disk
+ * speed would overrun a bound looked at only now and then. Under d->lock.
+ */
+static void disk_recheck(struct disk_src *d)
+{
+	uint64_t allows, avail;
+
+	if (disk_fs_allows(d, &allows, &avail) == 0)
+		d->max = allows < d->max_conf ? allows : d->max_conf;
+}
+
+/*
  * Makes room for add bytes by evicting unused files other than keep; the
  * evicted ids are returned in *ret_gone (malloc()ed list, unlink them
  * unlocked). Returns 1 when the bytes fit. Under d->lock.
@@ -225,6 +272,8 @@ static int disk_make_room(struct disk_src *d, const struct disk_file *keep, uint
 	char(*gone)[DISK_ID_LEN + 1] = NULL;
 	size_t n = 0;
 
+	if (add)
+		disk_recheck(d);
 	while (d->total + add > d->max) {
 		struct disk_file **pp, **victim = NULL, *f;
 		void *grown;
@@ -293,6 +342,7 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 	if (fits) {
 		/* Counted now, marked present only once written. */
 		d->total += add;
+		d->pending += add;
 		f->bytes += add;
 	}
 	pthread_mutex_unlock(&d->lock);
@@ -305,11 +355,13 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 		disk_fail(d, "writing", f->id, "data", errno ? errno : ENOSPC);
 		pthread_mutex_lock(&d->lock);
 		d->total -= add;
+		d->pending -= add;
 		f->bytes -= add;
 		pthread_mutex_unlock(&d->lock);
 		return;
 	}
 	pthread_mutex_lock(&d->lock);
+	d->pending -= add;
 	memset(f->map + b0, 1, b1 - b0);
 	pthread_mutex_unlock(&d->lock);
 	if (pwrite(f->map_fd, f->map + b0, b1 - b0, (off_t)b0) != (ssize_t)(b1 - b0)) {
@@ -358,8 +410,12 @@ static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, si
 			uint64_t from = a > off ? a : off, to = z < end ? z : end;
 			ssize_t n = pread(f->fd, buf + (from - off), to - from, (off_t)from);
 
-			if (n != (ssize_t)(to - from))
+			if (n != (ssize_t)(to - from)) {
 				r = src_read(d->lower, b, from, to - from, buf + (from - off));
+			} else {
+				metrics_count(METRICS_DISK_HITS, 1);
+				metrics_count(METRICS_DISK_BYTES, (uint64_t)n);
+			}
 		} else {
 			uint8_t *tmp = disk_tmp_get(d, z - a);
 			uint64_t from = a > off ? a : off, to = z < end ? z : end;
@@ -489,6 +545,51 @@ static void disk_scan(struct disk_src *d)
 	closedir(dir);
 }
 
+/* "1.2G", "57M", "4G": n in the units of cache_max, one decimal when short. */
+static void disk_human(uint64_t n, char *buf, size_t cap)
+{
+	static const char units[] = "KMGTPE";
+	double v = (double)n;
+	int u = -1;
+
+	while (v >= 1024 && u < 5) {
+		v /= 1024;
+		u++;
+	}
+	if (u < 0)
+		snprintf(buf, cap, "%llu", (unsigned long long)n);
+	else if (v < 10 && v != (double)(uint64_t)v)
+		snprintf(buf, cap, "%.1f%c", v, units[u]);
+	else
+		snprintf(buf, cap, "%.0f%c", v, units[u]);
+}
+
+/* Says at start when the file system holds cache_max down. */
+static void disk_say_cap(struct disk_src *d)
+{
+	uint64_t allows, avail;
+	char conf[16], cap[16], fr[16];
+	int r = disk_fs_allows(d, &allows, &avail);
+
+	if (r < 0) {
+		log_warn("cache_dir %s: cannot see how much its file system has free (%s); "
+			 "keeping to cache_max",
+			 d->dir, strerror(-r));
+		return;
+	}
+	if (allows < d->max_conf)
+		d->max = allows;
+	disk_human(d->max_conf, conf, sizeof(conf));
+	disk_human(d->max, cap, sizeof(cap));
+	disk_human(avail, fr, sizeof(fr));
+	if (allows < d->max_conf)
+		log_info("cache_max %s capped to %s: the filesystem of %s has %s free (%d%% of it "
+			 "is kept free; the cap follows it as the cache fills)",
+			 conf, cap, d->dir, fr, DISK_RESERVE);
+	log_debug("cache_dir %s: %llu of %llu bytes in use", d->dir, (unsigned long long)d->total,
+		  (unsigned long long)d->max);
+}
+
 int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **ret)
 {
 	struct disk_src *d;
@@ -510,11 +611,10 @@ int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **
 	}
 	d->src.ops = &disk_ops;
 	d->lower = lower;
-	d->max = max;
+	d->max_conf = d->max = max;
 	pthread_mutex_init(&d->lock, NULL);
 	disk_scan(d);
-	log_debug("cache_dir %s: %llu of %llu bytes in use", dir, (unsigned long long)d->total,
-		  (unsigned long long)max);
+	disk_say_cap(d);
 	*ret = &d->src;
 	return 0;
 }

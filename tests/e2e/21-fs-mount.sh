@@ -3,6 +3,7 @@
 #  - mount -t fuse.azaionfs, an fstab line (with fstab noise), a relative
 #    mount point, umount, fusermount3 -u and SIGTERM all work and leave no
 #    process or mount; the mount's kernel read-ahead is raised to 1 MiB;
+#    mount -t fuse.azaionfs (root, no fusermount3) is nosuid,nodev too;
 #  - configuration errors name the key (and the file's line) and stop the
 #    start; an unknown -o option too;
 #  - an offline start lists the models from the catalog kept in state_dir,
@@ -61,6 +62,9 @@ FS_PIDS+=(${pid:-}) FS_MNTS+=("$W/m1")
 check_eq "it reads a model" "$(sha_of "$W/m1/$A" 2>&1)" "$(sha_of "$W/$A")"
 check_eq "the mount is read-only, fsname azaion" \
 	"$(awk -v m="$W/m1" '$2 == m {print $1, substr($4, 1, 2)}' /proc/mounts)" "azaion ro"
+check_eq "it is nosuid,nodev as a direct start is, although mount(8) ran it as root" \
+	"$(awk -v m="$W/m1" '$2 == m {n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] == "nosuid" || o[i] == "nodev") s = s o[i] " "; print s}' /proc/mounts)" \
+	"nosuid nodev "
 umount "$W/m1"
 check "after umount the daemon exits" wait_for 10 fs_gone "${pid:-0}"
 

@@ -259,7 +259,7 @@ elif step == "metrics":
             vals[k] = float(v)
     check("GET /metrics: 200, Prometheus text format",
           st == 200 and r.getheader("Content-Type").startswith("text/plain; version=0.0.4")
-          and all(line.startswith(("# HELP ", "# TYPE ")) or line.startswith("azaionfs_")
+          and all(line.startswith(("# HELP ", "# TYPE ", "azaionfs_", "process_"))
                   for line in text.splitlines() if line), text[:300])
     for k in ("azaionfs_reads_total", "azaionfs_read_bytes_total", "azaionfs_fetches_total",
               "azaionfs_fetch_bytes_total", "azaionfs_cache_misses_total",

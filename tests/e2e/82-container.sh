@@ -53,6 +53,9 @@ fs_conf "$W/conf" "cdn_url=$NGINX_URL" "folder=$F" "state_dir=$W/state" "cache_d
 head -c 700001 /dev/urandom >"$W/$M"
 fs_publish "$W/conf" 1 "$M" "$W/$M" || bail "publishing failed: $(tail -3 "$W/publish.log")"
 E=$W/etc-azaion
+# The side endpoint on a free port of the host's loopback: the image's
+# HEALTHCHECK (azaionctl health, same configuration) asks it.
+HPORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$E"
 cp "$STACK_CA" "$E/ca.pem"
 (umask 077 && cp "$W/creds" "$E/credentials")
@@ -64,7 +67,7 @@ credentials = /etc/azaion/credentials
 hardware_id = azaionfs-test-hardware
 folder = $F
 tpm = off
-rest_listen = 127.0.0.1:0
+rest_listen = 127.0.0.1:$HPORT
 EOF
 
 # ---- the host folder, a shared mount point (rshared needs one)
@@ -98,6 +101,11 @@ out=$(dk run --rm --network none --user 65534:65534 -v "$H/models:/models:ro" \
 	"$DOCKER_TEST_IMAGE" cat "/models/$M" 2>&1 >/dev/null)
 case $out in *"Permission denied"*) ok "one outside the group is refused ($out)" ;;
 *) not_ok "one outside the group is refused: '$out'" ;; esac
+check_eq "the image's HEALTHCHECK runs azaionctl health" \
+	"$(dk inspect -f '{{json .Config.Healthcheck.Test}}' "$IMAGE" 2>&1)" \
+	'["CMD","/usr/bin/azaionctl","health"]'
+healthy() { [ "$(dk inspect -f '{{.State.Health.Status}}' "$NAME" 2>&1)" = healthy ]; }
+check "and the container turns healthy (docker inspect)" wait_for 40 healthy
 check "the container's log is the daemon's stderr" \
 	sh -c "/usr/bin/docker -H 'unix://$DOCKER_SOCK' logs '$NAME' 2>&1 | grep -q 'mounted azaion at /run/azaion/models'"
 

@@ -2,6 +2,7 @@
  * test_catalog - the catalog's parsing of /resources/list answers (hostile
  * names refused, duplicates dropped, fields checked) and cdn.yaml's.
  */
+#include <errno.h>
 #include <string.h>
 #include <jansson.h>
 
@@ -49,7 +50,46 @@ int main(void)
 		      e->sha256[31] == 0xff,
 	      "format defaults to 1; a missing size is marked; sha256 is decoded");
 	CHECK(l && !catalog_find(l, "c.onnx"), "an absent name is not found");
+	CHECK(e && e->mtime == 0, "an `updated` that is not a time leaves the time to the listing");
 	catalog_list_free(l);
+
+	l = parse("{\"resources\": [{\"name\": \"m\", \"updated\": \"2026-11-01T12:00:00Z\"}]}");
+	CHECK(l && l->n == 1 && l->e[0].mtime == 1793534400,
+	      "an RFC 3339 `updated` is the file's time");
+	catalog_list_free(l);
+	{
+		static const struct {
+			const char *s;
+			long long t; /* -1: refused */
+		} tv[] = {
+			{"2026-11-01T12:00:00Z", 1793534400},
+			{"2026-11-01t12:00:00z", 1793534400},
+			{"2026-11-01 12:00:00Z", 1793534400},
+			{"2026-11-01T12:00:00.123456Z", 1793534400},
+			{"2026-11-01T14:30:00+02:30", 1793534400},
+			{"2026-11-01T07:00:00-05:00", 1793534400},
+			{"2016-12-31T23:59:60Z", 1483228799},
+			{"2024-02-29T00:00:00Z", 1709164800},
+			{"2023-02-29T00:00:00Z", -1},
+			{"2026-13-01T00:00:00Z", -1},
+			{"2026-11-01T24:00:00Z", -1},
+			{"2026-11-01T12:00:00", -1},
+			{"2026-11-01T12:00:00Zjunk", -1},
+			{"2026-11-01T12:00:00.Z", -1},
+			{"2026-11-01T12:00:00+2:00", -1},
+			{"2026-11-01", -1},
+			{"+026-11-01T12:00:00Z", -1},
+			{"", -1},
+			{"u1", -1},
+		};
+		for (size_t i = 0; i < sizeof(tv) / sizeof(tv[0]); i++) {
+			time_t t = 0;
+			int r = catalog_parse_time(tv[i].s, &t);
+
+			CHECK(tv[i].t < 0 ? r == -EINVAL : r == 0 && (long long)t == tv[i].t,
+			      "catalog_parse_time(\"%s\")", tv[i].s);
+		}
+	}
 
 	memset(long_name, 'x', 256);
 	long_name[256] = '\0';
