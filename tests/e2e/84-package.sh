@@ -17,7 +17,7 @@
 . "$(dirname "$0")/../lib.sh"
 . "$AZ_TOP/tests/tools/fs-lib.sh"
 need make dpkg dpkg-deb dpkg-query dpkg-buildpackage dh lintian file mount umount \
-	aarch64-linux-gnu-gcc systemd-analyze man
+	aarch64-linux-gnu-gcc aarch64-linux-gnu-pkg-config systemd-analyze man
 fs_init t84
 
 # status_of: ii (installed), rc (removed, its configuration kept) or empty.
