@@ -134,7 +134,7 @@ check_eq "the unit runs /usr/sbin/azaionfs" \
 out=$(systemd-analyze verify $UNIT 2>&1)
 [ -n "$out" ] && echo "$out" | sed 's/^/# /'
 check "systemd-analyze verify accepts the installed unit" test -z "$out"
-check "the unit is not enabled at install (it needs a login first)" \
+check "the unit is not enabled at install (its configuration needs review first)" \
 	test ! -e /etc/systemd/system/multi-user.target.wants/azaionfs.service
 for m in man8/azaionfs.8 man1/azaionctl.1 man5/azaionfs.conf.5; do
 	warn=$(man --warnings -l "/usr/share/man/$m.gz" 2>&1 >/dev/null)
