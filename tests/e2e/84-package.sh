@@ -10,6 +10,8 @@
 #    azaionfs.conf(5) names every key of the configuration table;
 #  - with the configuration pointed at the local stack, mount -t
 #    fuse.azaionfs runs the installed daemon, which reads a model;
+#  - an upgrade (dpkg -i again) keeps the changed configuration and the
+#    running mount;
 #  - dpkg -r keeps the changed configuration, the state and the cache;
 #    dpkg -P removes them and keeps the group;
 #  - the machine is put back as it was (files the test moves aside come
@@ -170,6 +172,16 @@ check_eq "the process is the package's /usr/sbin/azaionfs" \
 check_eq "it reads the model" "$(sha_of "$W/m/$M" 2>&1)" "$(sha_of "$W/$M")"
 check "its ciphertext landed in the default cache_dir /var/cache/azaionfs" \
 	sh -c 'ls /var/cache/azaionfs | grep -q .'
+# An upgrade (the same package again): the operator's configuration stays
+# without a question, and the running mount is left alone.
+out=$(DEBIAN_FRONTEND=noninteractive dpkg -i "$DEB" </dev/null 2>&1)
+rc=$?
+echo "$out" | sed 's/^/# /'
+check "dpkg -i over the installed package (an upgrade)" test $rc -eq 0
+check "the upgrade keeps the operator's configuration" \
+	cmp -s /etc/azaion/azaionfs.conf "$W/stack.conf"
+check "the upgrade leaves the running mount alone" kill -0 "${pid:-0}"
+check_eq "which still reads the model" "$(sha_of "$W/m/$M" 2>&1)" "$(sha_of "$W/$M")"
 umount "$W/m"
 check "after umount the daemon exits" wait_for 10 fs_gone "${pid:-0}"
 
