@@ -14,10 +14,14 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 BUILD ?= build
 SAN ?=
 
+# CC and PKG_CONFIG may come from the environment or the command line: a
+# cross build passes aarch64-linux-gnu-gcc and aarch64-linux-gnu-pkg-config
+# (dpkg-buildpackage -aarm64 does).
 CC ?= cc
+PKG_CONFIG ?= pkg-config
 PKGS := fuse3 openssl libcurl jansson libmicrohttpd tss2-esys tss2-mu tss2-tctildr tss2-rc
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
 	-Wmissing-prototypes -Wno-unused-parameter
@@ -30,9 +34,10 @@ OPT := -O2 -g -D_FORTIFY_SOURCE=2
 SANLD :=
 endif
 CFLAGS ?=
+CPPFLAGS ?=
 LDFLAGS ?=
 ALL_CFLAGS := -std=gnu11 $(OPT) $(WARN) -fstack-protector-strong -fPIE \
-	-D_GNU_SOURCE -I. $(PKG_CFLAGS) $(CFLAGS)
+	-D_GNU_SOURCE -I. $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
 ALL_LDFLAGS := -pie -Wl,-z,relro,-z,now $(SANLD) $(LDFLAGS)
 LIBS := $(PKG_LIBS) -lpthread
 
@@ -104,10 +109,10 @@ check: all
 	$(MAKE) BUILD=build-asan SAN=1 all
 	@rm -f $(BUILD)/.summary-release $(BUILD)/.summary-asan
 	-tests/run --build $(BUILD) --label release --summary $(BUILD)/.summary-release
-	@# 74 (valgrind), 75 (fuzz) and 83 (arm64) build and run their own binaries:
-	@# the sanitizer pass would only repeat them.
+	@# 74 (valgrind), 75 (fuzz), 83 (arm64) and 84 (packages) build and run their
+	@# own binaries: the sanitizer pass would only repeat them.
 	-$(ASAN_ENV) tests/run --build build-asan --label asan --summary $(BUILD)/.summary-asan \
-		--exclude 74-valgrind --exclude 75-fuzz --exclude 83-cross-arm64
+		--exclude 74-valgrind --exclude 75-fuzz --exclude 83-cross-arm64 --exclude 84-package
 	@cat $(BUILD)/.summary-release $(BUILD)/.summary-asan 2>/dev/null | \
 		awk '{p += $$1; f += $$2; n++} END {if (n < 2) f++; \
 		printf "%d passed, %d failed\n", p, f; exit (f > 0 || p == 0)}'
@@ -148,11 +153,13 @@ format-check:
 
 install: $(BUILD)/azaionfs $(BUILD)/azaionctl
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
-		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/azaion
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)/etc/azaion
 	install -m 0755 $(BUILD)/azaionfs $(DESTDIR)$(SBINDIR)/azaionfs
 	install -m 0755 $(BUILD)/azaionctl $(DESTDIR)$(BINDIR)/azaionctl
 	install -m 0644 man/azaionfs.8 $(DESTDIR)$(MANDIR)/man8/azaionfs.8
 	install -m 0644 man/azaionctl.1 $(DESTDIR)$(MANDIR)/man1/azaionctl.1
+	install -m 0644 man/azaionfs.conf.5 $(DESTDIR)$(MANDIR)/man5/azaionfs.conf.5
 	sed 's|/usr/local/sbin/azaionfs|$(SBINDIR)/azaionfs|' scripts/azaionfs.service \
 		>$(DESTDIR)$(UNITDIR)/azaionfs.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/azaionfs.service
@@ -167,16 +174,37 @@ install: $(BUILD)/azaionfs $(BUILD)/azaionctl
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/azaionfs $(DESTDIR)$(BINDIR)/azaionctl \
 		$(DESTDIR)$(MANDIR)/man8/azaionfs.8 $(DESTDIR)$(MANDIR)/man1/azaionctl.1 \
-		$(DESTDIR)$(UNITDIR)/azaionfs.service
+		$(DESTDIR)$(MANDIR)/man5/azaionfs.conf.5 $(DESTDIR)$(UNITDIR)/azaionfs.service
 
 # aarch64 binaries in build-arm64/ with Debian's cross compiler, unit tests
 # under qemu-user (installs the packages it needs on first use).
 cross-arm64:
 	scripts/cross-arm64
 
+# Debian packages (debian/): `make deb` builds azaionfs_VERSION_amd64.deb in
+# build-deb/, `make deb-arm64` the arm64 one in build-deb-arm64/ with the
+# cross compiler of scripts/cross-arm64. The tree is copied first (without
+# build folders and .git), so dpkg-buildpackage neither writes beside the
+# tree nor cleans the developer's build folders.
+DEB_EXCLUDES := --exclude=./build* --exclude=./.git --exclude=./tests/node_modules \
+	--exclude=__pycache__ --exclude=./debian/build --exclude=./debian/azaionfs \
+	--exclude=./debian/.debhelper --exclude=./debian/files
+define deb_rule
+$(1):
+	rm -rf $(2) && mkdir -p $(2)/src/azaionfs
+	tar -c $(DEB_EXCLUDES) -f - . | tar -x -C $(2)/src/azaionfs -f -
+	cd $(2)/src/azaionfs && dpkg-buildpackage -b -us -uc $(3)
+	mv $(2)/src/*.deb $(2)/src/*.buildinfo $(2)/src/*.changes $(2)/
+	rm -rf $(2)/src
+	@ls $(2)/*.deb
+endef
+$(eval $(call deb_rule,deb,build-deb,))
+DEB_ARM64_FLAGS := -aarm64 -Pcross,nocheck
+$(eval $(call deb_rule,deb-arm64,build-deb-arm64,$$(DEB_ARM64_FLAGS)))
+
 clean:
-	rm -rf build build-asan build-arm64 $(FUZZ_BUILD)
+	rm -rf build build-asan build-arm64 build-deb build-deb-arm64 $(FUZZ_BUILD)
 
 .PHONY: all test asan check demo install uninstall cross-arm64 clean format-check \
-	fuzz fuzz-build valgrind soak
+	fuzz fuzz-build valgrind soak deb deb-arm64
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -41,6 +41,7 @@ check_eq "azaionctl in /usr/bin, mode 755" "$(mode "$S/usr/bin/azaionctl")" 755
 check "the installed daemon is the build's" cmp -s "$S/usr/sbin/azaionfs" "$AZ_BUILD/azaionfs"
 check_eq "azaionfs(8) installed" "$(mode "$S/usr/share/man/man8/azaionfs.8")" 644
 check_eq "azaionctl(1) installed" "$(mode "$S/usr/share/man/man1/azaionctl.1")" 644
+check_eq "azaionfs.conf(5) installed" "$(mode "$S/usr/share/man/man5/azaionfs.conf.5")" 644
 U=$S/usr/lib/systemd/system/azaionfs.service
 check_eq "the unit in /usr/lib/systemd/system" "$(mode "$U")" 644
 check_eq "its ExecStart runs the installed daemon" \
@@ -99,12 +100,13 @@ done
 # ---- for real: install into / with the default PREFIX, then put the
 # machine back as it was
 SYSFILES="/usr/local/sbin/azaionfs /usr/local/bin/azaionctl /usr/local/share/man/man8/azaionfs.8
- /usr/local/share/man/man1/azaionctl.1 /usr/local/lib/systemd/system/azaionfs.service
+ /usr/local/share/man/man1/azaionctl.1 /usr/local/share/man/man5/azaionfs.conf.5
+ /usr/local/lib/systemd/system/azaionfs.service
  /etc/azaion/azaionfs.conf"
 mkdir -p "$W/saved"
 created_dirs=""
 for d in /etc/azaion /usr/local/lib/systemd/system /usr/local/share/man/man8 \
-	/usr/local/share/man/man1; do
+	/usr/local/share/man/man1 /usr/local/share/man/man5; do
 	[ -d "$d" ] || created_dirs="$d $created_dirs"
 done
 restore_system() {

@@ -4,11 +4,25 @@
 #  - azaionfs, azaionctl and the unit tests build for aarch64 with -Werror;
 #  - the daemon runs under qemu-user and the unit tests that need no server
 #    pass there (the two checks qemu-user cannot perform are named by the
-#    script and are the only failures it accepts).
+#    script and are the only failures it accepts);
+#  - the aarch64 daemon itself, under qemu-user, against the local stack:
+#    it mounts (FUSE through qemu's system calls), enrols with the stack's
+#    swtpm, reads a format-1 and a format-2 model with their sha256,
+#    answers F6 (GET /health, GET /status) and F1 (POST /login) on its side
+#    endpoint, and exits 0 on unmount. The aarch64 azaionctl asks the same
+#    endpoint for its health.
 . "$(dirname "$0")/../lib.sh"
 need aarch64-linux-gnu-gcc qemu-aarch64-static file
-out=$(mktemp /tmp/az-t83.XXXXXX)
-trap 'rm -f "$out"' EXIT
+. "$AZ_TOP/tests/tools/fs-lib.sh"
+fs_init t83
+QEMU=$(command -v qemu-aarch64-static)
+ARM=$AZ_TOP/build-arm64
+# The daemon that fs_mount starts: the aarch64 build under qemu-user (the
+# arm64 loader and libraries of the multiarch packages).
+AZ_DAEMON=$W/azaionfs-arm64
+printf '#!/bin/sh\nQEMU_LD_PREFIX=/ exec %s %s "$@"\n' "$QEMU" "$ARM/azaionfs" >"$AZ_DAEMON"
+chmod 755 "$AZ_DAEMON"
+out=$W/cross-arm64.log
 "$AZ_TOP/scripts/cross-arm64" --no-install >"$out" 2>&1
 rc=$?
 grep -E '^(arm64|cross-arm64:|    expected)' "$out" | sed 's/^/# /'
@@ -22,4 +36,47 @@ for t in test_crypto test_config test_catalog; do
 	check "arm64 $t ran and passed" grep -qE "^arm64 $t +[1-9][0-9]* ok" "$out"
 done
 check "the daemon answers --version under qemu" grep -q '^azaionfs [0-9]' "$out"
+[ $rc -eq 0 ] || bail "no aarch64 build to run"
+
+# ---- the aarch64 daemon under qemu-user, against the local stack
+F=a83$TAG
+S=$W/rest.sock
+fs_conf "$W/conf" "cdn_url=$NGINX_URL" "folder=$F" "state_dir=$W/state" "cache_dir=$W/cache" \
+	"tpm=auto" "tpm_tcti=$TPM_TCTI" "tpm_wait=10" "catalog_ttl=2" "rest_listen=unix:$S"
+# fs_mount fails loudly with the daemon's log when qemu-user cannot mount.
+fs_mount "$W/mnt" "$W/conf"
+pid=$FS_PID
+check_eq "the mount's daemon is qemu-aarch64-static" "$(readlink "/proc/$pid/exe")" "$QEMU"
+check "running build-arm64/azaionfs" \
+	sh -c "tr '\\0' ' ' </proc/$pid/cmdline | grep -qF '$ARM/azaionfs azaion $W/mnt'"
+check "it enrolled the device with the stack's TPM" test -s "$W/state/device_id"
+u() { curl -s --max-time 20 --unix-socket "$S" "$@"; }
+check_eq "F6 GET /health" "$(u http://localhost/health)" '{"status":"healthy"}'
+st=$(u http://localhost/status)
+echo "# GET /status: $st"
+for kv in '"authenticated":true' '"mounted":true' '"tpm":"ok"'; do
+	check "F6 GET /status has $kv" sh -c "echo '$st' | grep -qF '$kv'"
+done
+check_eq "the aarch64 azaionctl health, through the side endpoint" \
+	"$(QEMU_LD_PREFIX=/ "$QEMU" "$ARM/azaionctl" -o "rest_listen=unix:$S" health 2>&1)" healthy
+
+mkdir -p "$W/plain"
+for fmt in 1 2; do
+	n=${TAG}-f$fmt.onnx
+	head -c $((300001 + fmt)) /dev/urandom >"$W/plain/$n"
+	fs_publish "$W/conf" "$fmt" "$n" "$W/plain/$n" ||
+		bail "publishing $n failed: $(tail -3 "$W/publish.log")"
+done
+login=$(u -w ' %{http_code}' -H 'Content-Type: application/json' \
+	-d "{\"email\": \"$API_EMAIL\", \"password\": \"$API_PASSWORD\"}" http://localhost/login)
+check_eq "F1 POST /login" "$login" '{"status":"ok"} 200'
+for fmt in 1 2; do
+	n=${TAG}-f$fmt.onnx
+	wait_for 20 test -e "$W/mnt/$n"
+	check_eq "reads the format-$fmt model under qemu" "$(sha_of "$W/mnt/$n" 2>&1)" \
+		"$(sha_of "$W/plain/$n")"
+done
+grep -E 'azaionfs\[(err|warn)' "$W/mnt.log" | sed 's/^/# /'
+fs_umount "$W/mnt" "$pid"
+fs_no_leftovers
 done_testing
