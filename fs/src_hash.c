@@ -6,7 +6,10 @@
  *
  * The last HASH_KEPT checked chunks (of HASH_KEPT_MAX bytes at most) are
  * kept, so that the neighbouring reads of a sequential reader, which
- * straddle a chunk boundary, fetch each chunk once.
+ * straddle a chunk boundary, fetch each chunk once. A kept slot is EMPTY
+ * (list_id 0), LOADING (one reader fetches and checks it; readers of the
+ * same chunk wait on h->loaded instead of fetching it again: read-ahead
+ * workers ask for neighbouring ranges at once) or READY.
  *
  * Locking: h->lock guards the kept chunks; it is never held across a read
  * from below or a hash.
@@ -28,58 +31,85 @@ struct hash_kept {
 	size_t len;
 	uint8_t *data;
 	uint64_t used;
+	int loading; /* its loader holds it; dropped: discarded when it arrives */
+	int dropped;
 };
 
 struct src_hash {
 	struct src src;
 	struct src *lower;
 	pthread_mutex_t lock;
+	pthread_cond_t loaded; /* a LOADING slot became READY or EMPTY */
 	struct hash_kept kept[HASH_KEPT];
 	uint64_t clock;
 };
 
-/* Copies what is kept of chunk c of list id; 1 when found. */
-static int hash_kept_get(struct src_hash *h, uint64_t id, uint64_t c, size_t from, size_t n,
-			 uint8_t *out)
+/*
+ * Under h->lock. Copies what is kept of chunk c of list id into out and
+ * returns NULL; or claims an EMPTY or least recently used READY slot for
+ * the caller to load (LOADING) and returns it; or, when every slot is
+ * loading, returns NULL with *ret_uncached set. Waits while another reader
+ * loads the chunk.
+ */
+static struct hash_kept *hash_kept_claim(struct src_hash *h, uint64_t id, uint64_t c, size_t from,
+					 size_t n, uint8_t *out, int *ret_uncached)
 {
-	int found = 0;
+	struct hash_kept *victim;
 
-	pthread_mutex_lock(&h->lock);
+	*ret_uncached = 0;
+	for (;;) {
+		struct hash_kept *k = NULL;
+
+		for (int i = 0; i < HASH_KEPT; i++)
+			if (h->kept[i].list_id == id && h->kept[i].chunk == c &&
+			    !h->kept[i].dropped)
+				k = &h->kept[i];
+		if (!k)
+			break;
+		if (!k->loading) {
+			if (from + n > k->len)
+				break; /* shorter than asked: read it anew below */
+			memcpy(out, k->data + from, n);
+			k->used = ++h->clock;
+			return NULL;
+		}
+		pthread_cond_wait(&h->loaded, &h->lock);
+	}
+	victim = NULL;
 	for (int i = 0; i < HASH_KEPT; i++) {
 		struct hash_kept *k = &h->kept[i];
 
-		if (k->list_id == id && k->chunk == c && from + n <= k->len) {
-			memcpy(out, k->data + from, n);
-			k->used = ++h->clock;
-			found = 1;
-			break;
-		}
+		if (!k->loading && (!victim || k->used < victim->used))
+			victim = k;
 	}
-	pthread_mutex_unlock(&h->lock);
-	return found;
+	if (!victim) {
+		*ret_uncached = 1;
+		return NULL;
+	}
+	victim->list_id = id;
+	victim->chunk = c;
+	victim->len = 0;
+	victim->loading = 1;
+	victim->dropped = 0;
+	return victim;
 }
 
-static void hash_kept_put(struct src_hash *h, uint64_t id, uint64_t c, const uint8_t *data,
-			  size_t len)
+/* Under h->lock: the loader's result into its slot (data NULL: failed), waking the waiters. */
+static void hash_kept_finish(struct src_hash *h, struct hash_kept *k, const uint8_t *data,
+			     size_t len)
 {
-	struct hash_kept *k = &h->kept[0];
-
-	if (len > HASH_KEPT_MAX)
-		return;
-	pthread_mutex_lock(&h->lock);
-	for (int i = 1; i < HASH_KEPT; i++)
-		if (h->kept[i].used < k->used)
-			k = &h->kept[i];
-	if (!k->data)
+	if (data && !k->dropped && !k->data)
 		k->data = malloc(HASH_KEPT_MAX);
-	if (k->data) {
+	if (data && !k->dropped && k->data) {
 		memcpy(k->data, data, len);
-		k->list_id = id;
-		k->chunk = c;
 		k->len = len;
 		k->used = ++h->clock;
+	} else {
+		k->list_id = 0;
 	}
-	pthread_mutex_unlock(&h->lock);
+	k->loading = 0;
+	k->dropped = 0;
+	pthread_cond_broadcast(&h->loaded);
 }
 
 static int hash_matches(const struct src_hashes *hs, uint64_t c, const uint8_t *data, size_t len)
@@ -138,21 +168,30 @@ static int hash_read(struct src *src, const struct src_blob *b, uint64_t off, si
 	for (c = off / hs->chunk_size; r == 0 && c <= c1; c++) {
 		uint64_t a = c * hs->chunk_size, from = a > off ? a : off;
 		uint64_t to = a + hs->chunk_size < off + len ? a + hs->chunk_size : off + len;
+		struct hash_kept *slot = NULL;
+		int uncached = 1;
 		size_t clen;
 
-		if (hash_kept_get(h, hs->id, c, (size_t)(from - a), (size_t)(to - from),
-				  buf + (from - off)))
-			continue;
-		if (!tmp && !(tmp = malloc(hs->chunk_size))) {
-			r = -ENOMEM;
-			break;
+		if (hs->chunk_size <= HASH_KEPT_MAX) {
+			pthread_mutex_lock(&h->lock);
+			slot = hash_kept_claim(h, hs->id, c, (size_t)(from - a),
+					       (size_t)(to - from), buf + (from - off), &uncached);
+			pthread_mutex_unlock(&h->lock);
+			if (!slot && !uncached)
+				continue; /* it was kept, or another reader loaded it */
 		}
-		r = hash_chunk(h, b, c, tmp, &clen);
+		if (!tmp && !(tmp = malloc(hs->chunk_size)))
+			r = -ENOMEM;
+		if (r == 0)
+			r = hash_chunk(h, b, c, tmp, &clen);
 		if (r == 0 && to - a > clen)
 			r = -EIO;
-		if (r == 0) {
+		if (r == 0)
 			memcpy(buf + (from - off), tmp + (from - a), (size_t)(to - from));
-			hash_kept_put(h, hs->id, c, tmp, clen);
+		if (slot) {
+			pthread_mutex_lock(&h->lock);
+			hash_kept_finish(h, slot, r == 0 ? tmp : NULL, r == 0 ? clen : 0);
+			pthread_mutex_unlock(&h->lock);
 		}
 	}
 	free(tmp);
@@ -170,9 +209,16 @@ static void hash_drop(struct src *src, const struct src_blob *b, uint64_t off, s
 
 	if (b->hashes) {
 		pthread_mutex_lock(&h->lock);
-		for (int i = 0; i < HASH_KEPT; i++)
-			if (h->kept[i].list_id == b->hashes->id)
-				h->kept[i].list_id = 0;
+		for (int i = 0; i < HASH_KEPT; i++) {
+			struct hash_kept *k = &h->kept[i];
+
+			if (k->list_id != b->hashes->id)
+				continue;
+			if (k->loading)
+				k->dropped = 1; /* its loader discards what arrives */
+			else
+				k->list_id = 0;
+		}
 		pthread_mutex_unlock(&h->lock);
 	}
 	src_drop(h->lower, b, off, len);
@@ -185,6 +231,7 @@ static void hash_free(struct src *src)
 	for (int i = 0; i < HASH_KEPT; i++)
 		free(h->kept[i].data);
 	src_free(h->lower);
+	pthread_cond_destroy(&h->loaded);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 }
@@ -205,6 +252,7 @@ int src_hash_new(struct src *lower, struct src **ret)
 	h->src.ops = &hash_ops;
 	h->lower = lower;
 	pthread_mutex_init(&h->lock, NULL);
+	pthread_cond_init(&h->loaded, NULL);
 	*ret = &h->src;
 	return 0;
 }
