@@ -396,7 +396,7 @@ static void ctl_progress(void *ctx, uint64_t done, uint64_t total)
 	ctl_bytes((uint64_t)bps, rate, sizeof(rate));
 	if (end)
 		ctl_duration(secs, eta, sizeof(eta));
-	else if (bps > 0 && secs >= 0.5)
+	else if (bps > 0)
 		ctl_duration((double)(total - done) / bps, eta, sizeof(eta));
 	else
 		snprintf(eta, sizeof(eta), "-:--");
