@@ -178,7 +178,6 @@ struct ctl {
 };
 
 static void ctl_progress_break(void);
-static void ctl_log_sink(int priority, const char *msg);
 
 static int ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int ctl_error(const char *fmt, ...)
@@ -224,7 +223,7 @@ static int ctl_session(struct ctl *ctl, struct fetch **ret_fetch, struct session
 		.timeout_ms = ctl->config->io_timeout * 1000,
 		.connect_timeout_ms = 10000,
 		.max_retries = 5,
-		.log = ctl_log_sink,
+		.log = log_sink,
 	};
 	struct fetch *f = NULL;
 	struct session *s = NULL;
@@ -276,6 +275,14 @@ struct ctl_progress {
 
 /* The line now on the terminal and not yet ended, if any. */
 static struct ctl_progress *ctl_bar_shown;
+/*
+ * The terminal the bar is drawn on: stderr as it was before
+ * ctl_stderr_guard() put a stream in its place that ends a drawn bar
+ * before any other output, whoever writes it (the modules' log lines,
+ * libraries, ctl_error).
+ */
+static FILE *ctl_term;
+#define CTL_TERM (ctl_term ? ctl_term : stderr)
 
 static double ctl_elapsed(const struct timespec *start)
 {
@@ -290,9 +297,46 @@ static void ctl_progress_break(void)
 {
 	if (!ctl_bar_shown)
 		return;
-	fputc('\n', stderr);
-	fflush(stderr);
 	ctl_bar_shown = NULL;
+	fputc('\n', CTL_TERM);
+	fflush(CTL_TERM);
+}
+
+static ssize_t ctl_guard_write(void *cookie, const char *buf, size_t n)
+{
+	(void)cookie;
+	ctl_progress_break();
+	n = fwrite(buf, 1, n, ctl_term);
+	fflush(ctl_term);
+	return (ssize_t)n;
+}
+
+/* Only on a terminal, the one place a bar is drawn. */
+static void ctl_stderr_guard(void)
+{
+	cookie_io_functions_t io = {.write = ctl_guard_write};
+	FILE *guard;
+
+	if (!isatty(STDERR_FILENO))
+		return;
+	guard = fopencookie(NULL, "w", io);
+	if (!guard)
+		return;
+	setvbuf(guard, NULL, _IONBF, 0);
+	ctl_term = stderr;
+	stderr = guard;
+}
+
+static void ctl_stderr_unguard(void)
+{
+	FILE *guard = stderr;
+
+	if (!ctl_term)
+		return;
+	ctl_progress_break();
+	stderr = ctl_term;
+	ctl_term = NULL;
+	fclose(guard);
 }
 
 static int ctl_term_width(void)
@@ -368,8 +412,8 @@ static void ctl_progress_line(struct ctl_progress *p, const char *label, const c
 		 width - nlen - (bar ? bar + 3 : 0) - 1 > 0 ? width - nlen - (bar ? bar + 3 : 0) - 1
 							    : 0,
 		 right);
-	fputs(line, stderr);
-	fflush(stderr);
+	fputs(line, CTL_TERM);
+	fflush(CTL_TERM);
 	ctl_bar_shown = p;
 }
 
@@ -457,14 +501,6 @@ static void ctl_progress_start(struct ctl_progress *p, const char *name, int tty
 	p->finished = 0;
 	p->last = -1;
 	clock_gettime(CLOCK_MONOTONIC, &p->start);
-}
-
-/* The modules' log lines: each on a line of its own, never after a bar. */
-static void ctl_log_sink(int priority, const char *msg)
-{
-	if (log_enabled(priority))
-		ctl_progress_break();
-	log_sink(priority, msg);
 }
 
 /* --format's value: a format this build knows (format.h). */
@@ -746,7 +782,7 @@ static int ctl_enroll(struct ctl *ctl)
 		.timeout_ms = ctl->config->io_timeout * 1000,
 		.connect_timeout_ms = 10000,
 		.max_retries = 5,
-		.log = ctl_log_sink,
+		.log = log_sink,
 	};
 	char *email = NULL, *password = NULL, id[160], reason[512];
 	struct session *s = NULL;
@@ -865,7 +901,7 @@ static int ctl_rest_open(struct ctl *ctl, struct ctl_rest *cr)
 		.timeout_ms = CTL_REST_TIMEOUT_MS,
 		.connect_timeout_ms = 5000,
 		.max_retries = 2,
-		.log = ctl_log_sink,
+		.log = log_sink,
 	};
 	const char *l = ctl->config->rest_listen, *colon;
 	int r;
@@ -1825,12 +1861,14 @@ int main(int argc, char **argv)
 		rc = rc == 1 ? 0 : 2;
 		goto out;
 	}
+	ctl_stderr_guard();
 	if (ctl_load_config(&ctl, config_path, options, noptions) < 0) {
 		rc = 1;
 		goto out;
 	}
 	rc = cmd->run(&ctl, argc - first, argv + first);
 out:
+	ctl_stderr_unguard();
 	config_free(ctl.config);
 	free(options);
 	return rc;
