@@ -180,16 +180,37 @@ struct ctl {
 static void ctl_progress_break(void);
 
 static int ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * The last error a request logged (curl's cause, a status): without -v it
+ * is kept for the command's own line, which it ends in parentheses, so
+ * that a failure is one line that says why. The modules' other errors
+ * (a file's mode, the TPM) are log lines of their own, shown at LOG_ERR.
+ */
+static char ctl_reason[768];
+static int ctl_verbose;
+
+static void ctl_fetch_log(int priority, const char *msg)
+{
+	if (priority <= LOG_ERR && !ctl_verbose) {
+		snprintf(ctl_reason, sizeof(ctl_reason), "%s", msg);
+		return;
+	}
+	log_sink(priority, msg);
+}
+
 static int ctl_error(const char *fmt, ...)
 {
+	char msg[1024];
 	va_list ap;
 
-	ctl_progress_break();
-	fputs("azaionctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	if (*ctl_reason && !strstr(msg, ctl_reason))
+		fprintf(stderr, "azaionctl: %s (%s)\n", msg, ctl_reason);
+	else
+		fprintf(stderr, "azaionctl: %s\n", msg);
+	*ctl_reason = '\0';
 	return 1;
 }
 
@@ -223,7 +244,7 @@ static int ctl_session(struct ctl *ctl, struct fetch **ret_fetch, struct session
 		.timeout_ms = ctl->config->io_timeout * 1000,
 		.connect_timeout_ms = 10000,
 		.max_retries = 5,
-		.log = log_sink,
+		.log = ctl_fetch_log,
 	};
 	struct fetch *f = NULL;
 	struct session *s = NULL;
@@ -782,7 +803,7 @@ static int ctl_enroll(struct ctl *ctl)
 		.timeout_ms = ctl->config->io_timeout * 1000,
 		.connect_timeout_ms = 10000,
 		.max_retries = 5,
-		.log = log_sink,
+		.log = ctl_fetch_log,
 	};
 	char *email = NULL, *password = NULL, id[160], reason[512];
 	struct session *s = NULL;
@@ -901,7 +922,7 @@ static int ctl_rest_open(struct ctl *ctl, struct ctl_rest *cr)
 		.timeout_ms = CTL_REST_TIMEOUT_MS,
 		.connect_timeout_ms = 5000,
 		.max_retries = 2,
-		.log = log_sink,
+		.log = ctl_fetch_log,
 	};
 	const char *l = ctl->config->rest_listen, *colon;
 	int r;
@@ -1824,6 +1845,7 @@ int main(int argc, char **argv)
 			break;
 		case 'v':
 			ctl.verbose = 1;
+			ctl_verbose = 1;
 			break;
 		case 'h':
 			fputs(CTL_USAGE, stdout);
