@@ -1728,7 +1728,7 @@ static int ctl_set_options(struct ctl *ctl, const char *arg, char **ret_msg)
 
 	if (!item)
 		return -ENOMEM;
-	while (r == 0) {
+	for (int nth = 0; r == 0; nth++) {
 		d = item;
 		while (*s && *s != ',') {
 			if (s[0] == '\\' && s[1]) {
@@ -1748,7 +1748,9 @@ static int ctl_set_options(struct ctl *ctl, const char *arg, char **ret_msg)
 			eq = strchr(item, '=');
 			if (!eq) {
 				*ret_msg = NULL;
-				if (asprintf(ret_msg, "-o %s: expected key=value", item) < 0)
+				if (asprintf(ret_msg, "-o %s: expected key=value%s", item,
+					     nth > 0 ? " (a comma inside a value is written \\,)"
+						     : "") < 0)
 					*ret_msg = NULL;
 				r = -EINVAL;
 				break;
@@ -1756,8 +1758,7 @@ static int ctl_set_options(struct ctl *ctl, const char *arg, char **ret_msg)
 			*eq = '\0';
 			r = config_set(ctl->config, item, eq + 1, "-o", ret_msg);
 			/* "port" after tpm_tcti=swtpm:host=H: a value's comma, unescaped. */
-			if (r == -ENOENT && s - arg > (ptrdiff_t)(d - item) &&
-			    !config_nearest_key(item)) {
+			if (r == -ENOENT && nth > 0 && !config_nearest_key(item)) {
 				free(*ret_msg);
 				if (asprintf(ret_msg,
 					     "-o: unknown key '%s' (a comma inside a value is "
