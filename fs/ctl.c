@@ -33,8 +33,7 @@
 #define CTL_VERSION "0.1"
 
 #define CTL_USAGE                                                                            \
-	"usage: azaionctl [-c CONFIG] [-o key=value[,key=value]]... [--json] [-v] COMMAND "  \
-	"[ARGS]\n"                                                                           \
+	"usage: azaionctl [-c CONFIG] [-o KEY=VALUE]... [--json] [-v] COMMAND [ARGS]\n"      \
 	"       azaionctl help [COMMAND] | --help | --version\n"                             \
 	"commands:\n"                                                                        \
 	"  publish   encrypt and split a model; upload it, or write the parts (--out)\n"     \
