@@ -421,6 +421,64 @@ static int config_assign(struct config *c, const struct config_key *k, const cha
 	return -EINVAL;
 }
 
+/* Edit distance with transpositions (a swapped pair is one slip); keys are short. */
+static size_t config_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), d[3][64];
+	size_t *prev2 = d[0], *prev = d[1], *cur = d[2], *t;
+
+	if (la >= 63 || lb >= 63)
+		return SIZE_MAX;
+	for (size_t j = 0; j <= lb; j++)
+		prev[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		cur[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t v = prev[j - 1] + (a[i - 1] != b[j - 1]);
+
+			if (prev[j] + 1 < v)
+				v = prev[j] + 1;
+			if (cur[j - 1] + 1 < v)
+				v = cur[j - 1] + 1;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+			    prev2[j - 2] + 1 < v)
+				v = prev2[j - 2] + 1;
+			cur[j] = v;
+		}
+		t = prev2;
+		prev2 = prev;
+		prev = cur;
+		cur = t;
+	}
+	return prev[lb];
+}
+
+const char *config_nearest_key(const char *key)
+{
+	const char *best = NULL, *part = NULL;
+	size_t best_d = SIZE_MAX, len = strlen(key), limit;
+	int parts = 0;
+
+	for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+		size_t d = config_distance(key, config_keys[i].name);
+
+		if (d < best_d) {
+			best_d = d;
+			best = config_keys[i].name;
+		}
+		if (len >= 4 && strstr(config_keys[i].name, key)) {
+			part = config_keys[i].name;
+			parts++;
+		}
+	}
+	/* A slip of a key, not another word: one edit in a short key, up to three in a long one. */
+	limit = len <= 4 ? 1 : len <= 8 ? 2 : 3;
+	if (best_d <= limit)
+		return best;
+	/* Or the distinctive part of exactly one key ("tcti" for tpm_tcti). */
+	return parts == 1 ? part : NULL;
+}
+
 int config_set(struct config *c, const char *key, const char *value, const char *where,
 	       char **ret_msg)
 {
@@ -428,8 +486,16 @@ int config_set(struct config *c, const char *key, const char *value, const char 
 
 	if (!k) {
 		if (ret_msg) {
+			const char *near = config_nearest_key(key);
+
 			free(*ret_msg);
-			*ret_msg = config_fmt("%s: unknown key '%s'", where, key);
+			if (near)
+				*ret_msg = config_fmt("%s: unknown key '%s'; did you mean %s?",
+						      where, key, near);
+			else
+				*ret_msg = config_fmt("%s: unknown key '%s' (azaionfs(8) lists the "
+						      "keys)",
+						      where, key);
 		}
 		return -ENOENT;
 	}

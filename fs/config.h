@@ -79,6 +79,8 @@ int config_set(struct config *c, const char *key, const char *value, const char 
 int config_load_file(struct config *c, const char *path, char **ret_msg);
 /* 1 when key is one of docs/config.md's keys. */
 int config_is_key(const char *key);
+/* The key that key is most likely a typo of, or NULL when none is near. */
+const char *config_nearest_key(const char *key);
 /*
  * The PCR selection the TPM objects are bound to: tpm_pcrs when set ("" for
  * none), else PCR 7 (secure-boot state) with tpm = required and none with

@@ -7,9 +7,11 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -27,25 +29,146 @@
 #include "fs/publish.h"
 #include "fs/session.h"
 
-#define CTL_USAGE                                                                                 \
-	"usage: azaionctl [-c CONFIG] [-o key=value]... [--json] [-v] COMMAND [ARGS]\n"           \
-	"commands:\n"                                                                             \
-	"  publish [--format 1|2] [--name NAME] [--folder F] [--shift N] [--out DIR] FILE\n"      \
-	"          encrypt and split a model; without --out, upload it to the CDN and\n"          \
-	"          the Resource API with the configured credentials\n"                            \
-	"  hw      print the hardware string and its hw_hash\n"                                   \
-	"  enroll  enrol this device's TPM anew (device key, sealed credentials, POST\n"          \
-	"          /devices); credentials from the configured file, else from stdin\n"            \
-	"          (\"email = ...\" and \"password = ...\" lines, or a prompt)\n"                 \
-	"side endpoint (rest_listen of the configuration, or -o rest_listen=...):\n"              \
-	"  login [--email E] [--password-file F]   F1: give the daemon credentials\n"             \
-	"  load [--folder F] [--out FILE] NAME     F2: a model's plaintext to FILE or stdout\n"   \
-	"  upload [--format 1|2] [--name N] [--folder F] FILE   F3: publish through the daemon\n" \
-	"  unlock [--email E] [--password-file F] [--no-wait]   F4: load the Docker images\n"     \
-	"  status  F5 and F6: the daemon's and the unlock's state\n"                              \
-	"  health  F6: whether the daemon answers\n"                                              \
-	"  Without --email/--password-file the configured credentials file is used, else\n"       \
-	"  a prompt (or two lines on stdin: email, password).\n"
+/* The daemon's version (main.c's MAIN_VERSION): the two ship together. */
+#define CTL_VERSION "0.1"
+
+#define CTL_USAGE                                                                            \
+	"usage: azaionctl [-c CONFIG] [-o KEY=VALUE]... [--json] [-v] COMMAND [ARGS]\n"      \
+	"       azaionctl help [COMMAND] | --help | --version\n"                             \
+	"commands:\n"                                                                        \
+	"  publish   encrypt and split a model; upload it, or write the parts (--out)\n"     \
+	"  hw        print the hardware string and its hw_hash\n"                            \
+	"  enroll    enrol this device's TPM anew (device key, sealed credentials)\n"        \
+	"side endpoint (rest_listen of the configuration, or -o rest_listen=...):\n"         \
+	"  login     F1: give the daemon credentials\n"                                      \
+	"  load      F2: a model's plaintext to a file or stdout\n"                          \
+	"  upload    F3: publish a model through the daemon\n"                               \
+	"  unlock    F4: load the Docker images, showing F5's progress\n"                    \
+	"  status    F5 and F6: the daemon's and the unlock's state\n"                       \
+	"  health    F6: whether the daemon answers\n"                                       \
+	"options:\n"                                                                         \
+	"  -c, --config FILE   the configuration (default " CONFIG_DEFAULT_PATH ")\n"        \
+	"  -o, --option K=V    a configuration key, wins over the file; a comma inside\n"    \
+	"                      a value is written \\, (tpm_tcti=swtpm:host=H\\,port=P)\n"    \
+	"  --json              answers as JSON on stdout\n"                                  \
+	"  -v, --verbose       the modules' log too (log_level); failures show without it\n" \
+	"  -h, --help          this text; azaionctl COMMAND --help: the command's\n"         \
+	"  -V, --version       the version\n"
+
+/* Credentials for login, unlock and enroll, when no option gives them. */
+#define CTL_CRED_NOTE                                                                     \
+	"Without --email/--password-file the configured credentials file is used, else\n" \
+	"a prompt (or two lines on stdin: email, password).\n"
+
+static const char ctl_usage_publish[] =
+	"usage: azaionctl publish [--format 1|2] [--name NAME] [--folder F] [--shift N]\n"
+	"                         [--out DIR] FILE\n"
+	"Encrypts and splits the model FILE. Without --out, uploads the big part to the\n"
+	"CDN and the small part (format 1) or the key (format 2) to the Resource API,\n"
+	"logged in with the configured credentials.\n"
+	"  --format 1|2   the format (default 1)\n"
+	"  --name NAME    the resource name (default: FILE's base name)\n"
+	"  --folder F     the API folder (default: the configured folder)\n"
+	"  --shift N      format 2: chunks of 2^N bytes, 12 to 24 (default 16)\n"
+	"  --out DIR      write the parts into DIR instead; no network, no login\n"
+	"  -h, --help     this text\n"
+	"On a terminal, a progress bar on stderr: bytes done of the total, rate, ETA.\n";
+static const char ctl_usage_hw[] =
+	"usage: azaionctl hw\n"
+	"Prints this machine's hardware string (the configured hardware_id, else the one\n"
+	"derived from the hardware) and its hw_hash, as the format-1 keys use them.\n"
+	"  -h, --help     this text\n";
+static const char ctl_usage_enroll[] =
+	"usage: azaionctl enroll\n"
+	"Enrols this device's TPM anew: a new device key, the credentials sealed to it,\n"
+	"POST /devices; the new device id goes into state_dir. Needs tpm = auto or\n"
+	"required. Credentials from the configured file, else from stdin (\"email = ...\"\n"
+	"and \"password = ...\" lines, or a prompt).\n"
+	"  -h, --help     this text\n";
+static const char ctl_usage_login[] =
+	"usage: azaionctl login [--email E] [--password-file F]\n"
+	"F1: gives the daemon credentials (POST /login on the side endpoint).\n"
+	"  --email E            the account's email\n"
+	"  --password-file F    a file (mode 600) holding the password\n"
+	"  -h, --help           this text\n" CTL_CRED_NOTE;
+static const char ctl_usage_load[] =
+	"usage: azaionctl load [--folder F] [--out FILE] NAME\n"
+	"F2: the plaintext of the model NAME, from the daemon, to FILE (mode 600) or to\n"
+	"stdout when that is not a terminal.\n"
+	"  --folder F     the API folder (default: the configured folder)\n"
+	"  --out FILE     write to FILE; on a terminal, with a progress bar on stderr\n"
+	"  -h, --help     this text\n";
+static const char ctl_usage_upload[] =
+	"usage: azaionctl upload [--format 1|2] [--name N] [--folder F] FILE\n"
+	"F3: publishes FILE through the daemon (rest_upload = true on its side).\n"
+	"  --format 1|2   the format (default 1)\n"
+	"  --name N       the resource name (default: FILE's base name)\n"
+	"  --folder F     the API folder (default: the configured folder)\n"
+	"  -h, --help     this text\n";
+static const char ctl_usage_unlock[] =
+	"usage: azaionctl unlock [--email E] [--password-file F] [--no-wait]\n"
+	"F4: has the daemon decrypt images_archive into Docker, then follows F5 to\n"
+	"ready or error (on a terminal: bytes decrypted of the total, then the\n"
+	"loading_images phase).\n"
+	"  --email E            the account's email\n"
+	"  --password-file F    a file (mode 600) holding the password\n"
+	"  --no-wait            return once the unlock has started\n"
+	"  -h, --help           this text\n" CTL_CRED_NOTE;
+static const char ctl_usage_status[] =
+	"usage: azaionctl status\n"
+	"F5 and F6: whether the daemon is logged in and mounted, its models, TPM, API\n"
+	"and the unlock's state.\n"
+	"  -h, --help     this text\n";
+static const char ctl_usage_health[] =
+	"usage: azaionctl health\n"
+	"F6: \"healthy\" when the daemon answers on its side endpoint; exit 1 when not.\n"
+	"  -h, --help     this text\n";
+
+/* Each command's options; every table has --help (-h). */
+#define CTL_OPT_HELP                           \
+	{                                      \
+		"help", no_argument, NULL, 'h' \
+	}
+#define CTL_OPT_END              \
+	{                        \
+		NULL, 0, NULL, 0 \
+	}
+static const struct option ctl_opts_publish[] = {
+	{"format", required_argument, NULL, 'f'},
+	{"name", required_argument, NULL, 'n'},
+	{"folder", required_argument, NULL, 'F'},
+	{"shift", required_argument, NULL, 's'},
+	{"out", required_argument, NULL, 'O'},
+	CTL_OPT_HELP,
+	CTL_OPT_END,
+};
+static const struct option ctl_opts_login[] = {
+	{"email", required_argument, NULL, 'e'},
+	{"password-file", required_argument, NULL, 'p'},
+	CTL_OPT_HELP,
+	CTL_OPT_END,
+};
+static const struct option ctl_opts_unlock[] = {
+	{"email", required_argument, NULL, 'e'},
+	{"password-file", required_argument, NULL, 'p'},
+	{"no-wait", no_argument, NULL, 'n'},
+	CTL_OPT_HELP,
+	CTL_OPT_END,
+};
+static const struct option ctl_opts_load[] = {
+	{"folder", required_argument, NULL, 'F'},
+	{"out", required_argument, NULL, 'O'},
+	CTL_OPT_HELP,
+	CTL_OPT_END,
+};
+static const struct option ctl_opts_upload[] = {
+	{"format", required_argument, NULL, 'f'},
+	{"name", required_argument, NULL, 'n'},
+	{"folder", required_argument, NULL, 'F'},
+	CTL_OPT_HELP,
+	CTL_OPT_END,
+};
+static const struct option ctl_opts_none[] = {CTL_OPT_HELP, CTL_OPT_END};
 
 struct ctl {
 	struct config *config;
@@ -53,17 +176,63 @@ struct ctl {
 	int verbose;
 };
 
+static void ctl_progress_break(void);
+
 static int ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * The last error a request logged (curl's cause, a status): without -v it
+ * is kept for the command's own line, which it ends in parentheses, so
+ * that a failure is one line that says why. The modules' other errors
+ * (a file's mode, the TPM) are log lines of their own, shown at LOG_ERR.
+ */
+static char ctl_reason[768];
+static int ctl_verbose;
+
+static void ctl_fetch_log(int priority, const char *msg)
+{
+	if (priority <= LOG_ERR && !ctl_verbose) {
+		snprintf(ctl_reason, sizeof(ctl_reason), "%s", msg);
+		return;
+	}
+	log_sink(priority, msg);
+}
+
 static int ctl_error(const char *fmt, ...)
 {
+	char msg[1024];
 	va_list ap;
 
-	fputs("azaionctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	if (*ctl_reason && !strstr(msg, ctl_reason))
+		fprintf(stderr, "azaionctl: %s (%s)\n", msg, ctl_reason);
+	else
+		fprintf(stderr, "azaionctl: %s\n", msg);
+	*ctl_reason = '\0';
 	return 1;
+}
+
+/*
+ * getopt_long over a command's options (argv[0] is the command): the next
+ * option, -1 at the end, or '?' after one line about a bad one.
+ */
+static int ctl_getopt(int argc, char **argv, const struct option *opts)
+{
+	int c;
+
+	opterr = 0;
+	c = getopt_long(argc, argv, ":h", opts, NULL);
+	if (c == '?' && optopt)
+		ctl_error("%s: unknown option '-%c' (see azaionctl %s --help)", argv[0], optopt,
+			  argv[0]);
+	else if (c == '?')
+		ctl_error("%s: unknown option '%s' (see azaionctl %s --help)", argv[0],
+			  argv[optind - 1], argv[0]);
+	else if (c == ':')
+		ctl_error("%s: %s needs a value (see azaionctl %s --help)", argv[0],
+			  argv[optind - 1], argv[0]);
+	return c == ':' ? '?' : c;
 }
 
 /* A fetch and a logged-in session from the configuration. */
@@ -74,7 +243,7 @@ static int ctl_session(struct ctl *ctl, struct fetch **ret_fetch, struct session
 		.timeout_ms = ctl->config->io_timeout * 1000,
 		.connect_timeout_ms = 10000,
 		.max_retries = 5,
-		.log = log_sink,
+		.log = ctl_fetch_log,
 	};
 	struct fetch *f = NULL;
 	struct session *s = NULL;
@@ -107,12 +276,33 @@ static int ctl_session(struct ctl *ctl, struct fetch **ret_fetch, struct session
 
 /* ---- publish ------------------------------------------------------------ */
 
+/*
+ * A progress line on stderr, only when it is a terminal: redrawn in place
+ * ("\r", erase to the end), at most every CTL_PROGRESS_MS, fit to the
+ * terminal's width. Anything else written to stderr while a line is drawn
+ * first ends it (ctl_progress_break), so no message is glued to a bar.
+ */
+#define CTL_PROGRESS_MS 100
+#define CTL_WIDTH_DEFAULT 80
+
 struct ctl_progress {
 	const char *name;
 	int tty;
+	int finished;
 	struct timespec start;
-	int last_pct;
+	double last; /* seconds since start of the last draw; < 0: none yet */
 };
+
+/* The line now on the terminal and not yet ended, if any. */
+static struct ctl_progress *ctl_bar_shown;
+/*
+ * The terminal the bar is drawn on: stderr as it was before
+ * ctl_stderr_guard() put a stream in its place that ends a drawn bar
+ * before any other output, whoever writes it (the modules' log lines,
+ * libraries, ctl_error).
+ */
+static FILE *ctl_term;
+#define CTL_TERM (ctl_term ? ctl_term : stderr)
 
 static double ctl_elapsed(const struct timespec *start)
 {
@@ -122,32 +312,214 @@ static double ctl_elapsed(const struct timespec *start)
 	return (double)(now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
 }
 
+/* Ends the progress line on the terminal, so that what follows has its own. */
+static void ctl_progress_break(void)
+{
+	if (!ctl_bar_shown)
+		return;
+	ctl_bar_shown = NULL;
+	fputc('\n', CTL_TERM);
+	fflush(CTL_TERM);
+}
+
+static ssize_t ctl_guard_write(void *cookie, const char *buf, size_t n)
+{
+	(void)cookie;
+	ctl_progress_break();
+	n = fwrite(buf, 1, n, ctl_term);
+	fflush(ctl_term);
+	return (ssize_t)n;
+}
+
+/* Only on a terminal, the one place a bar is drawn. */
+static void ctl_stderr_guard(void)
+{
+	cookie_io_functions_t io = {.write = ctl_guard_write};
+	FILE *guard;
+
+	if (!isatty(STDERR_FILENO))
+		return;
+	guard = fopencookie(NULL, "w", io);
+	if (!guard)
+		return;
+	setvbuf(guard, NULL, _IONBF, 0);
+	ctl_term = stderr;
+	stderr = guard;
+}
+
+static void ctl_stderr_unguard(void)
+{
+	FILE *guard = stderr;
+
+	if (!ctl_term)
+		return;
+	ctl_progress_break();
+	stderr = ctl_term;
+	ctl_term = NULL;
+	fclose(guard);
+}
+
+static int ctl_term_width(void)
+{
+	struct winsize ws;
+
+	if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20)
+		return ws.ws_col;
+	return CTL_WIDTH_DEFAULT;
+}
+
+/* 1023 B, 12.3 KiB, 4.0 GiB. */
+static void ctl_bytes(uint64_t n, char *out, size_t cap)
+{
+	static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
+	double v = (double)n;
+	int u = -1;
+
+	if (n < 1024) {
+		snprintf(out, cap, "%llu B", (unsigned long long)n);
+		return;
+	}
+	while (v >= 1024 && u < 3) {
+		v /= 1024;
+		u++;
+	}
+	snprintf(out, cap, "%.1f %s", v, units[u]);
+}
+
+/* 0:07, 12:34, 1:02:03. */
+static void ctl_duration(double secs, char *out, size_t cap)
+{
+	unsigned long t = secs < 0 ? 0 : secs > 359999 ? 359999 : (unsigned long)(secs + 0.5);
+
+	if (t >= 3600)
+		snprintf(out, cap, "%lu:%02lu:%02lu", t / 3600, t / 60 % 60, t % 60);
+	else
+		snprintf(out, cap, "%lu:%02lu", t / 60, t % 60);
+}
+
+/*
+ * Draws "NAME [#####     ]  45% 12.3 MiB/27.1 MiB 3.4 MiB/s ETA 0:04" in
+ * the terminal's width: the bar takes what the rest leaves, and goes when
+ * too little is left; the name is cut before the numbers are.
+ */
+static void ctl_progress_line(struct ctl_progress *p, const char *label, const char *right, int pct)
+{
+	int width = ctl_term_width() - 1; /* the last column would wrap on some terminals */
+	int rlen = (int)strlen(right), nlen = (int)strlen(label), bar;
+	char line[1024];
+	int n = 0;
+
+	if (width > (int)sizeof(line) - 64)
+		width = (int)sizeof(line) - 64;
+	if (nlen > width / 3)
+		nlen = width / 3;
+	bar = pct < 0 ? 0 : width - nlen - rlen - 4; /* " [", "] " */
+	if (bar < 5)
+		bar = 0;
+	n += snprintf(line + n, sizeof(line) - (size_t)n, "\r%.*s", nlen, label);
+	if (bar) {
+		int fill = pct * bar / 100;
+
+		line[n++] = ' ';
+		line[n++] = '[';
+		memset(line + n, '#', (size_t)fill);
+		memset(line + n + fill, ' ', (size_t)(bar - fill));
+		n += bar;
+		line[n++] = ']';
+	}
+	/* The numbers, cut to the width when even they do not fit. */
+	snprintf(line + n, sizeof(line) - (size_t)n, " %.*s\033[K",
+		 width - nlen - (bar ? bar + 3 : 0) - 1 > 0 ? width - nlen - (bar ? bar + 3 : 0) - 1
+							    : 0,
+		 right);
+	fputs(line, CTL_TERM);
+	fflush(CTL_TERM);
+	ctl_bar_shown = p;
+}
+
 static void ctl_progress(void *ctx, uint64_t done, uint64_t total)
 {
 	struct ctl_progress *p = ctx;
-	int pct = total ? (int)(done * 100 / total) : 100;
-	double secs;
-	char bar[31];
+	char d[32], t[32], rate[32], eta[32], right[160];
+	double secs, bps;
+	int pct, end;
 
-	if (!p->tty || pct == p->last_pct)
+	if (!p->tty || p->finished)
 		return;
-	p->last_pct = pct;
+	if (done > total)
+		done = total;
+	end = done >= total;
 	secs = ctl_elapsed(&p->start);
-	memset(bar, ' ', 30);
-	memset(bar, '#', (size_t)pct * 30 / 100);
-	bar[30] = '\0';
-	fprintf(stderr, "\r%s [%s] %3d%% %.1f MB/s", p->name, bar, pct,
-		secs > 0 ? (double)done / 1e6 / secs : 0.0);
-	if (done >= total)
-		fputc('\n', stderr);
-	fflush(stderr);
+	if (!end && p->last >= 0 && secs - p->last < CTL_PROGRESS_MS / 1000.0)
+		return;
+	p->last = secs;
+	pct = total ? (int)(done * 100 / total) : 100;
+	bps = secs > 0 ? (double)done / secs : 0;
+	ctl_bytes(done, d, sizeof(d));
+	ctl_bytes(total, t, sizeof(t));
+	ctl_bytes((uint64_t)bps, rate, sizeof(rate));
+	if (end)
+		ctl_duration(secs, eta, sizeof(eta));
+	else if (bps > 0)
+		ctl_duration((double)(total - done) / bps, eta, sizeof(eta));
+	else
+		snprintf(eta, sizeof(eta), "-:--");
+	snprintf(right, sizeof(right), "%3d%% %s/%s %s/s %s %s", pct, d, t, rate,
+		 end ? "in" : "ETA", eta);
+	ctl_progress_line(p, p->name, right, pct);
+	if (end) {
+		p->finished = 1;
+		ctl_progress_break();
+	}
+}
+
+/* A phase without a byte count: its name and the time it has taken so far. */
+static void ctl_progress_phase(struct ctl_progress *p, const char *phase)
+{
+	char el[32], right[160];
+
+	if (!p->tty)
+		return;
+	ctl_duration(ctl_elapsed(&p->start), el, sizeof(el));
+	snprintf(right, sizeof(right), "%s, %s so far", phase, el);
+	ctl_progress_line(p, p->name, right, -1);
+}
+
+/* Bytes of an unknown total (F2's answer): how many so far, the rate, the time. */
+static void ctl_progress_count(struct ctl_progress *p, uint64_t done)
+{
+	char d[32], rate[32], el[32], right[160];
+	double secs;
+
+	if (!p->tty || p->finished)
+		return;
+	secs = ctl_elapsed(&p->start);
+	if (p->last >= 0 && secs - p->last < CTL_PROGRESS_MS / 1000.0)
+		return;
+	p->last = secs;
+	ctl_bytes(done, d, sizeof(d));
+	ctl_bytes(secs > 0 ? (uint64_t)((double)done / secs) : 0, rate, sizeof(rate));
+	ctl_duration(secs, el, sizeof(el));
+	snprintf(right, sizeof(right), "%s %s/s %s", d, rate, el);
+	ctl_progress_line(p, p->name, right, -1);
+}
+
+static void ctl_progress_count_end(struct ctl_progress *p, uint64_t done)
+{
+	if (!p->tty || p->finished)
+		return;
+	p->last = -1;
+	ctl_progress_count(p, done);
+	p->finished = 1;
+	ctl_progress_break();
 }
 
 static void ctl_progress_start(struct ctl_progress *p, const char *name, int tty)
 {
 	p->name = name;
 	p->tty = tty;
-	p->last_pct = -1;
+	p->finished = 0;
+	p->last = -1;
 	clock_gettime(CLOCK_MONOTONIC, &p->start);
 }
 
@@ -221,11 +593,6 @@ static int ctl_resource_key(const struct config *c, uint8_t key[CRYPTO_KEY_SIZE]
 
 static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"format", required_argument, NULL, 'f'}, {"name", required_argument, NULL, 'n'},
-		{"folder", required_argument, NULL, 'F'}, {"shift", required_argument, NULL, 's'},
-		{"out", required_argument, NULL, 'O'},	  {NULL, 0, NULL, 0},
-	};
 	struct publish_req req = {0};
 	struct publish_target target = {0};
 	struct publish_result res;
@@ -240,8 +607,8 @@ static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 	int format = 1, shift = 0, fd = -1, c, rc = 1, r;
 	char *end;
 
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	optind = 0;
+	while ((c = ctl_getopt(argc, argv, ctl_opts_publish)) != -1) {
 		switch (c) {
 		case 'f':
 			if (ctl_format_arg(optarg, &format))
@@ -266,8 +633,7 @@ static int ctl_publish(struct ctl *ctl, int argc, char **argv)
 			out_dir = optarg;
 			break;
 		default:
-			fputs(CTL_USAGE, stderr);
-			return 2;
+			return 2; /* ctl_getopt said why; --help never gets here (main) */
 		}
 	}
 	if (optind != argc - 1)
@@ -436,7 +802,7 @@ static int ctl_enroll(struct ctl *ctl)
 		.timeout_ms = ctl->config->io_timeout * 1000,
 		.connect_timeout_ms = 10000,
 		.max_retries = 5,
-		.log = log_sink,
+		.log = ctl_fetch_log,
 	};
 	char *email = NULL, *password = NULL, id[160], reason[512];
 	struct session *s = NULL;
@@ -555,7 +921,7 @@ static int ctl_rest_open(struct ctl *ctl, struct ctl_rest *cr)
 		.timeout_ms = CTL_REST_TIMEOUT_MS,
 		.connect_timeout_ms = 5000,
 		.max_retries = 2,
-		.log = log_sink,
+		.log = ctl_fetch_log,
 	};
 	const char *l = ctl->config->rest_listen, *colon;
 	int r;
@@ -760,20 +1126,14 @@ static void ctl_rest_wipe_body(json_t *body)
 
 static int ctl_rest_login_like(struct ctl *ctl, int argc, char **argv, int unlock)
 {
-	static const struct option opts[] = {
-		{"email", required_argument, NULL, 'e'},
-		{"password-file", required_argument, NULL, 'p'},
-		{"no-wait", no_argument, NULL, 'n'},
-		{NULL, 0, NULL, 0},
-	};
 	const char *email_opt = NULL, *pw_file = NULL, *cmd = unlock ? "unlock" : "login";
 	char *email = NULL, *password = NULL;
 	struct ctl_rest cr;
 	json_t *body, *doc = NULL;
 	int c, rc, wait = 1, polled = 0;
 
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	optind = 0;
+	while ((c = ctl_getopt(argc, argv, unlock ? ctl_opts_unlock : ctl_opts_login)) != -1) {
 		switch (c) {
 		case 'e':
 			email_opt = optarg;
@@ -782,13 +1142,10 @@ static int ctl_rest_login_like(struct ctl *ctl, int argc, char **argv, int unloc
 			pw_file = optarg;
 			break;
 		case 'n':
-			if (!unlock)
-				return ctl_error("login: --no-wait is for unlock");
 			wait = 0;
 			break;
 		default:
-			fputs(CTL_USAGE, stderr);
-			return 2;
+			return 2; /* ctl_getopt said why; --help never gets here (main) */
 		}
 	}
 	if (optind != argc)
@@ -812,8 +1169,10 @@ static int ctl_rest_login_like(struct ctl *ctl, int argc, char **argv, int unloc
 		const char *st = json_string_value(json_object_get(doc, "state"));
 		struct ctl_progress p;
 
-		ctl_progress_start(&p, "unlock", isatty(STDERR_FILENO));
+		ctl_progress_start(&p, "unlock", isatty(STDERR_FILENO) && !ctl->json);
 		while (wait && st && strcmp(st, "ready") && strcmp(st, "error")) {
+			json_int_t total, done;
+
 			json_t *s = NULL;
 			int quiet = ctl->json;
 
@@ -827,13 +1186,19 @@ static int ctl_rest_login_like(struct ctl *ctl, int argc, char **argv, int unloc
 			json_decref(doc);
 			doc = s;
 			st = json_string_value(json_object_get(doc, "state"));
-			if (json_integer_value(json_object_get(doc, "bytes_total")) > 0)
-				ctl_progress(&p,
-					     (uint64_t)json_integer_value(
-						     json_object_get(doc, "bytes_done")),
-					     (uint64_t)json_integer_value(
-						     json_object_get(doc, "bytes_total")));
+			total = json_integer_value(json_object_get(doc, "bytes_total"));
+			done = json_integer_value(json_object_get(doc, "bytes_done"));
+			/*
+			 * Bytes while decrypting; every other phase (loading_images
+			 * above all, which can take minutes after the last byte)
+			 * by its name, never a bar standing at 100%.
+			 */
+			if (st && !strcmp(st, "decrypting") && total > 0 && done < total)
+				ctl_progress(&p, (uint64_t)done, (uint64_t)total);
+			else if (st && strcmp(st, "ready") && strcmp(st, "error"))
+				ctl_progress_phase(&p, st);
 		}
+		ctl_progress_break();
 		if (rc == 0 && ctl->json && polled) {
 			char *t = json_dumps(doc, JSON_COMPACT);
 
@@ -862,6 +1227,7 @@ struct ctl_load_sink {
 	int flushed;
 	int err;
 	uint64_t total;
+	struct ctl_progress progress;
 };
 
 static int ctl_write_all(int fd, const uint8_t *p, size_t n)
@@ -885,6 +1251,7 @@ static int ctl_load_write(void *ctx, const uint8_t *data, size_t len)
 	int r;
 
 	s->total += len;
+	ctl_progress_count(&s->progress, s->total);
 	if (!s->flushed && s->head_len + len <= CTL_ERR_BODY_MAX) {
 		memcpy(s->head + s->head_len, data, len);
 		s->head_len += len;
@@ -907,11 +1274,6 @@ static int ctl_load_write(void *ctx, const uint8_t *data, size_t len)
 
 static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"folder", required_argument, NULL, 'F'},
-		{"out", required_argument, NULL, 'O'},
-		{NULL, 0, NULL, 0},
-	};
 	struct ctl_load_sink sink = {.fd = STDOUT_FILENO};
 	struct fetch_request req = {.method = "POST",
 				    .content_type = "application/json",
@@ -926,8 +1288,8 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 	json_t *body;
 	int c, r, rc = 1;
 
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	optind = 0;
+	while ((c = ctl_getopt(argc, argv, ctl_opts_load)) != -1) {
 		switch (c) {
 		case 'F':
 			folder = optarg;
@@ -936,8 +1298,7 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 			out = optarg;
 			break;
 		default:
-			fputs(CTL_USAGE, stderr);
-			return 2;
+			return 2; /* ctl_getopt said why; --help never gets here (main) */
 		}
 	}
 	if (optind != argc - 1)
@@ -962,6 +1323,7 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 			goto out;
 		}
 	}
+	ctl_progress_start(&sink.progress, name, isatty(STDERR_FILENO) && !ctl->json);
 	escaped = names_url_escape(name);
 	body = json_pack("{s:s, s:s}", "filename", name, "folder", folder);
 	text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -977,6 +1339,8 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 	req.body = text;
 	req.body_len = strlen(text);
 	r = fetch_request(cr.f, &req, &resp);
+	if (r == 0 && resp.status == 200)
+		ctl_progress_count_end(&sink.progress, sink.total);
 	if (r < 0) {
 		ctl_error("load %s: %s", name,
 			  sink.err ? strerror(-sink.err)
@@ -1063,12 +1427,6 @@ static ssize_t ctl_upload_read(void *ctx, uint8_t *buf, size_t cap)
 
 static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"format", required_argument, NULL, 'f'},
-		{"name", required_argument, NULL, 'n'},
-		{"folder", required_argument, NULL, 'F'},
-		{NULL, 0, NULL, 0},
-	};
 	struct ctl_upload_body b = {.fd = -1};
 	struct fetch_request req = {.method = "POST",
 				    .no_retry = 1,
@@ -1085,8 +1443,8 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 	struct stat st;
 	int c, r, rc = 1, format = 1;
 
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	optind = 0;
+	while ((c = ctl_getopt(argc, argv, ctl_opts_upload)) != -1) {
 		switch (c) {
 		case 'f':
 			if (ctl_format_arg(optarg, &format))
@@ -1099,8 +1457,7 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 			folder = optarg;
 			break;
 		default:
-			fputs(CTL_USAGE, stderr);
-			return 2;
+			return 2; /* ctl_getopt said why; --help never gets here (main) */
 		}
 	}
 	if (optind != argc - 1)
@@ -1236,32 +1593,186 @@ out:
 	return rc;
 }
 
-static int ctl_rest_command(const char *cmd)
+static int ctl_run_login(struct ctl *ctl, int argc, char **argv)
 {
-	static const char *const cmds[] = {"login", "load", "upload", "unlock", "status", "health"};
-
-	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		if (!strcmp(cmd, cmds[i]))
-			return 1;
-	return 0;
+	return ctl_rest_login_like(ctl, argc, argv, 0);
 }
 
-static int ctl_rest(struct ctl *ctl, int argc, char **argv)
+static int ctl_run_unlock(struct ctl *ctl, int argc, char **argv)
 {
-	if (!strcmp(argv[0], "login"))
-		return ctl_rest_login_like(ctl, argc, argv, 0);
-	if (!strcmp(argv[0], "unlock"))
-		return ctl_rest_login_like(ctl, argc, argv, 1);
-	if (!strcmp(argv[0], "load"))
-		return ctl_rest_load(ctl, argc, argv);
-	if (!strcmp(argv[0], "upload"))
-		return ctl_rest_upload(ctl, argc, argv);
-	if (argc > 1)
-		return ctl_error("%s: unexpected argument '%s'", argv[0], argv[1]);
-	return ctl_rest_status(ctl, !strcmp(argv[0], "health"));
+	return ctl_rest_login_like(ctl, argc, argv, 1);
+}
+
+static int ctl_run_status(struct ctl *ctl, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	return ctl_rest_status(ctl, 0);
+}
+
+static int ctl_run_health(struct ctl *ctl, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	return ctl_rest_status(ctl, 1);
+}
+
+static int ctl_run_hw(struct ctl *ctl, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	return ctl_hw(ctl);
+}
+
+static int ctl_run_enroll(struct ctl *ctl, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	return ctl_enroll(ctl);
 }
 
 /* ---- main --------------------------------------------------------------- */
+
+struct ctl_cmd {
+	const char *name;
+	const char *usage;
+	const struct option *opts;
+	int args; /* positional arguments: exactly this many, or -1: the command checks */
+	int (*run)(struct ctl *ctl, int argc, char **argv);
+};
+
+static const struct ctl_cmd ctl_cmds[] = {
+	{"publish", ctl_usage_publish, ctl_opts_publish, -1, ctl_publish},
+	{"hw", ctl_usage_hw, ctl_opts_none, 0, ctl_run_hw},
+	{"enroll", ctl_usage_enroll, ctl_opts_none, 0, ctl_run_enroll},
+	{"login", ctl_usage_login, ctl_opts_login, 0, ctl_run_login},
+	{"load", ctl_usage_load, ctl_opts_load, -1, ctl_rest_load},
+	{"upload", ctl_usage_upload, ctl_opts_upload, -1, ctl_rest_upload},
+	{"unlock", ctl_usage_unlock, ctl_opts_unlock, 0, ctl_run_unlock},
+	{"status", ctl_usage_status, ctl_opts_none, 0, ctl_run_status},
+	{"health", ctl_usage_health, ctl_opts_none, 0, ctl_run_health},
+};
+
+static const struct ctl_cmd *ctl_find_cmd(const char *name)
+{
+	for (size_t i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++)
+		if (!strcmp(name, ctl_cmds[i].name))
+			return &ctl_cmds[i];
+	return NULL;
+}
+
+/*
+ * The command's arguments checked before anything is read or done: 1 after
+ * --help printed its usage, 2 after a line about a bad option, else 0. So
+ * "enroll --help" touches neither the configuration, the TPM nor the network.
+ */
+static int ctl_check_args(const struct ctl_cmd *cmd, int argc, char **argv)
+{
+	int c, help = 0;
+
+	optind = 0;
+	while ((c = ctl_getopt(argc, argv, cmd->opts)) != -1) {
+		if (c == '?')
+			return 2;
+		if (c == 'h')
+			help = 1;
+	}
+	if (help) {
+		fputs(cmd->usage, stdout);
+		return 1;
+	}
+	if (cmd->args >= 0 && argc - optind > cmd->args) {
+		ctl_error("%s: unexpected argument '%s' (see azaionctl %s --help)", cmd->name,
+			  argv[optind + cmd->args], cmd->name);
+		return 2;
+	}
+	return 0;
+}
+
+/* azaionctl help [COMMAND] */
+static int ctl_help(int argc, char **argv)
+{
+	const struct ctl_cmd *cmd;
+
+	if (argc < 2) {
+		fputs(CTL_USAGE, stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "help")) {
+		fputs("usage: azaionctl help [COMMAND]\nPrints the usage of azaionctl, or of "
+		      "COMMAND.\n",
+		      stdout);
+		return 0;
+	}
+	cmd = ctl_find_cmd(argv[1]);
+	if (!cmd) {
+		ctl_error("help: unknown command '%s' (see azaionctl help)", argv[1]);
+		return 2;
+	}
+	fputs(cmd->usage, stdout);
+	return 0;
+}
+
+/*
+ * One -o argument, split as the daemon's -o is (libfuse's fuse_opt): at
+ * commas, where "\," is a comma of the value, "\\" a backslash and "\NNN"
+ * an octal byte. So the same -o works for both programs.
+ */
+static int ctl_set_options(struct ctl *ctl, const char *arg, char **ret_msg)
+{
+	size_t len = strlen(arg);
+	char *item = malloc(len + 1), *d, *eq;
+	const char *s = arg;
+	int r = 0;
+
+	if (!item)
+		return -ENOMEM;
+	for (int nth = 0; r == 0; nth++) {
+		d = item;
+		while (*s && *s != ',') {
+			if (s[0] == '\\' && s[1]) {
+				s++;
+				if (s[0] >= '0' && s[0] <= '3' && s[1] >= '0' && s[1] <= '7' &&
+				    s[2] >= '0' && s[2] <= '7') {
+					*d++ = (char)((s[0] - '0') * 0100 + (s[1] - '0') * 010 +
+						      (s[2] - '0'));
+					s += 3;
+					continue;
+				}
+			}
+			*d++ = *s++;
+		}
+		*d = '\0';
+		if (*item) {
+			eq = strchr(item, '=');
+			if (!eq) {
+				*ret_msg = NULL;
+				if (asprintf(ret_msg, "-o %s: expected key=value%s", item,
+					     nth > 0 ? " (a comma inside a value is written \\,)"
+						     : "") < 0)
+					*ret_msg = NULL;
+				r = -EINVAL;
+				break;
+			}
+			*eq = '\0';
+			r = config_set(ctl->config, item, eq + 1, "-o", ret_msg);
+			/* "port" after tpm_tcti=swtpm:host=H: a value's comma, unescaped. */
+			if (r == -ENOENT && nth > 0 && !config_nearest_key(item)) {
+				free(*ret_msg);
+				if (asprintf(ret_msg,
+					     "-o: unknown key '%s' (a comma inside a value is "
+					     "written \\, as in tpm_tcti=swtpm:host=H\\,port=P)",
+					     item) < 0)
+					*ret_msg = NULL;
+			}
+		}
+		if (!*s)
+			break;
+		s++;
+	}
+	free(item);
+	return r;
+}
 
 static int ctl_load_config(struct ctl *ctl, const char *path, char **options, int noptions)
 {
@@ -1279,23 +1790,18 @@ static int ctl_load_config(struct ctl *ctl, const char *path, char **options, in
 			goto fail;
 	}
 	for (int i = 0; i < noptions; i++) {
-		char *eq = strchr(options[i], '=');
-
-		if (!eq) {
-			ctl_error("-o %s: expected key=value", options[i]);
-			return -EINVAL;
-		}
-		*eq = '\0';
-		r = config_set(ctl->config, options[i], eq + 1, "-o", &msg);
-		*eq = '=';
+		r = ctl_set_options(ctl, options[i], &msg);
 		if (r < 0)
 			goto fail;
 	}
 	/*
-	 * A command reports its own failure in one line; the modules' logs
-	 * would repeat it, so they show only with -v.
+	 * Errors are the reasons of a failure (a file's mode, a refused
+	 * connection): they always show. The modules' warnings, progress and
+	 * debug lines are chatter for -v.
 	 */
-	log_set_level(ctl->verbose ? ctl->config->log_level : LOG_CRIT);
+	log_set_level(ctl->verbose ? (ctl->config->log_level > LOG_ERR ? ctl->config->log_level
+								       : LOG_INFO)
+				   : LOG_ERR);
 	return 0;
 fail:
 	ctl_error("%s", msg ? msg : strerror(-r));
@@ -1306,14 +1812,19 @@ fail:
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'}, {"option", required_argument, NULL, 'o'},
-		{"json", no_argument, NULL, 'j'},	  {"verbose", no_argument, NULL, 'v'},
-		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
+		{"config", required_argument, NULL, 'c'},
+		{"option", required_argument, NULL, 'o'},
+		{"json", no_argument, NULL, 'j'},
+		{"verbose", no_argument, NULL, 'v'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
 	};
+	const struct ctl_cmd *cmd;
 	struct ctl ctl = {0};
 	const char *config_path = NULL;
 	char **options;
-	int noptions = 0, c, rc;
+	int noptions = 0, c, rc, first;
 
 	log_init("azaionctl", LOG_WARNING);
 	setenv("TSS2_LOG", "all+NONE", 0);
@@ -1321,7 +1832,7 @@ int main(int argc, char **argv)
 	if (!options)
 		return ctl_error("out of memory");
 	/* "+": stop at the command, whose options are its own. */
-	while ((c = getopt_long(argc, argv, "+c:o:jvh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+c:o:jvhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
 			config_path = optarg;
@@ -1334,13 +1845,18 @@ int main(int argc, char **argv)
 			break;
 		case 'v':
 			ctl.verbose = 1;
+			ctl_verbose = 1;
 			break;
 		case 'h':
 			fputs(CTL_USAGE, stdout);
 			free(options);
 			return 0;
+		case 'V':
+			printf("azaionctl %s\n", CTL_VERSION);
+			free(options);
+			return 0;
 		default:
-			fputs(CTL_USAGE, stderr);
+			fputs("azaionctl: see azaionctl --help\n", stderr);
 			free(options);
 			return 2;
 		}
@@ -1350,21 +1866,31 @@ int main(int argc, char **argv)
 		free(options);
 		return 2;
 	}
+	if (!strcmp(argv[optind], "help")) {
+		rc = ctl_help(argc - optind, argv + optind);
+		goto out;
+	}
+	cmd = ctl_find_cmd(argv[optind]);
+	if (!cmd) {
+		ctl_error("unknown command '%s' (see azaionctl help)", argv[optind]);
+		rc = 2;
+		goto out;
+	}
+	/* The command's own parse moves optind. */
+	first = optind;
+	rc = ctl_check_args(cmd, argc - first, argv + first);
+	if (rc) {
+		rc = rc == 1 ? 0 : 2;
+		goto out;
+	}
+	ctl_stderr_guard();
 	if (ctl_load_config(&ctl, config_path, options, noptions) < 0) {
 		rc = 1;
 		goto out;
 	}
-	if (!strcmp(argv[optind], "publish"))
-		rc = ctl_publish(&ctl, argc - optind, argv + optind);
-	else if (!strcmp(argv[optind], "hw"))
-		rc = ctl_hw(&ctl);
-	else if (ctl_rest_command(argv[optind]))
-		rc = ctl_rest(&ctl, argc - optind, argv + optind);
-	else if (!strcmp(argv[optind], "enroll"))
-		rc = ctl_enroll(&ctl);
-	else
-		rc = ctl_error("unknown command '%s' (see azaionctl --help)", argv[optind]);
+	rc = cmd->run(&ctl, argc - first, argv + first);
 out:
+	ctl_stderr_unguard();
 	config_free(ctl.config);
 	free(options);
 	return rc;

@@ -93,7 +93,8 @@
 #define MAIN_USAGE                                                                                 \
 	"usage: azaionfs SOURCE MOUNTPOINT [-o key=value,...] [-f] [-d]\n"                         \
 	"  -o config=PATH   configuration file (default " CONFIG_DEFAULT_PATH " when it exists)\n" \
-	"  -o KEY=VALUE     any key of the configuration file; wins over the file\n"               \
+	"  -o KEY=VALUE     any key of the configuration file; wins over the file; a comma\n"      \
+	"                   inside a value is written \\, (tpm_tcti=swtpm:host=H\\,port=P)\n"      \
 	"  -o allow_other,default_permissions  both or neither: who else may open a file\n"        \
 	"  -o uid=USER,gid=GROUP,umask=M       files' owner, group and mode (root, azaion, "       \
 	"0027)\n"                                                                                  \
@@ -234,11 +235,18 @@ static int main_opt_proc(void *data, const char *arg, int key, struct fuse_args 
 			return o->sets[o->n_sets++] ? 0 : -1;
 		}
 		if (arg[0] == '-')
-			fprintf(stderr, "azaionfs: unknown option '%s'\n", arg);
+			fprintf(stderr, "azaionfs: unknown option '%s' (see azaionfs --help)\n",
+				arg);
 		else if (config_is_key(name))
 			fprintf(stderr, "azaionfs: -o %s: needs a value (%s=...)\n", name, name);
+		else if (config_nearest_key(name))
+			fprintf(stderr, "azaionfs: -o: unknown key '%s'; did you mean %s?\n", name,
+				config_nearest_key(name));
 		else
-			fprintf(stderr, "azaionfs: -o %s: unknown option\n", name);
+			fprintf(stderr,
+				"azaionfs: -o: unknown key '%s' (see azaionfs --help and the keys "
+				"in azaionfs(8)%s)\n",
+				name, o->n_sets ? "; a comma inside a value is written \\," : "");
 		o->bad = 1;
 		return 0;
 	}
@@ -693,10 +701,13 @@ int main(int argc, char **argv)
 	/* tpm2-tss writes its own warnings to stderr; the causes reach the log through tpm/. */
 	setenv("TSS2_LOG", "all+NONE", 0);
 	fuse_set_log_func(main_fuse_log);
-	if (fuse_opt_parse(&args, &o, main_opt_spec, main_opt_proc) < 0 || o.bad) {
+	if (fuse_opt_parse(&args, &o, main_opt_spec, main_opt_proc) < 0) {
 		fputs(MAIN_USAGE, stderr);
 		goto out_args;
 	}
+	/* Each bad argument has had its own line; the whole usage would bury it. */
+	if (o.bad)
+		goto out_args;
 	if (o.help || o.version) {
 		if (o.help)
 			fputs(MAIN_USAGE, stdout);

@@ -24,7 +24,7 @@ head -c $((8 * 1024 * 1024)) /dev/urandom >"$W/big.onnx"
 mkdir -p "$W/out1" "$W/out2"
 script -qec "$AZ_CTL publish --format 2 --out $W/out1 $W/big.onnx" "$W/tty.txt" >/dev/null 2>&1
 check "azaionctl on a terminal draws a bar to 100%" \
-	grep -q 'big.onnx \[#\{30\}\] 100%' "$W/tty.txt"
+	grep -q 'big.onnx \[#\+\] 100% 8.0 MiB/8.0 MiB' "$W/tty.txt"
 "$AZ_CTL" publish --format 2 --out "$W/out2" "$W/big.onnx" >"$W/pipe.txt" 2>&1
 check_eq "azaionctl into a pipe draws none" "$(grep -c '%' "$W/pipe.txt")" 0
 

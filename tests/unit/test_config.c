@@ -137,6 +137,23 @@ static void test_errors(void)
 	      "-o unknown key named");
 	free(msg);
 	msg = NULL;
+	/* A typo gets the nearest key; another word gets none. */
+	CHECK(config_set(c, "cach_dir", "/x", "-o", &msg) == -ENOENT && msg &&
+		      strstr(msg, "unknown key 'cach_dir'; did you mean cache_dir?"),
+	      "a typo names the nearest key");
+	free(msg);
+	msg = NULL;
+	CHECK(config_nearest_key("tpm_tcit") && !strcmp(config_nearest_key("tpm_tcit"), "tpm_tcti"),
+	      "a swapped pair is one slip");
+	CHECK(config_nearest_key("tcti") && !strcmp(config_nearest_key("tcti"), "tpm_tcti"),
+	      "the distinctive part of one key");
+	CHECK(config_nearest_key("log_levl") &&
+		      !strcmp(config_nearest_key("log_levl"), "log_level"),
+	      "a dropped letter");
+	CHECK(!config_nearest_key("port"), "no key near 'port'");
+	CHECK(!config_nearest_key("cache"), "'cache' is part of two keys: no guess");
+	CHECK(!config_nearest_key("zzzzzzzzzzzz"), "nothing near a word far from every key");
+	CHECK(!config_nearest_key(""), "no guess for an empty key");
 	CHECK(config_load_file(c, "/nonexistent/azaionfs.conf", &msg) == -ENOENT && msg &&
 		      strstr(msg, "/nonexistent/azaionfs.conf"),
 	      "missing file named");
