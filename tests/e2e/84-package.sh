@@ -126,6 +126,16 @@ check_eq "/etc/azaion/azaionfs.conf is a conffile" \
 	"$(dpkg-query -W -f='${Conffiles}' azaionfs | awk '{print $1}')" /etc/azaion/azaionfs.conf
 check "the installed configuration is the tree's" cmp -s /etc/azaion/azaionfs.conf "$AZ_TOP/azaionfs.conf"
 check "the group azaion exists" sh -c "getent group azaion >/dev/null"
+# What a clean system would lack: every library the two programs link
+# (DT_NEEDED) must come from a package that Depends names.
+deps=$(dpkg-deb -f "$DEB" Depends)
+missing=""
+for lib in $(objdump -p /usr/sbin/azaionfs /usr/bin/azaionctl | awk '/NEEDED/{print $2}' | sort -u); do
+	pkg=$(dpkg -S "*/$lib" 2>/dev/null | head -1 | cut -d: -f1)
+	[ -n "$pkg" ] || { missing="$missing $lib(no package)"; continue; }
+	echo "$deps" | grep -Eq "(^|, )$pkg( |,|$)" || missing="$missing $lib($pkg)"
+done
+check_eq "Depends names the package of every linked library" "$missing" ""
 for d in /var/lib/azaionfs /var/cache/azaionfs; do
 	check_eq "$d is there, mode 700, root's" "$(stat -c '%a %U' "$d" 2>&1)" "700 root"
 done
