@@ -483,9 +483,19 @@ static void main_harden(void)
 	}
 }
 
+static pid_t main_child;
+
+/* The child is in its own session: Ctrl-C and a stop reach the parent only. */
+static void main_forward_signal(int sig)
+{
+	if (main_child > 0)
+		kill(main_child, sig);
+}
+
 /*
  * Forks unless foreground: the parent waits for the child's one-byte
- * status and exits with it; the child returns the pipe to report on.
+ * status and exits with it, passing SIGINT and SIGTERM on (the child then
+ * ends a TPM wait and reports); the child returns the pipe to report on.
  */
 static int main_fork(int foreground, int *ret_fd)
 {
@@ -506,8 +516,17 @@ static int main_fork(int foreground, int *ret_fd)
 		return -errno;
 	}
 	if (pid > 0) {
+		struct sigaction sa = {.sa_handler = main_forward_signal};
+		ssize_t n;
+
+		main_child = pid;
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
 		close(p[1]);
-		if (read(p[0], &status, 1) != 1)
+		while ((n = read(p[0], &status, 1)) < 0 && errno == EINTR)
+			;
+		if (n != 1)
 			status = 1;
 		_exit(status);
 	}
