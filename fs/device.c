@@ -431,7 +431,8 @@ int device_new(const struct config *c, struct session *s, struct device **ret)
 
 		d->tpm = NULL;
 		if (r == -EINTR) {
-			log_err("stopped while waiting for the TPM at %s: not starting", c->tpm_tcti);
+			log_err("stopped while waiting for the TPM at %s: not starting",
+				c->tpm_tcti);
 			goto err;
 		}
 		if (c->tpm == CONFIG_TPM_REQUIRED) {

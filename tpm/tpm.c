@@ -1355,8 +1355,7 @@ static int wait_stopped(struct tpm *t, const char *what)
 	return tpm_fail(t, -EINTR, "tpm: stopped waiting for %s: interrupted by a signal", what);
 }
 
-static int connection_open(struct tpm *t, unsigned wait_seconds,
-			   const volatile sig_atomic_t *stop)
+static int connection_open(struct tpm *t, unsigned wait_seconds, const volatile sig_atomic_t *stop)
 {
 	double start = now_seconds(), deadline = start + wait_seconds;
 	/* tpm = auto's short look is not a wait worth announcing. */
@@ -1387,8 +1386,8 @@ static int connection_open(struct tpm *t, unsigned wait_seconds,
 		if (delay < 1.0)
 			delay *= 2;
 	}
-	return tpm_fail(t, -ENODEV, "tpm: no TPM through \"%s\" within %u s: %s; %s",
-			t->tcti_conf, wait_seconds, why, tcti_hint(t->tcti_conf));
+	return tpm_fail(t, -ENODEV, "tpm: no TPM through \"%s\" within %u s: %s; %s", t->tcti_conf,
+			wait_seconds, why, tcti_hint(t->tcti_conf));
 }
 
 /*
@@ -1456,8 +1455,9 @@ static int quick_wait(struct tpm *t, unsigned wait_seconds, const volatile sig_a
 		double now = now_seconds();
 
 		if (now >= deadline)
-			return tpm_fail(t, -ENODEV, "tpm: no TPM: %s did not appear within %u s; %s",
-					node, wait_seconds, tcti_hint(t->tcti_conf));
+			return tpm_fail(t, -ENODEV,
+					"tpm: no TPM: %s did not appear within %u s; %s", node,
+					wait_seconds, tcti_hint(t->tcti_conf));
 		if (now >= next_say) {
 			tpm_say(t, LOG_WARNING, "tpm: waiting for %s to appear; %.0f s left; %s",
 				node, deadline - now, tcti_hint(t->tcti_conf));
