@@ -483,8 +483,10 @@ static void describe(struct fetch_call *c, CURL *h, CURLcode rc, const char *err
 			snprintf(out, cap, "cannot connect to %s (%s)", peer, detail);
 		return;
 	case CURLE_OPERATION_TIMEDOUT:
-		snprintf(out, cap, "%s %s: timed out after %.0f s",
-			 connected ? "no answer from" : "cannot connect to", peer, secs);
+		/* Not "cannot connect": a peer that accepts and stays silent is
+		 * still in curl's connect phase (the TLS handshake). */
+		snprintf(out, cap, "no answer from %s: timed out after %.0f s%s", peer, secs,
+			 connected || got ? "" : " (the connection was not set up)");
 		return;
 	case CURLE_PEER_FAILED_VERIFICATION:
 		snprintf(out, cap, "TLS: certificate of %s not trusted (%s; ca_file %s)", peer,

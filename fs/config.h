@@ -58,7 +58,8 @@ struct config {
 	char **images; /* NULL-terminated */
 	char *images_version;
 	char *docker_socket;
-	int log_level; /* LOG_* */
+	int log_level;	/* LOG_* */
+	char *log_file; /* NULL: stderr or syslog only */
 	enum config_memory_lock memory_lock;
 };
 

@@ -724,6 +724,16 @@ int main(int argc, char **argv)
 	if (main_config(&o, &c) < 0)
 		goto out_args;
 	log_set_level(o.debug ? LOG_DEBUG : c->log_level);
+	if (c->log_file) {
+		char *msg = NULL;
+
+		r = log_open_file(c->log_file, &msg);
+		if (r < 0) {
+			fprintf(stderr, "azaionfs: %s\n", msg ? msg : strerror(-r));
+			free(msg);
+			goto out_config;
+		}
+	}
 	/* Mount options first: a refused mount must not have touched the network. */
 	if (main_check_mount_opts(&o) < 0 || main_mount_owner(&o, &oo) < 0)
 		goto out_config;
@@ -843,6 +853,7 @@ out_fetch:
 	fetch_free(f);
 out_config:
 	main_report(&report, 1);
+	log_close_file();
 	config_free(c);
 out_args:
 	main_opts_clear(&o);

@@ -488,7 +488,7 @@ static int session_do_login(struct session *s, int force, unsigned seen_gen, int
 		if (with_yaml)
 			session_fetch_cdn_yaml(s, tok, cr);
 	} else {
-		log_warn("login to %s failed: %s", s->c->api_url, strerror(-r));
+		log_warn("login to %s failed: %s", s->c->api_url, log_strerror(r));
 	}
 
 	pthread_mutex_lock(&s->lock);
