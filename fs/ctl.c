@@ -991,7 +991,7 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 			  sink.err ? strerror(-sink.err)
 			  : r == -EIO || r == -ECANCELED
 				  ? "the transfer was cut short (see the daemon's log)"
-				  : strerror(-r));
+				  : log_strerror(r));
 		goto out;
 	}
 	if (resp.status != 200) {
@@ -1000,7 +1000,8 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 			putchar('\n');
 		}
 		ctl_rest_detail(sink.head, sink.head_len, detail, sizeof(detail));
-		ctl_error("load %s: HTTP %ld: %s", name, resp.status, detail);
+		ctl_error("load %s: HTTP %ld: %s%s", name, resp.status, detail,
+			  strstr(detail, "not logged in") ? "; run azaionctl login" : "");
 		goto out;
 	}
 	if (!sink.flushed && ctl_write_all(sink.fd, sink.head, sink.head_len) < 0) {
@@ -1169,7 +1170,8 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 	}
 	if (resp.status != 200) {
 		ctl_rest_detail(resp.body.data, resp.body.len, detail, sizeof(detail));
-		ctl_error("upload %s: HTTP %ld: %s", name, resp.status, detail);
+		ctl_error("upload %s: HTTP %ld: %s%s", name, resp.status, detail,
+			  strstr(detail, "not logged in") ? "; run azaionctl login" : "");
 		goto out;
 	}
 	if (!ctl->json)
