@@ -1009,17 +1009,19 @@ int fetch_run(struct fetch_call *c)
 		wait = 0;
 		if (transient && attempt < f->max_retries) {
 			wait = backoff_ms(attempt);
-			if ((int64_t)wait >= deadline - now_ms()) {
+			if ((int64_t)wait >= deadline - now_ms())
 				transient = 0;
-				if (r < 0)
-					strncat(cause, " (no time left to retry)",
-						sizeof(cause) - strlen(cause) - 1);
-			}
 		} else {
 			transient = 0;
 		}
 		if (!transient) {
 			/* A status is the caller's to judge and log. */
+			if (r < 0 && attempt > 0) {
+				size_t n = strlen(cause);
+
+				snprintf(cause + n, sizeof(cause) - n, " (%u attempts in %.1f s)",
+					 attempt + 1, (double)(now_ms() - start) / 1000.0);
+			}
 			if (r < 0) {
 				fetch_logf(f, prio, "%s %s: %s", method, u, cause);
 				why_set(r, cause);

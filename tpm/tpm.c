@@ -1364,7 +1364,7 @@ static int connection_open(struct tpm *t, unsigned wait_seconds, const volatile 
 
 	snprintf(what, sizeof(what), "a TPM through \"%s\"", t->tcti_conf);
 	for (;;) {
-		double now, left;
+		double now, left, nap;
 
 		if (connection_try(t, why, sizeof(why)) == 0)
 			return 0;
@@ -1381,7 +1381,9 @@ static int connection_open(struct tpm *t, unsigned wait_seconds, const volatile 
 		}
 		if (delay > left)
 			delay = left;
-		if (wait_sleep(delay, stop))
+		/* Wake for the next announcement on time, too. */
+		nap = delay < next_say - now ? delay : next_say - now;
+		if (wait_sleep(nap > 0.05 ? nap : 0.05, stop))
 			return wait_stopped(t, what);
 		if (delay < 1.0)
 			delay *= 2;
