@@ -58,9 +58,9 @@ struct config {
 	char **images; /* NULL-terminated */
 	char *images_version;
 	char *docker_socket;
-	int log_level;	/* LOG_* */
-	char *log_file; /* NULL: stderr or syslog only */
+	int log_level; /* LOG_* */
 	enum config_memory_lock memory_lock;
+	char *log_file; /* NULL: stderr or syslog only */
 };
 
 #define CONFIG_DEFAULT_PATH "/etc/azaion/azaionfs.conf"
