@@ -485,8 +485,8 @@ static void describe(struct fetch_call *c, CURL *h, CURLcode rc, const char *err
 	case CURLE_OPERATION_TIMEDOUT:
 		/* Not "cannot connect": a peer that accepts and stays silent is
 		 * still in curl's connect phase (the TLS handshake). */
-		snprintf(out, cap, "no answer from %s: timed out after %.0f s%s", peer, secs,
-			 connected || got ? "" : " (the connection was not set up)");
+		snprintf(out, cap, "no answer from %s%s: timed out after %.0f s", peer,
+			 connected || got ? "" : " while connecting", secs);
 		return;
 	case CURLE_PEER_FAILED_VERIFICATION:
 		snprintf(out, cap, "TLS: certificate of %s not trusted (%s; ca_file %s)", peer,

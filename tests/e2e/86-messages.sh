@@ -71,7 +71,7 @@ cases=(
 	"refused|https://127.0.0.1:$DEAD|$STACK_CA|connection refused at 127\.0\.0\.1:$DEAD"
 	"dns|https://nonexistent.invalid|$STACK_CA|cannot resolve nonexistent\.invalid"
 	"tls|$NGINX_URL|$STACK_EK_CA|TLS: certificate of ${NGINX_HOSTPORT//./\\.} not trusted"
-	"timeout|https://127.0.0.1:$SILENT|$STACK_CA|no answer from 127\.0\.0\.1:$SILENT: timed out after [0-9]+ s"
+	"timeout|https://127.0.0.1:$SILENT|$STACK_CA|no answer from 127\.0\.0\.1:$SILENT( while connecting)?: timed out after [0-9]+ s"
 )
 for c in "${cases[@]}"; do
 	IFS='|' read -r name url ca re <<<"$c"
