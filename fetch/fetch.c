@@ -471,12 +471,11 @@ static void describe(struct fetch_call *c, CURL *h, CURLcode rc, const char *err
 	switch (rc) {
 	case CURLE_COULDNT_RESOLVE_HOST:
 		host_name(req->url, host, sizeof(host));
-		snprintf(out, cap, "cannot resolve %s (check the name and the DNS)", host);
+		snprintf(out, cap, "cannot resolve %s: check the name and the DNS", host);
 		return;
 	case CURLE_COULDNT_CONNECT:
 		if (oserr == ECONNREFUSED)
-			snprintf(out, cap, "connection refused at %s (nothing listens there)",
-				 peer);
+			snprintf(out, cap, "connection refused at %s: nothing listens there", peer);
 		else if (oserr)
 			snprintf(out, cap, "cannot connect to %s: %s", peer, strerror((int)oserr));
 		else
@@ -1019,7 +1018,7 @@ int fetch_run(struct fetch_call *c)
 			if (r < 0 && attempt > 0) {
 				size_t n = strlen(cause);
 
-				snprintf(cause + n, sizeof(cause) - n, " (%u attempts in %.1f s)",
+				snprintf(cause + n, sizeof(cause) - n, "; %u attempts in %.1f s",
 					 attempt + 1, (double)(now_ms() - start) / 1000.0);
 			}
 			if (r < 0) {

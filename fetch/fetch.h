@@ -40,7 +40,7 @@
 /*
  * Like strerror(-err), but when err is what the last failed call of this
  * thread returned, its cause in an operator's words: "connection refused
- * at HOST:PORT (nothing listens there)", "cannot resolve NAME", "TLS:
+ * at HOST:PORT: nothing listens there", "cannot resolve NAME", "TLS:
  * certificate of HOST:PORT not trusted (...)", "no answer from HOST:PORT:
  * timed out after N s", "HOST:PORT closed the connection after N of M
  * bytes (...)". A thread that waited for another's call (the read path's

@@ -75,7 +75,8 @@ cases=(
 )
 for c in "${cases[@]}"; do
 	IFS='|' read -r name url ca re <<<"$c"
-	conf "$W/$name.conf" "api_url=$url" "ca_file=$ca" "cdn_url=$NGINX_URL" "io_timeout=2"
+	conf "$W/$name.conf" "api_url=$url" "ca_file=$ca" "cdn_url=$NGINX_URL" "io_timeout=2" \
+		"rest_listen=unix:$W/rest-$name.sock"
 	"$AZ_CTL" -c "$W/$name.conf" publish --name "$A" "$W/$A" >"$W/$name.ctl" 2>&1
 	rc=$?
 	check "azaionctl, $name: fails (rc $rc)" test "$rc" -ne 0
@@ -89,6 +90,11 @@ for c in "${cases[@]}"; do
 		grep -qE "login to .* failed: $re" "$W/m-$name.log"
 	check_eq "daemon, $name: not 'No route to host'" \
 		"$(grep -c 'No route to host' "$W/m-$name.log")" 0
+	# The side endpoint's answer (F1 login through the daemon) carries the same words.
+	wait_for 10 test -S "$W/rest-$name.sock"
+	"$AZ_CTL" -c "$W/$name.conf" login >"$W/$name.login" 2>&1
+	check "side endpoint, $name: the login's detail says /$re/ ($(head -c 300 "$W/$name.login"))" \
+		grep -qE "$re" "$W/$name.login"
 	fs_umount "$W/m-$name" "$pid"
 done
 
