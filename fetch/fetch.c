@@ -75,6 +75,8 @@ static int64_t why_any_ms;
 static char why_any_msg[FETCH_WHY_MAX];
 
 static int64_t now_ms(void);
+struct fetch_request;
+static void peer_name(const struct fetch_request *req, char *out, size_t cap);
 
 static void why_set(int err, const char *msg)
 {
@@ -232,6 +234,16 @@ int fetch_check_status(struct fetch *f, const char *method, const char *url, lon
 		fetch_url_for_log(url, u, sizeof(u));
 		fetch_logf(f, quiet_404 && status == 404 ? LOG_DEBUG : LOG_ERR, "%s %s: HTTP %ld",
 			   method, u, status);
+	}
+	if (r == -EIO) {
+		/* EIO alone would read "Input/output error". */
+		struct fetch_request req = {.url = url};
+		char peer[300], msg[FETCH_WHY_MAX];
+
+		peer_name(&req, peer, sizeof(peer));
+		snprintf(msg, sizeof(msg), "%.300s answered HTTP %ld to %.8s", peer, status,
+			 method);
+		why_set(r, msg);
 	}
 	return r;
 }

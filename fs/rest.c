@@ -479,9 +479,10 @@ static enum MHD_Result rest_login(struct rest *r, struct rest_req *q, struct MHD
 		if (e == -EACCES)
 			return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
 					   "Invalid credentials: the API refused them");
-		return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
-				   "cannot log in: the Resource API at %s: %s", r->d.c->api_url,
-				   log_strerror(e));
+		return rest_detail(
+			r, conn, MHD_HTTP_UNAUTHORIZED,
+			"cannot log in: the Resource API at %s is unreachable or failing: %s",
+			r->d.c->api_url, log_strerror(e));
 	}
 	rest_refresh_catalog(r, 1);
 	return rest_json(r, conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
