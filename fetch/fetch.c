@@ -58,6 +58,58 @@ struct fetch {
 
 /* ---- helpers ------------------------------------------------------------ */
 
+/*
+ * The operator's words for the last failed call: this thread's (any
+ * errno), and the process's last refused, unresolved or timed-out call
+ * for the threads that only wait for another's fetch (the store's
+ * workers); that one is used for a minute at most.
+ */
+#define FETCH_WHY_MAX 400
+#define FETCH_WHY_ANY_MS 60000
+static __thread int why_err;
+static __thread char why_msg[FETCH_WHY_MAX];
+static __thread char why_out[FETCH_WHY_MAX];
+static pthread_mutex_t why_lock = PTHREAD_MUTEX_INITIALIZER;
+static int why_any_err;
+static int64_t why_any_ms;
+static char why_any_msg[FETCH_WHY_MAX];
+
+static int64_t now_ms(void);
+struct fetch_request;
+static void peer_name(const struct fetch_request *req, char *out, size_t cap);
+
+static void why_set(int err, const char *msg)
+{
+	why_err = err;
+	snprintf(why_msg, sizeof(why_msg), "%s", msg);
+	if (err != -EHOSTUNREACH && err != -ETIMEDOUT)
+		return;
+	pthread_mutex_lock(&why_lock);
+	why_any_err = err;
+	why_any_ms = now_ms();
+	snprintf(why_any_msg, sizeof(why_any_msg), "%s", msg);
+	pthread_mutex_unlock(&why_lock);
+}
+
+const char *fetch_strerror(int err)
+{
+	if (err < 0 && err == why_err)
+		return why_msg;
+	if (err == -EHOSTUNREACH || err == -ETIMEDOUT) {
+		int found = 0;
+
+		pthread_mutex_lock(&why_lock);
+		if (why_any_err == err && now_ms() - why_any_ms < FETCH_WHY_ANY_MS) {
+			snprintf(why_out, sizeof(why_out), "%s", why_any_msg);
+			found = 1;
+		}
+		pthread_mutex_unlock(&why_lock);
+		if (found)
+			return why_out;
+	}
+	return strerror(err < 0 ? -err : err);
+}
+
 void fetch_wipe(void *p, size_t len)
 {
 	if (p && len)
@@ -182,6 +234,16 @@ int fetch_check_status(struct fetch *f, const char *method, const char *url, lon
 		fetch_url_for_log(url, u, sizeof(u));
 		fetch_logf(f, quiet_404 && status == 404 ? LOG_DEBUG : LOG_ERR, "%s %s: HTTP %ld",
 			   method, u, status);
+	}
+	if (r == -EIO) {
+		/* EIO alone would read "Input/output error". */
+		struct fetch_request req = {.url = url};
+		char peer[300], msg[FETCH_WHY_MAX];
+
+		peer_name(&req, peer, sizeof(peer));
+		snprintf(msg, sizeof(msg), "%.300s answered HTTP %ld to %.8s", peer, status,
+			 method);
+		why_set(r, msg);
 	}
 	return r;
 }
@@ -354,6 +416,133 @@ static void pool_put(struct fetch *f, CURL *h, int keep)
 }
 
 /* ---- one call ------------------------------------------------------------ */
+
+/* "host:port" of a request, or "unix socket PATH", for messages. */
+static void peer_name(const struct fetch_request *req, char *out, size_t cap)
+{
+	CURLU *u;
+	char *host = NULL, *port = NULL;
+
+	snprintf(out, cap, "the server");
+	if (req->unix_socket) {
+		snprintf(out, cap, "the unix socket %s", req->unix_socket);
+		return;
+	}
+	u = curl_url();
+	if (!u)
+		return;
+	if (!curl_url_set(u, CURLUPART_URL, req->url, 0) &&
+	    !curl_url_get(u, CURLUPART_HOST, &host, 0) &&
+	    !curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT))
+		snprintf(out, cap, "%s:%s", host, port);
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
+}
+
+/* The host name alone, for a failed resolution. */
+static void host_name(const char *url, char *out, size_t cap)
+{
+	CURLU *u = curl_url();
+	char *host = NULL;
+
+	snprintf(out, cap, "the host");
+	if (u && !curl_url_set(u, CURLUPART_URL, url, 0) &&
+	    !curl_url_get(u, CURLUPART_HOST, &host, 0))
+		snprintf(out, cap, "%s", host);
+	curl_free(host);
+	curl_url_cleanup(u);
+}
+
+/*
+ * The operator's words for a transport failure of one attempt: what
+ * happened, where, and what curl saw. Runs before the handle goes back to
+ * the pool (its counters are read here).
+ */
+static void describe(struct fetch_call *c, CURL *h, CURLcode rc, const char *errbuf,
+		     int64_t elapsed_ms, int short_body, char *out, size_t cap)
+{
+	const struct fetch_request *req = c->req;
+	char peer[300], host[256];
+	curl_off_t got = 0, sent = 0, len = -1, connected = 0;
+	long oserr = 0;
+	const char *detail = errbuf && *errbuf ? errbuf : curl_easy_strerror(rc);
+	double secs = (double)elapsed_ms / 1000.0;
+
+	peer_name(req, peer, sizeof(peer));
+	curl_easy_getinfo(h, CURLINFO_SIZE_DOWNLOAD_T, &got);
+	curl_easy_getinfo(h, CURLINFO_SIZE_UPLOAD_T, &sent);
+	curl_easy_getinfo(h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+	curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected);
+	curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &oserr);
+	if (short_body) {
+		snprintf(out, cap, "%s closed the connection after %lld of %lld bytes (%s)", peer,
+			 (long long)got, (long long)len, c->why ? c->why : "a short body");
+		return;
+	}
+	switch (rc) {
+	case CURLE_COULDNT_RESOLVE_HOST:
+		host_name(req->url, host, sizeof(host));
+		snprintf(out, cap, "cannot resolve %s: check the name and the DNS", host);
+		return;
+	case CURLE_COULDNT_CONNECT:
+		if (oserr == ECONNREFUSED)
+			snprintf(out, cap, "connection refused at %s: nothing listens there", peer);
+		else if (oserr)
+			snprintf(out, cap, "cannot connect to %s: %s", peer, strerror((int)oserr));
+		else
+			snprintf(out, cap, "cannot connect to %s (%s)", peer, detail);
+		return;
+	case CURLE_OPERATION_TIMEDOUT:
+		/* Not "cannot connect": a peer that accepts and stays silent is
+		 * still in curl's connect phase (the TLS handshake). */
+		snprintf(out, cap, "no answer from %s%s: timed out after %.0f s", peer,
+			 connected || got ? "" : " while connecting", secs);
+		return;
+	case CURLE_PEER_FAILED_VERIFICATION:
+		snprintf(out, cap, "TLS: certificate of %s not trusted (%s; ca_file %s)", peer,
+			 detail, c->f->ca_file ? c->f->ca_file : "unset: the system store");
+		return;
+	case CURLE_SSL_CACERT_BADFILE:
+		snprintf(out, cap, "TLS: cannot use ca_file %s (%s)",
+			 c->f->ca_file ? c->f->ca_file : "(the system store)", detail);
+		return;
+	case CURLE_SSL_CONNECT_ERROR:
+		snprintf(out, cap, "TLS: the handshake with %s failed (%s)", peer, detail);
+		return;
+	case CURLE_PARTIAL_FILE:
+	case CURLE_RECV_ERROR:
+	case CURLE_SEND_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_HTTP2:
+	case CURLE_HTTP2_STREAM:
+		if (sent > 0 && !got) {
+			int64_t total = req->body_reader ? req->body_size : (int64_t)req->body_len;
+
+			if (total >= 0)
+				snprintf(out, cap,
+					 "%s closed the connection after %lld of %lld bytes sent "
+					 "(%s)",
+					 peer, (long long)sent, (long long)total, detail);
+			else
+				snprintf(out, cap,
+					 "%s closed the connection after %lld bytes sent (%s)",
+					 peer, (long long)sent, detail);
+		} else if (len >= 0) {
+			snprintf(out, cap, "%s closed the connection after %lld of %lld bytes (%s)",
+				 peer, (long long)got, (long long)len, detail);
+		} else if (rc == CURLE_GOT_NOTHING) {
+			snprintf(out, cap, "%s closed the connection without an answer", peer);
+		} else {
+			snprintf(out, cap, "%s closed the connection after %lld bytes (%s)", peer,
+				 (long long)got, detail);
+		}
+		return;
+	default:
+		snprintf(out, cap, "%s: %s", peer, detail);
+		return;
+	}
+}
 
 /* The engine's state of one attempt, given to the curl callbacks. */
 struct xfer {
@@ -694,20 +883,44 @@ static int setup_handle(struct fetch_call *c, struct xfer *x, struct curl_slist 
 	return 0;
 }
 
+/*
+ * log_level = debug: one line per request sent (an attempt), with what
+ * identifies it and no secret: the URL without userinfo and query.
+ */
+static void fetch_log_attempt(struct fetch_call *c, CURL *h, const char *method, const char *u,
+			      const char *failure, int64_t ms)
+{
+	curl_off_t got = 0, sent = 0;
+
+	if (!c->f->log)
+		return;
+	curl_easy_getinfo(h, CURLINFO_SIZE_DOWNLOAD_T, &got);
+	curl_easy_getinfo(h, CURLINFO_SIZE_UPLOAD_T, &sent);
+	if (failure && !c->status)
+		fetch_logf(c->f, LOG_DEBUG,
+			   "request %s %s: failed: %s; %lld bytes in, %lld out, %lld ms", method, u,
+			   failure, (long long)got, (long long)sent, (long long)ms);
+	else
+		fetch_logf(c->f, LOG_DEBUG,
+			   "request %s %s: HTTP %ld; %lld bytes in, %lld out, %lld ms", method, u,
+			   c->status, (long long)got, (long long)sent, (long long)ms);
+}
+
 int fetch_run(struct fetch_call *c)
 {
 	struct fetch *f = c->f;
 	const struct fetch_request *req = c->req;
 	const char *method = req->method ? req->method : "GET";
 	unsigned timeout = req->timeout_ms ? req->timeout_ms : fetch_timeout_ms(f);
-	int64_t deadline = now_ms() + timeout, remaining;
+	int64_t start = now_ms(), deadline = start + timeout, remaining;
 	struct curl_slist *headers = NULL;
 	char errbuf[CURL_ERROR_SIZE];
-	char cause[CURL_ERROR_SIZE + 128];
+	char cause[FETCH_WHY_MAX];
 	char u[512];
 	unsigned attempt;
 	int r, prio = c->quiet ? LOG_DEBUG : LOG_ERR;
 
+	why_err = 0;
 	fetch_url_for_log(req->url, u, sizeof(u));
 	if (!req->url) {
 		fetch_logf(f, LOG_ERR, "%s: no URL", method);
@@ -722,16 +935,24 @@ int fetch_run(struct fetch_call *c)
 		struct xfer x = {.c = c};
 		int transient = 0, keep = 1, sent;
 		long request_size = 0;
+		int64_t t0;
 		CURLcode rc;
 		unsigned wait;
 
-		cause[0] = '\0';
 		remaining = deadline - now_ms();
 		if (remaining <= 0) {
-			fetch_logf(f, prio, "%s %s: no answer within %u ms", method, u, timeout);
+			char last[FETCH_WHY_MAX];
+
+			snprintf(last, sizeof(last), "%s", attempt ? cause : "");
+			snprintf(cause, sizeof(cause), "timed out after %.0f s%s%.300s%s",
+				 (double)(now_ms() - start) / 1000.0, *last ? " (" : "", last,
+				 *last ? ")" : "");
+			fetch_logf(f, prio, "%s %s: %s", method, u, cause);
 			r = -ETIMEDOUT;
+			why_set(r, cause);
 			break;
 		}
+		cause[0] = '\0';
 		x.h = pool_get(f);
 		if (!x.h) {
 			fetch_logf(f, LOG_ERR, "%s %s: no curl handle", method, u);
@@ -754,6 +975,7 @@ int fetch_run(struct fetch_call *c)
 			fetch_logf(f, LOG_ERR, "%s %s: cannot set up the request", method, u);
 			break;
 		}
+		t0 = now_ms();
 		rc = curl_easy_perform(x.h);
 		if (c->hooks && c->hooks->undo)
 			c->hooks->undo(c->hooks->ctx);
@@ -775,8 +997,7 @@ int fetch_run(struct fetch_call *c)
 			if (transient && sent &&
 			    (req->no_retry || x.reader_used || c->no_more_retries))
 				transient = 0;
-			snprintf(cause, sizeof(cause), "%s%s%s", curl_easy_strerror(rc),
-				 errbuf[0] ? ": " : "", errbuf);
+			describe(c, x.h, rc, errbuf, now_ms() - start, 0, cause, sizeof(cause));
 		} else if (x.discard) {
 			r = 0;
 			transient = 1;
@@ -786,28 +1007,36 @@ int fetch_run(struct fetch_call *c)
 			if (r == FETCH_SHORT) {
 				r = -EIO;
 				transient = !c->no_more_retries;
+				describe(c, x.h, rc, errbuf, now_ms() - start, 1, cause,
+					 sizeof(cause));
 			}
 			if (r < 0)
 				snprintf(cause, sizeof(cause), "%s",
 					 c->why ? c->why : strerror(-r));
 		}
+		fetch_log_attempt(c, x.h, method, u, rc == CURLE_OK && !x.err ? NULL : cause,
+				  now_ms() - t0);
 		pool_put(f, x.h, keep);
 		wait = 0;
 		if (transient && attempt < f->max_retries) {
 			wait = backoff_ms(attempt);
-			if ((int64_t)wait >= deadline - now_ms()) {
+			if ((int64_t)wait >= deadline - now_ms())
 				transient = 0;
-				if (r < 0)
-					strncat(cause, " (no time left to retry)",
-						sizeof(cause) - strlen(cause) - 1);
-			}
 		} else {
 			transient = 0;
 		}
 		if (!transient) {
 			/* A status is the caller's to judge and log. */
-			if (r < 0)
+			if (r < 0 && attempt > 0) {
+				size_t n = strlen(cause);
+
+				snprintf(cause + n, sizeof(cause) - n, "; %u attempts in %.1f s",
+					 attempt + 1, (double)(now_ms() - start) / 1000.0);
+			}
+			if (r < 0) {
 				fetch_logf(f, prio, "%s %s: %s", method, u, cause);
+				why_set(r, cause);
+			}
 			break;
 		}
 		fetch_logf(f, LOG_DEBUG, "%s %s: %s, retry %u in %u ms", method, u, cause,

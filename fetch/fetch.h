@@ -23,7 +23,10 @@
  *   -ECANCELED   a sink or body reader asked to stop
  *   -ENOMEM
  * The cause is logged once, here, through the log callback; secrets
- * (passwords, tokens, key material) are never logged.
+ * (passwords, tokens, key material) are never logged. fetch_strerror()
+ * gives it in an operator's words. At LOG_DEBUG every request sent is one
+ * line: "request METHOD URL: HTTP status; N bytes in, N out, N ms" (the
+ * URL without userinfo and query), or "failed: CAUSE" instead of a status.
  */
 #ifndef AZAION_FETCH_H
 #define AZAION_FETCH_H
@@ -33,6 +36,19 @@
 #include <sys/types.h>
 #include <time.h>
 #include <jansson.h>
+
+/*
+ * Like strerror(-err), but when err is what the last failed call of this
+ * thread returned, its cause in an operator's words: "connection refused
+ * at HOST:PORT: nothing listens there", "cannot resolve NAME", "TLS:
+ * certificate of HOST:PORT not trusted (...)", "no answer from HOST:PORT:
+ * timed out after N s", "HOST:PORT closed the connection after N of M
+ * bytes (...)". A thread that waited for another's call (the read path's
+ * workers) gets the process's last refused, unreachable or timed-out call
+ * of the last minute for -EHOSTUNREACH and -ETIMEDOUT. The text stays valid
+ * until the thread's next fetch call or fetch_strerror.
+ */
+const char *fetch_strerror(int err);
 
 /* Log callback; priority is a syslog LOG_* value. */
 typedef void (*fetch_log_fn)(int priority, const char *msg);

@@ -559,7 +559,7 @@ int catalog_refresh(struct catalog *cat, int offline)
 				 cat->c->folder);
 		r = catalog_from_models(cat->c, &l);
 	} else if (!offline) {
-		log_warn("catalog: cannot list %s: %s", cat->c->folder, strerror(-r));
+		log_warn("catalog: cannot list %s: %s", cat->c->folder, log_strerror(r));
 	}
 	if (r < 0) {
 		prev = catalog_get(cat);

@@ -91,6 +91,7 @@ static const struct config_key config_keys[] = {
 	K(images_version, T_STR, "latest"),
 	K(docker_socket, T_STR, "/var/run/docker.sock"),
 	K(log_level, T_LEVEL, "info"),
+	K(log_file, T_OPT, NULL),
 	K(memory_lock, T_MEMLOCK, "all"),
 };
 #undef K

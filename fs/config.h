@@ -60,6 +60,7 @@ struct config {
 	char *docker_socket;
 	int log_level; /* LOG_* */
 	enum config_memory_lock memory_lock;
+	char *log_file; /* NULL: stderr or syslog only */
 };
 
 #define CONFIG_DEFAULT_PATH "/etc/azaion/azaionfs.conf"

@@ -267,7 +267,7 @@ static int ctl_session(struct ctl *ctl, struct fetch **ret_fetch, struct session
 		if (r == -EACCES)
 			return ctl_error("login to %s: the API refused the credentials",
 					 ctl->config->api_url);
-		return ctl_error("login to %s failed: %s", ctl->config->api_url, strerror(-r));
+		return ctl_error("login to %s failed: %s", ctl->config->api_url, log_strerror(r));
 	}
 	*ret_fetch = f;
 	*ret_session = s;
@@ -842,10 +842,19 @@ static int ctl_enroll(struct ctl *ctl)
 	if (r < 0 || !session_logged_in(s)) {
 		ctl_error("login to %s failed: %s", ctl->config->api_url,
 			  r == -EACCES ? "the API refused the credentials"
-				       : strerror(-r ? -r : EIO));
+				       : log_strerror(r ? r : -EIO));
 		goto out;
 	}
+	/* A TPM wait says what it waits for (tpm/) even without -v. */
+	if (!ctl->verbose)
+		log_set_level(LOG_WARNING);
 	r = device_new(ctl->config, s, &d);
+	if (!ctl->verbose)
+		log_set_level(LOG_CRIT);
+	if (r == -EINTR) {
+		ctl_error("enroll: stopped while waiting for the TPM at %s", ctl->config->tpm_tcti);
+		goto out;
+	}
 	if (r < 0) {
 		ctl_error("enroll: no TPM at %s", ctl->config->tpm_tcti);
 		goto out;
@@ -1021,7 +1030,7 @@ static int ctl_rest_call(struct ctl *ctl, struct ctl_rest *cr, const char *cmd, 
 	}
 	if (r < 0) {
 		ctl_error("%s: the daemon does not answer on %s: %s", cmd, ctl_rest_where(ctl),
-			  strerror(-r));
+			  log_strerror(r));
 		goto out;
 	}
 	if (resp.status < 200 || resp.status >= 300) {
@@ -1346,7 +1355,7 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 			  sink.err ? strerror(-sink.err)
 			  : r == -EIO || r == -ECANCELED
 				  ? "the transfer was cut short (see the daemon's log)"
-				  : strerror(-r));
+				  : log_strerror(r));
 		goto out;
 	}
 	if (resp.status != 200) {
@@ -1355,7 +1364,8 @@ static int ctl_rest_load(struct ctl *ctl, int argc, char **argv)
 			putchar('\n');
 		}
 		ctl_rest_detail(sink.head, sink.head_len, detail, sizeof(detail));
-		ctl_error("load %s: HTTP %ld: %s", name, resp.status, detail);
+		ctl_error("load %s: HTTP %ld: %s%s", name, resp.status, detail,
+			  strstr(detail, "not logged in") ? "; run azaionctl login" : "");
 		goto out;
 	}
 	if (!sink.flushed && ctl_write_all(sink.fd, sink.head, sink.head_len) < 0) {
@@ -1508,7 +1518,7 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 	r = fetch_request(cr.f, &req, &resp);
 	if (r < 0) {
 		ctl_error("upload %s: the daemon does not answer on %s: %s", name,
-			  ctl_rest_where(ctl), strerror(-r));
+			  ctl_rest_where(ctl), log_strerror(r));
 		goto out;
 	}
 	if (ctl->json) {
@@ -1517,7 +1527,8 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 	}
 	if (resp.status != 200) {
 		ctl_rest_detail(resp.body.data, resp.body.len, detail, sizeof(detail));
-		ctl_error("upload %s: HTTP %ld: %s", name, resp.status, detail);
+		ctl_error("upload %s: HTTP %ld: %s%s", name, resp.status, detail,
+			  strstr(detail, "not logged in") ? "; run azaionctl login" : "");
 		goto out;
 	}
 	if (!ctl->json)

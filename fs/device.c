@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,6 +347,40 @@ out:
 
 /* ---- start ------------------------------------------------------------------ */
 
+/* The signal that asked the TPM wait to end (0: none). */
+static volatile sig_atomic_t device_stop;
+
+static void device_on_signal(int sig)
+{
+	device_stop = sig;
+}
+
+/*
+ * tpm_open with SIGINT and SIGTERM ending its wait (Ctrl-C, systemctl
+ * stop): the wait may last tpm_wait seconds, and a stop should not. A
+ * signal that came while no wait was in progress is raised again once the
+ * previous handlers are back, so it is not lost.
+ */
+static int device_tpm_open(struct tpm_opts *o, struct tpm **ret)
+{
+	struct sigaction sa = {.sa_handler = device_on_signal}, old_int, old_term;
+	int r, sig;
+
+	sigemptyset(&sa.sa_mask);
+	device_stop = 0;
+	sigaction(SIGINT, &sa, &old_int);
+	sigaction(SIGTERM, &sa, &old_term);
+	o->stop = &device_stop;
+	r = tpm_open(o, ret);
+	sigaction(SIGINT, &old_int, NULL);
+	sigaction(SIGTERM, &old_term, NULL);
+	sig = device_stop;
+	device_stop = 0;
+	if (sig && r != -EINTR)
+		raise(sig);
+	return r;
+}
+
 int device_new(const struct config *c, struct session *s, struct device **ret)
 {
 	struct tpm_opts o = {0};
@@ -389,12 +424,17 @@ int device_new(const struct config *c, struct session *s, struct device **ret)
 	o.log = device_tpm_log;
 	o.quick = c->tpm == CONFIG_TPM_AUTO;
 	device_tpm_why[0] = '\0';
-	r = tpm_open(&o, &d->tpm);
+	r = device_tpm_open(&o, &d->tpm);
 	secmem_free(auth);
 	if (r < 0) {
 		const char *why = device_tpm_why[0] ? device_tpm_why : strerror(-r);
 
 		d->tpm = NULL;
+		if (r == -EINTR) {
+			log_err("stopped while waiting for the TPM at %s: not starting",
+				c->tpm_tcti);
+			goto err;
+		}
 		if (c->tpm == CONFIG_TPM_REQUIRED) {
 			log_err("tpm = required, but no TPM answers at %s: not starting (%s)",
 				c->tpm_tcti, why);

@@ -240,7 +240,7 @@ static int real_small_part(struct keys *kk, const char *name, uint8_t **ret, siz
 		*ret_msg = keys_fmt("not logged in (no credentials): its small part is out of "
 				    "reach");
 	else if (r < 0)
-		*ret_msg = keys_fmt("cannot get its small part: %s", strerror(-r));
+		*ret_msg = keys_fmt("cannot get its small part: %s", log_strerror(r));
 	return r;
 }
 
@@ -265,13 +265,13 @@ static int real_key_doc(struct keys *kk, const char *name, struct keys_doc *ret,
 		if (doc) {
 			log_info("%s: the API is out of reach (%s): using its key document kept "
 				 "in state_dir",
-				 name, strerror(-r));
+				 name, log_strerror(r));
 			kd.kept = 1;
 			r = 0;
 		}
 	}
 	if (r < 0) {
-		*ret_msg = keys_fmt("cannot get its key for device %s: %s", id, strerror(-r));
+		*ret_msg = keys_fmt("cannot get its key for device %s: %s", id, log_strerror(r));
 		return r;
 	}
 	if (keys_parse_doc(doc, kd.file_id, kd.wrapped, sizeof(kd.wrapped), &kd.wrapped_len) < 0) {
@@ -295,7 +295,8 @@ static int real_chunk_hashes(struct keys *kk, const char *name, uint32_t *ret_ch
 
 	r = session_chunk_hashes(k->s, k->c->folder, name, ret_chunk_size, ret_sha256, ret_count);
 	if (r < 0 && r != -ENOENT)
-		*ret_msg = keys_fmt("cannot get its chunk hashes from the API: %s", strerror(-r));
+		*ret_msg =
+			keys_fmt("cannot get its chunk hashes from the API: %s", log_strerror(r));
 	return r;
 }
 

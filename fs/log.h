@@ -14,6 +14,19 @@ void log_init(const char *ident, int level);
 void log_set_level(int level);
 /* Switches output to syslog (after daemonising). */
 void log_use_syslog(void);
+/*
+ * Also appends every line to path (log_file), from now on and after
+ * daemonising. Creates it mode 0600; refuses a symlink, anything but a
+ * regular file, and a file others (group or world) may write. On failure
+ * *ret_msg (malloc()ed, may be NULL) says why.
+ */
+int log_open_file(const char *path, char **ret_msg);
+void log_close_file(void);
+/*
+ * strerror() for what an operator reads: the words of the failed HTTP
+ * call behind err (fetch_strerror), "not logged in" for -ENOKEY.
+ */
+const char *log_strerror(int err);
 int log_enabled(int priority);
 void log_msg(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_vmsg(int priority, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));

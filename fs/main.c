@@ -493,9 +493,19 @@ static void main_harden(void)
 	}
 }
 
+static pid_t main_child;
+
+/* The child is in its own session: Ctrl-C and a stop reach the parent only. */
+static void main_forward_signal(int sig)
+{
+	if (main_child > 0)
+		kill(main_child, sig);
+}
+
 /*
  * Forks unless foreground: the parent waits for the child's one-byte
- * status and exits with it; the child returns the pipe to report on.
+ * status and exits with it, passing SIGINT and SIGTERM on (the child then
+ * ends a TPM wait and reports); the child returns the pipe to report on.
  */
 static int main_fork(int foreground, int *ret_fd)
 {
@@ -516,8 +526,17 @@ static int main_fork(int foreground, int *ret_fd)
 		return -errno;
 	}
 	if (pid > 0) {
+		struct sigaction sa = {.sa_handler = main_forward_signal};
+		ssize_t n;
+
+		main_child = pid;
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
 		close(p[1]);
-		if (read(p[0], &status, 1) != 1)
+		while ((n = read(p[0], &status, 1)) < 0 && errno == EINTR)
+			;
+		if (n != 1)
 			status = 1;
 		_exit(status);
 	}
@@ -723,6 +742,16 @@ int main(int argc, char **argv)
 	if (main_config(&o, &c) < 0)
 		goto out_args;
 	log_set_level(o.debug ? LOG_DEBUG : c->log_level);
+	if (c->log_file) {
+		char *msg = NULL;
+
+		r = log_open_file(c->log_file, &msg);
+		if (r < 0) {
+			fprintf(stderr, "azaionfs: %s\n", msg ? msg : strerror(-r));
+			free(msg);
+			goto out_config;
+		}
+	}
 	/* Mount options first: a refused mount must not have touched the network. */
 	if (main_check_mount_opts(&o) < 0 || main_mount_owner(&o, &oo) < 0)
 		goto out_config;
@@ -842,6 +871,7 @@ out_fetch:
 	fetch_free(f);
 out_config:
 	main_report(&report, 1);
+	log_close_file();
 	config_free(c);
 out_args:
 	main_opts_clear(&o);

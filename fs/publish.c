@@ -22,6 +22,7 @@
 
 #include "crypto/crypto.h"
 #include "fs/format.h"
+#include "fs/log.h"
 #include "fs/names.h"
 #include "fs/publish.h"
 
@@ -382,7 +383,7 @@ static int pub_register_chunks(struct pub_stream *s, const struct publish_req *r
 		pub_fail(s, r,
 			 "registering the chunk hashes with the API failed: %s; the small part "
 			 "was not uploaded, so the model is not published: publish it again",
-			 strerror(-r));
+			 log_strerror(r));
 	return r;
 }
 
@@ -463,7 +464,7 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 		r = fetch_cdn_put(t->fetch, url, cdn.s3, pub_big_read, &s, s.big_size);
 		if (r < 0) {
 			pub_fail(&s, r, "uploading the big part to %s failed: %s", url,
-				 strerror(-r));
+				 log_strerror(r));
 			goto out;
 		}
 	}
@@ -499,7 +500,7 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 					   fields);
 		}
 		if (r < 0) {
-			pub_fail(&s, r, "storing the small part failed: %s", strerror(-r));
+			pub_fail(&s, r, "storing the small part failed: %s", log_strerror(r));
 			goto out;
 		}
 	} else {
@@ -517,7 +518,7 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 			crypto_wipe(key_b64, sizeof(key_b64));
 		}
 		if (r < 0) {
-			pub_fail(&s, r, "registering the content key failed: %s", strerror(-r));
+			pub_fail(&s, r, "registering the content key failed: %s", log_strerror(r));
 			goto out;
 		}
 	}

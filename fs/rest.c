@@ -479,9 +479,10 @@ static enum MHD_Result rest_login(struct rest *r, struct rest_req *q, struct MHD
 		if (e == -EACCES)
 			return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
 					   "Invalid credentials: the API refused them");
-		return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
-				   "cannot log in: the Resource API at %s is unreachable (%s)",
-				   r->d.c->api_url, strerror(-e));
+		return rest_detail(
+			r, conn, MHD_HTTP_UNAUTHORIZED,
+			"cannot log in: the Resource API at %s is unreachable or failing: %s",
+			r->d.c->api_url, log_strerror(e));
 	}
 	rest_refresh_catalog(r, 1);
 	return rest_json(r, conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
@@ -573,7 +574,9 @@ static unsigned rest_load_status(int e, const char **why)
 		*why = "the CDN refused the request";
 		return MHD_HTTP_BAD_GATEWAY;
 	case -ETIMEDOUT:
-		*why = "the CDN or the API did not answer in time";
+	case -EHOSTUNREACH:
+		/* The failed call's own words: refused, unresolved, timed out. */
+		*why = log_strerror(e);
 		return MHD_HTTP_BAD_GATEWAY;
 	case -EIO:
 		*why = "the CDN or the API failed, or the data failed its check (see the "
@@ -792,9 +795,9 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 		if (e == -EKEYREJECTED)
 			fetch_cdn_refusal(reason, sizeof(reason));
 		log_err("upload %s/%s (format %d, %llu bytes) failed: %s", folder, q->name, format,
-			(unsigned long long)up->len, msg ? msg : strerror(-e));
+			(unsigned long long)up->len, msg ? msg : log_strerror(e));
 		ret = rest_detail(r, conn, status, "upload failed: %s%s%s%s",
-				  msg ? msg : strerror(-e), *reason ? " (the CDN says: " : "",
+				  msg ? msg : log_strerror(e), *reason ? " (the CDN says: " : "",
 				  reason, *reason ? ")" : "");
 		free(msg);
 		return ret;

@@ -422,9 +422,9 @@ static void session_fetch_cdn_yaml(struct session *s, const char *token,
 			       &buf);
 	if (r < 0) {
 		if (s->c->cdn_url)
-			log_debug("cdn.yaml: %s (cdn_url is configured)", strerror(-r));
+			log_debug("cdn.yaml: %s (cdn_url is configured)", log_strerror(r));
 		else
-			log_warn("cdn.yaml: %s", strerror(-r));
+			log_warn("cdn.yaml: %s", log_strerror(r));
 		return;
 	}
 	if (buf.len < 32 || buf.len > SESSION_YAML_MAX || buf.len % CRYPTO_BLOCK) {
@@ -489,7 +489,7 @@ static int session_do_login(struct session *s, int force, unsigned seen_gen, int
 		if (with_yaml)
 			session_fetch_cdn_yaml(s, tok, cr);
 	} else {
-		log_warn("login to %s failed: %s", s->c->api_url, strerror(-r));
+		log_warn("login to %s failed: %s", s->c->api_url, log_strerror(r));
 	}
 
 	pthread_mutex_lock(&s->lock);

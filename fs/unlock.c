@@ -175,7 +175,7 @@ int unlock_login(const struct config *c, struct fetch *f, struct session *s, str
 	r = fetch_api_login(f, c->api_url, email, password, &tok, &exp);
 	if (r < 0) {
 		log_warn("login to %s with the given credentials failed: %s", c->api_url,
-			 strerror(-r));
+			 log_strerror(r));
 		return r;
 	}
 	crypto_wipe(tok, strlen(tok));

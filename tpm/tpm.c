@@ -1324,31 +1324,72 @@ static double now_seconds(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int connection_open(struct tpm *t, unsigned wait_seconds)
+/* What an operator checks when nothing answers through conf. */
+static const char *tcti_hint(const char *conf)
 {
-	double deadline = now_seconds() + wait_seconds;
-	double delay = 0.1;
-	char why[256] = "";
+	if (!strncmp(conf, "swtpm", 5) || !strncmp(conf, "mssim", 5))
+		return "check that swtpm (or the simulator) listens at that address";
+	if (!strncmp(conf, "tabrmd", 6))
+		return "check that tpm2-abrmd runs (systemctl status tpm2-abrmd)";
+	if (!strncmp(conf, "device", 6) || !strncmp(conf, "libtss2-tcti-device", 19))
+		return "check that the device node exists and the daemon may open it (a "
+		       "firmware TPM needs tee-supplicant running, e.g. on a Jetson)";
+	return "check that the TPM stack named by tpm_tcti runs";
+}
 
+/* Sleeps up to seconds; 1 when *stop asked to end the wait. */
+static int wait_sleep(double seconds, const volatile sig_atomic_t *stop)
+{
+	struct timespec ts;
+
+	if (stop && *stop)
+		return 1;
+	ts.tv_sec = (time_t)seconds;
+	ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+	nanosleep(&ts, NULL); /* a signal cuts it short */
+	return stop && *stop;
+}
+
+static int wait_stopped(struct tpm *t, const char *what)
+{
+	return tpm_fail(t, -EINTR, "tpm: stopped waiting for %s: interrupted by a signal", what);
+}
+
+static int connection_open(struct tpm *t, unsigned wait_seconds, const volatile sig_atomic_t *stop)
+{
+	double start = now_seconds(), deadline = start + wait_seconds;
+	/* tpm = auto's short look is not a wait worth announcing. */
+	double next_say = wait_seconds > TPM_QUICK_WAIT ? start : deadline + 1, delay = 0.1;
+	char why[256] = "", what[300];
+
+	snprintf(what, sizeof(what), "a TPM through \"%s\"", t->tcti_conf);
 	for (;;) {
-		double left;
-		struct timespec ts;
+		double now, left, nap;
 
 		if (connection_try(t, why, sizeof(why)) == 0)
 			return 0;
-		left = deadline - now_seconds();
+		now = now_seconds();
+		left = deadline - now;
 		if (left <= 0)
 			break;
+		/* Silence for a minute looks like a hang: say what is awaited. */
+		if (now >= next_say) {
+			tpm_say(t, LOG_WARNING,
+				"tpm: waiting for %s (%s); %.0f s left of tpm_wait=%u; %s", what,
+				why, left, wait_seconds, tcti_hint(t->tcti_conf));
+			next_say = now + TPM_WAIT_SAY_S;
+		}
 		if (delay > left)
 			delay = left;
-		ts.tv_sec = (time_t)delay;
-		ts.tv_nsec = (long)((delay - (double)ts.tv_sec) * 1e9);
-		nanosleep(&ts, NULL);
+		/* Wake for the next announcement on time, too. */
+		nap = delay < next_say - now ? delay : next_say - now;
+		if (wait_sleep(nap > 0.05 ? nap : 0.05, stop))
+			return wait_stopped(t, what);
 		if (delay < 1.0)
 			delay *= 2;
 	}
-	return tpm_fail(t, -ENODEV, "tpm: no TPM through \"%s\" within %u s: %s", t->tcti_conf,
-			wait_seconds, why);
+	return tpm_fail(t, -ENODEV, "tpm: no TPM through \"%s\" within %u s: %s; %s", t->tcti_conf,
+			wait_seconds, why, tcti_hint(t->tcti_conf));
 }
 
 /*
@@ -1392,10 +1433,11 @@ static int tee_present(void)
  * is waited for (up to wait_seconds) only where a TEE may still bring a
  * firmware TPM, and is absent at once elsewhere.
  */
-static int quick_wait(struct tpm *t, unsigned wait_seconds, unsigned *ret_wait)
+static int quick_wait(struct tpm *t, unsigned wait_seconds, const volatile sig_atomic_t *stop,
+		      unsigned *ret_wait)
 {
 	char node[PATH_MAX];
-	double deadline;
+	double deadline, next_say;
 
 	*ret_wait = wait_seconds < TPM_QUICK_WAIT ? wait_seconds : TPM_QUICK_WAIT;
 	if (!tcti_device_node(t->tcti_conf, node, sizeof(node)) || node_present(node))
@@ -1410,13 +1452,21 @@ static int quick_wait(struct tpm *t, unsigned wait_seconds, unsigned *ret_wait)
 		"TEE supplicant runs)",
 		wait_seconds, node);
 	deadline = now_seconds() + wait_seconds;
+	next_say = now_seconds() + TPM_WAIT_SAY_S;
 	while (!node_present(node)) {
-		struct timespec ts = {0, 250 * 1000 * 1000};
+		double now = now_seconds();
 
-		if (now_seconds() >= deadline)
-			return tpm_fail(t, -ENODEV, "tpm: no TPM: %s did not appear within %u s",
-					node, wait_seconds);
-		nanosleep(&ts, NULL);
+		if (now >= deadline)
+			return tpm_fail(t, -ENODEV,
+					"tpm: no TPM: %s did not appear within %u s; %s", node,
+					wait_seconds, tcti_hint(t->tcti_conf));
+		if (now >= next_say) {
+			tpm_say(t, LOG_WARNING, "tpm: waiting for %s to appear; %.0f s left; %s",
+				node, deadline - now, tcti_hint(t->tcti_conf));
+			next_say = now + TPM_WAIT_SAY_S;
+		}
+		if (wait_sleep(0.25, stop))
+			return wait_stopped(t, node);
 	}
 	return 0;
 }
@@ -1475,11 +1525,11 @@ int tpm_open(const struct tpm_opts *opts, struct tpm **ret)
 	}
 	wait = opts->wait_seconds;
 	if (opts->quick) {
-		r = quick_wait(t, opts->wait_seconds, &wait);
+		r = quick_wait(t, opts->wait_seconds, opts->stop, &wait);
 		if (r < 0)
 			goto out_free;
 	}
-	r = connection_open(t, wait);
+	r = connection_open(t, wait, opts->stop);
 	if (r < 0)
 		goto out_free;
 	*ret = t;

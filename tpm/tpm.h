@@ -35,6 +35,7 @@
 #ifndef AZAION_TPM_H
 #define AZAION_TPM_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,6 +54,8 @@ struct tpm_opts {
 	const char *state_dir; /* where blobs live, mode 0600 */
 	tpm_log_fn log;	       /* may be NULL */
 	int quick;	       /* tpm = auto: see tpm_open */
+	/* Non-zero (set by a signal handler) ends a wait with -EINTR; may be NULL. */
+	const volatile sig_atomic_t *stop;
 };
 
 struct tpm;
@@ -66,7 +69,12 @@ struct tpm;
  * TEE, or any TCTI that has not answered within 2 s. Only a missing node
  * where a TEE exists (a firmware TPM still to come) is waited for, up to
  * wait_seconds.
+ *
+ * While it waits it says every TPM_WAIT_SAY_S seconds (LOG_WARNING) what it
+ * waits for, how long is left and what to check; *opts->stop ends the wait
+ * within a second (-EINTR, logged).
  */
+#define TPM_WAIT_SAY_S 5
 int tpm_open(const struct tpm_opts *opts, struct tpm **ret);
 void tpm_close(struct tpm *t);
 
