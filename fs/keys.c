@@ -8,6 +8,11 @@
  * that the key is gone (404: revoked, republished elsewhere) removes the
  * copy; only an API out of reach makes the copy serve.
  *
+ * Format-1 small parts are kept the same way, in state_dir/small, as the
+ * API returned them: encrypted to this user and hardware, useless without
+ * the credentials (which the TPM seals). The same rules: a 404 removes
+ * the copy, only an API out of reach makes it serve.
+ *
  * No lock of its own: the session and the device guard themselves, and a
  * key document is replaced by rename.
  */
@@ -25,8 +30,10 @@
 #include "fs/keys.h"
 #include "fs/log.h"
 
-#define KEYS_DOC_MAX (64 * 1024) /* a kept key document, read back */
-#define KEYS_DIR "keys"		 /* under state_dir */
+#define KEYS_DOC_MAX (64 * 1024)  /* a kept key document, read back */
+#define KEYS_DIR "keys"		  /* under state_dir */
+#define KEYS_SMALL_DIR "small"	  /* under state_dir */
+#define KEYS_SMALL_MAX (64 << 20) /* a kept small part, read back */
 
 struct keys_real {
 	struct keys k;
@@ -98,7 +105,9 @@ int keys_parse_doc(json_t *doc, char ret_file_id[2 * F2_FILE_ID_SIZE + 1], uint8
 	return 0;
 }
 
-static char *keys_doc_path(struct keys_real *k, const char *name, const char *device)
+/* state_dir/DIR/HASH.EXT, HASH of the folder, the name and (format 2) the device. */
+static char *keys_kept_path(struct keys_real *k, const char *dir, const char *name,
+			    const char *device, const char *ext)
 {
 	struct crypto_sha256 *h = crypto_sha256_new();
 	char hex[33], *p = NULL;
@@ -108,13 +117,85 @@ static char *keys_doc_path(struct keys_real *k, const char *name, const char *de
 		return NULL;
 	crypto_sha256_update(h, k->c->folder, strlen(k->c->folder) + 1);
 	crypto_sha256_update(h, name, strlen(name) + 1);
-	crypto_sha256_update(h, device, strlen(device) + 1);
+	if (device)
+		crypto_sha256_update(h, device, strlen(device) + 1);
 	crypto_sha256_final(h, d);
 	crypto_sha256_free(h);
 	crypto_hex(d, 16, hex);
-	if (asprintf(&p, "%s/%s/%s.json", k->c->state_dir, KEYS_DIR, hex) < 0)
+	if (asprintf(&p, "%s/%s/%s.%s", k->c->state_dir, dir, hex, ext) < 0)
 		return NULL;
 	return p;
+}
+
+static char *keys_doc_path(struct keys_real *k, const char *name, const char *device)
+{
+	return keys_kept_path(k, KEYS_DIR, name, device, "json");
+}
+
+/* Writes len bytes to path through path.tmp, mode 0600, synced. */
+static int keys_write_file(const char *path, const void *data, size_t len)
+{
+	char *tmp = NULL;
+	int fd, r = 0;
+
+	if (asprintf(&tmp, "%s.tmp", path) < 0)
+		return -ENOMEM;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		r = -errno;
+		goto out;
+	}
+	if (write(fd, data, len) != (ssize_t)len || fsync(fd) < 0)
+		r = errno ? -errno : -EIO;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0)
+		unlink(tmp);
+out:
+	free(tmp);
+	return r;
+}
+
+/*
+ * The kept file at path, if it is a regular file of at most max bytes, in
+ * locked memory as the API's answer is (secmem_free).
+ */
+static int keys_read_file(const char *path, size_t max, uint8_t **ret, size_t *ret_len)
+{
+	struct stat sb;
+	uint8_t *buf = NULL;
+	size_t got = 0;
+	ssize_t n;
+	int fd, r = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size <= 0 ||
+	    (size_t)sb.st_size > max) {
+		r = -EINVAL;
+		goto out;
+	}
+	buf = secmem_alloc((size_t)sb.st_size);
+	if (!buf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	while (got < (size_t)sb.st_size && (n = read(fd, buf + got, (size_t)sb.st_size - got)) > 0)
+		got += (size_t)n;
+	if (got != (size_t)sb.st_size) {
+		r = -EIO;
+		goto out;
+	}
+	*ret = buf;
+	*ret_len = got;
+	buf = NULL;
+out:
+	secmem_free(buf);
+	close(fd);
+	return r;
 }
 
 /*
@@ -225,17 +306,57 @@ static int real_cdn(struct keys *kk, const char **ret_url, const struct fetch_s3
 	return 0;
 }
 
+/* Keeps a format-1 small part as the API returned it, unless the same is kept. */
+static void keys_small_save(struct keys_real *k, const char *name, const uint8_t *data, size_t len)
+{
+	char *path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "small"), *dir = NULL;
+	uint8_t *kept = NULL;
+	size_t kept_len = 0;
+	int r;
+
+	if (!path || asprintf(&dir, "%s/%s", k->c->state_dir, KEYS_SMALL_DIR) < 0)
+		goto out;
+	/* Every open brings it: an fsync per open would hold up each first read. */
+	if (keys_read_file(path, KEYS_SMALL_MAX, &kept, &kept_len) == 0 && kept_len == len &&
+	    memcmp(kept, data, len) == 0)
+		goto out;
+	r = mkdir(dir, 0700) < 0 && errno != EEXIST ? -errno : 0;
+	if (r == 0)
+		r = keys_write_file(path, data, len);
+	if (r < 0)
+		log_warn("%s: cannot keep its small part in %s: %s", name, dir, strerror(-r));
+out:
+	secmem_free(kept);
+	free(dir);
+	free(path);
+}
+
 static int real_small_part(struct keys *kk, const char *name, uint8_t **ret, size_t *ret_len,
 			   char **ret_msg)
 {
 	struct keys_real *k = (struct keys_real *)kk;
-	char *small_name = NULL;
+	char *small_name = NULL, *path = NULL;
 	int r;
 
 	if (asprintf(&small_name, "%s.small", name) < 0)
 		return -ENOMEM;
 	r = session_get_resource(k->s, k->c->folder, small_name, ret, ret_len);
 	free(small_name);
+	path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "small");
+	if (r == 0 && path)
+		keys_small_save(k, name, *ret, *ret_len);
+	if (r == -ENOENT && path && unlink(path) == 0)
+		log_info("%s: the API no longer gives its small part; the kept copy is removed",
+			 name);
+	/* Only an API out of reach: a refusal or a 404 is its answer. */
+	if (r < 0 && r != -ENOENT && r != -EACCES && r != -ENOKEY && path &&
+	    keys_read_file(path, KEYS_SMALL_MAX, ret, ret_len) == 0) {
+		log_info("%s: the API is out of reach (%s): using its small part kept in "
+			 "state_dir",
+			 name, log_strerror(r));
+		r = 0;
+	}
+	free(path);
 	if (r == -ENOKEY)
 		*ret_msg = keys_fmt("not logged in (no credentials): its small part is out of "
 				    "reach");

@@ -12,6 +12,7 @@
  * in the FUSE init callback.
  */
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -99,6 +100,7 @@
 	"  -o uid=USER,gid=GROUP,umask=M       files' owner, group and mode (root, azaion, "       \
 	"0027)\n"                                                                                  \
 	"  -o auto_unmount\n"                                                                      \
+	"  -o nonempty      mount on a folder that is not empty or already a mount point\n"        \
 	"  -f               stay in the foreground\n"                                              \
 	"  -d               debug output (implies -f)\n"
 
@@ -110,6 +112,7 @@ enum {
 	KEY_KEEP,
 	KEY_ALLOW_OTHER,
 	KEY_DEFAULT_PERMISSIONS,
+	KEY_NONEMPTY,
 };
 
 struct main_opts {
@@ -127,6 +130,7 @@ struct main_opts {
 	unsigned umask;
 	int has_umask;
 	int allow_other, default_permissions;
+	int nonempty; /* -o nonempty: the mount point may hold files or a mount */
 };
 
 static const struct fuse_opt main_opt_spec[] = {
@@ -160,6 +164,8 @@ static const struct fuse_opt main_opt_spec[] = {
 	FUSE_OPT_KEY("allow_root", KEY_KEEP),
 	FUSE_OPT_KEY("default_permissions", KEY_DEFAULT_PERMISSIONS),
 	FUSE_OPT_KEY("auto_unmount", KEY_KEEP),
+	/* libfuse 3 no longer knows it; the check is main_check_mount_point's. */
+	FUSE_OPT_KEY("nonempty", KEY_NONEMPTY),
 	FUSE_OPT_KEY("max_read=", KEY_KEEP),
 	/* nosuid,nodev are always added (main_fuse_args): dev and suid mean nothing. */
 	FUSE_OPT_KEY("dev", FUSE_OPT_KEY_DISCARD),
@@ -200,6 +206,9 @@ static int main_opt_proc(void *data, const char *arg, int key, struct fuse_args 
 	case KEY_DEFAULT_PERMISSIONS:
 		o->default_permissions = 1;
 		return 1;
+	case KEY_NONEMPTY:
+		o->nonempty = 1;
+		return 0;
 	case KEY_KEEP:
 		return 1;
 	case FUSE_OPT_KEY_NONOPT:
@@ -381,6 +390,102 @@ static int main_check_mount_opts(const struct main_opts *o)
 	return 0;
 }
 
+/*
+ * 1 when path is a mount point: listed in this namespace's mountinfo (a
+ * bind mount of the same file system too), or on another device than its
+ * parent. mountinfo writes a space, tab, newline and backslash as \ooo.
+ */
+static int main_is_mounted(const char *path)
+{
+	char line[4096], *dir, *end, parent[4096];
+	struct stat a, b;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	int found = 0;
+
+	while (f && !found && fgets(line, sizeof(line), f)) {
+		/* id parent major:minor root MOUNTPOINT ... */
+		dir = line;
+		for (int i = 0; i < 4 && dir; i++) {
+			dir = strchr(dir, ' ');
+			if (dir)
+				dir++;
+		}
+		if (!dir || !(end = strchr(dir, ' ')))
+			continue;
+		*end = '\0';
+		for (char *r = dir, *w = dir;; r++, w++) {
+			if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' &&
+			    r[2] <= '7' && r[3] >= '0' && r[3] <= '7') {
+				*w = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+				r += 3;
+			} else {
+				*w = *r;
+			}
+			if (!*r)
+				break;
+		}
+		found = strcmp(dir, path) == 0;
+	}
+	if (f)
+		fclose(f);
+	snprintf(parent, sizeof(parent), "%s/..", path);
+	if (!found && stat(path, &a) == 0 && stat(parent, &b) == 0)
+		found = a.st_dev != b.st_dev;
+	return found;
+}
+
+/*
+ * The mount point must be an empty directory that nothing is mounted on:
+ * a mount over files hides them, and a second azaionfs over the first
+ * would serve the same folder twice, the first one unreachable. -o
+ * nonempty says that this is meant.
+ */
+static int main_check_mount_point(const struct main_opts *o)
+{
+	const char *p = o->mountpoint;
+	struct dirent *de;
+	struct stat sb;
+	int entries = 0;
+	DIR *dir;
+
+	if (stat(p, &sb) < 0) {
+		fprintf(stderr, "azaionfs: mount point %s: %s\n", p, strerror(errno));
+		return -errno;
+	}
+	if (!S_ISDIR(sb.st_mode)) {
+		fprintf(stderr,
+			"azaionfs: mount point %s is not a directory; give an empty "
+			"directory (mkdir it)\n",
+			p);
+		return -ENOTDIR;
+	}
+	if (o->nonempty)
+		return 0;
+	if (main_is_mounted(p)) {
+		fprintf(stderr,
+			"azaionfs: mount point %s is already mounted (%s); unmount it first "
+			"(umount %s), or add -o nonempty to mount over it\n",
+			p, "see /proc/mounts", p);
+		return -EBUSY;
+	}
+	dir = opendir(p);
+	if (!dir) {
+		fprintf(stderr, "azaionfs: mount point %s: %s\n", p, strerror(errno));
+		return -errno;
+	}
+	while (!entries && (de = readdir(dir)))
+		entries = strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+	closedir(dir);
+	if (entries) {
+		fprintf(stderr,
+			"azaionfs: mount point %s is not empty: the mount would hide its files; "
+			"give an empty directory, or add -o nonempty to mount over them\n",
+			p);
+		return -ENOTEMPTY;
+	}
+	return 0;
+}
+
 /* 1 when this process may lock memory past RLIMIT_MEMLOCK. */
 static int main_has_ipc_lock(void)
 {
@@ -546,13 +651,17 @@ static int main_fork(int foreground, int *ret_fd)
 	return 0;
 }
 
+/* The FUSE init's thread and the main thread may both report. */
+static pthread_mutex_t main_report_lock = PTHREAD_MUTEX_INITIALIZER;
+
 /* Tells the waiting parent how the start went; on success detaches for good. */
 static void main_report(int *fd, unsigned char status)
 {
 	int null;
 
+	pthread_mutex_lock(&main_report_lock);
 	if (*fd < 0)
-		return;
+		goto out;
 	if (status == 0) {
 		if (chdir("/") < 0)
 			log_warn("chdir /: %s", strerror(errno));
@@ -570,14 +679,33 @@ static void main_report(int *fd, unsigned char status)
 		log_warn("cannot report the start to the parent: %s", strerror(errno));
 	close(*fd);
 	*fd = -1;
+out:
+	pthread_mutex_unlock(&main_report_lock);
 }
 
 struct main_state {
 	struct catalog *cat;
 	struct store *st;
-	struct rest *rest; /* NULL: the side endpoint could not listen */
+	struct rest *rest;
+	struct fuse_session *se;
 	const char *mountpoint;
+	const char *source;
+	int report;	/* the waiting parent's pipe until the mount answers; -1 after */
+	int failed;	/* the start failed after the mount: exit 1 */
+	char *ready_mp; /* main_ready's copy of the mount point */
+	pthread_t ready;
+	int has_ready;
 };
+
+/* Ends a start that failed after the mount (the loop then unmounts). */
+static void main_fail_started(struct main_state *ms)
+{
+	ms->failed = 1;
+	main_report(&ms->report, 1);
+	fuse_session_exit(ms->se);
+	/* The loop's main thread waits on a semaphore that only a signal interrupts. */
+	kill(getpid(), SIGTERM);
+}
 
 /*
  * Raises the mount's kernel read-ahead. The kernel lowers it to what
@@ -585,9 +713,9 @@ struct main_state {
  * stat() of the mount root waits for it. As root only (sysfs); without,
  * reads stay correct in smaller requests.
  */
-static void *main_readahead(void *arg)
+static void main_readahead(const char *mountpoint)
 {
-	char *mountpoint = arg, path[96], value[16];
+	char path[96], value[16];
 	struct statfs fs;
 	struct stat sb;
 	int fd = -1, n;
@@ -606,29 +734,63 @@ static void *main_readahead(void *arg)
 out:
 	if (fd >= 0)
 		close(fd);
-	free(mountpoint);
+}
+
+/*
+ * The mount answers only once the kernel has libfuse's answer to
+ * FUSE_INIT, and a request on it waits until then: a stat of the root that
+ * succeeds on this FUSE mount means that the handshake went through, and
+ * only then does the mount command exit 0. An option the kernel or
+ * libfuse refuses at the handshake makes the stat fail (ECONNREFUSED).
+ */
+static void *main_ready(void *arg)
+{
+	struct main_state *ms = arg;
+	struct statfs fs;
+	struct stat sb;
+
+	if (statfs(ms->ready_mp, &fs) < 0 || stat(ms->ready_mp, &sb) < 0) {
+		log_err("the mount at %s does not answer after the FUSE handshake: %s; see the "
+			"messages above (a mount option the kernel refused?)",
+			ms->ready_mp, strerror(errno));
+		main_fail_started(ms);
+		return NULL;
+	}
+	if (fs.f_type != MAIN_FUSE_MAGIC) {
+		log_err("%s is no longer this FUSE mount after the handshake; see the messages "
+			"above",
+			ms->ready_mp);
+		main_fail_started(ms);
+		return NULL;
+	}
+	log_info("mounted %s at %s", ms->source, ms->ready_mp);
+	main_report(&ms->report, 0);
+	main_readahead(ms->ready_mp);
 	return NULL;
 }
 
 static void main_on_init(void *arg)
 {
 	struct main_state *ms = arg;
-	char *mountpoint;
-	pthread_t t;
 
 	if (store_start(ms->st) < 0)
 		log_warn("read-ahead is off: no worker thread could start");
 	if (catalog_start(ms->cat) < 0)
 		log_warn("the catalog will not be refreshed: no thread could start");
-	if (ms->rest && rest_start(ms->rest) < 0) {
-		rest_free(ms->rest);
-		ms->rest = NULL;
+	/* The endpoint is the only way to log in and unlock: without it, no mount. */
+	if (rest_start(ms->rest) < 0) {
+		log_err("the side endpoint on %s did not start; the mount stops", ms->mountpoint);
+		main_fail_started(ms);
+		return;
 	}
-	mountpoint = strdup(ms->mountpoint);
-	if (mountpoint && pthread_create(&t, NULL, main_readahead, mountpoint) == 0)
-		pthread_detach(t);
-	else
-		free(mountpoint);
+	/* The main thread joins it, after the unmount: it holds ms. */
+	ms->ready_mp = strdup(ms->mountpoint);
+	if (!ms->ready_mp || pthread_create(&ms->ready, NULL, main_ready, ms) != 0) {
+		log_err("cannot start a thread: %s", strerror(errno));
+		main_fail_started(ms);
+		return;
+	}
+	ms->has_ready = 1;
 }
 
 /*
@@ -654,6 +816,50 @@ static int main_fuse_args(const struct main_opts *o, struct fuse_args *args)
 		return -ENOMEM;
 	if (o->debug && fuse_opt_add_arg(args, "-odebug") < 0)
 		return -ENOMEM;
+	return 0;
+}
+
+/*
+ * Whether the start may go on after the first login (docs/architecture.md,
+ * start-up). "No credentials" (none configured, none sealed in the TPM: a
+ * device before its first login) mounts: the side endpoint is how they
+ * arrive. Configured credentials that the API refuses stop the start; so
+ * does an API out of reach with no saved catalog, since the mount would
+ * be an empty folder. With a saved catalog it is an offline start. The
+ * TPM's sealed credentials refused mount too: azaionctl login, through
+ * the endpoint, replaces them.
+ */
+static int main_check_login(const struct config *c, struct catalog *cat, int had_creds, int login)
+{
+	struct catalog_list *l;
+	size_t n;
+
+	if (login == 0 || login == -ENOKEY)
+		return 0;
+	if (login == -EACCES) {
+		if (!had_creds) {
+			log_warn("the API refused the credentials sealed in the TPM: log in again "
+				 "(azaionctl login) to read the models");
+			return 0;
+		}
+		log_err("the API at %s refused the credentials in %s (HTTP 401/403): correct "
+			"them there and mount again",
+			c->api_url, c->credentials ? c->credentials : "the configuration");
+		return -EACCES;
+	}
+	l = catalog_get(cat);
+	n = l->n;
+	catalog_put(cat, l);
+	if (n == 0) {
+		log_err("cannot reach the API at %s (%s) and state_dir %s holds no saved catalog: "
+			"the mount would be an empty folder; check api_url, the network and "
+			"ca_file, and mount again",
+			c->api_url, log_strerror(login), c->state_dir);
+		return login;
+	}
+	log_warn("offline start: the API at %s is out of reach (%s); serving the saved catalog "
+		 "(%zu files), with the keys kept in state_dir, until it is back",
+		 c->api_url, log_strerror(login), n);
 	return 0;
 }
 
@@ -713,7 +919,7 @@ int main(int argc, char **argv)
 	struct session *s = NULL;
 	struct device *d = NULL;
 	struct ops *ops = NULL;
-	int r, rc = 1, report = -1;
+	int r, rc = 1, login, had_creds;
 
 	log_init("azaionfs", LOG_INFO);
 	metrics_set_version(MAIN_VERSION);
@@ -753,10 +959,12 @@ int main(int argc, char **argv)
 		}
 	}
 	/* Mount options first: a refused mount must not have touched the network. */
-	if (main_check_mount_opts(&o) < 0 || main_mount_owner(&o, &oo) < 0)
+	if (main_check_mount_opts(&o) < 0 || main_check_mount_point(&o) < 0 ||
+	    main_mount_owner(&o, &oo) < 0)
 		goto out_config;
 	main_harden();
-	if (main_fork(o.foreground, &report) < 0)
+	ms.report = -1;
+	if (main_fork(o.foreground, &ms.report) < 0)
 		goto out_config;
 	if (main_lock_memory(c) < 0)
 		goto out_config;
@@ -785,7 +993,8 @@ int main(int argc, char **argv)
 	 */
 	if (device_new(c, s, &d) < 0)
 		goto out_session;
-	device_login(d);
+	had_creds = session_has_credentials(s);
+	login = device_login(d);
 	if (session_logged_in(s))
 		device_enroll_if_needed(d);
 	r = main_read_path(c, f, s, d, &ms.st);
@@ -798,11 +1007,14 @@ int main(int argc, char **argv)
 		goto out_store;
 	/* After a failed login, the saved list at once rather than another wait. */
 	catalog_refresh(ms.cat, session_has_credentials(s) && !session_logged_in(s));
+	if (main_check_login(c, ms.cat, had_creds, login) < 0)
+		goto out_catalog;
 
 	/*
 	 * The side endpoint listens now, so that a busy port shows on the
-	 * terminal, and serves from the FUSE init on. Without it the mount
-	 * still works: it is the model files that matter most.
+	 * terminal, and serves from the FUSE init on. It is the only way to
+	 * log in and unlock: a mount without it would be one nobody can fix
+	 * from outside, so it stops the start (rest_new said why).
 	 */
 	rd.c = c;
 	rd.mountpoint = o.mountpoint;
@@ -811,8 +1023,13 @@ int main(int argc, char **argv)
 	rd.d = d;
 	rd.cat = ms.cat;
 	rd.st = ms.st;
-	if (rest_new(&rd, &ms.rest) < 0)
-		log_warn("the side endpoint is off: it cannot listen on %s", c->rest_listen);
+	r = rest_new(&rd, &ms.rest);
+	if (r < 0) {
+		log_err("the side endpoint on %s cannot start (%s): it is the way to log in and "
+			"unlock, so the mount stops; fix the cause above and mount again",
+			c->rest_listen, strerror(-r));
+		goto out_catalog;
+	}
 
 	oo.c = c;
 	oo.cat = ms.cat;
@@ -820,17 +1037,18 @@ int main(int argc, char **argv)
 	oo.on_init = main_on_init;
 	oo.on_init_arg = &ms;
 	ms.mountpoint = o.mountpoint;
+	ms.source = o.source ? o.source : "azaion";
 	if (ops_new(&oo, &ops) < 0 || main_fuse_args(&o, &args) < 0)
 		goto out_rest;
 	se = fuse_session_new(&args, ops_table(), sizeof(struct fuse_lowlevel_ops), ops);
 	if (!se)
 		goto out_ops;
+	ms.se = se;
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session_fuse;
+	/* The parent waits on until main_ready has seen the handshake through. */
 	if (fuse_session_mount(se, o.mountpoint) != 0)
 		goto out_signals;
-	log_info("mounted %s at %s", o.source ? o.source : "azaion", o.mountpoint);
-	main_report(&report, 0);
 
 	loop = fuse_loop_cfg_create();
 	if (!loop)
@@ -847,10 +1065,20 @@ int main(int argc, char **argv)
 	if (rc)
 		log_err("the FUSE session ended on an error: %s",
 			r < 0 ? strerror(-r) : strsignal(r));
+	if (ms.report >= 0 && !ms.failed) {
+		log_err("the FUSE session ended before the mount answered; see the messages "
+			"above");
+		rc = 1;
+	}
+	if (ms.failed)
+		rc = 1;
 	log_info("unmounting %s", o.mountpoint);
 
 out_unmount:
 	fuse_session_unmount(se);
+	/* Its stat returns once unmounted; before the signal handlers go (it may raise one). */
+	if (ms.has_ready)
+		pthread_join(ms.ready, NULL);
 out_signals:
 	fuse_remove_signal_handlers(se);
 out_session_fuse:
@@ -860,6 +1088,7 @@ out_ops:
 out_rest:
 	/* Before the store: F2 streams read from it. */
 	rest_free(ms.rest);
+out_catalog:
 	catalog_free(ms.cat);
 out_store:
 	store_free(ms.st);
@@ -870,9 +1099,10 @@ out_session:
 out_fetch:
 	fetch_free(f);
 out_config:
-	main_report(&report, 1);
+	main_report(&ms.report, 1);
 	log_close_file();
 	config_free(c);
+	free(ms.ready_mp);
 out_args:
 	main_opts_clear(&o);
 	fuse_opt_free_args(&args);
