@@ -697,11 +697,14 @@ struct main_state {
 	int has_ready;
 };
 
-/* Ends a start that failed after the mount (the loop then unmounts). */
+/*
+ * Ends a start that failed after the mount: the loop ends, the main thread
+ * unmounts and only then tells the parent, so that the mount command does
+ * not return with the mount still there.
+ */
 static void main_fail_started(struct main_state *ms)
 {
-	ms->failed = 1;
-	main_report(&ms->report, 1);
+	__atomic_store_n(&ms->failed, 1, __ATOMIC_RELAXED);
 	fuse_session_exit(ms->se);
 	/* The loop's main thread waits on a semaphore that only a signal interrupts. */
 	kill(getpid(), SIGTERM);
@@ -750,8 +753,9 @@ static void *main_ready(void *arg)
 	struct stat sb;
 
 	if (statfs(ms->ready_mp, &fs) < 0 || stat(ms->ready_mp, &sb) < 0) {
-		log_err("the mount at %s does not answer after the FUSE handshake: %s; see the "
-			"messages above (a mount option the kernel refused?)",
+		log_err("the FUSE handshake of %s failed (%s): see the message above; a mount "
+			"option that libfuse or the kernel refuses (max_read?) must go; remove it "
+			"and mount again",
 			ms->ready_mp, strerror(errno));
 		main_fail_started(ms);
 		return NULL;
@@ -921,6 +925,7 @@ int main(int argc, char **argv)
 	struct ops *ops = NULL;
 	int r, rc = 1, login, had_creds;
 
+	ms.report = -1;
 	log_init("azaionfs", LOG_INFO);
 	metrics_set_version(MAIN_VERSION);
 	/* tpm2-tss writes its own warnings to stderr; the causes reach the log through tpm/. */
@@ -963,7 +968,6 @@ int main(int argc, char **argv)
 	    main_mount_owner(&o, &oo) < 0)
 		goto out_config;
 	main_harden();
-	ms.report = -1;
 	if (main_fork(o.foreground, &ms.report) < 0)
 		goto out_config;
 	if (main_lock_memory(c) < 0)
@@ -1065,13 +1069,11 @@ int main(int argc, char **argv)
 	if (rc)
 		log_err("the FUSE session ended on an error: %s",
 			r < 0 ? strerror(-r) : strsignal(r));
-	if (ms.report >= 0 && !ms.failed) {
+	if (ms.report >= 0 && !__atomic_load_n(&ms.failed, __ATOMIC_RELAXED)) {
 		log_err("the FUSE session ended before the mount answered; see the messages "
 			"above");
 		rc = 1;
 	}
-	if (ms.failed)
-		rc = 1;
 	log_info("unmounting %s", o.mountpoint);
 
 out_unmount:
@@ -1079,6 +1081,8 @@ out_unmount:
 	/* Its stat returns once unmounted; before the signal handlers go (it may raise one). */
 	if (ms.has_ready)
 		pthread_join(ms.ready, NULL);
+	if (__atomic_load_n(&ms.failed, __ATOMIC_RELAXED))
+		rc = 1;
 out_signals:
 	fuse_remove_signal_handlers(se);
 out_session_fuse:
