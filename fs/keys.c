@@ -160,9 +160,10 @@ out:
 
 /*
  * The kept file at path, if it is a regular file of at most max bytes, in
- * locked memory as the API's answer is (secmem_free).
+ * locked memory as the API's answer is (secmem_free) when locked, else
+ * malloc()ed.
  */
-static int keys_read_file(const char *path, size_t max, uint8_t **ret, size_t *ret_len)
+static int keys_read_file(const char *path, size_t max, int locked, uint8_t **ret, size_t *ret_len)
 {
 	struct stat sb;
 	uint8_t *buf = NULL;
@@ -178,7 +179,7 @@ static int keys_read_file(const char *path, size_t max, uint8_t **ret, size_t *r
 		r = -EINVAL;
 		goto out;
 	}
-	buf = secmem_alloc((size_t)sb.st_size);
+	buf = locked ? secmem_alloc((size_t)sb.st_size) : malloc((size_t)sb.st_size);
 	if (!buf) {
 		r = -ENOMEM;
 		goto out;
@@ -193,7 +194,10 @@ static int keys_read_file(const char *path, size_t max, uint8_t **ret, size_t *r
 	*ret_len = got;
 	buf = NULL;
 out:
-	secmem_free(buf);
+	if (locked)
+		secmem_free(buf);
+	else
+		free(buf);
 	close(fd);
 	return r;
 }
@@ -306,10 +310,14 @@ static int real_cdn(struct keys *kk, const char **ret_url, const struct fetch_s3
 	return 0;
 }
 
-/* Keeps a format-1 small part as the API returned it, unless the same is kept. */
-static void keys_small_save(struct keys_real *k, const char *name, const uint8_t *data, size_t len)
+/*
+ * Keeps what the API returned for a format-1 file (ext "small": its small
+ * part; "hashes": its chunk-hash list) unless the same is kept.
+ */
+static void keys_small_save(struct keys_real *k, const char *name, const char *ext,
+			    const uint8_t *data, size_t len)
 {
-	char *path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "small"), *dir = NULL;
+	char *path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, ext), *dir = NULL;
 	uint8_t *kept = NULL;
 	size_t kept_len = 0;
 	int r;
@@ -317,14 +325,16 @@ static void keys_small_save(struct keys_real *k, const char *name, const uint8_t
 	if (!path || asprintf(&dir, "%s/%s", k->c->state_dir, KEYS_SMALL_DIR) < 0)
 		goto out;
 	/* Every open brings it: an fsync per open would hold up each first read. */
-	if (keys_read_file(path, KEYS_SMALL_MAX, &kept, &kept_len) == 0 && kept_len == len &&
+	if (keys_read_file(path, KEYS_SMALL_MAX, 1, &kept, &kept_len) == 0 && kept_len == len &&
 	    memcmp(kept, data, len) == 0)
 		goto out;
 	r = mkdir(dir, 0700) < 0 && errno != EEXIST ? -errno : 0;
 	if (r == 0)
 		r = keys_write_file(path, data, len);
 	if (r < 0)
-		log_warn("%s: cannot keep its small part in %s: %s", name, dir, strerror(-r));
+		log_warn("%s: cannot keep its %s in %s: %s", name,
+			 strcmp(ext, "small") == 0 ? "small part" : "chunk hashes", dir,
+			 strerror(-r));
 out:
 	secmem_free(kept);
 	free(dir);
@@ -344,13 +354,13 @@ static int real_small_part(struct keys *kk, const char *name, uint8_t **ret, siz
 	free(small_name);
 	path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "small");
 	if (r == 0 && path)
-		keys_small_save(k, name, *ret, *ret_len);
+		keys_small_save(k, name, "small", *ret, *ret_len);
 	if (r == -ENOENT && path && unlink(path) == 0)
 		log_info("%s: the API no longer gives its small part; the kept copy is removed",
 			 name);
 	/* Only an API out of reach: a refusal or a 404 is its answer. */
 	if (r < 0 && r != -ENOENT && r != -EACCES && r != -ENOKEY && path &&
-	    keys_read_file(path, KEYS_SMALL_MAX, ret, ret_len) == 0) {
+	    keys_read_file(path, KEYS_SMALL_MAX, 1, ret, ret_len) == 0) {
 		log_info("%s: the API is out of reach (%s): using its small part kept in "
 			 "state_dir",
 			 name, log_strerror(r));
@@ -412,9 +422,48 @@ static int real_chunk_hashes(struct keys *kk, const char *name, uint32_t *ret_ch
 			     uint8_t **ret_sha256, size_t *ret_count, char **ret_msg)
 {
 	struct keys_real *k = (struct keys_real *)kk;
+	char *path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "hashes");
+	uint8_t *buf = NULL;
+	size_t len = 0;
 	int r;
 
 	r = session_chunk_hashes(k->s, k->c->folder, name, ret_chunk_size, ret_sha256, ret_count);
+	/*
+	 * Kept beside the small part, as 4 bytes of chunk size (little-endian)
+	 * and the hashes: without them a format-1 file is not served at all.
+	 */
+	if (r == 0 && path && *ret_count <= (KEYS_SMALL_MAX - 4) / 32) {
+		buf = malloc(4 + *ret_count * 32);
+		if (buf) {
+			for (int i = 0; i < 4; i++)
+				buf[i] = (uint8_t)(*ret_chunk_size >> (8 * i));
+			memcpy(buf + 4, *ret_sha256, *ret_count * 32);
+			keys_small_save(k, name, "hashes", buf, 4 + *ret_count * 32);
+			free(buf);
+			buf = NULL;
+		}
+	}
+	if (r == -ENOENT && path)
+		unlink(path);
+	if (r < 0 && r != -ENOENT && r != -EACCES && r != -ENOKEY && path &&
+	    keys_read_file(path, KEYS_SMALL_MAX, 0, &buf, &len) == 0 && len > 4 &&
+	    (len - 4) % 32 == 0) {
+		uint8_t *list = malloc(len - 4);
+
+		if (list) {
+			*ret_chunk_size = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 |
+					  (uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 24;
+			memcpy(list, buf + 4, len - 4);
+			*ret_sha256 = list;
+			*ret_count = (len - 4) / 32;
+			log_info("%s: the API is out of reach (%s): using its chunk hashes kept in "
+				 "state_dir",
+				 name, log_strerror(r));
+			r = 0;
+		}
+	}
+	free(buf);
+	free(path);
 	if (r < 0 && r != -ENOENT)
 		*ret_msg =
 			keys_fmt("cannot get its chunk hashes from the API: %s", log_strerror(r));
