@@ -2,9 +2,9 @@
 # 71-offline: the device loses its network, its daemon or its disk space.
 #  - CDN down after the models were read once: a new daemon reads them from
 #    cache_dir (ciphertext); models never read fail cleanly within io_timeout;
-#  - API down as well: format 2 still reads (its small part kept in
-#    state_dir, the big part in cache_dir), format 1 fails cleanly (its
-#    small part is never kept on disk);
+#  - API down as well: both formats still read (format 2's key document
+#    and format 1's small part and chunk hashes kept in state_dir, the big
+#    parts in cache_dir);
 #  - kill -9 during reads: with auto_unmount the mount goes away by itself,
 #    without it umount clears the dead mount; a restart serves again, no
 #    process or mount is left, and no plaintext reached the disk;
@@ -78,13 +78,17 @@ check_eq "API and CDN down: format 2 $C2 reads (small part in state_dir, big par
 	"$(sha_of "$W/mnt/$C2" 2>&1)" "$(sha_of "$W/plain/$C2")"
 check "  the log says the kept key document served" \
 	grep -q "$C2: the API is out of reach.*kept in state_dir" "$W/mnt.log"
-expect_fail "API and CDN down, format 1 (small part never on disk)" "$C1"
+check_eq "API and CDN down: format 1 $C1 reads (small part and chunk hashes in state_dir)" \
+	"$(sha_of "$W/mnt/$C1" 2>&1)" "$(sha_of "$W/plain/$C1")"
+check "  the log says the kept small part served" \
+	grep -q "$C1: the API is out of reach.*small part kept in state_dir" "$W/mnt.log"
 expect_fail "API and CDN down" "$U2"
 fs_umount "$W/mnt" "$pid"
 fp_clear API
 fp_clear CDN
-check "the kept key documents are 0600 files" \
-	test -z "$(find "$W/state" -type f -perm /077)" -a -n "$(ls "$W/state/keys" 2>/dev/null)"
+check "the kept key documents and small parts are 0600 files" \
+	test -z "$(find "$W/state" -type f -perm /077)" -a -n "$(ls "$W/state/keys" 2>/dev/null)" \
+	-a -n "$(ls "$W/state/small" 2>/dev/null)"
 
 # ---- kill -9 during reads
 # kill9 OPT: mounts (OPT: extra -o), starts readers, kills the daemon.

@@ -65,6 +65,16 @@ wait_for 10 test -s "$W/silent.port" || bail "the silent server did not start"
 SILENT=$(cat "$W/silent.port")
 NGINX_HOSTPORT=${NGINX_URL#https://}
 
+# An API out of reach with no saved catalog stops the start (77-loud): a
+# model listed once gives the daemon below a saved catalog to start with.
+S=${TAG}-s.onnx
+head -c 1000 /dev/urandom >"$W/$S"
+conf "$W/seed.conf" "cdn_url=$NGINX_URL"
+fs_publish "$W/seed.conf" 1 "$S" "$W/$S" || bail "publishing failed: $(tail -3 "$W/publish.log")"
+fs_mount "$W/m-seed" "$W/seed.conf"
+wait_for 20 test -e "$W/m-seed/$S" || bail "the mount does not list $S"
+fs_umount "$W/m-seed" "$FS_PID"
+
 # ---- connection failures: azaionctl, then the daemon's log
 # case NAME API_URL CA_FILE REGEX
 cases=(
@@ -90,6 +100,7 @@ for c in "${cases[@]}"; do
 		grep -qE "login to .* failed: $re" "$W/m-$name.log"
 	check_eq "daemon, $name: not 'No route to host'" \
 		"$(grep -c 'No route to host' "$W/m-$name.log")" 0
+	check "daemon, $name: an offline start, said so" grep -q "offline start: the API at" "$W/m-$name.log"
 	# The side endpoint's answer (F1 login through the daemon) carries the same words.
 	wait_for 10 test -S "$W/rest-$name.sock"
 	"$AZ_CTL" -c "$W/$name.conf" login >"$W/$name.login" 2>&1
