@@ -7,7 +7,8 @@
 #  - configuration errors name the key (and the file's line) and stop the
 #    start; an unknown -o option too;
 #  - an offline start lists the models from the catalog kept in state_dir,
-#    and reads then fail with an errno within io_timeout, cause in the log;
+#    a format-1 model read before reads again (its small part kept there),
+#    others fail with an errno within io_timeout, cause in the log;
 #  - with no catalog in the API, the `models` setting names the files and
 #    their sizes come from the big parts;
 #  - a CDN that does not answer and an API that answers too late fail reads
@@ -130,6 +131,15 @@ pid=$FS_PID
 check_eq "offline, ls lists the models kept in state_dir" \
 	"$(ls "$W/m5" | tr '\n' ' ')" "$(printf '%s\n' "$A" "$B" | sort | tr '\n' ' ')"
 check_eq "offline, the sizes are the plaintexts'" "$(stat -c %s "$W/m5/$A")" 300001
+check "the log says it is an offline start" grep -q "offline start" "$W/m5.log"
+# A model read before reads again: its small part and chunk hashes are kept in state_dir.
+check_eq "offline, $A read before reads whole (kept in state_dir/small)" \
+	"$(sha_of "$W/m5/$A" 2>&1)" "$(sha_of "$W/$A")"
+fs_umount "$W/m5" "$pid"
+# Without them, reads fail cleanly.
+rm -rf "$W/state/small"
+fs_mount "$W/m5" "$W/offline.conf"
+pid=$FS_PID
 start=$SECONDS
 err=$(cat "$W/m5/$A" 2>&1 >/dev/null)
 took=$((SECONDS - start))
@@ -214,6 +224,8 @@ fs_umount "$W/m11" "$pid"
 
 # ---- an API that answers too late, and a token that expires
 admin token_ttl '{"seconds": 2}'
+# Nothing kept, or the kept small part would serve once the API times out.
+rm -rf "$W/state/small"
 fs_mount "$W/m8" "$W/conf"
 pid=$FS_PID
 admin fault '{"status": 0, "count": 2, "delay": 8, "path": "/resources/get/"}'
