@@ -445,12 +445,13 @@ static int main_check_mount_point(const struct main_opts *o)
 	const char *p = o->mountpoint;
 	struct dirent *de;
 	struct stat sb;
-	int entries = 0;
+	int entries = 0, e;
 	DIR *dir;
 
 	if (stat(p, &sb) < 0) {
-		fprintf(stderr, "azaionfs: mount point %s: %s\n", p, strerror(errno));
-		return -errno;
+		e = -errno;
+		fprintf(stderr, "azaionfs: mount point %s: %s\n", p, strerror(-e));
+		return e;
 	}
 	if (!S_ISDIR(sb.st_mode)) {
 		fprintf(stderr,
@@ -463,15 +464,16 @@ static int main_check_mount_point(const struct main_opts *o)
 		return 0;
 	if (main_is_mounted(p)) {
 		fprintf(stderr,
-			"azaionfs: mount point %s is already mounted (%s); unmount it first "
-			"(umount %s), or add -o nonempty to mount over it\n",
-			p, "see /proc/mounts", p);
+			"azaionfs: mount point %s is already mounted (see /proc/mounts); unmount "
+			"it first (umount %s), or add -o nonempty to mount over it\n",
+			p, p);
 		return -EBUSY;
 	}
 	dir = opendir(p);
 	if (!dir) {
-		fprintf(stderr, "azaionfs: mount point %s: %s\n", p, strerror(errno));
-		return -errno;
+		e = -errno;
+		fprintf(stderr, "azaionfs: mount point %s: %s\n", p, strerror(-e));
+		return e;
 	}
 	while (!entries && (de = readdir(dir)))
 		entries = strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
