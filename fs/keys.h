@@ -14,7 +14,8 @@
  *
  * Errors are 0 or a negative errno with a message the caller owns (where
  * there is one); nothing here logs above debug, except the kept key
- * documents' housekeeping (a warning when state_dir cannot keep one) and
+ * documents', small parts' and chunk hashes' housekeeping (a warning when
+ * state_dir cannot keep one) and
  * keys_new's warning that format 1 is unreadable until a re-enrolment.
  */
 #ifndef AZAION_KEYS_H

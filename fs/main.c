@@ -7,9 +7,10 @@
  *
  * The fork comes first, though, before any secret exists: secret memory is
  * MADV_WIPEONFORK, so a child would find its keys zeroed. The parent only
- * waits, holding the terminal, until the child reports that it is mounted
- * (exit 0) or failed (exit 1, its messages already printed). Threads start
- * in the FUSE init callback.
+ * waits, holding the terminal, until the child reports that the mount
+ * answers, its FUSE handshake done (exit 0), or that it failed (exit 1,
+ * its messages already printed, nothing left mounted). Threads start in
+ * the FUSE init callback.
  */
 #include <ctype.h>
 #include <dirent.h>
