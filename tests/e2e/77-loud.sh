@@ -36,6 +36,12 @@ if [ -e "$SYSLINK" ] || [ -L "$SYSLINK" ]; then
 	mv "$SYSLINK" "$W/saved-azaionfs" || bail "cannot move $SYSLINK aside"
 fi
 ln -s "$AZ_DAEMON" "$SYSLINK" || bail "cannot link $SYSLINK"
+# Before each mount -t: this build's daemon is still the one mount(8) runs
+# (a test that installs azaionfs meanwhile would put another one there).
+link_check() {
+	[ "$(readlink "$SYSLINK")" = "$AZ_DAEMON" ] ||
+		bail "$SYSLINK no longer links to $AZ_DAEMON (another test installed azaionfs meanwhile)"
+}
 
 F=l77$TAG
 A=${TAG}-a.onnx
@@ -50,6 +56,12 @@ fs_publish "$W/conf" 1 "$A" "$W/$A" || bail "publishing failed: $(tail -3 "$W/pu
 refused() {
 	local what=$1 mnt=$2 pat=$3 out rc before
 	shift 4
+	# mount_t: mount -t fuse.azaionfs
+	if [ "$1" = mount_t ]; then
+		shift
+		link_check
+		set -- mount -t fuse.azaionfs "$@"
+	fi
 	before=$(grep -c " $mnt fuse" /proc/mounts)
 	out=$(timeout 60 "$@" 2>&1)
 	rc=$?
@@ -65,7 +77,8 @@ daemon_of() { pgrep -f -- "azaionfs azaion $1( |$)" | head -1; }
 mounted_bg() {
 	local pid
 	pid=$(daemon_of "$1")
-	FS_PIDS+=(${pid:-}) FS_MNTS+=("$1")
+	[ -n "$pid" ] && FS_PIDS+=("$pid")
+	FS_MNTS+=("$1")
 	fs_mounted "$1"
 }
 
@@ -78,7 +91,7 @@ mkdir -p "$W/m1"
 refused "wrong password, daemon" "$W/m1" "refused the credentials in $W/bad.creds" -- \
 	"$AZ_DAEMON" azaion "$W/m1" -o "config=$W/bad.conf"
 refused "wrong password, mount -t fuse.azaionfs" "$W/m1" "refused the credentials" -- \
-	mount -t fuse.azaionfs azaion "$W/m1" -o "config=$W/bad.conf"
+	mount_t azaion "$W/m1" -o "config=$W/bad.conf"
 check_eq "  no daemon is left" "$(daemon_of "$W/m1")" ""
 
 # ---- the API out of reach, no saved catalog; then with one
@@ -87,12 +100,13 @@ fs_conf "$W/off.conf" "api_url=https://127.0.0.1:1" "cdn_url=$NGINX_URL" "folder
 refused "API out of reach, no saved catalog, daemon" "$W/m1" "holds no saved catalog" -- \
 	"$AZ_DAEMON" azaion "$W/m1" -o "config=$W/off.conf"
 refused "API out of reach, no saved catalog, mount -t fuse.azaionfs" "$W/m1" \
-	"holds no saved catalog" -- mount -t fuse.azaionfs azaion "$W/m1" -o "config=$W/off.conf"
+	"holds no saved catalog" -- mount_t azaion "$W/m1" -o "config=$W/off.conf"
 fs_mount "$W/m1" "$W/conf"
 wait_for 20 test -e "$W/m1/$A" || bail "the mount does not list $A"
 fs_umount "$W/m1" "$FS_PID"
 check "  the catalog is saved in state_dir" test -s "$W/state/catalog.json"
 sed -i "s|^state_dir = .*|state_dir = $W/state|" "$W/off.conf"
+link_check
 out=$(timeout 60 mount -t fuse.azaionfs azaion "$W/m1" -o "config=$W/off.conf,log_file=$W/off.log" 2>&1)
 check "API out of reach with a saved catalog: mount -t fuse.azaionfs succeeds (offline start) ($out)" \
 	mounted_bg "$W/m1"
@@ -126,7 +140,7 @@ echo keep >"$W/full/keep.txt"
 refused "a mount point that is not empty, daemon" "$W/full" \
 	"mount point $W/full is not empty" -- "$AZ_DAEMON" azaion "$W/full" -o "config=$W/conf"
 refused "a mount point that is not empty, mount -t fuse.azaionfs" "$W/full" \
-	"add -o nonempty" -- mount -t fuse.azaionfs azaion "$W/full" -o "config=$W/conf"
+	"add -o nonempty" -- mount_t azaion "$W/full" -o "config=$W/conf"
 check_eq "  its file is untouched" "$(cat "$W/full/keep.txt")" keep
 fs_mount "$W/m1" "$W/conf"
 p1=$FS_PID
@@ -154,7 +168,7 @@ refused "rest_listen on a busy port, daemon" "$W/m1" "cannot listen on 127.0.0.1
 	"$AZ_DAEMON" azaion "$W/m1" -o "config=$W/conf,rest_listen=127.0.0.1:$P"
 refused "rest_listen on a busy port, mount -t fuse.azaionfs" "$W/m1" \
 	"the side endpoint on 127.0.0.1:$P cannot start" -- \
-	mount -t fuse.azaionfs azaion "$W/m1" -o "config=$W/conf,rest_listen=127.0.0.1:$P"
+	mount_t azaion "$W/m1" -o "config=$W/conf,rest_listen=127.0.0.1:$P"
 kill "$busy" 2>/dev/null
 wait "$busy" 2>/dev/null
 openssl rand -hex 32 >"$W/token"
@@ -172,7 +186,7 @@ refused "a rest_group that does not exist" "$W/m1" "no group 'nosuch$TAG'" -- \
 refused "-o max_read=4096, daemon" "$W/m1" "FUSE handshake of $W/m1 failed" -- \
 	"$AZ_DAEMON" azaion "$W/m1" -o "config=$W/conf,max_read=4096"
 refused "-o max_read=4096, mount -t fuse.azaionfs" "$W/m1" "maximum read size" -- \
-	mount -t fuse.azaionfs azaion "$W/m1" -o "config=$W/conf,max_read=4096"
+	mount_t azaion "$W/m1" -o "config=$W/conf,max_read=4096"
 check_eq "  no daemon is left" "$(daemon_of "$W/m1")" ""
 
 # ---- offline format 1: the small part kept in state_dir
