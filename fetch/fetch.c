@@ -464,7 +464,7 @@ static void describe(struct fetch_call *c, CURL *h, CURLcode rc, const char *err
 {
 	const struct fetch_request *req = c->req;
 	char peer[300], host[256];
-	curl_off_t got = 0, sent = 0, len = -1, connected = 0;
+	curl_off_t got = 0, sent = 0, len = -1, connected = 0, resolved = 0;
 	long oserr = 0;
 	const char *detail = errbuf && *errbuf ? errbuf : curl_easy_strerror(rc);
 	double secs = (double)elapsed_ms / 1000.0;
@@ -474,6 +474,7 @@ static void describe(struct fetch_call *c, CURL *h, CURLcode rc, const char *err
 	curl_easy_getinfo(h, CURLINFO_SIZE_UPLOAD_T, &sent);
 	curl_easy_getinfo(h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
 	curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected);
+	curl_easy_getinfo(h, CURLINFO_NAMELOOKUP_TIME_T, &resolved);
 	curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &oserr);
 	if (short_body) {
 		snprintf(out, cap, "%s closed the connection after %lld of %lld bytes (%s)", peer,
@@ -494,6 +495,16 @@ static void describe(struct fetch_call *c, CURL *h, CURLcode rc, const char *err
 			snprintf(out, cap, "cannot connect to %s (%s)", peer, detail);
 		return;
 	case CURLE_OPERATION_TIMEDOUT:
+		/* A resolver that never answers (no DNS server reachable) ends
+		 * here rather than in CURLE_COULDNT_RESOLVE_HOST. */
+		if (!resolved && !connected && !got) {
+			host_name(req->url, host, sizeof(host));
+			snprintf(out, cap,
+				 "cannot resolve %s: the DNS lookup timed out after %.0f s; "
+				 "check the name and the DNS",
+				 host, secs);
+			return;
+		}
 		/* Not "cannot connect": a peer that accepts and stays silent is
 		 * still in curl's connect phase (the TLS handshake). */
 		snprintf(out, cap, "no answer from %s%s: timed out after %.0f s", peer,

@@ -109,6 +109,34 @@ for c in "${cases[@]}"; do
 	fs_umount "$W/m-$name" "$pid"
 done
 
+# ---- a resolver that never answers (a device with no DNS reachable):
+# curl then times out in its lookup rather than failing it, and the words
+# must still say it is the name that could not be resolved.
+"$PY" - "$W/bh.port" <<'EOF' &
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.77", 53))
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("127.0.0.77", 53))
+t.listen()
+open(sys.argv[1], "w").write("53")
+while True:
+    u.recvfrom(2048)
+EOF
+PIDS+=($!)
+wait_for 10 test -s "$W/bh.port" || bail "the silent resolver did not start"
+echo "nameserver 127.0.0.77" >"$W/resolv.silent"
+conf "$W/dns-silent.conf" "api_url=https://nonexistent.invalid" "cdn_url=$NGINX_URL" "io_timeout=2"
+unshare -m sh -c 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"' sh \
+	"$W/resolv.silent" "$AZ_CTL" -c "$W/dns-silent.conf" publish --name "$A" "$W/$A" \
+	>"$W/dns-silent.ctl" 2>&1
+rc=$?
+check "azaionctl, a silent resolver: fails (rc $rc)" test "$rc" -ne 0
+check "azaionctl, a silent resolver: says the lookup timed out ($(head -c 300 "$W/dns-silent.ctl"))" \
+	grep -qE "cannot resolve nonexistent\.invalid: the DNS lookup timed out after [0-9]+ s" \
+	"$W/dns-silent.ctl"
+
 # ---- not logged in
 conf "$W/nologin.conf" "credentials=" "cdn_url=$NGINX_URL" "rest_listen=unix:$W/rest.sock"
 fs_mount "$W/m-nologin" "$W/nologin.conf"
