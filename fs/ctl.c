@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <termios.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,27 +33,28 @@
 /* The daemon's version (main.c's MAIN_VERSION): the two ship together. */
 #define CTL_VERSION "0.1"
 
-#define CTL_USAGE                                                                            \
-	"usage: azaionctl [-c CONFIG] [-o KEY=VALUE]... [--json] [-v] COMMAND [ARGS]\n"      \
-	"       azaionctl help [COMMAND] | --help | --version\n"                             \
-	"commands:\n"                                                                        \
-	"  publish   encrypt and split a model; upload it, or write the parts (--out)\n"     \
-	"  hw        print the hardware string and its hw_hash\n"                            \
-	"  enroll    enrol this device's TPM anew (device key, sealed credentials)\n"        \
-	"side endpoint (rest_listen of the configuration, or -o rest_listen=...):\n"         \
-	"  login     F1: give the daemon credentials\n"                                      \
-	"  load      F2: a model's plaintext to a file or stdout\n"                          \
-	"  upload    F3: publish a model through the daemon\n"                               \
-	"  unlock    F4: load the Docker images, showing F5's progress\n"                    \
-	"  status    F5 and F6: the daemon's and the unlock's state\n"                       \
-	"  health    F6: whether the daemon answers\n"                                       \
-	"options:\n"                                                                         \
-	"  -c, --config FILE   the configuration (default " CONFIG_DEFAULT_PATH ")\n"        \
-	"  -o, --option K=V    a configuration key, wins over the file; a comma inside\n"    \
-	"                      a value is written \\, (tpm_tcti=swtpm:host=H\\,port=P)\n"    \
-	"  --json              answers as JSON on stdout\n"                                  \
-	"  -v, --verbose       the modules' log too (log_level); failures show without it\n" \
-	"  -h, --help          this text; azaionctl COMMAND --help: the command's\n"         \
+#define CTL_USAGE                                                                             \
+	"usage: azaionctl [-c CONFIG] [-o KEY=VALUE]... [--json] [-v] COMMAND [ARGS]\n"       \
+	"       azaionctl help [COMMAND] | --help | --version\n"                              \
+	"commands:\n"                                                                         \
+	"  publish   encrypt and split a model; upload it, or write the parts (--out)\n"      \
+	"  hw        print the hardware string and its hw_hash\n"                             \
+	"  enroll    enrol this device's TPM anew (device key, sealed credentials)\n"         \
+	"  restart   start a new worker for the mount (an upgrade); readers notice nothing\n" \
+	"side endpoint (rest_listen of the configuration, or -o rest_listen=...):\n"          \
+	"  login     F1: give the daemon credentials\n"                                       \
+	"  load      F2: a model's plaintext to a file or stdout\n"                           \
+	"  upload    F3: publish a model through the daemon\n"                                \
+	"  unlock    F4: load the Docker images, showing F5's progress\n"                     \
+	"  status    F5 and F6: the daemon's and the unlock's state\n"                        \
+	"  health    F6: whether the daemon answers\n"                                        \
+	"options:\n"                                                                          \
+	"  -c, --config FILE   the configuration (default " CONFIG_DEFAULT_PATH ")\n"         \
+	"  -o, --option K=V    a configuration key, wins over the file; a comma inside\n"     \
+	"                      a value is written \\, (tpm_tcti=swtpm:host=H\\,port=P)\n"     \
+	"  --json              answers as JSON on stdout\n"                                   \
+	"  -v, --verbose       the modules' log too (log_level); failures show without it\n"  \
+	"  -h, --help          this text; azaionctl COMMAND --help: the command's\n"          \
 	"  -V, --version       the version\n"
 
 /* Credentials for login, unlock and enroll, when no option gives them. */
@@ -118,6 +120,13 @@ static const char ctl_usage_status[] =
 	"usage: azaionctl status\n"
 	"F5 and F6: whether the daemon is logged in and mounted, its models, TPM, API\n"
 	"and the unlock's state.\n"
+	"  -h, --help     this text\n";
+static const char ctl_usage_restart[] =
+	"usage: azaionctl restart\n"
+	"Has the mount's supervisor start a new worker (the program on disk now) and,\n"
+	"once it serves, the old one finish what it has read and exit: an upgrade\n"
+	"that readers do not notice. As root; the daemon is found through\n"
+	"state_dir/azaionfs.pid.\n"
 	"  -h, --help     this text\n";
 static const char ctl_usage_health[] =
 	"usage: azaionctl health\n"
@@ -1628,6 +1637,75 @@ static int ctl_run_health(struct ctl *ctl, int argc, char **argv)
 	return ctl_rest_status(ctl, 1);
 }
 
+/* state_dir/azaionfs.pid, as the supervisor writes it (docs/architecture.md, "Restarts"). */
+static int ctl_read_pidfile(const char *path, long *sup, long *worker, char *mount, size_t cap)
+{
+	char line[4200];
+	FILE *f = fopen(path, "re");
+
+	*sup = *worker = 0;
+	*mount = '\0';
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		if (!strncmp(line, "supervisor ", 11))
+			*sup = strtol(line + 11, NULL, 10);
+		else if (!strncmp(line, "worker ", 7))
+			*worker = strtol(line + 7, NULL, 10);
+		else if (!strncmp(line, "mount ", 6))
+			snprintf(mount, cap, "%s", line + 6);
+	}
+	fclose(f);
+	return *sup > 0 && *worker > 0 ? 0 : -EINVAL;
+}
+
+static int ctl_run_restart(struct ctl *ctl, int argc, char **argv)
+{
+	char path[4200], mount[4200], now_mount[4200];
+	long sup, worker, sup2, worker2;
+	int r;
+
+	(void)argc;
+	(void)argv;
+	snprintf(path, sizeof(path), "%s/azaionfs.pid", ctl->config->state_dir);
+	r = ctl_read_pidfile(path, &sup, &worker, mount, sizeof(mount));
+	if (r == -ENOENT)
+		return ctl_error("restart: no azaionfs serves with state_dir %s (%s is missing): "
+				 "mount first",
+				 ctl->config->state_dir, path);
+	if (r < 0)
+		return ctl_error("restart: cannot read %s: %s", path, strerror(-r));
+	if (kill((pid_t)sup, SIGHUP) < 0) {
+		if (errno == ESRCH)
+			return ctl_error("restart: %s names supervisor pid %ld, which is gone: "
+					 "the daemon died; mount again",
+					 path, sup);
+		return ctl_error("restart: cannot signal the azaionfs supervisor (pid %ld): %s; "
+				 "run as root",
+				 sup, strerror(errno));
+	}
+	/* The new worker logs in and unseals before it serves: up to a minute. */
+	for (int i = 0; i < 600; i++) {
+		struct timespec ts = {0, 100 * 1000 * 1000};
+
+		nanosleep(&ts, NULL);
+		if (ctl_read_pidfile(path, &sup2, &worker2, now_mount, sizeof(now_mount)) == 0 &&
+		    sup2 == sup && worker2 != worker) {
+			printf("azaionctl: restart: worker pid %ld serves %s (was %ld)\n", worker2,
+			       now_mount, worker);
+			return 0;
+		}
+		if (kill((pid_t)sup, 0) < 0 && errno == ESRCH)
+			return ctl_error("restart: the supervisor (pid %ld) of %s ended; see the "
+					 "daemon's log",
+					 sup, mount);
+	}
+	return ctl_error("restart: no new worker serves %s after 60 s; worker pid %ld still "
+			 "does; see the daemon's log for why the new one did not start",
+			 mount, worker);
+}
+
 static int ctl_run_hw(struct ctl *ctl, int argc, char **argv)
 {
 	(void)argc;
@@ -1662,6 +1740,7 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{"unlock", ctl_usage_unlock, ctl_opts_unlock, 0, ctl_run_unlock},
 	{"status", ctl_usage_status, ctl_opts_none, 0, ctl_run_status},
 	{"health", ctl_usage_health, ctl_opts_none, 0, ctl_run_health},
+	{"restart", ctl_usage_restart, ctl_opts_none, 0, ctl_run_restart},
 };
 
 static const struct ctl_cmd *ctl_find_cmd(const char *name)

@@ -38,6 +38,7 @@ struct serve {
 	int fd;
 	int stop[2]; /* readable once a stop is asked for: every poll sees it */
 	int unmounted, failed;
+	int replay_own; /* each thread answers its own slot's request first */
 	struct serve_thread t[JOURNAL_SLOTS];
 };
 
@@ -132,14 +133,24 @@ int serve_resume(struct serve *s, unsigned dead_lane, int resend, int *ret_repla
 		uint32_t len = journal_slot_len(slot);
 		const struct fuse_in_header *h = slot;
 
-		if (len < sizeof(*h) || len != h->len || h->opcode == FUSE_INIT) {
+		if (len < sizeof(*h) || len != h->len || h->opcode == FUSE_INIT ||
+		    (dead_lane == s->o.lane && i >= s->o.threads)) {
 			journal_slot_clear(slot);
 			continue;
 		}
+		n++;
+		/*
+		 * This worker's own lane: thread i answers slot i before it reads,
+		 * in parallel, and the slot stays until then (a crash meanwhile
+		 * leaves it to the next worker).
+		 */
+		if (dead_lane == s->o.lane)
+			continue;
 		serve_process(s, slot, len);
 		journal_slot_clear(slot);
-		n++;
 	}
+	if (dead_lane == s->o.lane)
+		s->replay_own = 1;
 	*ret_replayed = n;
 	return 0;
 }
@@ -157,7 +168,12 @@ static void *serve_thread(void *arg)
 	struct serve *s = t->s;
 	struct pollfd p[2] = {{.fd = s->fd, .events = POLLIN},
 			      {.fd = s->stop[0], .events = POLLIN}};
+	uint32_t len;
 
+	if (s->replay_own && (len = journal_slot_len(t->slot)) > 0) {
+		serve_process(s, t->slot, len);
+		journal_slot_clear(t->slot);
+	}
 	for (;;) {
 		const struct fuse_in_header *h = t->slot;
 		size_t kept;

@@ -24,7 +24,7 @@ KEYS="api_url cdn_url s3_access_key s3_secret_key_file s3_region folder models c
  rest_listen rest_public rest_hosts rest_upload rest_group rest_token_file metrics_listen
  images_archive images_resource images images_version docker_socket
  log_level log_file"
-KEYS="$KEYS memory_lock"
+KEYS="$KEYS memory_lock kernel_resend"
 
 # The build is the suite's: install must not rebuild it.
 inst() {
