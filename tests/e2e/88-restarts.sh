@@ -39,7 +39,7 @@ trap cleanup88 EXIT
 IO=10
 KILLS=5
 READERS=8
-MIN_ROUNDS=3
+MIN_ROUNDS=5
 F=r88$TAG
 STATE=$W/state
 PIDFILE=$STATE/azaionfs.pid
@@ -49,7 +49,14 @@ mkdir -p "$W/plain"
 MODELS=("$TAG-a1.onnx" "$TAG-a2.onnx" "$TAG-b1.onnx" "$TAG-b2.onnx")
 PROBE=$TAG-probe.onnx
 declare -A WANT
-fs_conf "$W/pub.conf" "cdn_url=$NGINX_URL" "folder=$F" "state_dir=$W/state-pub"
+TPMC=("tpm=auto" "tpm_tcti=$TPM_TCTI" "tpm_wait=5")
+# Format 2 needs an enrolled device: the first mount enrols it, the models
+# are published after.
+fs_conf "$W/pub.conf" "cdn_url=$NGINX_URL" "folder=$F" "state_dir=$STATE" "${TPMC[@]}" \
+	"rest_listen=unix:$W/rest-enrol.sock"
+fs_mount "$W/mnt-enrol" "$W/pub.conf"
+check "the first mount enrolled the device" test -s "$STATE/device_id"
+fs_umount "$W/mnt-enrol" "$FS_PID"
 for n in "${MODELS[@]}" "$PROBE"; do
 	case $n in *-a1.*) s=$((32 << 20)) ;; *-probe.*) s=$((4 << 20)) ;; *) s=$(((32 << 20) + 4099)) ;; esac
 	head -c "$s" /dev/urandom >"$W/plain/$n"
@@ -88,8 +95,8 @@ if mode == "pread":
         fd, pfd, size = fds[n]
         off = r.randrange(size)
         ln = r.choice([1, 4096, 65536, 131072, r.randrange(1, 1 << 20)])
-        if reads % 16 == 0:
-            os.posix_fadvise(fd, 0, 0, DONTNEED)
+        # Only these pages leave the page cache: the call reaches the daemon.
+        os.posix_fadvise(fd, off, ln, DONTNEED)
         t0 = time.time()
         try:
             got, e = os.pread(fd, ln, off), None
@@ -119,7 +126,7 @@ elif mode == "probe":
     with open(out, "w", buffering=1) as o:
         while not os.path.exists(stop):
             off = r.randrange(blocks) * 4096
-            os.posix_fadvise(fd, 0, 0, DONTNEED)
+            os.posix_fadvise(fd, off, 4096, DONTNEED)
             t0 = time.time()
             try:
                 res = "ok" if os.pread(fd, 4096, off) == os.pread(pfd, 4096, off) else "wrong"
@@ -217,6 +224,7 @@ new_worker() {
 	w=$(worker_pid)
 	[ -n "$w" ] && [ "$w" != "$1" ] && kill -0 "$w" 2>/dev/null
 }
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 children() { ps -o pid= --ppid "$1" | tr -d ' ' | tr '\n' ' ' | sed 's/ $//'; }
 one_child() { [ "$(ps -o pid= --ppid "$1" | wc -l)" = 1 ]; }
 now() { echo "${EPOCHREALTIME/,/.}"; }
@@ -261,7 +269,7 @@ restarts() {
 	mkdir -p "$R"
 	echo "# ---- kernel_resend = $rs"
 	fs_conf "$conf" "cdn_url=$NGINX_URL" "folder=$F" "state_dir=$STATE" \
-		"cache_dir=$W/cache-$rs" "io_timeout=$IO" "kernel_resend=$rs" \
+		"cache_dir=$W/cache-$rs" "io_timeout=$IO" "kernel_resend=$rs" "${TPMC[@]}" \
 		"rest_listen=unix:$W/rest-$rs.sock"
 	fs_mount "$MNT" "$conf"
 	sup=$FS_PID
@@ -343,7 +351,9 @@ restarts() {
 
 	# -- the readers' results
 	declare -A got
-	while read -r k v; do got[$k]=$v; done < <("$PY" "$W/rd.py" analyse "$R" "$READERS" 2>&1)
+	"$PY" "$W/rd.py" analyse "$R" "$READERS" >"$R/analyse.out" 2>&1 ||
+		{ not_ok "resend=$rs: the readers' logs could not be analysed"; sed 's/^/# /' "$R/analyse.out"; }
+	while read -r k v; do [ -n "$k" ] && got[$k]=$v; done <"$R/analyse.out"
 	check_eq "resend=$rs: $READERS sha256sum readers: no read error" "${got[hash_errors]:-?}" 0
 	check_eq "resend=$rs: no wrong hash" "${got[hash_wrong]:-?}" 0
 	[ "${got[hash_bad]:--}" = - ] || echo "# first bad rounds: ${got[hash_bad]}"
@@ -375,6 +385,9 @@ restarts() {
 	check_eq "resend=$rs: the container saw no error and no wrong hash" \
 		"$(echo "$a" | grep -vc "^[0-9][0-9]* 0 ${WANT[${MODELS[3]}]}  /models/")" 0
 	check "resend=$rs: it hashed the model at least twice ($n)" test "$n" -ge 2
+	n=$(echo "$a" | awk -v t="$(head -1 "$R/events" | cut -d. -f1)" -v h="${WANT[${MODELS[3]}]}" \
+		'$1 < t && $2 == 0 && $3 == h { b++ } $1 > t + 0 && $2 == 0 && $3 == h { a++ } END { print (b > 0) (a > 0) }')
+	check_eq "resend=$rs: right hashes before the first kill and after it" "$n" 11
 
 	# -- the figures
 	echo "# restart figures (resend=$rs): ${got[figures_summary]:-none} ms (each kill: ${got[figures]:-none})"
@@ -391,14 +404,14 @@ restarts() {
 		"$(ps -o pid= --ppid "$sup" | wc -l)" 1
 	w=$(worker_pid)
 	check_eq "resend=$rs: it is the one the pid file names" "$(children "$sup")" "${w:-none}"
-	check "resend=$rs: and it is alive" kill -0 "${w:-0}"
+	check "resend=$rs: and it is alive" alive "$w"
 	check_eq "resend=$rs: the supervisor logged $KILLS ends by signal 9" \
 		"$(grep -c 'ended: killed by signal 9; starting worker' "$MNT.log")" "$KILLS"
 	a=""
 	for pid in "${killed[@]}"; do
 		grep -q "(pid $pid) ended: killed by signal 9" "$MNT.log" || a="$a $pid"
 	done
-	check_eq "resend=$rs: the log names each killed worker's pid" "$a" ""
+	check_eq "resend=$rs: the log names each killed worker's pid" "${#killed[@]}:$a" "$KILLS:"
 	local kr rp
 	kr=$(grep -cE "serves $MNT: [0-9]+ ms after worker [0-9]+ ended \(kernel resend\)" "$MNT.log")
 	rp=$(grep -cE "serves $MNT: [0-9]+ ms after worker [0-9]+ ended \([0-9]+ requests? replayed from user space\)" "$MNT.log")
@@ -420,8 +433,8 @@ restarts() {
 	fs_umount "$MNT" "$sup"
 	check "resend=$rs: the pid file is removed at exit" test ! -e "$PIDFILE"
 	a=""
-	for pid in "${workers[@]}"; do kill -0 "$pid" 2>/dev/null && a="$a $pid"; done
-	check_eq "resend=$rs: no worker is left" "$a" ""
+	for pid in "${workers[@]}"; do alive "$pid" && a="$a $pid"; done
+	check_eq "resend=$rs: none of its $((KILLS + 2)) workers is left" "${#workers[@]}:$a" "$((KILLS + 2)):"
 }
 
 restarts yes
