@@ -93,6 +93,7 @@ static const struct config_key config_keys[] = {
 	K(log_level, T_LEVEL, "info"),
 	K(log_file, T_OPT, NULL),
 	K(memory_lock, T_MEMLOCK, "all"),
+	K(kernel_resend, T_BOOL, "true"),
 };
 #undef K
 #define CONFIG_NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))

@@ -1,16 +1,20 @@
 /*
  * main.c - azaionfs, the daemon: the command line as mount.fuse3 passes it
- * (azaionfs SOURCE MOUNTPOINT -o key=value,...), the configuration, the
- * process hardening, login, the catalog, the mount, and only then the
- * detach from the terminal, so that start-up errors reach it. SIGTERM,
- * SIGINT and an unmount end the loop; everything is freed on the way out.
+ * (azaionfs SOURCE MOUNTPOINT -o key=value,...), the configuration, and
+ * the two roles this program plays (docs/architecture.md, "Restarts"):
  *
- * The fork comes first, though, before any secret exists: secret memory is
- * MADV_WIPEONFORK, so a child would find its keys zeroed. The parent only
- * waits, holding the terminal, until the child reports that the mount
- * answers, its FUSE handshake done (exit 0), or that it failed (exit 1,
- * its messages already printed, nothing left mounted). Threads start in
- * the FUSE init callback.
+ * - the supervisor (super.c): checks the mount point, detaches, mounts,
+ *   and keeps a worker serving; it holds no secret;
+ * - a worker: this program started again by the supervisor. It hardens
+ *   and locks its memory, logs in, builds the read path, and serves the
+ *   mount's inherited /dev/fuse descriptor (serve.c) and the side
+ *   endpoint.
+ *
+ * The command's own process only waits, holding the terminal, until the
+ * supervisor reports that the mount answers, its FUSE handshake done (exit
+ * 0), or that it failed (exit 1, the messages already printed, nothing
+ * left mounted). The fork comes first, before any secret exists: secret
+ * memory is MADV_WIPEONFORK, and no secret ever passes between processes.
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -38,13 +42,16 @@
 #include "fs/catalog.h"
 #include "fs/config.h"
 #include "fs/device.h"
+#include "fs/journal.h"
 #include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/metrics.h"
 #include "fs/ops.h"
 #include "fs/rest.h"
+#include "fs/serve.h"
 #include "fs/session.h"
 #include "fs/store.h"
+#include "fs/super.h"
 
 #define MAIN_VERSION "0.1"
 #define MAIN_MAX_SETS 256
@@ -181,6 +188,9 @@ static const struct fuse_opt main_opt_spec[] = {
 	FUSE_OPT_KEY("nodiratime", KEY_KEEP),
 	FUSE_OPT_END};
 
+/* Set in a worker: the supervisor's view of the mount (super_worker_env). */
+static struct super_worker *main_worker;
+
 static int main_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
 	struct main_opts *o = data;
@@ -216,6 +226,14 @@ static int main_opt_proc(void *data, const char *arg, int key, struct fuse_args 
 		if (!o->source) {
 			o->source = strdup(arg);
 			return o->source ? 0 : -1;
+		}
+		if (!o->mountpoint && main_worker) {
+			/*
+			 * Not realpath(): the mount point is this mount's root, and a
+			 * worker that is not serving yet would wait on itself.
+			 */
+			o->mountpoint = strdup(main_worker->mountpoint);
+			return o->mountpoint ? 0 : -1;
 		}
 		if (!o->mountpoint) {
 			/* Absolute: the daemon leaves its working directory when it detaches. */
@@ -657,60 +675,75 @@ static int main_fork(int foreground, int *ret_fd)
 /* The FUSE init's thread and the main thread may both report. */
 static pthread_mutex_t main_report_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Tells the waiting parent how the start went; on success detaches for good. */
-static void main_report(int *fd, unsigned char status)
-{
-	int null;
-
-	pthread_mutex_lock(&main_report_lock);
-	if (*fd < 0)
-		goto out;
-	if (status == 0) {
-		if (chdir("/") < 0)
-			log_warn("chdir /: %s", strerror(errno));
-		null = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (null >= 0) {
-			dup2(null, 0);
-			dup2(null, 1);
-			dup2(null, 2);
-			if (null > 2)
-				close(null);
-		}
-		log_use_syslog();
-	}
-	if (write(*fd, &status, 1) != 1)
-		log_warn("cannot report the start to the parent: %s", strerror(errno));
-	close(*fd);
-	*fd = -1;
-out:
-	pthread_mutex_unlock(&main_report_lock);
-}
-
 struct main_state {
 	struct catalog *cat;
 	struct store *st;
 	struct rest *rest;
-	struct fuse_session *se;
+	struct serve *serve;
 	const char *mountpoint;
 	const char *source;
-	int report;	/* the waiting parent's pipe until the mount answers; -1 after */
+	int foreground;
+	int reported;	/* the supervisor knows this worker serves */
+	int resumed;	/* not the mount's first worker: the INIT was the kept one */
 	int failed;	/* the start failed after the mount: exit 1 */
 	char *ready_mp; /* main_ready's copy of the mount point */
 	pthread_t ready;
 	int has_ready;
 };
 
+/* One per worker process: the signal handler stops its loop. */
+static struct main_state main_ms;
+
 /*
- * Ends a start that failed after the mount: the loop ends, the main thread
- * unmounts and only then tells the parent, so that the mount command does
- * not return with the mount still there.
+ * Tells the supervisor that this worker serves (replayed: what it
+ * answered for the worker before it, see super_worker_ready); then
+ * detaches from the terminal for good, which is the mount command's.
+ */
+static void main_report(struct main_state *ms, int replayed)
+{
+	int null;
+
+	pthread_mutex_lock(&main_report_lock);
+	if (ms->reported)
+		goto out;
+	ms->reported = 1;
+	super_worker_ready(main_worker, replayed);
+	if (ms->foreground)
+		goto out;
+	null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		if (null > 2)
+			close(null);
+	}
+	log_use_syslog();
+out:
+	pthread_mutex_unlock(&main_report_lock);
+}
+
+/*
+ * Ends a start that failed after the mount: the loop ends, and the worker
+ * exits 1 unreported, so that the supervisor unmounts before the mount
+ * command returns.
  */
 static void main_fail_started(struct main_state *ms)
 {
 	__atomic_store_n(&ms->failed, 1, __ATOMIC_RELAXED);
-	fuse_session_exit(ms->se);
-	/* The loop's main thread waits on a semaphore that only a signal interrupts. */
-	kill(getpid(), SIGTERM);
+	if (ms->serve)
+		serve_stop(ms->serve);
+}
+
+/* SIGTERM, SIGINT (the supervisor's stop or upgrade): answer what was read, then exit. */
+static void main_on_stop(int sig)
+{
+	int saved = errno;
+
+	(void)sig;
+	if (main_ms.serve)
+		serve_stop(main_ms.serve);
+	errno = saved;
 }
 
 /*
@@ -771,7 +804,7 @@ static void *main_ready(void *arg)
 		return NULL;
 	}
 	log_info("mounted %s at %s", ms->source, ms->ready_mp);
-	main_report(&ms->report, 0);
+	main_report(ms, -2);
 	main_readahead(ms->ready_mp);
 	return NULL;
 }
@@ -790,7 +823,10 @@ static void main_on_init(void *arg)
 		main_fail_started(ms);
 		return;
 	}
-	/* The main thread joins it, after the unmount: it holds ms. */
+	/* A later worker's INIT is the kept one: the handshake was done long ago. */
+	if (ms->resumed)
+		return;
+	/* The main thread joins it: it holds ms. */
 	ms->ready_mp = strdup(ms->mountpoint);
 	if (!ms->ready_mp || pthread_create(&ms->ready, NULL, main_ready, ms) != 0) {
 		log_err("cannot start a thread: %s", strerror(errno));
@@ -911,29 +947,287 @@ static int main_read_path(const struct config *c, struct fetch *f, struct sessio
 	return store_new(c, disk, keys, ret);
 }
 
-int main(int argc, char **argv)
+/*
+ * The supervisor's part: the checks a refused mount must fail on before
+ * it touches anything, the detach, then super_run. The exit status.
+ */
+static int main_supervise(struct main_opts *o, const struct config *c, struct fuse_args *args,
+			  char **argv)
 {
-	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct fuse_loop_config *loop = NULL;
-	struct main_opts o = {0};
-	struct main_state ms = {0};
+	struct super_opts so = {.stored_fuse = -1, .stored_journal = -1, .report = -1};
+	struct ops_opts oo = {0};
+	char exe[4096], *config_abs = NULL;
+	ssize_t n;
+	int stored, rc = 1;
+
+	/* An upgrade replaces the file: a worker runs what the path holds then. */
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0) {
+		fprintf(stderr,
+			"azaionfs: cannot tell where this program is (/proc/self/exe): %s\n",
+			strerror(errno));
+		return 1;
+	}
+	exe[n] = '\0';
+	stored = super_stored(&so.stored_fuse, &so.stored_journal);
+	/* Mount options first: a refused mount must not have touched the network. */
+	if (main_check_mount_opts(o) < 0 || (!stored && main_check_mount_point(o) < 0) ||
+	    main_mount_owner(o, &oo) < 0)
+		return 1;
+	if (o->config_path && !(config_abs = realpath(o->config_path, NULL))) {
+		fprintf(stderr, "azaionfs: config %s: %s\n", o->config_path, strerror(errno));
+		return 1;
+	}
+	if (main_fuse_args(o, args) < 0)
+		goto out;
+	main_harden();
+	if (main_fork(o->foreground, &so.report) < 0)
+		goto out;
+	so.exe = exe;
+	so.argv = argv;
+	so.source = o->source ? o->source : "azaion";
+	so.mountpoint = o->mountpoint;
+	so.config_path = config_abs;
+	so.state_dir = c->state_dir;
+	so.args = args;
+	so.foreground = o->foreground;
+	rc = super_run(&so);
+out:
+	free(config_abs);
+	return rc;
+}
+
+/* A worker's signals: a stop answers what was read; a lost reader must not kill it. */
+static void main_worker_signals(void)
+{
+	struct sigaction sa = {.sa_handler = main_on_stop};
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+/*
+ * The worker's part: everything secret and everything networked, then the
+ * FUSE loop over the supervisor's descriptor. The exit status tells the
+ * supervisor what happened (SUPER_EXIT_UNMOUNTED: the mount is gone).
+ */
+static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *args)
+{
+	struct super_worker *w = main_worker;
+	struct main_state *ms = &main_ms;
 	struct fetch_opts fo = {0};
 	struct ops_opts oo = {0};
 	struct rest_deps rd = {0};
+	struct serve_opts sv = {0};
 	struct fuse_session *se = NULL;
-	struct config *c = NULL;
+	struct journal *j = NULL;
 	struct fetch *f = NULL;
 	struct session *s = NULL;
 	struct device *d = NULL;
 	struct ops *ops = NULL;
-	int r, rc = 1, login, had_creds;
+	char dev[32];
+	size_t init_len;
+	int r, rc = 1, login, had_creds, had_init = 0, replayed = 0;
+	enum serve_end end;
 
-	ms.report = -1;
+	ms->foreground = o->foreground;
+	if (main_check_mount_opts(o) < 0 || main_mount_owner(o, &oo) < 0)
+		goto out;
+	main_harden();
+	if (main_lock_memory(c) < 0)
+		goto out;
+	if (mkdir(c->state_dir, 0700) < 0 && errno != EEXIST) {
+		log_err("state_dir %s: %s", c->state_dir, strerror(errno));
+		goto out;
+	}
+	r = journal_attach(w->journal_fd, &j);
+	if (r < 0) {
+		log_err("cannot read the supervisor's request journal: %s", strerror(-r));
+		goto out;
+	}
+	ms->resumed = journal_init(j, &init_len) != NULL;
+
+	fo.ca_file = c->ca_file;
+	fo.timeout_ms = c->io_timeout * 1000;
+	fo.connect_timeout_ms = c->io_timeout < 10 ? c->io_timeout * 1000 : 10000;
+	fo.max_retries = 5;
+	fo.log = log_sink;
+	r = fetch_new(&fo, &f);
+	if (r < 0) {
+		log_err("cannot set up HTTP: %s", strerror(-r));
+		goto out;
+	}
+	if (session_new(c, f, &s) < 0)
+		goto out_fetch;
+	/*
+	 * The TPM first: tpm = required without one stops here, before any
+	 * network I/O; an enrolled device unseals the credentials it logs in
+	 * with (unattended start). A failed login does not stop the mount:
+	 * reads then fail with the cause logged.
+	 */
+	if (device_new(c, s, &d) < 0)
+		goto out_session;
+	had_creds = session_has_credentials(s);
+	login = device_login(d);
+	if (session_logged_in(s))
+		device_enroll_if_needed(d);
+	r = main_read_path(c, f, s, d, &ms->st);
+	if (r < 0) {
+		log_err("cannot set up the read path: %s", strerror(-r));
+		goto out_device;
+	}
+	r = catalog_new(c, s, store_probe, ms->st, &ms->cat);
+	if (r < 0)
+		goto out_store;
+	/* After a failed login, the saved list at once rather than another wait. */
+	catalog_refresh(ms->cat, session_has_credentials(s) && !session_logged_in(s));
+	/*
+	 * Readers wait on a restarted worker: it serves what it has, and the
+	 * refusal that would stop a first start is only logged.
+	 */
+	if (main_check_login(c, ms->cat, had_creds, login) < 0 && !ms->resumed)
+		goto out_catalog;
+
+	/*
+	 * The side endpoint listens now, so that a busy port shows on the
+	 * terminal, and serves from the FUSE init on. It is the only way to
+	 * log in and unlock: a mount without it would be one nobody can fix
+	 * from outside, so it stops the start (rest_new said why).
+	 */
+	rd.c = c;
+	rd.mountpoint = o->mountpoint;
+	rd.f = f;
+	rd.s = s;
+	rd.d = d;
+	rd.cat = ms->cat;
+	rd.st = ms->st;
+	rd.takeover = w->takeover;
+	r = rest_new(&rd, &ms->rest);
+	if (r < 0) {
+		log_err("the side endpoint on %s cannot start (%s): it is the way to log in and "
+			"unlock, so the mount stops; fix the cause above and mount again",
+			c->rest_listen, strerror(-r));
+		goto out_catalog;
+	}
+
+	oo.c = c;
+	oo.cat = ms->cat;
+	oo.st = ms->st;
+	oo.epoch = (uint16_t)w->epoch;
+	oo.on_init = main_on_init;
+	oo.on_init_arg = ms;
+	ms->mountpoint = o->mountpoint;
+	ms->source = o->source ? o->source : "azaion";
+	if (ops_new(&oo, &ops) < 0 || main_fuse_args(o, args) < 0)
+		goto out_rest;
+	se = fuse_session_new(args, ops_table(), sizeof(struct fuse_lowlevel_ops), ops);
+	if (!se)
+		goto out_ops;
+	r = super_worker_prepared(w);
+	if (r < 0) {
+		if (r != -ECANCELED)
+			log_err("cannot get the mount from the supervisor: %s", strerror(-r));
+		goto out_session_fuse;
+	}
+	/* libfuse takes a descriptor by this name rather than mounting. */
+	snprintf(dev, sizeof(dev), "/dev/fd/%d", w->fuse_fd);
+	if (fuse_session_mount(se, dev) != 0) {
+		log_err("cannot serve the supervisor's FUSE descriptor %d", w->fuse_fd);
+		goto out_session_fuse;
+	}
+	w->fuse_fd = -1; /* the session's now */
+	sv.se = se;
+	sv.j = j;
+	sv.lane = w->lane;
+	sv.threads = MAIN_MAX_THREADS;
+	r = serve_new(&sv, &ms->serve);
+	if (r < 0) {
+		log_err("cannot set up the FUSE loop: %s", strerror(-r));
+		goto out_session_fuse;
+	}
+	main_worker_signals();
+	/* The kept INIT first: libfuse refuses every request of a session before one. */
+	serve_init(ms->serve, &had_init);
+	for (unsigned lane = 0; lane < JOURNAL_LANES && !ms->failed; lane++)
+		if (w->resume & (1u << lane) &&
+		    serve_resume(ms->serve, lane, c->kernel_resend && replayed >= 0, &replayed) < 0)
+			log_err("the requests of the worker before could not be answered");
+	if (__atomic_load_n(&ms->failed, __ATOMIC_RELAXED) || serve_start(ms->serve) < 0)
+		goto out_serve;
+	if (had_init)
+		main_report(ms, replayed);
+	end = serve_wait(ms->serve);
+	rc = end == SERVE_UNMOUNTED	  ? SUPER_EXIT_UNMOUNTED
+	     : end == SERVE_FAILED	  ? 1
+	     : !had_init && !ms->reported ? 1
+					  : 0;
+	if (!had_init && !ms->reported && !__atomic_load_n(&ms->failed, __ATOMIC_RELAXED))
+		log_err("the FUSE session ended before the mount answered; see the messages "
+			"above");
+	if (ms->has_ready) {
+		struct timespec until;
+
+		/* Its stat is answered by a worker that serves; this one no longer does. */
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 2;
+		if (pthread_timedjoin_np(ms->ready, NULL, &until) == 0)
+			ms->has_ready = 0;
+	}
+	if (__atomic_load_n(&ms->failed, __ATOMIC_RELAXED))
+		rc = 1;
+out_serve:
+	if (!ms->has_ready) {
+		serve_free(ms->serve);
+		ms->serve = NULL;
+	}
+out_session_fuse:
+	fuse_session_destroy(se);
+out_ops:
+	ops_free(ops);
+out_rest:
+	/* Before the store: F2 streams read from it. */
+	rest_free(ms->rest);
+out_catalog:
+	catalog_free(ms->cat);
+out_store:
+	store_free(ms->st);
+out_device:
+	device_free(d);
+out_session:
+	session_free(s);
+out_fetch:
+	fetch_free(f);
+out:
+	journal_free(j);
+	if (w->fuse_fd >= 0)
+		close(w->fuse_fd);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct super_worker worker;
+	struct main_opts o = {0};
+	struct config *c = NULL;
+	int r, rc = 1;
+
 	log_init("azaionfs", LOG_INFO);
 	metrics_set_version(MAIN_VERSION);
 	/* tpm2-tss writes its own warnings to stderr; the causes reach the log through tpm/. */
 	setenv("TSS2_LOG", "all+NONE", 0);
 	fuse_set_log_func(main_fuse_log);
+	r = super_worker_env(&worker);
+	if (r < 0) {
+		fprintf(stderr, "azaionfs: a malformed worker environment (AZAIONFS_WORKER): not "
+				"started by an azaionfs supervisor\n");
+		goto out_worker;
+	}
+	if (r > 0)
+		main_worker = &worker;
 	if (fuse_opt_parse(&args, &o, main_opt_spec, main_opt_proc) < 0) {
 		fputs(MAIN_USAGE, stderr);
 		goto out_args;
@@ -953,6 +1247,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "azaionfs: needs SOURCE and MOUNTPOINT\n%s", MAIN_USAGE);
 		goto out_args;
 	}
+	/* The supervisor's absolute path: a worker's working directory is /. */
+	if (main_worker && main_worker->config_path) {
+		free(o.config_path);
+		o.config_path = strdup(main_worker->config_path);
+		if (!o.config_path)
+			goto out_args;
+	}
 	if (main_config(&o, &c) < 0)
 		goto out_args;
 	log_set_level(o.debug ? LOG_DEBUG : c->log_level);
@@ -966,152 +1267,18 @@ int main(int argc, char **argv)
 			goto out_config;
 		}
 	}
-	/* Mount options first: a refused mount must not have touched the network. */
-	if (main_check_mount_opts(&o) < 0 || main_check_mount_point(&o) < 0 ||
-	    main_mount_owner(&o, &oo) < 0)
-		goto out_config;
-	main_harden();
-	if (main_fork(o.foreground, &ms.report) < 0)
-		goto out_config;
-	if (main_lock_memory(c) < 0)
-		goto out_config;
-	if (mkdir(c->state_dir, 0700) < 0 && errno != EEXIST) {
-		log_err("state_dir %s: %s", c->state_dir, strerror(errno));
-		goto out_config;
-	}
-
-	fo.ca_file = c->ca_file;
-	fo.timeout_ms = c->io_timeout * 1000;
-	fo.connect_timeout_ms = c->io_timeout < 10 ? c->io_timeout * 1000 : 10000;
-	fo.max_retries = 5;
-	fo.log = log_sink;
-	r = fetch_new(&fo, &f);
-	if (r < 0) {
-		log_err("cannot set up HTTP: %s", strerror(-r));
-		goto out_config;
-	}
-	if (session_new(c, f, &s) < 0)
-		goto out_fetch;
-	/*
-	 * The TPM first: tpm = required without one stops here, before any
-	 * network I/O; an enrolled device unseals the credentials it logs in
-	 * with (unattended start). A failed login does not stop the mount:
-	 * reads then fail with the cause logged.
-	 */
-	if (device_new(c, s, &d) < 0)
-		goto out_session;
-	had_creds = session_has_credentials(s);
-	login = device_login(d);
-	if (session_logged_in(s))
-		device_enroll_if_needed(d);
-	r = main_read_path(c, f, s, d, &ms.st);
-	if (r < 0) {
-		log_err("cannot set up the read path: %s", strerror(-r));
-		goto out_device;
-	}
-	r = catalog_new(c, s, store_probe, ms.st, &ms.cat);
-	if (r < 0)
-		goto out_store;
-	/* After a failed login, the saved list at once rather than another wait. */
-	catalog_refresh(ms.cat, session_has_credentials(s) && !session_logged_in(s));
-	if (main_check_login(c, ms.cat, had_creds, login) < 0)
-		goto out_catalog;
-
-	/*
-	 * The side endpoint listens now, so that a busy port shows on the
-	 * terminal, and serves from the FUSE init on. It is the only way to
-	 * log in and unlock: a mount without it would be one nobody can fix
-	 * from outside, so it stops the start (rest_new said why).
-	 */
-	rd.c = c;
-	rd.mountpoint = o.mountpoint;
-	rd.f = f;
-	rd.s = s;
-	rd.d = d;
-	rd.cat = ms.cat;
-	rd.st = ms.st;
-	r = rest_new(&rd, &ms.rest);
-	if (r < 0) {
-		log_err("the side endpoint on %s cannot start (%s): it is the way to log in and "
-			"unlock, so the mount stops; fix the cause above and mount again",
-			c->rest_listen, strerror(-r));
-		goto out_catalog;
-	}
-
-	oo.c = c;
-	oo.cat = ms.cat;
-	oo.st = ms.st;
-	oo.on_init = main_on_init;
-	oo.on_init_arg = &ms;
-	ms.mountpoint = o.mountpoint;
-	ms.source = o.source ? o.source : "azaion";
-	if (ops_new(&oo, &ops) < 0 || main_fuse_args(&o, &args) < 0)
-		goto out_rest;
-	se = fuse_session_new(&args, ops_table(), sizeof(struct fuse_lowlevel_ops), ops);
-	if (!se)
-		goto out_ops;
-	ms.se = se;
-	if (fuse_set_signal_handlers(se) != 0)
-		goto out_session_fuse;
-	/* The parent waits on until main_ready has seen the handshake through. */
-	if (fuse_session_mount(se, o.mountpoint) != 0)
-		goto out_signals;
-
-	loop = fuse_loop_cfg_create();
-	if (!loop)
-		goto out_unmount;
-	fuse_loop_cfg_set_max_threads(loop, MAIN_MAX_THREADS);
-	fuse_loop_cfg_set_clone_fd(loop, 0);
-	r = fuse_session_loop_mt(se, loop);
-	fuse_loop_cfg_destroy(loop);
-	/*
-	 * The loop returns 0 after an unmount, the signal that ended it (a
-	 * requested stop: success too), or -errno when reading /dev/fuse failed.
-	 */
-	rc = r == 0 || r == SIGTERM || r == SIGINT || r == SIGHUP ? 0 : 1;
-	if (rc)
-		log_err("the FUSE session ended on an error: %s",
-			r < 0 ? strerror(-r) : strsignal(r));
-	if (ms.report >= 0 && !__atomic_load_n(&ms.failed, __ATOMIC_RELAXED)) {
-		log_err("the FUSE session ended before the mount answered; see the messages "
-			"above");
-		rc = 1;
-	}
-	log_info("unmounting %s", o.mountpoint);
-
-out_unmount:
-	fuse_session_unmount(se);
-	/* Its stat returns once unmounted; before the signal handlers go (it may raise one). */
-	if (ms.has_ready)
-		pthread_join(ms.ready, NULL);
-	if (__atomic_load_n(&ms.failed, __ATOMIC_RELAXED))
-		rc = 1;
-out_signals:
-	fuse_remove_signal_handlers(se);
-out_session_fuse:
-	fuse_session_destroy(se);
-out_ops:
-	ops_free(ops);
-out_rest:
-	/* Before the store: F2 streams read from it. */
-	rest_free(ms.rest);
-out_catalog:
-	catalog_free(ms.cat);
-out_store:
-	store_free(ms.st);
-out_device:
-	device_free(d);
-out_session:
-	session_free(s);
-out_fetch:
-	fetch_free(f);
-out_config:
-	main_report(&ms.report, 1);
+	if (main_worker)
+		rc = main_serve(&o, c, &args);
+	else
+		rc = main_supervise(&o, c, &args, argv);
 	log_close_file();
+out_config:
 	config_free(c);
-	free(ms.ready_mp);
+	free(main_ms.ready_mp);
 out_args:
 	main_opts_clear(&o);
 	fuse_opt_free_args(&args);
+out_worker:
+	super_worker_clear(&worker);
 	return rc;
 }

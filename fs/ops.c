@@ -186,6 +186,8 @@ static void ops_init(void *userdata, struct fuse_conn_info *conn)
 	/* Parallel reads of one file are what read-ahead and the slab are for. */
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
+	/* Nothing is written: requests then fit a journal slot (journal.h). */
+	conn->max_write = 4096;
 	if (ops->o.on_init)
 		ops->o.on_init(ops->o.on_init_arg);
 }

@@ -25,6 +25,7 @@ struct ops_opts {
 	/* Called once from the FUSE init callback, after daemonising. */
 	void (*on_init)(void *arg);
 	void *on_init_arg;
+	uint16_t epoch; /* the worker's number: file handles carry it */
 };
 
 int ops_new(const struct ops_opts *o, struct ops **ret);

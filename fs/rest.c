@@ -114,7 +114,8 @@ struct rest_door {
 	const char *spec; /* rest_listen or metrics_listen */
 	int metrics_only; /* metrics_listen: /metrics alone */
 	int fd;		  /* until its daemon owns it */
-	char *unix_path;  /* unix:PATH: removed at exit */
+	char *unix_path;  /* unix:PATH: removed at exit, if still this door's */
+	ino_t unix_ino;	  /* the socket file this door bound */
 	struct MHD_Daemon *mhd;
 };
 
@@ -1531,15 +1532,25 @@ static void rest_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- listening, start and stop ------------------------------------------------------- */
 
+/*
+ * A worker that takes over from one still serving (an upgrade) binds a
+ * new socket beside the path and renames it over the old one: a client
+ * never finds the path missing, and the old worker keeps the connections
+ * it has accepted (docs/architecture.md, "Restarts").
+ */
 static int rest_listen_unix(struct rest_door *door, const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct rest *r = door->r;
+	int takeover = r->d.takeover;
+	char tmp[sizeof(sa.sun_path) + 32];
 	struct stat sb;
 	mode_t old;
 	int fd, e;
 
-	if (strlen(path) >= sizeof(sa.sun_path)) {
+	if (strlen(path) >= sizeof(sa.sun_path) ||
+	    (takeover && (size_t)snprintf(tmp, sizeof(tmp), "%s.%d", path, (int)getpid()) >=
+				 sizeof(sa.sun_path))) {
 		log_err("%s: unix:%s is longer than a socket path may be",
 			door->metrics_only ? "metrics_listen" : "rest_listen", path);
 		return -ENAMETOOLONG;
@@ -1549,7 +1560,7 @@ static int rest_listen_unix(struct rest_door *door, const char *path)
 	if (fd < 0)
 		return -errno;
 	/* A socket left by a daemon that died is replaced; anything else is kept. */
-	if (lstat(path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
+	if (!takeover && lstat(path, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
 		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
 			log_err("%s: another process serves unix:%s", door->spec, path);
 			close(fd);
@@ -1561,29 +1572,50 @@ static int rest_listen_unix(struct rest_door *door, const char *path)
 		if (fd < 0)
 			return -errno;
 	}
+	if (takeover) {
+		memcpy(sa.sun_path, tmp, strlen(tmp) + 1);
+		unlink(tmp);
+	}
 	/* No moment with a wider mode than 0660 (no thread runs yet). */
 	old = umask(0117);
 	e = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
 	umask(old);
-	if (e == 0 && chown(path, (uid_t)-1, r->group) < 0) {
+	if (e == 0 && chown(sa.sun_path, (uid_t)-1, r->group) < 0) {
 		e = -errno;
 		log_err("rest_group: cannot give unix:%s to group %s: %s", path, r->d.c->rest_group,
 			strerror(-e));
 	}
-	if (e == 0 && chmod(path, 0660) < 0)
+	if (e == 0 && chmod(sa.sun_path, 0660) < 0)
 		e = -errno;
 	if (e == 0 && listen(fd, REST_BACKLOG) < 0)
 		e = -errno;
+	if (e == 0 && takeover && rename(tmp, path) < 0)
+		e = -errno;
+	if (e == 0 && lstat(path, &sb) == 0)
+		door->unix_ino = sb.st_ino;
 	if (e < 0) {
 		log_err("%s: unix:%s: %s", door->metrics_only ? "metrics_listen" : "rest_listen",
 			path, strerror(-e));
 		close(fd);
-		unlink(path);
+		unlink(sa.sun_path);
 		return e;
 	}
 	door->unix_path = strdup(path);
 	door->fd = fd;
 	return 0;
+}
+
+/* 1 when something accepts connections on ai already. */
+static int rest_tcp_taken(const struct addrinfo *ai)
+{
+	int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+	int taken;
+
+	if (fd < 0)
+		return 0;
+	taken = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+	close(fd);
+	return taken;
 }
 
 static int rest_listen_tcp(struct rest_door *door, const char *spec)
@@ -1626,6 +1658,18 @@ static int rest_listen_tcp(struct rest_door *door, const char *spec)
 			continue;
 		}
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		/*
+		 * Two workers of one mount listen side by side during an upgrade;
+		 * any other listener is refused (rest_tcp_taken) before this.
+		 */
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+		if (!door->r->d.takeover && rest_tcp_taken(ai)) {
+			log_err("%s: another process serves %s", key, spec);
+			close(fd);
+			fd = -1;
+			e = -EADDRINUSE;
+			break;
+		}
 		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, REST_BACKLOG) == 0)
 			break;
 		e = -errno;
@@ -1803,7 +1847,11 @@ void rest_free(struct rest *r)
 		if (door->r && door->fd >= 0)
 			close(door->fd);
 		if (door->unix_path) {
-			unlink(door->unix_path);
+			struct stat sb;
+
+			/* Not the socket of a worker that took over from this one. */
+			if (lstat(door->unix_path, &sb) == 0 && sb.st_ino == door->unix_ino)
+				unlink(door->unix_path);
 			free(door->unix_path);
 		}
 	}

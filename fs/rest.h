@@ -46,6 +46,7 @@ struct rest_deps {
 	struct device *d;
 	struct catalog *cat;
 	struct store *st;
+	int takeover; /* another worker of this mount still listens (an upgrade) */
 };
 
 struct rest;
