@@ -4,11 +4,30 @@
  * exactly once. The filesystem is one flat, read-only directory; files are
  * served with the kernel page cache kept (no direct_io), so mmap works.
  *
- * Inode numbers: 1 is the root; every name the catalog ever showed gets a
- * number for the life of the process (so forget needs to do nothing).
+ * Node ids and file handles outlive the process that hands them out: when
+ * the serving process restarts, the kernel goes on sending the ids and
+ * handles the dead one gave to the new one (docs/architecture.md,
+ * "Restarts"). So:
+ * - A file's node id is a hash of its name (1 is the root), the same in
+ *   every process; an id this process has not handed out yet is looked for
+ *   among the names of the current catalog. Every name keeps its record
+ *   for the life of the process, so forget needs to do nothing.
+ * - A handle (fi->fh) is never a pointer but says what it is: the epoch of
+ *   the worker that opened it, the version tag of the catalog entry it
+ *   opened and a slot in this process's handle table (ops_fh_pack). A
+ *   handle of another epoch (or a slot that does not match) came from a
+ *   dead worker: it is reopened by node id on first use, and when the file
+ *   was republished in between its reads fail with EIO, so a reader never
+ *   sees a mix of two versions.
+ * - Handlers are idempotent: a request the dead worker had read may be run
+ *   again here, so releasing a handle nobody knows does nothing.
  *
- * Locking: ops->lock guards the inode table and the list of open handles;
- * it is never held across a catalog or store call that does I/O.
+ * Locking: ops->lock guards the node tables, the handle table and the
+ * foreign handles; it is never held across a catalog or store call that
+ * does I/O. Node records are never freed before ops_free, so a record's
+ * name may be read without the lock. A handle is used without the lock
+ * between open and release: the kernel sends no release while a read of
+ * that handle is in flight.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,27 +45,45 @@
 #define OPS_ROOT 1
 #define OPS_TIMEOUT 1.0 /* seconds the kernel may cache names and sizes */
 #define OPS_BLOCK 4096
+#define OPS_BUCKETS 1024 /* of each node table */
+#define OPS_ID_MAX 0x7fffffffffffffffull
+#define OPS_SLOTS_MAX (OPS_FH_SLOT_MASK + 1ull)
 
 struct ops_inode {
 	char *name;
 	fuse_ino_t ino;
-	uint64_t version; /* of the catalog entry last opened */
-	struct ops_inode *hnext;
+	uint64_t version;	 /* of the catalog entry last opened */
+	struct ops_inode *nnext; /* chain of the by_name bucket */
+	struct ops_inode *inext; /* chain of the by_ino bucket */
+};
+
+enum ops_kind {
+	OPS_FILE,
+	OPS_DIR
 };
 
 struct ops_handle {
-	struct ops_handle *prev, *next;
-	struct store_file *f;
+	enum ops_kind kind;
+	fuse_ino_t ino;
+	uint32_t tag;		/* version tag (ops_fh_pack) */
+	struct store_file *f;	/* OPS_FILE; NULL when reads fail with err */
+	struct catalog_list *l; /* OPS_DIR: one snapshot per directory stream */
+	int err;
+	uint64_t fh;		 /* foreign: the dead worker's value */
+	struct ops_handle *next; /* foreign: the list */
 };
 
 struct ops {
 	struct ops_opts o;
 	pthread_mutex_t lock;
-	struct ops_inode **by_ino; /* index ino - 2 */
-	size_t n_ino, cap_ino;
-	struct ops_inode **hash;
-	size_t hash_mask;
-	struct ops_handle *open;
+	struct ops_inode *by_name[OPS_BUCKETS];
+	struct ops_inode *by_ino[OPS_BUCKETS];
+	/* Own handles: fh's slot indexes slots; NULL slots are on free. */
+	struct ops_handle **slots;
+	uint32_t *free;
+	size_t n_slots, cap_slots, n_free;
+	/* Handles of dead workers reopened here, by their fh (a few at most). */
+	struct ops_handle *foreign;
 };
 
 static uint64_t ops_fnv(const void *p, size_t n, uint64_t h)
@@ -72,36 +109,76 @@ static uint64_t ops_entry_version(const struct catalog_entry *e)
 	return h;
 }
 
-/* Under ops->lock: the inode of name, created when new; 0 on ENOMEM. */
-static fuse_ino_t ops_ino_locked(struct ops *ops, const char *name)
+uint64_t ops_name_id(const char *name)
 {
-	size_t slot = ops_fnv(name, strlen(name), 0xcbf29ce484222325ull) & ops->hash_mask;
+	uint64_t h = ops_fnv(name, strlen(name), 0xcbf29ce484222325ull) & OPS_ID_MAX;
+
+	return h < 2 ? h + 2 : h;
+}
+
+uint64_t ops_fh_pack(const struct ops_fh *fh)
+{
+	return (uint64_t)fh->epoch << 48 | (uint64_t)(fh->tag & OPS_FH_TAG_MASK) << 24 |
+	       (fh->slot & OPS_FH_SLOT_MASK);
+}
+
+struct ops_fh ops_fh_unpack(uint64_t fh)
+{
+	struct ops_fh r = {
+		.epoch = (uint16_t)(fh >> 48),
+		.tag = (uint32_t)(fh >> 24) & OPS_FH_TAG_MASK,
+		.slot = (uint32_t)fh & OPS_FH_SLOT_MASK,
+	};
+
+	return r;
+}
+
+/* ---- node ids ------------------------------------------------------------- */
+
+static struct ops_inode *ops_by_ino_locked(struct ops *ops, fuse_ino_t ino)
+{
 	struct ops_inode *in;
 
-	for (in = ops->hash[slot]; in; in = in->hnext)
-		if (strcmp(in->name, name) == 0)
+	for (in = ops->by_ino[ino % OPS_BUCKETS]; in; in = in->inext)
+		if (in->ino == ino)
 			break;
-	if (in)
-		return in->ino;
-	if (ops->n_ino == ops->cap_ino) {
-		size_t cap = ops->cap_ino ? 2 * ops->cap_ino : 64;
-		void *p = realloc(ops->by_ino, cap * sizeof(*ops->by_ino));
+	return in;
+}
 
-		if (!p)
-			return 0;
-		ops->by_ino = p;
-		ops->cap_ino = cap;
-	}
+/* Under ops->lock: the node id of name, its record created when new; 0 on ENOMEM. */
+static fuse_ino_t ops_ino_locked(struct ops *ops, const char *name)
+{
+	uint64_t id = ops_name_id(name);
+	struct ops_inode **nb = &ops->by_name[id % OPS_BUCKETS], *in, *other;
+	fuse_ino_t ino = id;
+
+	for (in = *nb; in; in = in->nnext)
+		if (strcmp(in->name, name) == 0)
+			return in->ino;
+	/*
+	 * Two names with one id (a 63-bit hash: practically never): the one
+	 * seen second takes the next free id, so which gets which depends on
+	 * the order they are looked up in, and may change with a restart.
+	 */
+	other = ops_by_ino_locked(ops, ino);
+	if (other)
+		log_warn("%s and %s have the same node id %llu: which file keeps it depends on "
+			 "the order they are looked up in, and may change when the serving "
+			 "process restarts",
+			 other->name, name, (unsigned long long)id);
+	while (ops_by_ino_locked(ops, ino))
+		ino = ino == OPS_ID_MAX ? 2 : ino + 1;
 	in = calloc(1, sizeof(*in));
 	if (!in || !(in->name = strdup(name))) {
 		free(in);
 		return 0;
 	}
-	in->hnext = ops->hash[slot];
-	ops->hash[slot] = in;
-	ops->by_ino[ops->n_ino++] = in;
-	in->ino = ops->n_ino + 1;
-	return in->ino;
+	in->ino = ino;
+	in->nnext = *nb;
+	*nb = in;
+	in->inext = ops->by_ino[ino % OPS_BUCKETS];
+	ops->by_ino[ino % OPS_BUCKETS] = in;
+	return ino;
 }
 
 static fuse_ino_t ops_ino(struct ops *ops, const char *name)
@@ -114,15 +191,30 @@ static fuse_ino_t ops_ino(struct ops *ops, const char *name)
 	return ino;
 }
 
-/* The inode record of ino, or NULL; the record lives as long as ops. */
+/*
+ * The record of ino, or NULL; the record lives as long as ops. An id this
+ * process has not handed out (the kernel kept it from a worker before a
+ * restart) is looked for among the names of the current catalog; NULL
+ * then means the file has left the catalog.
+ */
 static struct ops_inode *ops_inode(struct ops *ops, fuse_ino_t ino)
 {
-	struct ops_inode *in = NULL;
+	struct catalog_list *l;
+	struct ops_inode *in;
 
 	pthread_mutex_lock(&ops->lock);
-	if (ino >= 2 && ino - 2 < ops->n_ino)
-		in = ops->by_ino[ino - 2];
+	in = ops_by_ino_locked(ops, ino);
 	pthread_mutex_unlock(&ops->lock);
+	if (in || ino < 2)
+		return in;
+	l = catalog_get(ops->o.cat);
+	pthread_mutex_lock(&ops->lock);
+	for (size_t i = 0; i < l->n; i++)
+		if (!ops_ino_locked(ops, l->e[i].name))
+			break;
+	in = ops_by_ino_locked(ops, ino);
+	pthread_mutex_unlock(&ops->lock);
+	catalog_put(ops->o.cat, l);
 	return in;
 }
 
@@ -175,6 +267,224 @@ static int ops_entry(struct ops *ops, fuse_ino_t ino, struct catalog_list **ret_
 static struct ops *ops_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+/* ---- file handles --------------------------------------------------------- */
+
+/* Closes what h holds and frees it; accepts NULL. */
+static void ops_handle_free(struct ops *ops, struct ops_handle *h)
+{
+	if (!h)
+		return;
+	if (h->f)
+		store_close(h->f);
+	if (h->l)
+		catalog_put(ops->o.cat, h->l);
+	free(h);
+}
+
+/* Under ops->lock: puts h in a free slot; 0, -ENOMEM or -ENFILE. */
+static int ops_slot_add_locked(struct ops *ops, struct ops_handle *h, uint32_t *ret_slot)
+{
+	uint32_t slot;
+
+	if (ops->n_free) {
+		slot = ops->free[--ops->n_free];
+	} else {
+		if (ops->n_slots == ops->cap_slots) {
+			size_t cap = ops->cap_slots ? 2 * ops->cap_slots : 64;
+			void *p;
+
+			if (ops->cap_slots == OPS_SLOTS_MAX)
+				return -ENFILE;
+			if (cap > OPS_SLOTS_MAX)
+				cap = OPS_SLOTS_MAX;
+			p = realloc(ops->slots, cap * sizeof(*ops->slots));
+			if (!p)
+				return -ENOMEM;
+			ops->slots = p;
+			p = realloc(ops->free, cap * sizeof(*ops->free));
+			if (!p)
+				return -ENOMEM;
+			ops->free = p;
+			ops->cap_slots = cap;
+		}
+		slot = (uint32_t)ops->n_slots++;
+	}
+	ops->slots[slot] = h;
+	*ret_slot = slot;
+	return 0;
+}
+
+/*
+ * Under ops->lock: the handle fh names in this process's table, or NULL
+ * when fh is foreign: another epoch, a free slot, or a slot that now holds
+ * something else (fh came from an earlier worker of the same epoch).
+ */
+static struct ops_handle *ops_own_locked(struct ops *ops, fuse_ino_t ino, uint64_t fh,
+					 enum ops_kind kind)
+{
+	struct ops_fh d = ops_fh_unpack(fh);
+	struct ops_handle *h;
+
+	if (d.epoch != ops->o.epoch || d.slot >= ops->n_slots)
+		return NULL;
+	h = ops->slots[d.slot];
+	if (!h || h->kind != kind || h->ino != ino || h->tag != d.tag)
+		return NULL;
+	return h;
+}
+
+/* Under ops->lock: the foreign handle fh, and where the list points to it. */
+static struct ops_handle **ops_foreign_locked(struct ops *ops, fuse_ino_t ino, uint64_t fh,
+					      enum ops_kind kind)
+{
+	struct ops_handle **p;
+
+	for (p = &ops->foreign; *p; p = &(*p)->next)
+		if ((*p)->fh == fh && (*p)->ino == ino && (*p)->kind == kind)
+			break;
+	return p;
+}
+
+/*
+ * The handle fh names: this process's own, or a dead worker's reopened
+ * here. NULL when neither (not opened here yet, or released).
+ */
+static struct ops_handle *ops_handle_find(struct ops *ops, fuse_ino_t ino, uint64_t fh,
+					  enum ops_kind kind)
+{
+	struct ops_handle *h;
+
+	pthread_mutex_lock(&ops->lock);
+	h = ops_own_locked(ops, ino, fh, kind);
+	if (!h)
+		h = *ops_foreign_locked(ops, ino, fh, kind);
+	pthread_mutex_unlock(&ops->lock);
+	return h;
+}
+
+/*
+ * Keeps h as the foreign handle h->fh and returns 1, unless a concurrent
+ * request kept one first: then h is freed, 0, and *ret is that one.
+ */
+static int ops_foreign_add(struct ops *ops, struct ops_handle *h, struct ops_handle **ret)
+{
+	struct ops_handle *old;
+
+	pthread_mutex_lock(&ops->lock);
+	old = *ops_foreign_locked(ops, h->ino, h->fh, h->kind);
+	if (!old) {
+		h->next = ops->foreign;
+		ops->foreign = h;
+	}
+	pthread_mutex_unlock(&ops->lock);
+	if (!old) {
+		*ret = h;
+		return 1;
+	}
+	ops_handle_free(ops, h);
+	*ret = old;
+	return 0;
+}
+
+/* Drops the handle fh (own or foreign); nothing when it is not known here. */
+static void ops_handle_release(struct ops *ops, fuse_ino_t ino, uint64_t fh, enum ops_kind kind)
+{
+	struct ops_handle *h, **p;
+
+	pthread_mutex_lock(&ops->lock);
+	h = ops_own_locked(ops, ino, fh, kind);
+	if (h) {
+		uint32_t slot = ops_fh_unpack(fh).slot;
+
+		ops->slots[slot] = NULL;
+		ops->free[ops->n_free++] = slot;
+	} else {
+		p = ops_foreign_locked(ops, ino, fh, kind);
+		h = *p;
+		if (h)
+			*p = h->next;
+	}
+	pthread_mutex_unlock(&ops->lock);
+	ops_handle_free(ops, h);
+}
+
+/* Opens the catalog entry behind ino; *ret_version its version. */
+static int ops_open_entry(struct ops *ops, fuse_ino_t ino, struct store_file **ret,
+			  uint64_t *ret_version)
+{
+	struct catalog_list *l;
+	const struct catalog_entry *e;
+	uint64_t version;
+	int r;
+
+	r = ops_entry(ops, ino, &l, &e);
+	if (r < 0)
+		return r;
+	version = ops_entry_version(e);
+	r = store_open(ops->o.st, e, ret);
+	catalog_put(ops->o.cat, l);
+	if (r < 0)
+		return r;
+	*ret_version = version;
+	return 0;
+}
+
+/*
+ * The first read of a dead worker's handle: opens ino again, as open does,
+ * and keeps the handle for the reads that follow. When the entry's version
+ * is not the one the handle opened (the file was republished while the
+ * serving process restarted) or the file left the catalog, every read of
+ * the handle fails with EIO: the old version is gone, and the new one must
+ * not be mixed into a reader's old bytes.
+ */
+static int ops_foreign_open(struct ops *ops, fuse_ino_t ino, uint64_t fh, struct ops_handle **ret)
+{
+	struct ops_inode *in;
+	struct ops_handle *h;
+	struct store_file *f = NULL;
+	uint64_t version = 0;
+	uint32_t tag = ops_fh_unpack(fh).tag;
+	int r;
+
+	r = ops_open_entry(ops, ino, &f, &version);
+	if (r < 0 && r != -ENOENT)
+		return r; /* may succeed when read again: keep nothing */
+	h = calloc(1, sizeof(*h));
+	if (!h) {
+		if (f)
+			store_close(f);
+		return -ENOMEM;
+	}
+	h->kind = OPS_FILE;
+	h->ino = ino;
+	h->tag = tag;
+	h->fh = fh;
+	if (r == 0 && (version & OPS_FH_TAG_MASK) == tag) {
+		h->f = f;
+	} else {
+		if (f)
+			store_close(f);
+		h->err = -EIO;
+	}
+	/* One line per handle, from the request that kept it. */
+	if (!ops_foreign_add(ops, h, ret) || h->f)
+		return 0;
+	in = ops_inode(ops, ino);
+	if (r == 0 && in)
+		log_err("%s: republished while the serving process restarted: reads of the copy "
+			"opened before fail with EIO; reopen the file to read the new version",
+			in->name);
+	else if (in)
+		log_err("%s: left the catalog while the serving process restarted: reads of the "
+			"copy opened before fail with EIO",
+			in->name);
+	else
+		log_err("node %llu: left the catalog while the serving process restarted: reads "
+			"of the file opened before fail with EIO",
+			(unsigned long long)ino);
+	return 0;
 }
 
 /* ---- operations ----------------------------------------------------------- */
@@ -263,24 +573,75 @@ static void ops_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		fuse_reply_attr(req, &st, OPS_TIMEOUT);
 }
 
+static int ops_do_opendir(struct ops *ops, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct ops_handle *h;
+	struct ops_fh d = {.epoch = ops->o.epoch};
+	int r;
+
+	if (ino != OPS_ROOT)
+		return -ENOTDIR;
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->kind = OPS_DIR;
+	h->ino = ino;
+	/* One snapshot per directory stream, so offsets stay meaningful. */
+	h->l = catalog_get(ops->o.cat);
+	pthread_mutex_lock(&ops->lock);
+	r = ops_slot_add_locked(ops, h, &d.slot);
+	pthread_mutex_unlock(&ops->lock);
+	if (r < 0) {
+		ops_handle_free(ops, h);
+		return r;
+	}
+	fi->fh = ops_fh_pack(&d);
+	return 0;
+}
+
 static void ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ops *ops = ops_of(req);
+	int r = ops_do_opendir(ops, ino, fi);
 
-	if (ino != OPS_ROOT) {
-		fuse_reply_err(req, ENOTDIR);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
 		return;
 	}
-	/* One snapshot per directory stream, so offsets stay meaningful. */
-	fi->fh = (uintptr_t)catalog_get(ops->o.cat);
 	if (fuse_reply_open(req, fi) != 0)
-		catalog_put(ops->o.cat, (struct catalog_list *)(uintptr_t)fi->fh);
+		ops_handle_release(ops, ino, fi->fh, OPS_DIR);
 }
 
 static void ops_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	catalog_put(ops_of(req)->o.cat, (struct catalog_list *)(uintptr_t)fi->fh);
+	ops_handle_release(ops_of(req), ino, fi->fh, OPS_DIR);
 	fuse_reply_err(req, 0);
+}
+
+/*
+ * The list a directory stream reads: its own snapshot, or for a dead
+ * worker's stream the current list, kept until releasedir.
+ */
+static int ops_dir_list(struct ops *ops, fuse_ino_t ino, uint64_t fh,
+			const struct catalog_list **ret)
+{
+	struct ops_handle *h;
+
+	if (ino != OPS_ROOT)
+		return -ENOTDIR;
+	h = ops_handle_find(ops, ino, fh, OPS_DIR);
+	if (!h) {
+		h = calloc(1, sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		h->kind = OPS_DIR;
+		h->ino = ino;
+		h->fh = fh;
+		h->l = catalog_get(ops->o.cat);
+		ops_foreign_add(ops, h, &h);
+	}
+	*ret = h->l;
+	return 0;
 }
 
 /* Fills buf (cap bytes) with the entries from off; *ret_len the bytes used. */
@@ -317,11 +678,17 @@ static int ops_do_readdir(fuse_req_t req, struct ops *ops, const struct catalog_
 static void ops_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct fuse_file_info *fi)
 {
-	const struct catalog_list *l = (const struct catalog_list *)(uintptr_t)fi->fh;
+	struct ops *ops = ops_of(req);
+	const struct catalog_list *l;
 	size_t len = 0;
 	char *buf;
 	int r;
 
+	r = ops_dir_list(ops, ino, fi->fh, &l);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
 	if (size > 1024 * 1024)
 		size = 1024 * 1024;
 	buf = malloc(size);
@@ -329,7 +696,7 @@ static void ops_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	r = ops_do_readdir(req, ops_of(req), l, off, buf, size, &len);
+	r = ops_do_readdir(req, ops, l, off, buf, size, &len);
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else
@@ -339,9 +706,8 @@ static void ops_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static int ops_do_open(struct ops *ops, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct catalog_list *l;
-	const struct catalog_entry *e;
-	struct ops_handle *oh;
+	struct ops_fh d = {.epoch = ops->o.epoch};
+	struct ops_handle *h;
 	struct ops_inode *in;
 	uint64_t version;
 	int r;
@@ -350,48 +716,33 @@ static int ops_do_open(struct ops *ops, fuse_ino_t ino, struct fuse_file_info *f
 		return -EISDIR;
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		return -EROFS;
-	r = ops_entry(ops, ino, &l, &e);
-	if (r < 0)
-		return r;
-	oh = calloc(1, sizeof(*oh));
-	if (!oh) {
-		catalog_put(ops->o.cat, l);
+	h = calloc(1, sizeof(*h));
+	if (!h)
 		return -ENOMEM;
-	}
-	version = ops_entry_version(e);
-	r = store_open(ops->o.st, e, &oh->f);
-	catalog_put(ops->o.cat, l);
+	r = ops_open_entry(ops, ino, &h->f, &version);
 	if (r < 0) {
-		free(oh);
+		free(h);
 		return r;
 	}
-	in = ops_inode(ops, ino);
+	h->kind = OPS_FILE;
+	h->ino = ino;
+	h->tag = d.tag = (uint32_t)(version & OPS_FH_TAG_MASK);
 	pthread_mutex_lock(&ops->lock);
-	/* The kernel may keep its pages unless the file changed since. */
-	fi->keep_cache = in->version == version;
-	in->version = version;
-	oh->next = ops->open;
-	if (ops->open)
-		ops->open->prev = oh;
-	ops->open = oh;
+	r = ops_slot_add_locked(ops, h, &d.slot);
+	if (r == 0) {
+		/* The kernel may keep its pages unless the file changed since. */
+		in = ops_by_ino_locked(ops, ino);
+		fi->keep_cache = in->version == version;
+		in->version = version;
+	}
 	pthread_mutex_unlock(&ops->lock);
+	if (r < 0) {
+		ops_handle_free(ops, h);
+		return r;
+	}
 	fi->direct_io = 0;
-	fi->fh = (uintptr_t)oh;
+	fi->fh = ops_fh_pack(&d);
 	return 0;
-}
-
-static void ops_handle_close(struct ops *ops, struct ops_handle *oh)
-{
-	pthread_mutex_lock(&ops->lock);
-	if (oh->prev)
-		oh->prev->next = oh->next;
-	else
-		ops->open = oh->next;
-	if (oh->next)
-		oh->next->prev = oh->prev;
-	pthread_mutex_unlock(&ops->lock);
-	store_close(oh->f);
-	free(oh);
 }
 
 static void ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -405,14 +756,31 @@ static void ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	/* The open was interrupted: nobody will release this handle. */
 	if (fuse_reply_open(req, fi) != 0)
-		ops_handle_close(ops, (struct ops_handle *)(uintptr_t)fi->fh);
+		ops_handle_release(ops, ino, fi->fh, OPS_FILE);
+}
+
+/* The open file fh names, reopening a dead worker's handle on first use. */
+static int ops_file(struct ops *ops, fuse_ino_t ino, uint64_t fh, struct store_file **ret)
+{
+	struct ops_handle *h = ops_handle_find(ops, ino, fh, OPS_FILE);
+	int r;
+
+	if (!h) {
+		r = ops_foreign_open(ops, ino, fh, &h);
+		if (r < 0)
+			return r;
+	}
+	if (!h->f)
+		return h->err;
+	*ret = h->f;
+	return 0;
 }
 
 static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
-	struct ops_handle *oh = (struct ops_handle *)(uintptr_t)fi->fh;
 	uint64_t t0 = metrics_now();
+	struct store_file *f = NULL;
 	struct store_read rd;
 	int r;
 
@@ -420,7 +788,9 @@ static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	r = store_read(oh->f, (uint64_t)off, size, &rd);
+	r = ops_file(ops_of(req), ino, fi->fh, &f);
+	if (r == 0)
+		r = store_read(f, (uint64_t)off, size, &rd);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		metrics_observe(METRICS_FUSE_READ, t0);
@@ -436,7 +806,7 @@ static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	ops_handle_close(ops_of(req), (struct ops_handle *)(uintptr_t)fi->fh);
+	ops_handle_release(ops_of(req), ino, fi->fh, OPS_FILE);
 	fuse_reply_err(req, 0);
 }
 
@@ -547,17 +917,10 @@ const struct fuse_lowlevel_ops *ops_table(void)
 int ops_new(const struct ops_opts *o, struct ops **ret)
 {
 	struct ops *ops = calloc(1, sizeof(*ops));
-	size_t nb = 1024;
 
 	if (!ops)
 		return -ENOMEM;
 	ops->o = *o;
-	ops->hash = calloc(nb, sizeof(*ops->hash));
-	if (!ops->hash) {
-		free(ops);
-		return -ENOMEM;
-	}
-	ops->hash_mask = nb - 1;
 	pthread_mutex_init(&ops->lock, NULL);
 	*ret = ops;
 	return 0;
@@ -565,16 +928,27 @@ int ops_new(const struct ops_opts *o, struct ops **ret)
 
 void ops_free(struct ops *ops)
 {
+	struct ops_handle *h;
+
 	if (!ops)
 		return;
-	while (ops->open)
-		ops_handle_close(ops, ops->open);
-	for (size_t i = 0; i < ops->n_ino; i++) {
-		free(ops->by_ino[i]->name);
-		free(ops->by_ino[i]);
+	for (size_t i = 0; i < ops->n_slots; i++)
+		ops_handle_free(ops, ops->slots[i]);
+	while ((h = ops->foreign)) {
+		ops->foreign = h->next;
+		ops_handle_free(ops, h);
 	}
-	free(ops->by_ino);
-	free(ops->hash);
+	for (size_t i = 0; i < OPS_BUCKETS; i++) {
+		struct ops_inode *in, *next;
+
+		for (in = ops->by_name[i]; in; in = next) {
+			next = in->nnext;
+			free(in->name);
+			free(in);
+		}
+	}
+	free(ops->slots);
+	free(ops->free);
 	pthread_mutex_destroy(&ops->lock);
 	free(ops);
 }
