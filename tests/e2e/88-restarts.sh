@@ -39,7 +39,7 @@ trap cleanup88 EXIT
 IO=10
 KILLS=5
 READERS=8
-MIN_ROUNDS=5
+MIN_ROUNDS=4
 F=r88$TAG
 STATE=$W/state
 PIDFILE=$STATE/azaionfs.pid
@@ -126,7 +126,8 @@ elif mode == "probe":
     with open(out, "w", buffering=1) as o:
         while not os.path.exists(stop):
             off = r.randrange(blocks) * 4096
-            os.posix_fadvise(fd, off, 4096, DONTNEED)
+            # The whole file: read-ahead brought in more than this page.
+            os.posix_fadvise(fd, 0, 0, DONTNEED)
             t0 = time.time()
             try:
                 res = "ok" if os.pread(fd, 4096, off) == os.pread(pfd, 4096, off) else "wrong"
@@ -198,14 +199,17 @@ elif mode == "analyse":
     print("probe_reads %d" % len(probe))
     print("probe_bad %d" % sum(1 for p in probe if p[2] != "ok"))
     print("probe_longest_ms %.0f" % (max((p[1] - p[0] for p in probe), default=0) * 1000))
-    # A reply the old worker wrote just before the kill can reach the probe
-    # just after it; the next worker, which has to be started, answers
-    # nothing within 1 ms of the kill.
+    # The first answer by the next worker: to a read issued after the kill,
+    # or to one in flight then that it answers (resent or replayed). An
+    # answer the old worker wrote just before the kill can reach the probe
+    # a few ms after it on a busy machine: one that comes 20 ms after the
+    # kill or later is the next worker's.
     figs = []
     for t, _, k in events:
         if k != "kill":
             continue
-        after = [p[1] for p in probe if p[1] > t + 0.001 and p[2] == "ok"]
+        after = [p[1] for p in probe
+                 if p[2] == "ok" and p[1] > t and (p[0] > t or p[1] > t + 0.02)]
         figs.append("%.0f" % ((min(after) - t) * 1000) if after else "none")
     print("figures %s" % " ".join(figs))
     ms = [float(f) for f in figs if f != "none"]
@@ -225,6 +229,11 @@ new_worker() {
 	[ -n "$w" ] && [ "$w" != "$1" ] && kill -0 "$w" 2>/dev/null
 }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+all_gone() {
+	local p
+	for p in "$@"; do alive "$p" && return 1; done
+	return 0
+}
 children() { ps -o pid= --ppid "$1" | tr -d ' ' | tr '\n' ' ' | sed 's/ $//'; }
 one_child() { [ "$(ps -o pid= --ppid "$1" | wc -l)" = 1 ]; }
 now() { echo "${EPOCHREALTIME/,/.}"; }
@@ -261,7 +270,7 @@ container_rounds() { [ "$(dk logs "$CN" 2>&1 | grep -c '^[0-9]')" -ge "$1" ]; }
 
 # restarts yes|no: one mount, the load, the kills and the upgrade, the checks.
 restarts() {
-	local rs=$1 conf=$W/conf-$1 i w pid sup out rc old new n a k v
+	local rs=$1 conf=$W/conf-$1 i w pid sup out rc old new n a k v c0 c1 t
 	local pids=() killed=() workers=()
 	R=$W/run-$rs
 	MNT=$W/mnt-$rs
@@ -306,14 +315,16 @@ restarts() {
 
 	# -- SIGKILL the worker five times, each once the pid file names the next one
 	: >"$R/events"
+	c0=$(dk logs "$CN" 2>&1 | grep -c '^[0-9]')
 	for ((i = 1; i <= KILLS; i++)); do
 		w=$(worker_pid)
 		if [ -z "$w" ]; then
 			not_ok "resend=$rs: kill $i: the pid file names no worker"
 			break
 		fi
-		echo "$(now) $w kill" >>"$R/events"
+		t=${EPOCHREALTIME/,/.}
 		kill -KILL "$w"
+		echo "$t $w kill" >>"$R/events"
 		killed+=("$w")
 		if ! wait_for 30 new_worker "$w"; then
 			not_ok "resend=$rs: kill $i of worker $w: no next worker in the pid file within 30 s"
@@ -331,6 +342,7 @@ restarts() {
 	out=$("$AZ_CTL" -c "$conf" restart 2>&1)
 	rc=$?
 	new=$(worker_pid)
+	c1=$(dk logs "$CN" 2>&1 | grep -c '^[0-9]')
 	echo "# $out"
 	check_eq "resend=$rs: azaionctl restart exits 0" "$rc" 0
 	check_eq "resend=$rs: it says which worker serves now" "$out" \
@@ -344,8 +356,12 @@ restarts() {
 	touch "$R/stop"
 	a=$(dk logs "$CN" 2>&1)
 	dk rm -f "$CN" >/dev/null 2>&1
+	wait_for 60 all_gone "${pids[@]}"
 	for pid in "${pids[@]}"; do
-		wait_for 60 fs_gone "$pid" || { not_ok "resend=$rs: reader $pid still runs 60 s after stop"; kill -KILL "$pid"; }
+		alive "$pid" || continue
+		not_ok "resend=$rs: reader $pid still runs 60 s after stop"
+		pkill -KILL -P "$pid"
+		kill -KILL "$pid"
 	done
 	wait "${pids[@]}" 2>/dev/null
 
@@ -385,14 +401,15 @@ restarts() {
 	check_eq "resend=$rs: the container saw no error and no wrong hash" \
 		"$(echo "$a" | grep -vc "^[0-9][0-9]* 0 ${WANT[${MODELS[3]}]}  /models/")" 0
 	check "resend=$rs: it hashed the model at least twice ($n)" test "$n" -ge 2
-	n=$(echo "$a" | awk -v t="$(head -1 "$R/events" | cut -d. -f1)" -v h="${WANT[${MODELS[3]}]}" \
-		'$1 < t && $2 == 0 && $3 == h { b++ } $1 > t + 0 && $2 == 0 && $3 == h { a++ } END { print (b > 0) (a > 0) }')
-	check_eq "resend=$rs: right hashes before the first kill and after it" "$n" 11
+	check "resend=$rs: it hashed before the first kill ($c0) and after the upgrade ($c1, then $n)" \
+		test "$c0" -ge 1 -a "$n" -gt "$c1"
 
 	# -- the figures
 	echo "# restart figures (resend=$rs): ${got[figures_summary]:-none} ms (each kill: ${got[figures]:-none})"
 	echo "resend=$rs min/median/max ${got[figures_summary]:-none} ms; each kill: ${got[figures]:-none}" \
 		>>"$W/restart-figures.txt"
+	echo "# the supervisor's own (worker end to next serving): $(grep -oE "serves $MNT: [0-9]+ ms after" "$MNT.log" |
+		awk '{ printf "%s ", $(NF - 2) }')ms"
 	check_eq "resend=$rs: each of the $KILLS kills has a figure" \
 		"$(echo "${got[figures]:-}" | wc -w)/$(echo "${got[figures]:-}" | grep -c none)" "$KILLS/0"
 	check "resend=$rs: no restart took io_timeout (longest ${got[figures_max]:-?} ms)" \
@@ -406,7 +423,7 @@ restarts() {
 	check_eq "resend=$rs: it is the one the pid file names" "$(children "$sup")" "${w:-none}"
 	check "resend=$rs: and it is alive" alive "$w"
 	check_eq "resend=$rs: the supervisor logged $KILLS ends by signal 9" \
-		"$(grep -c 'ended: killed by signal 9; starting worker' "$MNT.log")" "$KILLS"
+		"$(grep -cE 'ended: killed by signal 9( \(Killed\))?; starting worker' "$MNT.log")" "$KILLS"
 	a=""
 	for pid in "${killed[@]}"; do
 		grep -q "(pid $pid) ended: killed by signal 9" "$MNT.log" || a="$a $pid"
