@@ -236,7 +236,6 @@ all_gone() {
 }
 children() { ps -o pid= --ppid "$1" | tr -d ' ' | tr '\n' ' ' | sed 's/ $//'; }
 one_child() { [ "$(ps -o pid= --ppid "$1" | wc -l)" = 1 ]; }
-now() { echo "${EPOCHREALTIME/,/.}"; }
 
 # hash_reader ID: hashes the models in turn from model ID on, the page
 # cache dropped first; a line per round: T0 T1 NAME ok|wrong|err DETAIL.
@@ -246,10 +245,10 @@ hash_reader() {
 		n=${MODELS[$(((id + k) % ${#MODELS[@]}))]}
 		k=$((k + 1))
 		e=$(dd if="$MNT/$n" iflag=nocache count=0 status=none 2>&1)
-		t0=$(now)
+		t0=${EPOCHREALTIME/,/.}
 		out=$(sha256sum "$MNT/$n" 2>&1)
 		rc=$?
-		t1=$(now)
+		t1=${EPOCHREALTIME/,/.}
 		[ -z "$e" ] || echo "$t0 $t0 $n err dd: $e"
 		if [ $rc -ne 0 ]; then
 			echo "$t0 $t1 $n err $out"
@@ -338,7 +337,7 @@ restarts() {
 
 	# -- one upgrade
 	old=$(worker_pid)
-	echo "$(now) ${old:-0} upgrade" >>"$R/events"
+	echo "${EPOCHREALTIME/,/.} ${old:-0} upgrade" >>"$R/events"
 	out=$("$AZ_CTL" -c "$conf" restart 2>&1)
 	rc=$?
 	new=$(worker_pid)
