@@ -60,7 +60,7 @@ struct config {
 	char *docker_socket;
 	int log_level; /* LOG_* */
 	enum config_memory_lock memory_lock;
-	char *log_file; /* NULL: stderr or syslog only */
+	char *log_file;	   /* NULL: stderr or syslog only */
 	int kernel_resend; /* a new worker asks the kernel to resend (Linux 6.9+) */
 };
 

@@ -1151,10 +1151,9 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	main_worker_signals();
 	/* The kept INIT first: libfuse refuses every request of a session before one. */
 	serve_init(ms->serve, &had_init);
-	for (unsigned lane = 0; lane < JOURNAL_LANES && !ms->failed; lane++)
-		if (w->resume & (1u << lane) &&
-		    serve_resume(ms->serve, lane, c->kernel_resend && replayed >= 0, &replayed) < 0)
-			log_err("the requests of the worker before could not be answered");
+	if (w->resume && !ms->failed &&
+	    serve_resume(ms->serve, w->resume, c->kernel_resend, &replayed) < 0)
+		log_err("the requests of the worker before could not be answered");
 	if (__atomic_load_n(&ms->failed, __ATOMIC_RELAXED) || serve_start(ms->serve) < 0)
 		goto out_serve;
 	if (had_init)

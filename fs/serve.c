@@ -107,20 +107,19 @@ int serve_init(struct serve *s, int *ret_had_init)
 	return 0;
 }
 
-int serve_resume(struct serve *s, unsigned dead_lane, int resend, int *ret_replayed)
+int serve_resume(struct serve *s, unsigned lanes, int resend, int *ret_replayed)
 {
 	struct fuse_out_header notify = {
 		.len = sizeof(notify), .error = SERVE_NOTIFY_RESEND, .unique = 0};
 	int n = 0;
 
 	*ret_replayed = 0;
-	if (dead_lane >= JOURNAL_LANES)
-		return -EINVAL;
 	if (resend) {
 		if (write(s->fd, &notify, sizeof(notify)) == (ssize_t)sizeof(notify)) {
 			/* The kernel sends them again, each once: the journal's copies must not run. */
-			for (unsigned i = 0; i < JOURNAL_SLOTS; i++)
-				journal_slot_clear(journal_slot(s->o.j, dead_lane, i));
+			for (unsigned lane = 0; lane < JOURNAL_LANES; lane++)
+				for (unsigned i = 0; i < JOURNAL_SLOTS && (lanes >> lane & 1); i++)
+					journal_slot_clear(journal_slot(s->o.j, lane, i));
 			*ret_replayed = -1;
 			return 0;
 		}
@@ -128,29 +127,33 @@ int serve_resume(struct serve *s, unsigned dead_lane, int resend, int *ret_repla
 			 "Linux before 6.9); answering them from the journal",
 			 strerror(errno));
 	}
-	for (unsigned i = 0; i < JOURNAL_SLOTS; i++) {
-		void *slot = journal_slot(s->o.j, dead_lane, i);
-		uint32_t len = journal_slot_len(slot);
-		const struct fuse_in_header *h = slot;
+	for (unsigned lane = 0; lane < JOURNAL_LANES; lane++) {
+		if (!(lanes >> lane & 1))
+			continue;
+		for (unsigned i = 0; i < JOURNAL_SLOTS; i++) {
+			void *slot = journal_slot(s->o.j, lane, i);
+			uint32_t len = journal_slot_len(slot);
+			const struct fuse_in_header *h = slot;
 
-		if (len < sizeof(*h) || len != h->len || h->opcode == FUSE_INIT ||
-		    (dead_lane == s->o.lane && i >= s->o.threads)) {
+			if (len < sizeof(*h) || len != h->len || h->opcode == FUSE_INIT ||
+			    (lane == s->o.lane && i >= s->o.threads)) {
+				journal_slot_clear(slot);
+				continue;
+			}
+			n++;
+			/*
+			 * This worker's own lane: thread i answers slot i before it
+			 * reads, in parallel, and the slot stays until then (a crash
+			 * meanwhile leaves it to the next worker).
+			 */
+			if (lane == s->o.lane)
+				continue;
+			serve_process(s, slot, len);
 			journal_slot_clear(slot);
-			continue;
 		}
-		n++;
-		/*
-		 * This worker's own lane: thread i answers slot i before it reads,
-		 * in parallel, and the slot stays until then (a crash meanwhile
-		 * leaves it to the next worker).
-		 */
-		if (dead_lane == s->o.lane)
-			continue;
-		serve_process(s, slot, len);
-		journal_slot_clear(slot);
+		if (lane == s->o.lane)
+			s->replay_own = 1;
 	}
-	if (dead_lane == s->o.lane)
-		s->replay_own = 1;
 	*ret_replayed = n;
 	return 0;
 }

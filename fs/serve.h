@@ -42,13 +42,13 @@ void serve_free(struct serve *s);
 int serve_init(struct serve *s, int *ret_had_init);
 
 /*
- * The requests that a dead worker read from lane dead_lane and did not
- * answer: with resend, the kernel sends them again (Linux 6.9 and later;
+ * The requests that dead workers read into the journal lanes (a bit per
+ * lane) and did not answer: with resend, the kernel sends them again (Linux 6.9 and later;
  * *ret_replayed is then -1); otherwise, or when the kernel cannot, they
  * are processed here from the journal (*ret_replayed: how many). Before
  * serve_start.
  */
-int serve_resume(struct serve *s, unsigned dead_lane, int resend, int *ret_replayed);
+int serve_resume(struct serve *s, unsigned lanes, int resend, int *ret_replayed);
 
 int serve_start(struct serve *s);
 /* Until serve_stop or the unmount; every thread joined. */

@@ -453,8 +453,71 @@ restarts() {
 	check_eq "resend=$rs: none of its $((KILLS + 2)) workers is left" "${#workers[@]}:$a" "$((KILLS + 2)):"
 }
 
+# ---- the supervisor itself killed: the fd store keeps the mount. systemd
+# cannot run here (no PID 1 of ours): tests/tools/fdstore-mock.py is a MOCK
+# of its fd store and Restart=on-failure, named as such.
+fdstore() {
+	local fd=$W/fdstore conf=$W/conf-fd mock sup1 sup2 i pids=() pid rc n bad
+	echo "# ---- the supervisor SIGKILLed, the mount kept in the service's fd store (mock)"
+	R=$W/run-fd
+	MNT=$W/mnt-fd
+	mkdir -p "$fd" "$R" "$MNT"
+	fs_conf "$conf" "cdn_url=$NGINX_URL" "folder=$F" "state_dir=$STATE" \
+		"cache_dir=$W/cache-fd" "io_timeout=$IO" "kernel_resend=yes" "${TPMC[@]}" \
+		"rest_listen=unix:$W/rest-fd.sock"
+	"$PY" "$AZ_TOP/tests/tools/fdstore-mock.py" "$fd" "$AZ_DAEMON" azaion "$MNT" -f \
+		-o "config=$conf" >"$MNT.log" 2>&1 &
+	mock=$!
+	FS_PIDS+=("$mock")
+	FS_MNTS+=("$MNT")
+	wait_for 30 fs_mounted "$MNT" || { sed 's/^/# /' "$MNT.log"; bail "no mount under the fd-store mock"; }
+	wait_for 10 grep -q journal "$fd/stored" 2>/dev/null
+	check_eq "fd store: the supervisor stored the mount's descriptor and the journal" \
+		"$(cat "$fd/stored" 2>&1)" "azaionfs-fuse azaionfs-journal"
+	sup1=$(cat "$fd/pid")
+	for ((i = 0; i < 2; i++)); do
+		hash_reader "$i" &
+		pids+=($!)
+	done
+	"$PY" "$W/rd.py" stat "$R/stop" "$MNT" >"$R/stat.out" 2>&1 &
+	pids+=($!)
+	wait_for 60 test -s "$R/hash-0.log" -a -s "$R/hash-1.log"
+	kill -KILL "$sup1"
+	sup2=""
+	wait_for 30 sh -c '[ "$(cat "$1")" != "$2" ]' sh "$fd/pid" "$sup1" && sup2=$(cat "$fd/pid")
+	check "fd store: a new supervisor (${sup2:-none}) was started for the killed one ($sup1)" \
+		test -n "$sup2"
+	check "fd store: it took the mount over from the store" \
+		wait_for 30 grep -q "taking over $MNT from the service's fd store" "$MNT.log"
+	check "fd store: its worker serves (the pid file names supervisor ${sup2:-?})" \
+		wait_for 30 grep -qx "supervisor ${sup2:-x}" "$PIDFILE"
+	check "fd store: the mount stayed mounted" fs_mounted "$MNT"
+	n=$(cat "$R"/hash-*.log | wc -l)
+	wait_for 60 sh -c '[ "$(cat "$1"/hash-*.log | wc -l)" -ge $(($2 + 4)) ]' sh "$R" "$n"
+	touch "$R/stop"
+	wait_for 60 all_gone "${pids[@]}"
+	wait "${pids[@]}" 2>/dev/null
+	bad=$(grep -vc " ok$" "$R"/hash-*.log | awk -F: '{ s += $2 } END { print s + 0 }')
+	grep -hv " ok$" "$R"/hash-*.log | head -3 | sed 's/^/# /'
+	check_eq "fd store: 2 readers across the supervisor's death: no error, no wrong hash" "$bad" 0
+	check "fd store: and they read after it ($(cat "$R"/hash-*.log | wc -l) rounds, $n before)" \
+		test "$(cat "$R"/hash-*.log | wc -l)" -ge $((n + 4))
+	read -r _ calls _ enotconn _ other <"$R/stat.out"
+	check_eq "fd store: the root never answered ENOTCONN (${calls:-0} calls)" "${enotconn:-?}/${other:-?}" 0/0
+	check_eq "fd store: started twice, no more" "$(cat "$fd/starts")" 2
+	# A stop (systemctl stop: SIGTERM) unmounts and ends it.
+	kill -TERM "$mock"
+	wait_for 20 fs_gone "$mock"
+	wait "$mock"
+	rc=$?
+	check_eq "fd store: SIGTERM stops it with status 0" "$rc" 0
+	check "fd store: nothing stays mounted" sh -c "! grep -q ' $MNT ' /proc/mounts"
+	check "fd store: the pid file is removed" test ! -e "$PIDFILE"
+}
+
 restarts yes
 restarts no
+fdstore
 sed 's/^/# /' "$W/restart-figures.txt"
 fs_no_leftovers
 done_testing
