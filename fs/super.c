@@ -704,8 +704,6 @@ int super_run(const struct super_opts *o)
 		S.start_failed = 1;
 	}
 	super_loop(&S);
-	if (!S.unmounted && !S.served && S.se)
-		fuse_session_unmount(S.se); /* the start failed: nothing stays mounted */
 	rc = S.served && !S.start_failed ? 0 : 1;
 	if (S.served)
 		log_info("azaionfs on %s ends", o->mountpoint);
@@ -714,8 +712,14 @@ out:
 		unlink(S.pid_path);
 	free(S.pid_path);
 	journal_free(j);
-	if (S.se)
-		fuse_session_destroy(S.se); /* closes the mount's descriptor */
+	if (S.se) {
+		/*
+		 * A start that failed leaves nothing mounted; after an unmount
+		 * (the descriptor says so) this only closes it and frees the name.
+		 */
+		fuse_session_unmount(S.se);
+		fuse_session_destroy(S.se);
+	}
 	else if (S.fuse_fd >= 0)
 		close(S.fuse_fd);
 	if (S.journal_fd >= 0)
