@@ -99,7 +99,6 @@
 #define MAIN_SANITIZER 0
 #endif
 
-
 #define MAIN_USAGE                                                                                 \
 	"usage: azaionfs SOURCE MOUNTPOINT [-o key=value,...] [-f] [-d]\n"                         \
 	"  -o config=PATH   configuration file (default " CONFIG_DEFAULT_PATH " when it exists)\n" \

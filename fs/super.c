@@ -719,8 +719,7 @@ out:
 		 */
 		fuse_session_unmount(S.se);
 		fuse_session_destroy(S.se);
-	}
-	else if (S.fuse_fd >= 0)
+	} else if (S.fuse_fd >= 0)
 		close(S.fuse_fd);
 	if (S.journal_fd >= 0)
 		close(S.journal_fd);
