@@ -40,6 +40,20 @@ void log_use_syslog(void)
 	log_to_syslog = 1;
 }
 
+void log_detach(void)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (null >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		if (null > 2)
+			close(null);
+	}
+	log_use_syslog();
+}
+
 int log_open_file(const char *path, char **ret_msg)
 {
 	struct stat st;

@@ -14,6 +14,8 @@ void log_init(const char *ident, int level);
 void log_set_level(int level);
 /* Switches output to syslog (after daemonising). */
 void log_use_syslog(void);
+/* Standard input, output and error to /dev/null (the terminal is gone), and syslog. */
+void log_detach(void);
 /*
  * Also appends every line to path (log_file), from now on and after
  * daemonising. Creates it mode 0600; refuses a symlink, anything but a

@@ -701,25 +701,13 @@ static struct main_state main_ms;
  */
 static void main_report(struct main_state *ms, int replayed)
 {
-	int null;
-
 	pthread_mutex_lock(&main_report_lock);
-	if (ms->reported)
-		goto out;
-	ms->reported = 1;
-	super_worker_ready(main_worker, replayed);
-	if (ms->foreground)
-		goto out;
-	null = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if (null >= 0) {
-		dup2(null, 0);
-		dup2(null, 1);
-		dup2(null, 2);
-		if (null > 2)
-			close(null);
+	if (!ms->reported) {
+		ms->reported = 1;
+		super_worker_ready(main_worker, replayed);
+		if (!ms->foreground)
+			log_detach();
 	}
-	log_use_syslog();
-out:
 	pthread_mutex_unlock(&main_report_lock);
 }
 

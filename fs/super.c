@@ -99,26 +99,19 @@ static void super_on_signal(int sig)
 
 /* ---- systemd's fd store (sd_notify(3) without libsystemd) ---------------------------- */
 
-static int super_notify(const char *msg, int fd)
+/* Sends msg, with fd attached when fd >= 0, on sock (to the address to, when given). */
+static int super_send_fd(int sock, const void *msg, size_t len, int fd,
+			 const struct sockaddr_un *to, socklen_t to_len)
 {
-	const char *path = getenv("NOTIFY_SOCKET");
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	char cbuf[CMSG_SPACE(sizeof(int))] = {0};
-	struct iovec iov = {.iov_base = (void *)msg, .iov_len = strlen(msg)};
-	struct msghdr mh = {.msg_name = &sa, .msg_iov = &iov, .msg_iovlen = 1};
-	socklen_t len;
-	int s, r = 0;
+	struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
+	struct msghdr mh = {.msg_name = (void *)to,
+			    .msg_namelen = to ? to_len : 0,
+			    .msg_iov = &iov,
+			    .msg_iovlen = 1};
+	struct cmsghdr *cm;
 
-	if (!path || !*path || strlen(path) >= sizeof(sa.sun_path))
-		return 0;
-	memcpy(sa.sun_path, path, strlen(path));
-	if (sa.sun_path[0] == '@')
-		sa.sun_path[0] = '\0';
-	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
-	mh.msg_namelen = len;
 	if (fd >= 0) {
-		struct cmsghdr *cm;
-
 		mh.msg_control = cbuf;
 		mh.msg_controllen = sizeof(cbuf);
 		cm = CMSG_FIRSTHDR(&mh);
@@ -127,11 +120,26 @@ static int super_notify(const char *msg, int fd)
 		cm->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
 	}
+	return sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
+}
+
+static int super_notify(const char *msg, int fd)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	socklen_t len;
+	int s, r;
+
+	if (!path || !*path || strlen(path) >= sizeof(sa.sun_path))
+		return 0;
+	memcpy(sa.sun_path, path, strlen(path));
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0';
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
 	s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (s < 0)
 		return -errno;
-	if (sendmsg(s, &mh, MSG_NOSIGNAL) < 0)
-		r = -errno;
+	r = super_send_fd(s, msg, strlen(msg), fd, &sa, len);
 	close(s);
 	return r;
 }
@@ -310,21 +318,11 @@ static void super_report(struct super *S, unsigned char status)
 /* Detached for good once the mount answers: the terminal is the mount command's. */
 static void super_detach(struct super *S)
 {
-	int null;
-
 	if (S->o->foreground)
 		return;
 	if (chdir("/") < 0)
 		log_warn("chdir /: %s", strerror(errno));
-	null = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if (null >= 0) {
-		dup2(null, 0);
-		dup2(null, 1);
-		dup2(null, 2);
-		if (null > 2)
-			close(null);
-	}
-	log_use_syslog();
+	log_detach();
 }
 
 static void super_on_ready(struct super *S, struct super_child *c, long replayed)
@@ -400,30 +398,19 @@ static int super_mount(struct super *S)
  */
 static void super_hand_mount(struct super *S, struct super_child *c)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))] = {0};
-	char b = 'm';
-	struct iovec iov = {.iov_base = &b, .iov_len = 1};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-	struct cmsghdr *cm;
+	int r;
 
 	if (S->fuse_fd < 0 && !S->stopping && super_mount(S) < 0) {
 		S->start_failed = 1;
 		super_stop(S, NULL);
 	}
-	if (S->fuse_fd >= 0 && !S->stopping) {
-		mh.msg_control = cbuf;
-		mh.msg_controllen = sizeof(cbuf);
-		cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &S->fuse_fd, sizeof(int));
-	} else {
-		b = 'x';
-	}
-	if (sendmsg(c->report, &mh, MSG_NOSIGNAL) < 0)
+	if (S->fuse_fd >= 0 && !S->stopping)
+		r = super_send_fd(c->report, "m", 1, S->fuse_fd, NULL, 0);
+	else
+		r = super_send_fd(c->report, "x", 1, -1, NULL, 0);
+	if (r < 0)
 		log_warn("cannot hand the mount to worker %u (pid %d): %s", c->epoch, (int)c->pid,
-			 strerror(errno));
+			 strerror(-r));
 }
 
 /* A line from a worker's socket: "prepared", "ready N". */
