@@ -194,7 +194,7 @@ static void super_write_pid(struct super *S, pid_t worker)
 		log_warn("cannot write %s: %s (azaionctl restart needs it)", tmp, strerror(errno));
 		return;
 	}
-	fchmod(fileno(f), 0644);
+	fchmod(fileno(f), 0600); /* as all of state_dir: azaionctl restart is root's */
 	fprintf(f, "supervisor %d\nworker %d\nmount %s\n", (int)getpid(), (int)worker,
 		S->o->mountpoint);
 	if (fclose(f) != 0 || rename(tmp, S->pid_path) < 0) {

@@ -193,7 +193,8 @@ check_eq "log_file: a read works" "$(sha_of "$W/m-dbg/$A" 2>&1)" "$(sha_of "$W/$
 fusermount3 -u "$W/m-dbg"
 wait_for 10 fs_gone "${pid:-0}"
 check_eq "log_file: created mode 0600" "$(stat -c %a "$LF" 2>&1)" 600
-check "log_file: written after detaching (the unmount)" grep -q "\[${pid:-x}\]\[info\]: unmounting $W/m-dbg" "$LF"
+# The supervisor (the detached process, the lowest pid of the two) says so.
+check "log_file: written after detaching (the unmount)" grep -q "\[${pid:-x}\]\[info\]: $W/m-dbg was unmounted" "$LF"
 S3_HP=${S3_URL#https://}
 check "debug: a line for the login: method, URL, status, bytes, ms" grep -qE \
 	"request POST ${API_URL//./\\.}/login: HTTP 200; [0-9]+ bytes in, [0-9]+ out, [0-9]+ ms" "$LF"

@@ -284,7 +284,7 @@ restarts() {
 	check_eq "resend=$rs: the pid file names the supervisor (azaionfs -f's own process)" \
 		"$(sed -n 1p "$PIDFILE" 2>&1)" "supervisor $sup"
 	check_eq "resend=$rs: and the mount point" "$(sed -n 3p "$PIDFILE" 2>&1)" "mount $MNT"
-	check_eq "resend=$rs: the pid file is 0644" "$(stat -c %a "$PIDFILE" 2>&1)" 644
+	check_eq "resend=$rs: the pid file is 0600" "$(stat -c %a "$PIDFILE" 2>&1)" 600
 	w=$(worker_pid)
 	check "resend=$rs: its worker ${w:-?} runs, a child of the supervisor" \
 		test -n "$w" -a "$(ps -o ppid= -p "${w:-0}" 2>/dev/null | tr -d ' ')" = "$sup"
