@@ -121,6 +121,7 @@ enum {
 	KEY_ALLOW_OTHER,
 	KEY_DEFAULT_PERMISSIONS,
 	KEY_NONEMPTY,
+	KEY_AUTO_UNMOUNT,
 };
 
 struct main_opts {
@@ -139,6 +140,7 @@ struct main_opts {
 	int has_umask;
 	int allow_other, default_permissions;
 	int nonempty; /* -o nonempty: the mount point may hold files or a mount */
+	int auto_unmount;
 };
 
 static const struct fuse_opt main_opt_spec[] = {
@@ -171,7 +173,8 @@ static const struct fuse_opt main_opt_spec[] = {
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("allow_root", KEY_KEEP),
 	FUSE_OPT_KEY("default_permissions", KEY_DEFAULT_PERMISSIONS),
-	FUSE_OPT_KEY("auto_unmount", KEY_KEEP),
+	/* The supervisor's own (super_start_watcher), not libfuse's. */
+	FUSE_OPT_KEY("auto_unmount", KEY_AUTO_UNMOUNT),
 	/* libfuse 3 no longer knows it; the check is main_check_mount_point's. */
 	FUSE_OPT_KEY("nonempty", KEY_NONEMPTY),
 	FUSE_OPT_KEY("max_read=", KEY_KEEP),
@@ -219,6 +222,9 @@ static int main_opt_proc(void *data, const char *arg, int key, struct fuse_args 
 		return 1;
 	case KEY_NONEMPTY:
 		o->nonempty = 1;
+		return 0;
+	case KEY_AUTO_UNMOUNT:
+		o->auto_unmount = 1;
 		return 0;
 	case KEY_KEEP:
 		return 1;
@@ -979,6 +985,7 @@ static int main_supervise(struct main_opts *o, const struct config *c, struct fu
 	so.state_dir = c->state_dir;
 	so.args = args;
 	so.foreground = o->foreground;
+	so.auto_unmount = o->auto_unmount;
 	rc = super_run(&so);
 out:
 	free(config_abs);

@@ -61,6 +61,7 @@ struct super {
 	const struct super_opts *o;
 	int fuse_fd, journal_fd;
 	struct fuse_session *se; /* the mount's session; NULL when it came from the fd store */
+	int unmounter;		 /* auto_unmount: the watcher's pipe (super_start_watcher), or -1 */
 	struct super_child w[JOURNAL_LANES];
 	unsigned epoch; /* the last worker's number */
 	int stopping;	/* a stop or the unmount: no new worker */
@@ -99,11 +100,11 @@ static void super_on_signal(int sig)
 
 /* ---- systemd's fd store (sd_notify(3) without libsystemd) ---------------------------- */
 
-/* Sends msg, with fd attached when fd >= 0, on sock (to the address to, when given). */
-static int super_send_fd(int sock, const void *msg, size_t len, int fd,
-			 const struct sockaddr_un *to, socklen_t to_len)
+/* Sends msg with the n descriptors fds attached on sock (to the address to, when given). */
+static int super_send_fds(int sock, const void *msg, size_t len, const int *fds, size_t n,
+			  const struct sockaddr_un *to, socklen_t to_len)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+	char cbuf[CMSG_SPACE(2 * sizeof(int))] = {0};
 	struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
 	struct msghdr mh = {.msg_name = (void *)to,
 			    .msg_namelen = to ? to_len : 0,
@@ -111,14 +112,16 @@ static int super_send_fd(int sock, const void *msg, size_t len, int fd,
 			    .msg_iovlen = 1};
 	struct cmsghdr *cm;
 
-	if (fd >= 0) {
+	if (n > 2)
+		return -EINVAL;
+	if (n) {
 		mh.msg_control = cbuf;
-		mh.msg_controllen = sizeof(cbuf);
+		mh.msg_controllen = CMSG_SPACE(n * sizeof(int));
 		cm = CMSG_FIRSTHDR(&mh);
 		cm->cmsg_level = SOL_SOCKET;
 		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+		cm->cmsg_len = CMSG_LEN(n * sizeof(int));
+		memcpy(CMSG_DATA(cm), fds, n * sizeof(int));
 	}
 	return sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
 }
@@ -139,7 +142,7 @@ static int super_notify(const char *msg, int fd)
 	s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (s < 0)
 		return -errno;
-	r = super_send_fd(s, msg, strlen(msg), fd, &sa, len);
+	r = super_send_fds(s, msg, strlen(msg), &fd, fd >= 0, &sa, len);
 	close(s);
 	return r;
 }
@@ -367,6 +370,53 @@ static void super_on_ready(struct super *S, struct super_child *c, long replayed
 	super_write_pid(S, c->pid);
 }
 
+/*
+ * auto_unmount, done here rather than by libfuse's fusermount3, which
+ * checks whether the mount still answers the moment the mounting process
+ * is gone: the worker, still serving for that moment, made it leave a
+ * dead mount behind. The watcher is a process of its own (forked twice:
+ * not a child of the supervisor) that holds the read end of a pipe whose
+ * write end the supervisor and every worker hold. End of file means all of
+ * them are gone, so the mount is dead: it unmounts it (lazily: readers may
+ * still hold it). A stop that unmounted says 'q' first, so that the
+ * watcher never unmounts a later mount at the same path.
+ */
+static int super_start_watcher(struct super *S)
+{
+	int p[2];
+	pid_t pid;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		close(p[0]);
+		close(p[1]);
+		return -errno;
+	}
+	if (pid == 0) {
+		char b = 0;
+		ssize_t n;
+
+		if (fork() != 0)
+			_exit(0);
+		setsid();
+		/* Nothing of the mount's may stay open here: it would keep it alive. */
+		for (int fd = 0; fd < 1024; fd++)
+			if (fd != p[0] && fd != 2)
+				close(fd);
+		while ((n = read(p[0], &b, 1)) < 0 && errno == EINTR)
+			;
+		if (n == 0 && umount2(S->o->mountpoint, MNT_DETACH) < 0 && errno != EINVAL)
+			_exit(1);
+		_exit(0);
+	}
+	close(p[0]);
+	waitpid(pid, NULL, 0);
+	S->unmounter = p[1];
+	return 0;
+}
+
 /* The mount: libfuse's, through a session that never serves (ops are the workers'). */
 static int super_mount(struct super *S)
 {
@@ -382,6 +432,10 @@ static int super_mount(struct super *S)
 		return -EIO;
 	}
 	fd = fuse_session_fd(S->se);
+	if (S->o->auto_unmount && super_start_watcher(S) < 0)
+		log_warn("auto_unmount: cannot start its watcher: %s; a dead mount will stay until "
+			 "umount",
+			 strerror(errno));
 	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
 		log_warn("fcntl: %s", strerror(errno));
 	S->fuse_fd = fd;
@@ -398,16 +452,16 @@ static int super_mount(struct super *S)
  */
 static void super_hand_mount(struct super *S, struct super_child *c)
 {
-	int r;
-
 	if (S->fuse_fd < 0 && !S->stopping && super_mount(S) < 0) {
 		S->start_failed = 1;
 		super_stop(S, NULL);
 	}
+	int fds[2] = {S->fuse_fd, S->unmounter}, r;
+
 	if (S->fuse_fd >= 0 && !S->stopping)
-		r = super_send_fd(c->report, "m", 1, S->fuse_fd, NULL, 0);
+		r = super_send_fds(c->report, "m", 1, fds, S->unmounter >= 0 ? 2 : 1, NULL, 0);
 	else
-		r = super_send_fd(c->report, "x", 1, -1, NULL, 0);
+		r = super_send_fds(c->report, "x", 1, NULL, 0, NULL, 0);
 	if (r < 0)
 		log_warn("cannot hand the mount to worker %u (pid %d): %s", c->epoch, (int)c->pid,
 			 strerror(-r));
@@ -652,7 +706,8 @@ static void super_loop(struct super *S)
 
 int super_run(const struct super_opts *o)
 {
-	struct super S = {.o = o, .fuse_fd = -1, .journal_fd = -1, .restart_lane = -1};
+	struct super S = {
+		.o = o, .fuse_fd = -1, .journal_fd = -1, .restart_lane = -1, .unmounter = -1};
 	struct journal *j = NULL;
 	int r, rc = 1, stored = o->stored_fuse >= 0 && o->stored_journal >= 0;
 
@@ -695,6 +750,12 @@ int super_run(const struct super_opts *o)
 	if (S.served)
 		log_info("azaionfs on %s ends", o->mountpoint);
 out:
+	/* Whatever is at the mount point from now on is not this mount's: the watcher stands down. */
+	if (S.unmounter >= 0) {
+		if (write(S.unmounter, "q", 1) != 1)
+			log_warn("auto_unmount: cannot stop its watcher: %s", strerror(errno));
+		close(S.unmounter);
+	}
 	if (S.pid_path)
 		unlink(S.pid_path);
 	free(S.pid_path);
@@ -723,7 +784,7 @@ int super_worker_env(struct super_worker *w)
 	int takeover = 0;
 
 	memset(w, 0, sizeof(*w));
-	w->fuse_fd = w->journal_fd = w->report_fd = -1;
+	w->fuse_fd = w->journal_fd = w->report_fd = w->unmounter = -1;
 	if (!env)
 		return 0;
 	if (sscanf(env, "journal=%d,report=%d,lane=%u,epoch=%u,resume=%u,takeover=%d",
@@ -759,7 +820,7 @@ void super_worker_clear(struct super_worker *w)
 
 int super_worker_prepared(struct super_worker *w)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+	char cbuf[CMSG_SPACE(2 * sizeof(int))] = {0};
 	char b = 0;
 	struct iovec iov = {.iov_base = &b, .iov_len = 1};
 	struct msghdr mh = {.msg_iov = &iov,
@@ -768,7 +829,7 @@ int super_worker_prepared(struct super_worker *w)
 			    .msg_controllen = sizeof(cbuf)};
 	struct cmsghdr *cm;
 	ssize_t n;
-	int fd = -1;
+	int fds[2] = {-1, -1};
 
 	if (write(w->report_fd, "prepared\n", 9) != 9)
 		return -errno;
@@ -778,13 +839,17 @@ int super_worker_prepared(struct super_worker *w)
 		return n < 0 ? -errno : -EPIPE;
 	cm = CMSG_FIRSTHDR(&mh);
 	if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
-		memcpy(&fd, CMSG_DATA(cm), sizeof(int));
-	if (b != 'm' || fd < 0) {
-		if (fd >= 0)
-			close(fd);
+		memcpy(fds, CMSG_DATA(cm),
+		       cm->cmsg_len >= CMSG_LEN(2 * sizeof(int)) ? 2 * sizeof(int) : sizeof(int));
+	if (b != 'm' || fds[0] < 0) {
+		for (int i = 0; i < 2; i++)
+			if (fds[i] >= 0)
+				close(fds[i]);
 		return -ECANCELED;
 	}
-	w->fuse_fd = fd;
+	w->fuse_fd = fds[0];
+	/* auto_unmount's watcher pipe (super_start_watcher): held for the worker's life. */
+	w->unmounter = fds[1];
 	return 0;
 }
 

@@ -24,6 +24,7 @@ struct super_opts {
 	struct fuse_args *args;	 /* libfuse's mount options */
 	int report;		 /* the waiting mount command's pipe, or -1 */
 	int foreground;
+	int auto_unmount; /* -o auto_unmount: unmount once the supervisor and workers are gone */
 	int stored_fuse, stored_journal; /* from systemd's fd store (super_stored), or -1 */
 };
 
@@ -44,6 +45,7 @@ int super_stored(int *ret_fuse, int *ret_journal);
 struct super_worker {
 	int fuse_fd; /* from super_worker_prepared */
 	int journal_fd, report_fd;
+	int unmounter; /* auto_unmount's watcher pipe, held for the worker's life */
 	unsigned lane, epoch;
 	unsigned resume;  /* bit per lane whose requests to answer first */
 	int takeover;	  /* an upgrade: another worker still serves */

@@ -515,9 +515,69 @@ fdstore() {
 	check "fd store: the pid file is removed" test ! -e "$PIDFILE"
 }
 
+# ---- a file republished while the worker restarts: a handle opened on the
+# old version reads the old bytes or fails with EIO, never the new ones or a
+# mix; opened again, the file reads the new version.
+republish() {
+	local conf=$W/conf-rp mnt=$W/mnt-rp n=$TAG-rp.onnx old new res
+	echo "# ---- a file republished across a worker's restart"
+	head -c $((3 << 20)) /dev/urandom >"$W/plain/rp-v1"
+	head -c $((3 << 20)) /dev/urandom >"$W/plain/rp-v2"
+	fs_conf "$conf" "cdn_url=$NGINX_URL" "folder=$F" "state_dir=$STATE" \
+		"cache_dir=$W/cache-rp" "io_timeout=$IO" "${TPMC[@]}" "rest_listen=unix:$W/rest-rp.sock"
+	fs_publish "$conf" 1 "$n" "$W/plain/rp-v1" || bail "publishing $n failed"
+	fs_mount "$mnt" "$conf"
+	wait_for 20 test -e "$mnt/$n"
+	"$PY" - "$mnt/$n" "$W/plain/rp-v1" "$W/plain/rp-v2" "$W/rp" <<'PYEOF' >"$W/rp.out" 2>&1 &
+import errno, os, sys, time
+path, v1, v2, flag = sys.argv[1:]
+a, b = open(v1, "rb").read(), open(v2, "rb").read()
+fd = os.open(path, os.O_RDONLY)
+first = os.pread(fd, 1 << 20, 0)
+print("first", "v1" if first == a[: 1 << 20] else "other", flush=True)
+open(flag + ".ready", "w").close()
+while not os.path.exists(flag + ".go"):
+    time.sleep(0.05)
+# The kernel's cached pages of the old version would answer without asking.
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+try:
+    got = os.pread(fd, 1 << 20, 1 << 20)
+    want_a, want_b = a[1 << 20 : 2 << 20], b[1 << 20 : 2 << 20]
+    print("old", "v1" if got == want_a else "v2" if got == want_b else "mixed", flush=True)
+except OSError as e:
+    print("old", errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+os.close(fd)
+fd = os.open(path, os.O_RDONLY)
+got = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+print("new", "v2" if got == b else "v1" if got == a else "other", flush=True)
+PYEOF
+	res=$!
+	wait_for 30 test -e "$W/rp.ready"
+	check_eq "republish: a handle opened on version 1 reads it" "$(sed -n 1p "$W/rp.out")" "first v1"
+	fs_publish "$conf" 1 "$n" "$W/plain/rp-v2" || bail "republishing $n failed"
+	old=$(worker_pid)
+	kill -KILL "$old"
+	wait_for 30 new_worker "$old"
+	new=$(worker_pid)
+	check "republish: worker $old killed, $new serves" test -n "$new" -a "$new" != "$old"
+	touch "$W/rp.go"
+	wait_for 60 fs_gone "$res"
+	wait "$res"
+	sed 's/^/# /' "$W/rp.out"
+	check "republish: the old handle reads version 1 or fails with EIO, never version 2 or a mix" \
+		grep -qxE "old (v1|EIO)" "$W/rp.out"
+	if grep -qx "old EIO" "$W/rp.out"; then
+		check "republish: the log names the file and says to reopen it" \
+			grep -q "$n.*republished.*reopen" "$mnt.log"
+	fi
+	check_eq "republish: opened again, the file reads version 2" "$(sed -n 3p "$W/rp.out")" "new v2"
+	fs_umount "$mnt" "$FS_PID"
+}
+
 restarts yes
 restarts no
 fdstore
+republish
 sed 's/^/# /' "$W/restart-figures.txt"
 fs_no_leftovers
 done_testing
