@@ -9,7 +9,7 @@
 #  - api_url or cdn_url over plain http:// to a non-loopback address:
 #    refused at start with the reason, and a listener there sees no
 #    connection;
-#  - every resident page of the daemon is locked (mlockall), VmLck covers
+#  - every resident page of the worker is locked (mlockall), VmLck covers
 #    VmRSS; memory_lock = all with RLIMIT_MEMLOCK too low and no
 #    CAP_IPC_LOCK stops with what to raise, memory_lock = best-effort goes
 #    on; in a sanitizer build the daemon says that it does not lock all.
@@ -86,7 +86,10 @@ if [ $sanitizer = 1 ]; then
 	check "a sanitizer build says that it does not lock all memory" \
 		grep -q "memory_lock: not locking all memory in a sanitizer build" "$W/m.log"
 else
-	lck=$(st "$pid" VmLck) rss=$(st "$pid" VmRSS) ul=$(unlocked_kb "$pid")
+	# The worker holds the secrets; the supervisor holds none and locks nothing.
+	wpid=$(pgrep -P "$pid" | head -1)
+	check "the supervisor ($pid) has a worker (${wpid:-none})" test -n "$wpid"
+	lck=$(st "${wpid:-0}" VmLck) rss=$(st "${wpid:-0}" VmRSS) ul=$(unlocked_kb "${wpid:-0}")
 	check "VmLck ($lck kB) covers VmRSS ($rss kB)" test "$lck" -ge "$rss"
 	# The vDSO is a special mapping that mlockall leaves alone: a page or two.
 	check "resident but unlocked: $ul kB (at most 64: the vDSO)" test "$ul" -le 64
