@@ -62,6 +62,7 @@ struct super {
 	int fuse_fd, journal_fd;
 	struct fuse_session *se; /* the mount's session; NULL when it came from the fd store */
 	int unmounter;		 /* auto_unmount: the watcher's pipe (super_start_watcher), or -1 */
+	int report;		 /* the waiting mount command's pipe until it is told, then -1 */
 	struct super_child w[JOURNAL_LANES];
 	unsigned epoch; /* the last worker's number */
 	int stopping;	/* a stop or the unmount: no new worker */
@@ -276,8 +277,10 @@ static int super_spawn(struct super *S, unsigned lane, unsigned resume, int take
 	pid_t pid;
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) < 0) {
-		log_err("cannot start a worker: socketpair: %s", strerror(errno));
-		return -errno;
+		int r = -errno;
+
+		log_err("cannot start a worker: socketpair: %s", strerror(-r));
+		return r;
 	}
 	S->epoch++;
 	pid = fork();
@@ -308,14 +311,12 @@ static int super_spawn(struct super *S, unsigned lane, unsigned resume, int take
 /* The mount command's wait ends: 0 mounted, 1 failed. */
 static void super_report(struct super *S, unsigned char status)
 {
-	int fd = S->o->report;
-
-	if (fd < 0)
+	if (S->report < 0)
 		return;
-	if (write(fd, &status, 1) != 1)
+	if (write(S->report, &status, 1) != 1)
 		log_warn("cannot report the start to the mount command: %s", strerror(errno));
-	close(fd);
-	((struct super_opts *)S->o)->report = -1;
+	close(S->report);
+	S->report = -1;
 }
 
 /* Detached for good once the mount answers: the terminal is the mount command's. */
@@ -497,9 +498,15 @@ static void super_read_report(struct super *S, struct super_child *c)
 		c->n = 0; /* not a report: dropped */
 }
 
-static void super_describe(int status, char *out, size_t cap)
+static void super_describe(const struct super *S, int status, char *out, size_t cap)
 {
-	if (WIFSIGNALED(status))
+	/* The exec failed: its message went to a terminal long gone. */
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+		snprintf(out, cap,
+			 "exit status 127: %s could not be run (removed, or not a program "
+			 "for this machine?)",
+			 S->o->exe);
+	else if (WIFSIGNALED(status))
 		snprintf(out, cap, "killed by signal %d (%s)", WTERMSIG(status),
 			 strsignal(WTERMSIG(status)));
 	else
@@ -536,7 +543,7 @@ static void super_stop(struct super *S, const char *why)
 
 static void super_on_exit(struct super *S, struct super_child *c, int status)
 {
-	char how[96];
+	char how[4200];
 	unsigned lane = c->lane;
 	struct super_child dead = *c;
 	uint64_t now = super_now_ms(), delay = 0;
@@ -545,7 +552,7 @@ static void super_on_exit(struct super *S, struct super_child *c, int status)
 		close(c->report);
 	memset(c, 0, sizeof(*c));
 	c->report = -1;
-	super_describe(status, how, sizeof(how));
+	super_describe(S, status, how, sizeof(how));
 	if (WIFEXITED(status) && WEXITSTATUS(status) == SUPER_EXIT_UNMOUNTED) {
 		S->unmounted = 1;
 		super_stop(S, NULL);
@@ -706,8 +713,12 @@ static void super_loop(struct super *S)
 
 int super_run(const struct super_opts *o)
 {
-	struct super S = {
-		.o = o, .fuse_fd = -1, .journal_fd = -1, .restart_lane = -1, .unmounter = -1};
+	struct super S = {.o = o,
+			  .fuse_fd = -1,
+			  .journal_fd = -1,
+			  .restart_lane = -1,
+			  .unmounter = -1,
+			  .report = o->report};
 	struct journal *j = NULL;
 	int r, rc = 1, stored = o->stored_fuse >= 0 && o->stored_journal >= 0;
 
