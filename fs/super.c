@@ -402,9 +402,13 @@ static int super_start_watcher(struct super *S)
 		if (fork() != 0)
 			_exit(0);
 		setsid();
-		/* Nothing of the mount's may stay open here: it would keep it alive. */
+		/*
+		 * Nothing of the mount's may stay open here: it would keep it
+		 * alive. Nor the terminal's: a caller reading the mount command's
+		 * output ($(mount ...)) would wait for this process to end.
+		 */
 		for (int fd = 0; fd < 1024; fd++)
-			if (fd != p[0] && fd != 2)
+			if (fd != p[0])
 				close(fd);
 		while ((n = read(p[0], &b, 1)) < 0 && errno == EINTR)
 			;

@@ -110,6 +110,19 @@ kill9() {
 	wait_for 20 fs_gone "$rd2"
 	wait "$rd" "$rd2" 2>/dev/null
 }
+# The mount command's output captured: $(...) returns once it has mounted;
+# auto_unmount's watcher keeps no copy of the command's stderr.
+mkdir -p "$W/m-cap"
+FS_MNTS+=("$W/m-cap")
+# cat ends at end of file, when no process holds the pipe any more; 124 if not.
+out=$("$AZ_DAEMON" azaion "$W/m-cap" -o "config=$W/conf,auto_unmount" 2>&1 | timeout 20 cat
+	exit "${PIPESTATUS[1]}")
+rc=$?
+check_eq "auto_unmount: a mount command's captured output ends when it returns" "$rc" 0
+cap=$(pgrep -f -- "azaionfs azaion $W/m-cap( |$)" | head -1)
+FS_PIDS+=(${cap:-})
+fusermount3 -u "$W/m-cap"
+check "auto_unmount: that daemon ends after fusermount3 -u" wait_for 20 fs_gone "${cap:-0}"
 kill9 auto_unmount
 check "auto_unmount: the dead daemon's mount goes away by itself" \
 	wait_for 10 eval '! fs_mounted "$W/mnt"'
