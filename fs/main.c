@@ -692,6 +692,7 @@ struct main_state {
 	int reported;	/* the supervisor knows this worker serves */
 	int resumed;	/* not the mount's first worker: the INIT was the kept one */
 	int failed;	/* the start failed after the mount: exit 1 */
+	int stop_asked; /* SIGTERM or SIGINT: an end, not a failure */
 	char *ready_mp; /* main_ready's copy of the mount point */
 	pthread_t ready;
 	int has_ready;
@@ -735,6 +736,7 @@ static void main_on_stop(int sig)
 	int saved = errno;
 
 	(void)sig;
+	__atomic_store_n(&main_ms.stop_asked, 1, __ATOMIC_RELAXED);
 	if (main_ms.serve)
 		serve_stop(main_ms.serve);
 	errno = saved;
@@ -781,25 +783,34 @@ static void *main_ready(void *arg)
 	struct main_state *ms = arg;
 	struct statfs fs;
 	struct stat sb;
+	int err = 0;
 
-	if (statfs(ms->ready_mp, &fs) < 0 || stat(ms->ready_mp, &sb) < 0) {
+	if (statfs(ms->ready_mp, &fs) < 0)
+		err = errno;
+	else if (fs.f_type != MAIN_FUSE_MAGIC)
+		err = ENOENT; /* what is there now is not this mount */
+	else if (stat(ms->ready_mp, &sb) < 0)
+		err = errno;
+	if (!err) {
+		log_info("mounted %s at %s", ms->source, ms->ready_mp);
+		main_report(ms, -2);
+		main_readahead(ms->ready_mp);
+		return NULL;
+	}
+	/*
+	 * Only a refused answer to FUSE_INIT is a failed start. Anything else
+	 * means that the mount went away before it answered (an unmount, a
+	 * stop asked for): the FUSE loop ends by itself, as after any unmount.
+	 */
+	if (err == ECONNREFUSED && !__atomic_load_n(&ms->stop_asked, __ATOMIC_RELAXED)) {
 		log_err("the FUSE handshake of %s failed (%s): see the message above; a mount "
 			"option that libfuse or the kernel refuses (max_read?) must go; remove it "
 			"and mount again",
-			ms->ready_mp, strerror(errno));
+			ms->ready_mp, strerror(err));
 		main_fail_started(ms);
 		return NULL;
 	}
-	if (fs.f_type != MAIN_FUSE_MAGIC) {
-		log_err("%s is no longer this FUSE mount after the handshake; see the messages "
-			"above",
-			ms->ready_mp);
-		main_fail_started(ms);
-		return NULL;
-	}
-	log_info("mounted %s at %s", ms->source, ms->ready_mp);
-	main_report(ms, -2);
-	main_readahead(ms->ready_mp);
+	log_info("%s was unmounted before it answered", ms->ready_mp);
 	return NULL;
 }
 
@@ -1025,7 +1036,7 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	struct ops *ops = NULL;
 	char dev[32];
 	size_t init_len;
-	int r, rc = 1, login, had_creds, had_init = 0, replayed = 0;
+	int r, rc = 1, login, had_creds, had_init = 0, replayed = 0, stopped;
 	enum serve_end end;
 
 	ms->foreground = o->foreground;
@@ -1154,11 +1165,13 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	if (had_init)
 		main_report(ms, replayed);
 	end = serve_wait(ms->serve);
-	rc = end == SERVE_UNMOUNTED	  ? SUPER_EXIT_UNMOUNTED
-	     : end == SERVE_FAILED	  ? 1
-	     : !had_init && !ms->reported ? 1
-					  : 0;
-	if (!had_init && !ms->reported && !__atomic_load_n(&ms->failed, __ATOMIC_RELAXED))
+	stopped = __atomic_load_n(&ms->stop_asked, __ATOMIC_RELAXED);
+	rc = end == SERVE_UNMOUNTED		      ? SUPER_EXIT_UNMOUNTED
+	     : end == SERVE_FAILED		      ? 1
+	     : !had_init && !ms->reported && !stopped ? 1
+						      : 0;
+	if (end == SERVE_STOPPED && !had_init && !ms->reported && !stopped &&
+	    !__atomic_load_n(&ms->failed, __ATOMIC_RELAXED))
 		log_err("the FUSE session ended before the mount answered; see the messages "
 			"above");
 	if (ms->has_ready) {

@@ -69,6 +69,7 @@ struct super {
 	int unmounted;	/* the kernel ended the mount */
 	int served;	/* a worker has served: the mount command was told */
 	int start_failed;
+	int stop_asked;	     /* SIGTERM or SIGINT */
 	unsigned quick_ends; /* workers in a row that ended early */
 	/* A restart waiting for its delay: lane, when, and what ended. */
 	int restart_lane;
@@ -536,7 +537,8 @@ static void super_stop(struct super *S, const char *why)
 	S->restart_at = 0;
 	if (why)
 		log_info("%s", why);
-	if (!S->unmounted && S->served) {
+	/* Mounted, though perhaps not answered yet: a stop leaves nothing behind. */
+	if (!S->unmounted && (S->served || S->fuse_fd >= 0)) {
 		log_info("unmounting %s", S->o->mountpoint);
 		super_unmount(S);
 	}
@@ -648,6 +650,7 @@ static void super_on_signal_byte(struct super *S, int sig)
 		break;
 	case SIGTERM:
 	case SIGINT:
+		S->stop_asked = 1;
 		super_stop(S, S->served ? NULL : "stopped before the mount answered");
 		break;
 	default:
@@ -761,7 +764,8 @@ int super_run(const struct super_opts *o)
 		S.start_failed = 1;
 	}
 	super_loop(&S);
-	rc = S.served && !S.start_failed ? 0 : 1;
+	/* A stop or an unmount before the mount answered is an end, not a failure... */
+	rc = !S.start_failed && (S.served || S.stop_asked || S.unmounted) ? 0 : 1;
 	if (S.served)
 		log_info("azaionfs on %s ends", o->mountpoint);
 out:
@@ -786,7 +790,8 @@ out:
 		close(S.fuse_fd);
 	if (S.journal_fd >= 0)
 		close(S.journal_fd);
-	super_report(&S, (unsigned char)(rc ? 1 : 0));
+	/* ...but the mount command that waits was not given a mount. */
+	super_report(&S, (unsigned char)(rc || !S.served ? 1 : 0));
 	return rc;
 }
 

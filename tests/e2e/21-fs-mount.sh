@@ -103,6 +103,42 @@ wait "$pid"
 check_eq "it exits with 0" "$?" 0
 check "and the mount is gone" test "$(grep -c " $W/m3 " /proc/mounts)" = 0
 
+# ---- a stop or an unmount as soon as the mount shows, perhaps before it answered:
+# an end as asked for (exit 0, nothing left mounted), never a failed start
+fast_mounted() {
+	local i=0
+	until grep -q " $1 fuse.azaionfs " /proc/mounts; do
+		i=$((i + 1))
+		[ $i -ge 20000 ] && return 1
+	done
+}
+hit=0
+for round in 1 2 3 4; do
+	mnt="$W/early$round"
+	mkdir -p "$mnt"
+	"$AZ_DAEMON" azaion "$mnt" -f -o "config=$W/conf" >"$mnt.log" 2>&1 &
+	pid=$!
+	FS_PIDS+=("$pid") FS_MNTS+=("$mnt")
+	fast_mounted "$mnt"
+	# EBUSY while a stat of the root is under way, as on any mount: fusermount3 again.
+	if [ $((round % 2)) = 1 ]; then how="fusermount3 -u"; wait_for 5 fusermount3 -u "$mnt"; else how=SIGTERM; kill -TERM "$pid"; fi
+	if wait_for 20 fs_gone "$pid"; then
+		ok "$how at once (round $round): the daemon ends"
+		wait "$pid"
+		rc=$?
+	else
+		not_ok "$how at once (round $round): the daemon ends"
+		kill -KILL "$pid"
+		rc=killed
+	fi
+	check_eq "$how at once (round $round): it exits with 0" "$rc" 0
+	[ "$rc" = 0 ] || tail -5 "$mnt.log" | sed 's/^/# /'
+	check "$how at once (round $round): nothing is left mounted" test "$(grep -c " $mnt " /proc/mounts)" = 0
+	check_eq "$how at once (round $round): no error is logged" "$(grep -c 'azaionfs\[error\]' "$mnt.log")" 0
+	grep -q 'before it answered\|before the mount answered' "$mnt.log" && hit=$((hit + 1))
+done
+echo "# $hit of 4 rounds ended before the mount answered"
+
 # ---- configuration errors stop the start with the key's name
 mkdir -p "$W/m4"
 printf 'api_url = %s\n# comment\nbogus_key = 1\n' "$API_URL" >"$W/bad.conf"
