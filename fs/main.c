@@ -793,8 +793,9 @@ static void *main_ready(void *arg)
 		err = errno;
 	if (!err) {
 		log_info("mounted %s at %s", ms->source, ms->ready_mp);
-		main_report(ms, -2);
+		/* Before the report: once the mount command returns, nothing of ours keeps the mount busy. */
 		main_readahead(ms->ready_mp);
+		main_report(ms, -2);
 		return NULL;
 	}
 	/*

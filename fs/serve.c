@@ -6,10 +6,12 @@
  * and its reader blocked for good (docs/architecture.md, "Restarts").
  * Here each thread reads straight into its journal slot.
  *
- * Threads wait in poll() on the descriptor and on a stop pipe, and read
+ * Threads wait in epoll on the descriptor and on a stop pipe, and read
  * without blocking (the descriptor is O_NONBLOCK, for every worker: they
  * share it): a stop never interrupts a thread that holds a request, and
- * no signal reaches a thread in the middle of a reply.
+ * no signal reaches a thread in the middle of a reply. Each thread has its
+ * own epoll with the descriptor added EPOLLEXCLUSIVE, so a request wakes
+ * one idle thread rather than all sixteen; the stop pipe wakes them all.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +20,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "fs/log.h"
@@ -165,24 +168,60 @@ static void serve_wake(struct serve *s)
 	(void)w; /* a full pipe is readable already */
 }
 
+/*
+ * The thread's own epoll over the descriptor (exclusive: one waiter woken
+ * per request) and the stop pipe (every waiter). Kernels before 4.5 have
+ * no EPOLLEXCLUSIVE: every thread is woken then, and all but one read
+ * EAGAIN, which is correct, only slower.
+ */
+static int serve_epoll(struct serve *s)
+{
+	struct epoll_event fuse_ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.fd = s->fd};
+	struct epoll_event stop_ev = {.events = EPOLLIN, .data.fd = s->stop[0]};
+	int ep = epoll_create1(EPOLL_CLOEXEC), r;
+
+	if (ep < 0)
+		return -errno;
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &fuse_ev) < 0) {
+		fuse_ev.events = EPOLLIN;
+		if (errno != EINVAL || epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &fuse_ev) < 0)
+			goto fail;
+	}
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, s->stop[0], &stop_ev) < 0)
+		goto fail;
+	return ep;
+fail:
+	r = -errno;
+	close(ep);
+	return r;
+}
+
 static void *serve_thread(void *arg)
 {
 	struct serve_thread *t = arg;
 	struct serve *s = t->s;
-	struct pollfd p[2] = {{.fd = s->fd, .events = POLLIN},
-			      {.fd = s->stop[0], .events = POLLIN}};
+	int ep = serve_epoll(s);
 	uint32_t len;
 
+	if (ep < 0) {
+		log_err("cannot wait on /dev/fuse: epoll: %s", strerror(-ep));
+		__atomic_store_n(&s->failed, 1, __ATOMIC_RELAXED);
+		serve_wake(s);
+		return NULL;
+	}
 	if (s->replay_own && (len = journal_slot_len(t->slot)) > 0) {
 		serve_process(s, t->slot, len);
 		journal_slot_clear(t->slot);
 	}
 	for (;;) {
 		const struct fuse_in_header *h = t->slot;
+		struct epoll_event ev[2];
+		int stop = 0, ready;
 		size_t kept;
 		ssize_t n;
 
-		if (poll(p, 2, -1) < 0) {
+		ready = epoll_wait(ep, ev, 2, -1);
+		if (ready < 0) {
 			if (errno == EINTR)
 				continue;
 			log_err("waiting on /dev/fuse: %s", strerror(errno));
@@ -190,7 +229,10 @@ static void *serve_thread(void *arg)
 			serve_wake(s);
 			break;
 		}
-		if (p[1].revents)
+		for (int i = 0; i < ready; i++)
+			if (ev[i].data.fd == s->stop[0])
+				stop = 1;
+		if (stop)
 			break;
 		n = read(s->fd, t->slot, JOURNAL_SLOT_SIZE);
 		if (n < 0) {
@@ -216,6 +258,7 @@ static void *serve_thread(void *arg)
 		serve_process(s, t->slot, (size_t)n);
 		journal_slot_clear(t->slot);
 	}
+	close(ep);
 	return NULL;
 }
 
