@@ -3,13 +3,11 @@
  * caller's buffer (a 206 is checked against its Content-Range; a 200 whose
  * server ignored the range is sliced while it streams and cut off once the
  * slice is in), object sizes, and streamed PUTs; each request optionally
- * signed for S3 by libcurl. Its one piece of state is the reason of the
- * CDN's last refusal (401/403), under its own lock, for the side
- * endpoint's answer.
+ * signed for S3 by libcurl. It keeps no state: a refusal's reason goes
+ * to the call's own caller.
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -45,16 +43,11 @@ struct range {
 	size_t err_len;
 };
 
-static pthread_mutex_t cdn_refusal_lock = PTHREAD_MUTEX_INITIALIZER;
-static char cdn_refusal_why[256];
-
-void fetch_cdn_refusal(char *out, size_t cap)
+/* Each call starts with no reason: a caller's buffer never shows an earlier call's. */
+static void cdn_why_clear(char *why, size_t why_cap)
 {
-	if (!cap)
-		return;
-	pthread_mutex_lock(&cdn_refusal_lock);
-	snprintf(out, cap, "%s", cdn_refusal_why);
-	pthread_mutex_unlock(&cdn_refusal_lock);
+	if (why && why_cap)
+		*why = '\0';
 }
 
 /* The text between <tag> and </tag> in an S3 error document, printable ASCII. */
@@ -79,21 +72,23 @@ static void cdn_xml_field(const char *doc, size_t len, const char *tag, char *ou
 	out[n] = '\0';
 }
 
-/* A 401/403 of the CDN: logged with S3's reason, kept for fetch_cdn_refusal(). */
+/*
+ * A 401/403 of the CDN: S3's reason into the caller's why (may be NULL),
+ * logged here at debug only, since the caller says it once with its context.
+ */
 static int cdn_refused(struct fetch *f, const char *method, const char *url, long status,
-		       const void *body, size_t len)
+		       const void *body, size_t len, char *why, size_t why_cap)
 {
-	char u[512], code[64], msg[160], why[256];
+	char u[512], code[64], msg[160], reason[FETCH_CDN_WHY_MAX];
 
 	cdn_xml_field(body ? body : "", body ? len : 0, "Code", code, sizeof(code));
 	cdn_xml_field(body ? body : "", body ? len : 0, "Message", msg, sizeof(msg));
-	snprintf(why, sizeof(why), "HTTP %ld%s%s%s%s", status, *code ? ": " : "", code,
+	snprintf(reason, sizeof(reason), "HTTP %ld%s%s%s%s", status, *code ? ": " : "", code,
 		 *msg ? ": " : "", msg);
 	fetch_url_for_log(url, u, sizeof(u));
-	fetch_logf(f, LOG_ERR, "%s %s: the CDN refused the request: %s", method, u, why);
-	pthread_mutex_lock(&cdn_refusal_lock);
-	snprintf(cdn_refusal_why, sizeof(cdn_refusal_why), "%s", why);
-	pthread_mutex_unlock(&cdn_refusal_lock);
+	fetch_logf(f, LOG_DEBUG, "%s %s: the CDN refused the request: %s", method, u, reason);
+	if (why && why_cap)
+		snprintf(why, why_cap, "%s", reason);
 	return -EKEYREJECTED;
 }
 
@@ -282,7 +277,8 @@ static const struct fetch_body_ops range_ops = {
 };
 
 int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t off,
-		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total)
+		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total, char *why,
+		    size_t why_cap)
 {
 	struct fetch_request req = {.method = "GET", .url = url, .s3 = s3};
 	struct range rg = {.off = off, .len = len, .buf = buf};
@@ -290,6 +286,7 @@ int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3,
 	char spec[48];
 	int r;
 
+	cdn_why_clear(why, why_cap);
 	if (!len) {
 		*ret_len = 0;
 		if (ret_total)
@@ -304,7 +301,7 @@ int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3,
 	if (r)
 		return r;
 	if (rg.mode == RANGE_OTHER && (c.status == 401 || c.status == 403))
-		return cdn_refused(f, "GET", url, c.status, rg.err, rg.err_len);
+		return cdn_refused(f, "GET", url, c.status, rg.err, rg.err_len, why, why_cap);
 	if (rg.mode == RANGE_OTHER)
 		return fetch_check_status(f, "GET", url, c.status, 0);
 	*ret_len = rg.got;
@@ -313,7 +310,8 @@ int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3,
 	return 0;
 }
 
-int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t *ret_size)
+int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t *ret_size,
+		   char *why, size_t why_cap)
 {
 	struct fetch_request req = {.method = "HEAD", .url = url, .s3 = s3};
 	struct fetch_call c = {.f = f, .req = &req};
@@ -322,6 +320,7 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, 
 	size_t got;
 	int r;
 
+	cdn_why_clear(why, why_cap);
 	r = fetch_run(&c);
 	if (r)
 		return r;
@@ -331,13 +330,13 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, 
 	}
 	/* A HEAD refusal has no body to give S3's reason: one byte's GET has. */
 	if (c.status == 401 || c.status == 403) {
-		r = fetch_cdn_range(f, url, s3, 0, 1, &one, &got, &total);
-		return r < 0 ? r : cdn_refused(f, "HEAD", url, c.status, NULL, 0);
+		r = fetch_cdn_range(f, url, s3, 0, 1, &one, &got, &total, why, why_cap);
+		return r < 0 ? r : cdn_refused(f, "HEAD", url, c.status, NULL, 0, why, why_cap);
 	}
 	if (!(c.status >= 200 && c.status < 300) && c.status != 405 && c.status != 501)
 		return fetch_check_status(f, "HEAD", url, c.status, 0);
 	/* No usable HEAD: the size comes with a one-byte range. */
-	r = fetch_cdn_range(f, url, s3, 0, 1, &one, &got, &total);
+	r = fetch_cdn_range(f, url, s3, 0, 1, &one, &got, &total, why, why_cap);
 	if (r)
 		return r;
 	if (total == RANGE_UNKNOWN) {
@@ -352,7 +351,7 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, 
 }
 
 int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3, fetch_read_fn rd,
-		  void *ctx, uint64_t size)
+		  void *ctx, uint64_t size, char *why, size_t why_cap)
 {
 	uint64_t timeout = fetch_timeout_ms(f) + (size >> 17) * PUT_MS_PER_128K;
 	struct fetch_request req = {
@@ -367,6 +366,7 @@ int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3, f
 	struct fetch_response resp = {0};
 	int r;
 
+	cdn_why_clear(why, why_cap);
 	if (!rd || size > INT64_MAX)
 		return -EINVAL;
 	req.timeout_ms = timeout > UINT32_MAX ? UINT32_MAX : (unsigned)timeout;
@@ -374,7 +374,8 @@ int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3, f
 	if (r)
 		return r;
 	if (resp.status == 401 || resp.status == 403)
-		r = cdn_refused(f, "PUT", url, resp.status, resp.body.data, resp.body.len);
+		r = cdn_refused(f, "PUT", url, resp.status, resp.body.data, resp.body.len, why,
+				why_cap);
 	else
 		r = fetch_check_status(f, "PUT", url, resp.status, 0);
 	fetch_response_free(&resp);

@@ -230,11 +230,14 @@ int fetch_api_register_chunk_hashes(struct fetch *f, const char *api_url, const 
 /*
  * A 401 or 403 of the CDN (S3 refusing the signature or the keys) is
  * -EKEYREJECTED from every call below, apart from the API's -EACCES: a new
- * login would not help. fetch_cdn_refusal() copies the last such answer's
- * reason ("HTTP 403: SignatureDoesNotMatch: ...", printable ASCII) for an
- * answer to a caller; "" when there was none.
+ * login would not help. Each call hands that refusal's reason to its own
+ * caller: why (may be NULL when why_cap is 0) receives "HTTP 403:
+ * SignatureDoesNotMatch: ..." (printable ASCII, cut to why_cap) on
+ * -EKEYREJECTED and "" on any other result, so concurrent calls never see
+ * each other's. The refusal is logged here at debug only: the caller says
+ * it once, with its context.
  */
-void fetch_cdn_refusal(char *out, size_t cap);
+#define FETCH_CDN_WHY_MAX 256 /* room for any reason a call gives */
 
 /*
  * Reads len bytes at off of the object at url into buf (Range request).
@@ -245,14 +248,17 @@ void fetch_cdn_refusal(char *out, size_t cap);
  * reads 0 bytes. A short body is retried as a transient failure.
  */
 int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t off,
-		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total);
-/* Size of the object at url (HEAD, or a one-byte range). */
-int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t *ret_size);
+		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total, char *why,
+		    size_t why_cap);
+/* Size of the object at url (HEAD, or a one-byte range; a refused HEAD's
+ * reason comes from a one-byte GET, since a HEAD answer has no body). */
+int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t *ret_size,
+		   char *why, size_t why_cap);
 /* PUTs size bytes read from rd to url (plain PUT, or S3 with s3 keys).
  * Its deadline is the call's timeout plus 1 s per 128 KiB; a stall fails
  * sooner. rd must give exactly size bytes. */
 int fetch_cdn_put(struct fetch *f, const char *url, const struct fetch_s3 *s3, fetch_read_fn rd,
-		  void *ctx, uint64_t size);
+		  void *ctx, uint64_t size, char *why, size_t why_cap);
 
 /* ---- the Docker Engine API ---------------------------------------------- */
 

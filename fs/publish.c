@@ -444,6 +444,7 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 			goto out;
 		}
 	} else {
+		char why[FETCH_CDN_WHY_MAX];
 		struct session_cdn cdn;
 
 		r = session_cdn_upload(t->session, &cdn);
@@ -461,10 +462,12 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 			pub_fail(&s, r, "out of memory");
 			goto out;
 		}
-		r = fetch_cdn_put(t->fetch, url, cdn.s3, pub_big_read, &s, s.big_size);
+		r = fetch_cdn_put(t->fetch, url, cdn.s3, pub_big_read, &s, s.big_size, why,
+				  sizeof(why));
 		if (r < 0) {
-			pub_fail(&s, r, "uploading the big part to %s failed: %s", url,
-				 log_strerror(r));
+			pub_fail(&s, r, "uploading the big part to %s failed: %s%s%s%s", url,
+				 log_strerror(r), *why ? " (the CDN says: " : "", why,
+				 *why ? ")" : "");
 			goto out;
 		}
 	}

@@ -589,6 +589,35 @@ static unsigned rest_load_status(int e, const char **why)
 	}
 }
 
+/*
+ * The CDN's reason for refusing name's big part, for F2's answer. The store
+ * hands up only -EKEYREJECTED (the refused read may have been another
+ * request's, or read-ahead's), so this request asks for one byte of the same
+ * object, at the address and with the keys the store reads with
+ * (session_cdn), and answers with its own refusal. "" when that byte is not
+ * refused.
+ */
+static void rest_cdn_refusal(struct rest *r, const char *name, char *why, size_t why_cap)
+{
+	char *ef = NULL, *en = NULL, *url = NULL;
+	struct session_cdn cdn;
+	uint8_t one;
+	size_t got;
+
+	*why = '\0';
+	if (session_cdn(r->d.s, &cdn) < 0)
+		return;
+	ef = names_url_escape(r->d.c->folder);
+	en = names_url_escape(name);
+	if (!ef || !en || asprintf(&url, "%s/%s/%s.big", cdn.url, ef, en) < 0)
+		url = NULL;
+	if (url)
+		fetch_cdn_range(r->d.f, url, cdn.s3, 0, 1, &one, &got, NULL, why, why_cap);
+	free(url);
+	free(en);
+	free(ef);
+}
+
 static enum MHD_Result rest_load(struct rest *r, struct rest_req *q, struct MHD_Connection *conn)
 {
 	const char *filename = NULL, *folder = NULL, *why;
@@ -656,11 +685,11 @@ static enum MHD_Result rest_load(struct rest *r, struct rest_req *q, struct MHD_
 		if (err == -EKEYREJECTED) {
 			char reason[160];
 
-			fetch_cdn_refusal(reason, sizeof(reason));
+			rest_cdn_refusal(r, ld->name, reason, sizeof(reason));
 			snprintf(q->detail, sizeof(q->detail),
-				 "%.64s: %s (%s); check the CDN's keys (s3_access_key, "
+				 "%.64s: %s%s%s%s; check the CDN's keys (s3_access_key, "
 				 "s3_secret_key_file or cdn.yaml) and the clock",
-				 ld->name, why, reason);
+				 ld->name, why, *reason ? " (" : "", reason, *reason ? ")" : "");
 		} else {
 			snprintf(q->detail, sizeof(q->detail), "%.200s: %s", ld->name, why);
 		}
@@ -735,7 +764,7 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 	struct publish_req req = {0};
 	struct publish_result res;
 	const char *folder = "models", *why;
-	char *msg = NULL, reason[160] = "";
+	char *msg = NULL;
 	uint8_t *rkey;
 	enum MHD_Result ret;
 	unsigned status;
@@ -793,13 +822,11 @@ static enum MHD_Result rest_upload(struct rest *r, struct rest_req *q, struct MH
 	if (e < 0) {
 		REST_COUNT(r, upload_errors, 1);
 		status = rest_upload_status(e);
-		if (e == -EKEYREJECTED)
-			fetch_cdn_refusal(reason, sizeof(reason));
+		/* A CDN refusal's reason is part of msg (publish_model). */
 		log_err("upload %s/%s (format %d, %llu bytes) failed: %s", folder, q->name, format,
 			(unsigned long long)up->len, msg ? msg : log_strerror(e));
-		ret = rest_detail(r, conn, status, "upload failed: %s%s%s%s",
-				  msg ? msg : log_strerror(e), *reason ? " (the CDN says: " : "",
-				  reason, *reason ? ")" : "");
+		ret = rest_detail(r, conn, status, "upload failed: %s",
+				  msg ? msg : log_strerror(e));
 		free(msg);
 		return ret;
 	}

@@ -1,7 +1,8 @@
 /*
  * src_cdn.c - the bottom source layer (see src.h): range requests to the
  * CDN. Retries, timeouts and the CDN's keys are fetch's; this layer only
- * insists on an answer of exactly the bytes asked for.
+ * insists on an answer of exactly the bytes asked for, and logs a
+ * refusal with the CDN's reason (fetch.h).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -20,15 +21,18 @@ static int cdn_read(struct src *src, const struct src_blob *b, uint64_t off, siz
 {
 	struct src_cdn *c = (struct src_cdn *)src;
 	uint64_t t0 = metrics_now();
+	char why[FETCH_CDN_WHY_MAX];
 	size_t got = 0;
 	int r;
 
-	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL);
+	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL, why, sizeof(why));
 	metrics_observe(METRICS_CDN_READ, t0);
 	metrics_count(METRICS_CDN_FETCHES, 1);
 	metrics_count(METRICS_CDN_BYTES, got);
 	if (r < 0 || got != len)
 		metrics_count(METRICS_CDN_ERRORS, 1);
+	if (r == -EKEYREJECTED)
+		log_err("%s: the CDN refused the request: %s", b->url, why);
 	if (r < 0)
 		return r;
 	if (got != len) {
@@ -43,8 +47,13 @@ static int cdn_read(struct src *src, const struct src_blob *b, uint64_t off, siz
 static int cdn_size(struct src *src, const struct src_blob *b, uint64_t *ret_size)
 {
 	struct src_cdn *c = (struct src_cdn *)src;
+	char why[FETCH_CDN_WHY_MAX];
+	int r;
 
-	return fetch_cdn_size(c->f, b->url, b->s3, ret_size);
+	r = fetch_cdn_size(c->f, b->url, b->s3, ret_size, why, sizeof(why));
+	if (r == -EKEYREJECTED)
+		log_err("%s: the CDN refused the request: %s", b->url, why);
+	return r;
 }
 
 static void cdn_free(struct src *src)

@@ -78,6 +78,16 @@ static int log_has(const char *s)
 	return found;
 }
 
+static int errors_logged(void)
+{
+	int n;
+
+	pthread_mutex_lock(&log_lock);
+	n = log_errors;
+	pthread_mutex_unlock(&log_lock);
+	return n;
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -180,6 +190,7 @@ enum ts_mode {
 	TS_503,		       /* always 503 */
 	TS_STALL,	       /* reads the request, never answers */
 	TS_CHUNKED_BIG,	       /* 200, 2 MiB chunked, no length */
+	TS_REFUSE,	       /* /STATUS/CODE...: STATUS with an S3 error naming CODE */
 };
 
 #define TS_SIZE ((size_t)1 << 20 | 7)
@@ -295,6 +306,35 @@ static void ts_answer(int fd, const char *req)
 		while (!ts.stop && recv(fd, junk, sizeof(junk), 0) > 0)
 			;
 		return;
+	case TS_REFUSE: {
+		char doc[256], code[64] = "";
+		int status = 403;
+		const char *cl = strcasestr(req, "\r\nContent-Length:");
+		size_t body = cl ? strtoul(cl + 17, NULL, 10) : 0;
+		size_t in = strlen(strstr(req, "\r\n\r\n") + 4);
+
+		sscanf(req, "%*s /%d/%63[A-Za-z]", &status, code);
+		/* A PUT's body is read first: closing on unread bytes would reset the answer. */
+		body -= body < in ? body : in;
+		while (body > 0) {
+			ssize_t k = recv(fd, junk, body < sizeof(junk) ? body : sizeof(junk), 0);
+
+			if (k <= 0)
+				break;
+			body -= (size_t)k;
+		}
+		snprintf(doc, sizeof(doc),
+			 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code>"
+			 "<Message>refused as %s</Message></Error>",
+			 code, code);
+		snprintf(hdr, sizeof(hdr),
+			 "HTTP/1.1 %d Refused\r\nContent-Type: application/xml\r\n"
+			 "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+			 status, strlen(doc));
+		if (!send_all(fd, hdr, strlen(hdr)) && strncmp(req, "HEAD ", 5))
+			send_all(fd, doc, strlen(doc));
+		return;
+	}
 	case TS_CHUNKED_BIG: {
 		static uint8_t chunk[65536];
 		int i;
@@ -397,6 +437,110 @@ static int ts_slice_ok(const uint8_t *buf, uint64_t off, size_t len)
 	return 1;
 }
 
+/* ---- CDN refusals: each call its own reason ------------------------------ */
+
+#define REFUSAL_CALLS 25
+
+struct refusal_reader {
+	struct fetch *f;
+	char url[128];
+	const char *want; /* the whole reason every call must give */
+	int wrong;	  /* calls whose reason was not want */
+};
+
+static void *refusal_main(void *p)
+{
+	struct refusal_reader *a = p;
+	char why[FETCH_CDN_WHY_MAX];
+	uint8_t buf[64];
+	uint64_t sz;
+	size_t got;
+	int r;
+
+	for (int i = 0; i < REFUSAL_CALLS; i++) {
+		if (i % 2)
+			r = fetch_cdn_size(a->f, a->url, NULL, &sz, why, sizeof(why));
+		else
+			r = fetch_cdn_range(a->f, a->url, NULL, 0, sizeof(buf), buf, &got, NULL,
+					    why, sizeof(why));
+		if (r != -EKEYREJECTED || strcmp(why, a->want))
+			a->wrong++;
+	}
+	return NULL;
+}
+
+/* Against the loopback server (started) in TS_REFUSE, whose path names the answer. */
+static void test_refusals(struct fetch *f)
+{
+	struct refusal_reader rd[2] = {
+		{.f = f,
+		 .want = "HTTP 403: SignatureDoesNotMatch: refused as SignatureDoesNotMatch"},
+		{.f = f, .want = "HTTP 401: AccessDenied: refused as AccessDenied"},
+	};
+	char why_a[FETCH_CDN_WHY_MAX], why_b[FETCH_CDN_WHY_MAX], small[12], url[128];
+	struct mem_reader mr = {.data = (const uint8_t *)"0123456789abcdef", .len = 16};
+	int errs = errors_logged(), r, ra, rb;
+	pthread_t th[2];
+	uint8_t buf[64];
+	uint64_t sz = 0;
+	size_t got = 0;
+
+	snprintf(rd[0].url, sizeof(rd[0].url), "http://127.0.0.1:%d/403/SignatureDoesNotMatch.big",
+		 ts.port);
+	snprintf(rd[1].url, sizeof(rd[1].url), "http://127.0.0.1:%d/401/AccessDenied.big", ts.port);
+
+	ts_mode(TS_REFUSE);
+	ra = fetch_cdn_range(f, rd[0].url, NULL, 0, sizeof(buf), buf, &got, NULL, why_a,
+			     sizeof(why_a));
+	CHECK(ra == -EKEYREJECTED && ts.requests == 1,
+	      "a refused GET: -EKEYREJECTED, not retried (%d, %d requests)", ra, ts.requests);
+	rb = fetch_cdn_range(f, rd[1].url, NULL, 0, sizeof(buf), buf, &got, NULL, why_b,
+			     sizeof(why_b));
+	CHECK(rb == -EKEYREJECTED && !strcmp(why_a, rd[0].want) && !strcmp(why_b, rd[1].want),
+	      "two refusals in a row: each call has its own reason (\"%s\", \"%s\")", why_a, why_b);
+
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/403/InvalidAccessKeyId.big", ts.port);
+	r = fetch_cdn_size(f, url, NULL, &sz, why_a, sizeof(why_a));
+	CHECK(r == -EKEYREJECTED &&
+		      !strcmp(why_a, "HTTP 403: InvalidAccessKeyId: refused as InvalidAccessKeyId"),
+	      "a refused HEAD: S3's reason from a one-byte GET (%d, \"%s\")", r, why_a);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/403/AccessDenied.big", ts.port);
+	r = fetch_cdn_put(f, url, NULL, mem_read, &mr, mr.len, why_a, sizeof(why_a));
+	CHECK(r == -EKEYREJECTED &&
+		      !strcmp(why_a, "HTTP 403: AccessDenied: refused as AccessDenied"),
+	      "a refused PUT: S3's reason (%d, \"%s\")", r, why_a);
+	r = fetch_cdn_range(f, rd[0].url, NULL, 0, sizeof(buf), buf, &got, NULL, small,
+			    sizeof(small));
+	CHECK(r == -EKEYREJECTED && !strcmp(small, "HTTP 403: S"),
+	      "a reason is cut to the caller's buffer (\"%s\")", small);
+	r = fetch_cdn_range(f, rd[0].url, NULL, 0, sizeof(buf), buf, &got, NULL, NULL, 0);
+	CHECK(r == -EKEYREJECTED, "a refusal without a buffer for its reason (%d)", r);
+
+	/* At once from two threads: the reasons must not cross. */
+	for (int i = 0; i < 2; i++)
+		if (pthread_create(&th[i], NULL, refusal_main, &rd[i])) {
+			CHECK(0, "a refusal thread starts");
+			rd[i].f = NULL;
+		}
+	for (int i = 0; i < 2; i++)
+		if (rd[i].f)
+			pthread_join(th[i], NULL);
+	CHECK(rd[0].f && rd[1].f && !rd[0].wrong && !rd[1].wrong,
+	      "concurrent refusals: every call has its own reason (%d and %d of %d wrong)",
+	      rd[0].wrong, rd[1].wrong, REFUSAL_CALLS);
+
+	ts_mode(TS_IGNORE_RANGE);
+	strcpy(why_a, "left over");
+	r = fetch_cdn_range(f, rd[0].url, NULL, 0, sizeof(buf), buf, &got, NULL, why_a,
+			    sizeof(why_a));
+	CHECK(r == 0 && !*why_a, "a call that is not refused leaves \"\" (%d, \"%s\")", r, why_a);
+
+	CHECK(errors_logged() == errs && log_has("the CDN refused the request: HTTP 401: "
+						 "AccessDenied"),
+	      "refusals are logged at debug only, for the caller to say (%d errors)",
+	      errors_logged() - errs);
+}
+
 static void test_odd_servers(void)
 {
 	struct fetch *f = new_fetch(NULL, 5000, 3);
@@ -414,41 +558,41 @@ static void test_odd_servers(void)
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/obj.big", ts.port);
 
 	ts_mode(TS_IGNORE_RANGE);
-	r = fetch_cdn_range(f, url, NULL, 123457, 200000, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 123457, 200000, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 200000 && total == TS_SIZE && ts_slice_ok(buf, 123457, got),
 	      "200 to a Range: the right slice of the middle (%d, %zu)", r, got);
-	r = fetch_cdn_range(f, url, NULL, TS_SIZE - 1000, 4096, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, TS_SIZE - 1000, 4096, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 1000 && ts_slice_ok(buf, TS_SIZE - 1000, got),
 	      "200 to a Range: the right slice at the end (%d, %zu)", r, got);
-	r = fetch_cdn_range(f, url, NULL, TS_SIZE + 5, 100, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, TS_SIZE + 5, 100, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 0, "200 to a Range past the end: 0 bytes (%d, %zu)", r, got);
 
 	ts_mode(TS_IGNORE_RANGE_NOLEN);
-	r = fetch_cdn_range(f, url, NULL, 5000, 70000, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 5000, 70000, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 70000 && ts_slice_ok(buf, 5000, got),
 	      "200 without length to a Range: the right slice (%d, %zu)", r, got);
-	r = fetch_cdn_range(f, url, NULL, TS_SIZE - 10, 70000, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, TS_SIZE - 10, 70000, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 10 && total == TS_SIZE && ts_slice_ok(buf, TS_SIZE - 10, got),
 	      "200 without length: short only at the object's end (%d, %zu)", r, got);
 
 	ts_mode(TS_BAD_RANGE);
-	r = fetch_cdn_range(f, url, NULL, 1000, 1000, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 1000, 1000, buf, &got, &total, NULL, 0);
 	CHECK(r == -EPROTO && ts.requests == 1,
 	      "206 with a wrong Content-Range: -EPROTO, not retried (%d, %d requests)", r,
 	      ts.requests);
 
 	ts_mode(TS_SHORT_ONCE);
-	r = fetch_cdn_range(f, url, NULL, 777, 100000, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 777, 100000, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 100000 && ts_slice_ok(buf, 777, got) && ts.requests == 2,
 	      "a short body is retried and then right (%d, %d requests)", r, ts.requests);
 
 	ts_mode(TS_503_ONCE);
-	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 4096 && ts_slice_ok(buf, 0, got) && ts.requests == 2,
 	      "a 503 is retried and then right (%d, %d requests)", r, ts.requests);
 
 	ts_mode(TS_503);
-	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total, NULL, 0);
 	CHECK(r == -EIO && ts.requests == 4, "503 every time: -EIO after 1 + 3 attempts (%d, %d)",
 	      r, ts.requests);
 	{
@@ -477,11 +621,12 @@ static void test_odd_servers(void)
 	ts_mode(TS_STALL);
 	fetch_set_timeout(f, 1500);
 	t0 = now_s();
-	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total, NULL, 0);
 	t0 = now_s() - t0;
 	CHECK(r == -ETIMEDOUT && t0 >= 1.3 && t0 < 3.0 * time_scale(),
 	      "a server that never answers: -ETIMEDOUT within the timeout (%d, %.2f s)", r, t0);
 	fetch_set_timeout(f, 5000);
+	test_refusals(f);
 	ts_stop();
 out:
 	free(buf);
@@ -509,7 +654,7 @@ static void test_closed_port(void)
 	/* Bound but not listening: connections are refused. */
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/x.big", ntohs(sa.sin_port));
 	t0 = now_s();
-	r = fetch_cdn_range(f, url, NULL, 0, sizeof(buf), buf, &got, NULL);
+	r = fetch_cdn_range(f, url, NULL, 0, sizeof(buf), buf, &got, NULL, NULL, 0);
 	t0 = now_s() - t0;
 	CHECK(r == -EHOSTUNREACH && t0 < 2.0 * time_scale(),
 	      "a closed port: -EHOSTUNREACH quickly (%d, %.2f s)", r, t0);
@@ -710,16 +855,6 @@ out:
 }
 
 /* ---- format-1 chunk hashes (docs/trust.md section 4) --------------------- */
-
-static int errors_logged(void)
-{
-	int n;
-
-	pthread_mutex_lock(&log_lock);
-	n = log_errors;
-	pthread_mutex_unlock(&log_lock);
-	return n;
-}
 
 /* PUT or DELETE /_admin/hashes/{folder}/{name}: plants a raw answer or drops the list. */
 static int admin_hashes(struct fetch *f, const char *api, const char *method, const char *folder,
@@ -935,7 +1070,7 @@ static void *reader_main(void *p)
 		uint64_t off = (uint64_t)rand_r(&a->seed) % a->size, total = 0;
 		size_t want = off + len > a->size ? a->size - off : len;
 
-		r = fetch_cdn_range(a->f, a->url, a->s3, off, len, buf, &got, &total);
+		r = fetch_cdn_range(a->f, a->url, a->s3, off, len, buf, &got, &total, NULL, 0);
 		if (r)
 			a->errors++;
 		else if (got != want || total != a->size || memcmp(buf, a->data + off, got))
@@ -993,36 +1128,36 @@ static void test_nginx(const char *ca)
 	snprintf(url, sizeof(url), "%s%s", base, uri);
 	snprintf(path, sizeof(path), "%s%s", root, uri);
 
-	r = fetch_cdn_put(f, url, NULL, mem_read, &mr, size);
+	r = fetch_cdn_put(f, url, NULL, mem_read, &mr, size, NULL, 0);
 	file = read_file(path, &flen);
 	CHECK(r == 0 && file && flen == size && !memcmp(file, data, size),
 	      "nginx: PUT of %zu bytes lands intact (%d)", size, r);
 	free(file);
-	r = fetch_cdn_size(f, url, NULL, &sz);
+	r = fetch_cdn_size(f, url, NULL, &sz, NULL, 0);
 	CHECK(r == 0 && sz == size, "nginx: size by HEAD (%d, %" PRIu64 ")", r, sz);
 
-	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 4096 && total == size && !memcmp(buf, data, got),
 	      "nginx: range at the start (%d, %zu)", r, got);
-	r = fetch_cdn_range(f, url, NULL, 1000003, 700001, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 1000003, 700001, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 700001 && !memcmp(buf, data + 1000003, got),
 	      "nginx: range in the middle (%d, %zu)", r, got);
-	r = fetch_cdn_range(f, url, NULL, size - 100, 4096, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, size - 100, 4096, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 100 && total == size && !memcmp(buf, data + size - 100, got),
 	      "nginx: range over the end is short (%d, %zu)", r, got);
-	r = fetch_cdn_range(f, url, NULL, size, 4096, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, size, 4096, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 0 && total == size,
 	      "nginx: range at the end: 0 bytes, size known (%d, %zu, %" PRIu64 ")", r, got, total);
-	r = fetch_cdn_range(f, url, NULL, size + 1000, 10, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, size + 1000, 10, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 0, "nginx: range past the end: 0 bytes (%d, %zu)", r, got);
-	r = fetch_cdn_range(f, url, NULL, 0, size, buf, &got, &total);
+	r = fetch_cdn_range(f, url, NULL, 0, size, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == size && !memcmp(buf, data, size),
 	      "nginx: the whole object as one range (%d, %zu)", r, got);
 	{
 		char missing[600];
 
 		snprintf(missing, sizeof(missing), "%s/models/no-such-object.big", base);
-		r = fetch_cdn_range(f, missing, NULL, 0, 10, buf, &got, &total);
+		r = fetch_cdn_range(f, missing, NULL, 0, 10, buf, &got, &total, NULL, 0);
 		CHECK(r == -ENOENT, "nginx: a missing object: -ENOENT (%d)", r);
 	}
 	{
@@ -1082,7 +1217,7 @@ static void test_tls(const char *ca)
 		goto out;
 	snprintf(url, sizeof(url), "%s/models/anything.big", base);
 	t0 = now_s();
-	r = fetch_cdn_range(f, url, NULL, 0, sizeof(buf), buf, &got, NULL);
+	r = fetch_cdn_range(f, url, NULL, 0, sizeof(buf), buf, &got, NULL, NULL, 0);
 	t0 = now_s() - t0;
 	CHECK(r == -EIO && t0 < 2.0 * time_scale(),
 	      "TLS: the stack's server is refused without its CA, not retried (%d, %.2f s)", r, t0);
@@ -1114,26 +1249,41 @@ static void test_s3(const char *ca)
 		struct fetch_s3 down = {.access_key = ak, .secret_key = sk, .region = region};
 		struct fetch_s3 wrong = {
 			.access_key = ak, .secret_key = "not-the-secret", .region = region};
+		char why_sig[FETCH_CDN_WHY_MAX], why_anon[FETCH_CDN_WHY_MAX];
 
 		fill_random(data, size);
 		snprintf(url, sizeof(url), "%s/models/fetchtest-%d.big", base, (int)getpid());
-		r = fetch_cdn_put(f, url, &up, mem_read, &mr, size);
+		r = fetch_cdn_put(f, url, &up, mem_read, &mr, size, NULL, 0);
 		CHECK(r == 0, "S3: signed streamed PUT of %zu bytes (%d)", size, r);
-		r = fetch_cdn_range(f, url, &down, 1234567, 2000000, buf, &got, &total);
+		r = fetch_cdn_range(f, url, &down, 1234567, 2000000, buf, &got, &total, NULL, 0);
 		CHECK(r == 0 && got == 2000000 && total == size &&
 			      !memcmp(buf, data + 1234567, got),
 		      "S3: signed ranged GET gives the right bytes (%d, %zu)", r, got);
-		r = fetch_cdn_range(f, url, &down, size - 33, 100, buf, &got, &total);
+		r = fetch_cdn_range(f, url, &down, size - 33, 100, buf, &got, &total, NULL, 0);
 		CHECK(r == 0 && got == 33 && !memcmp(buf, data + size - 33, got),
 		      "S3: signed range over the end (%d, %zu)", r, got);
-		r = fetch_cdn_size(f, url, &down, &sz);
+		r = fetch_cdn_size(f, url, &down, &sz, NULL, 0);
 		CHECK(r == 0 && sz == size, "S3: signed HEAD gives the size (%d, %" PRIu64 ")", r,
 		      sz);
 		/* A CDN refusal is not a login problem: its own errno (docs/resource-api.md). */
-		r = fetch_cdn_range(f, url, &wrong, 0, 100, buf, &got, &total);
-		CHECK(r == -EKEYREJECTED, "S3: a wrong secret is refused: -EKEYREJECTED (%d)", r);
-		r = fetch_cdn_range(f, url, NULL, 0, 100, buf, &got, &total);
-		CHECK(r == -EKEYREJECTED, "S3: an unsigned GET is refused: -EKEYREJECTED (%d)", r);
+		r = fetch_cdn_range(f, url, &wrong, 0, 100, buf, &got, &total, why_sig,
+				    sizeof(why_sig));
+		CHECK(r == -EKEYREJECTED &&
+			      !strncmp(why_sig, "HTTP 403: SignatureDoesNotMatch: ", 33),
+		      "S3: a wrong secret is refused: -EKEYREJECTED with S3's reason (%d, \"%s\")",
+		      r, why_sig);
+		r = fetch_cdn_range(f, url, NULL, 0, 100, buf, &got, &total, why_anon,
+				    sizeof(why_anon));
+		CHECK(r == -EKEYREJECTED && !strncmp(why_anon, "HTTP 403: AccessDenied: ", 24),
+		      "S3: an unsigned GET is refused: -EKEYREJECTED with S3's reason (%d, \"%s\")",
+		      r, why_anon);
+		CHECK(!strncmp(why_sig, "HTTP 403: SignatureDoesNotMatch: ", 33),
+		      "S3: the first refusal's reason is still its own after the second (\"%s\")",
+		      why_sig);
+		r = fetch_cdn_size(f, url, &wrong, &sz, why_sig, sizeof(why_sig));
+		CHECK(r == -EKEYREJECTED &&
+			      !strncmp(why_sig, "HTTP 403: SignatureDoesNotMatch: ", 33),
+		      "S3: a refused HEAD gives S3's reason (%d, \"%s\")", r, why_sig);
 		CHECK(!log_has(sk) && !(usk && log_has(usk)), "S3: no secret key in the log");
 	}
 out:
