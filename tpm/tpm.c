@@ -54,6 +54,8 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "crypto/crypto.h"
+
 #define TPM_SRK_HANDLE 0x81000001u
 #define TPM_STORE_KEY_LEN 32
 #define TPM_STORE_MAX (64 * 1024) /* largest secret the store holds */
@@ -70,6 +72,11 @@
  */
 #define TPM_HANDLES_TRANSIENT 0x80000000u
 #define TPM_HANDLES_SESSIONS 0x02000000u /* loaded HMAC (0x02) and policy (0x03) sessions */
+
+/* The store is sealed by crypto_gcm_seal(): its sizes are that function's. */
+_Static_assert(TPM_STORE_KEY_LEN == CRYPTO_KEY_SIZE, "store key is an AES-256 key");
+_Static_assert(TPM_STORE_NONCE == CRYPTO_GCM_NONCE_SIZE, "store nonce is a GCM nonce");
+_Static_assert(TPM_STORE_TAG == CRYPTO_TAG_SIZE, "store tag is a GCM tag");
 
 static const uint8_t tpm_store_magic[TPM_STORE_HDR] = {'A', 'Z', 'T', 'S', 1, 0, 0, 0};
 
@@ -536,15 +543,14 @@ static int priv_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, s
 	return 0;
 }
 
-/* ---- OpenSSL: the store's AES-256-GCM and the PEM export --------------- */
+/* ---- the store's AES-256-GCM (crypto/) and the PEM export (OpenSSL) ---- */
 
 static int store_seal(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const void *secret,
 		      size_t len, uint8_t **ret_blob, size_t *ret_len)
 {
 	size_t total = TPM_STORE_HDR + TPM_STORE_NONCE + len + TPM_STORE_TAG;
 	uint8_t *blob, *nonce, *ct;
-	EVP_CIPHER_CTX *c;
-	int n, r = -EIO;
+	int r;
 
 	if (len > TPM_STORE_MAX)
 		return tpm_fail(t, -EINVAL, "tpm: secret of %zu bytes exceeds the store's %d", len,
@@ -555,31 +561,19 @@ static int store_seal(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const
 	memcpy(blob, tpm_store_magic, TPM_STORE_HDR);
 	nonce = blob + TPM_STORE_HDR;
 	ct = nonce + TPM_STORE_NONCE;
-	if (RAND_bytes(nonce, TPM_STORE_NONCE) != 1) {
+	if (crypto_random(nonce, TPM_STORE_NONCE) < 0) {
 		r = tpm_fail(t, -EIO, "tpm: no random bytes for the store");
 		goto out_free;
 	}
-	c = EVP_CIPHER_CTX_new();
-	if (!c) {
-		r = tpm_fail(t, -ENOMEM, "tpm: out of memory");
+	/* The header and the nonce are the additional data. */
+	r = crypto_gcm_seal(key, nonce, blob, TPM_STORE_HDR + TPM_STORE_NONCE, secret, len, ct);
+	if (r < 0) {
+		r = tpm_fail(t, r, "tpm: AES-256-GCM encryption of the store failed");
 		goto out_free;
-	}
-	if (EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, TPM_STORE_NONCE, NULL) != 1 ||
-	    EVP_EncryptInit_ex(c, NULL, NULL, key, nonce) != 1 ||
-	    EVP_EncryptUpdate(c, NULL, &n, blob, TPM_STORE_HDR + TPM_STORE_NONCE) != 1 ||
-	    (len > 0 && EVP_EncryptUpdate(c, ct, &n, secret, (int)len) != 1) ||
-	    EVP_EncryptFinal_ex(c, ct + len, &n) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TPM_STORE_TAG, ct + len) != 1) {
-		r = tpm_fail(t, -EIO, "tpm: AES-256-GCM encryption of the store failed");
-		goto out_ctx;
 	}
 	*ret_blob = blob;
 	*ret_len = total;
 	blob = NULL;
-	r = 0;
-out_ctx:
-	EVP_CIPHER_CTX_free(c);
 out_free:
 	free(blob);
 	return r;
@@ -589,12 +583,9 @@ static int store_open(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const
 		      size_t len, uint8_t *buf, size_t cap, size_t *ret_len)
 {
 	const size_t aad = TPM_STORE_HDR + TPM_STORE_NONCE;
-	const uint8_t *ct = blob + aad;
-	uint8_t tag[TPM_STORE_TAG];
-	EVP_CIPHER_CTX *c;
 	size_t ptlen;
 	uint8_t *pt;
-	int n, r = -EBADMSG;
+	int r;
 
 	if (len < aad + TPM_STORE_TAG || memcmp(blob, tpm_store_magic, TPM_STORE_HDR))
 		return tpm_fail(t, -EBADMSG, "tpm: %s/%s is not a sealed store", t->state_dir,
@@ -609,29 +600,19 @@ static int store_open(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const
 	pt = OPENSSL_secure_malloc(ptlen + 1);
 	if (!pt)
 		return tpm_fail(t, -ENOMEM, "tpm: out of memory");
-	memcpy(tag, ct + ptlen, TPM_STORE_TAG);
-	c = EVP_CIPHER_CTX_new();
-	if (!c) {
-		r = tpm_fail(t, -ENOMEM, "tpm: out of memory");
-		goto out_free;
-	}
-	if (EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, TPM_STORE_NONCE, NULL) != 1 ||
-	    EVP_DecryptInit_ex(c, NULL, NULL, key, blob + TPM_STORE_HDR) != 1 ||
-	    EVP_DecryptUpdate(c, NULL, &n, blob, (int)aad) != 1 ||
-	    (ptlen > 0 && EVP_DecryptUpdate(c, pt, &n, ct, (int)ptlen) != 1) ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TPM_STORE_TAG, tag) != 1 ||
-	    EVP_DecryptFinal_ex(c, pt + ptlen, &n) != 1) {
+	r = crypto_gcm_open(key, blob + TPM_STORE_HDR, blob, aad, blob + aad, len - aad, pt);
+	if (r == -EBADMSG) {
 		r = tpm_fail(t, -EBADMSG,
 			     "tpm: the sealed store does not decrypt under its sealed key "
 			     "(state_dir damaged or mixed from two enrolments)");
-		goto out_ctx;
+		goto out_free;
+	}
+	if (r < 0) {
+		r = tpm_fail(t, r, "tpm: AES-256-GCM decryption of the store failed");
+		goto out_free;
 	}
 	memcpy(buf, pt, ptlen);
 	*ret_len = ptlen;
-	r = 0;
-out_ctx:
-	EVP_CIPHER_CTX_free(c);
 out_free:
 	OPENSSL_secure_clear_free(pt, ptlen + 1);
 	return r;
