@@ -59,8 +59,9 @@ LIB_CRYPTO := $(BUILD)/libazcrypto.a
 LIB_FETCH := $(BUILD)/libazfetch.a
 LIB_TPM := $(BUILD)/libaztpm.a
 LIB_FS := $(BUILD)/libazfs.a
-# fs first: it is the only library that uses the others.
-ALL_LIBS := $(LIB_FS) $(LIB_CRYPTO) $(LIB_FETCH) $(LIB_TPM)
+# Users before what they use (a static link resolves left to right): fs uses
+# all the others, tpm uses crypto (the sealed store's AES-256-GCM).
+ALL_LIBS := $(LIB_FS) $(LIB_FETCH) $(LIB_TPM) $(LIB_CRYPTO)
 TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
 all: $(BUILD)/azaionfs $(BUILD)/azaionctl $(TESTS)

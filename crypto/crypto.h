@@ -1,6 +1,7 @@
 /*
- * crypto.h - the resource formats of docs/formats.md and the secret memory that
- * holds keys and plaintext.
+ * crypto.h - the resource formats of docs/formats.md, the AES-256-GCM they and
+ * the TPM's sealed store share, and the secret memory that holds keys and
+ * plaintext.
  *
  * Pure functions over buffers: no I/O, no threads, no logging. Every
  * function returns 0 or a negative errno:
@@ -152,6 +153,30 @@ int f1_decrypt_blocks(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *e, size
  */
 int f1_plain_size(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t last32[32], uint64_t e_size,
 		  uint64_t *ret_size);
+
+/* ---- AES-256-GCM ----------------------------------------------------- */
+
+#define CRYPTO_GCM_NONCE_SIZE 12
+
+/*
+ * Seals plain_len bytes under key and nonce: out receives plain_len + 16
+ * bytes, ciphertext || tag. aad (aad_len bytes, NULL when 0) is
+ * authenticated, not encrypted. A nonce must never repeat under one key.
+ * out may be plain itself (in place). -EINVAL for a length past INT_MAX.
+ */
+int crypto_gcm_seal(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t nonce[CRYPTO_GCM_NONCE_SIZE],
+		    const void *aad, size_t aad_len, const void *plain, size_t plain_len,
+		    uint8_t *out);
+/*
+ * Opens ct (ciphertext || tag, ct_len bytes): out receives ct_len - 16
+ * bytes, kept only when the tag verifies over aad and the ciphertext;
+ * -EBADMSG otherwise, also for a ct_len below 16. On any failure out holds
+ * no plaintext (wiped). out may be ct itself (in place). -EINVAL for a
+ * length past INT_MAX (out untouched).
+ */
+int crypto_gcm_open(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t nonce[CRYPTO_GCM_NONCE_SIZE],
+		    const void *aad, size_t aad_len, const uint8_t *ct, size_t ct_len,
+		    uint8_t *out);
 
 /* ---- format 2 --------------------------------------------------------- */
 

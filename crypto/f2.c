@@ -7,35 +7,11 @@
  */
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <string.h>
-
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "crypto/crypto.h"
 
-#define F2_NONCE_SIZE 12
 #define F2_AAD_SIZE (F2_HEADER_SIZE + 8)
-
-/*
- * The cipher, fetched once: EVP_aes_256_gcm() looks it up in the provider store,
- * under its lock, on every init, and the read path inits once per read.
- * Kept for the life of the process.
- */
-static pthread_once_t f2_gcm_once = PTHREAD_ONCE_INIT;
-static EVP_CIPHER *f2_gcm;
-
-static void f2_gcm_fetch(void)
-{
-	f2_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
-}
-
-static const EVP_CIPHER *f2_cipher(void)
-{
-	pthread_once(&f2_gcm_once, f2_gcm_fetch);
-	return f2_gcm;
-}
 
 static void put_le64(uint8_t *p, uint64_t v)
 {
@@ -146,76 +122,32 @@ uint64_t f2_big_size(const struct f2_header *h)
 	return F2_HEADER_SIZE + h->size + f2_chunk_count(h) * CRYPTO_TAG_SIZE;
 }
 
-/* Creates a GCM context for chunk i: key, nonce and additional data set. */
-static int f2_chunk_ctx(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h, uint64_t i,
-			int enc, EVP_CIPHER_CTX **ret)
+/* The nonce and additional data that bind chunk i to its header and position. */
+static void f2_chunk_binding(const struct f2_header *h, uint64_t i,
+			     uint8_t nonce[CRYPTO_GCM_NONCE_SIZE], uint8_t aad[F2_AAD_SIZE])
 {
-	uint8_t nonce[F2_NONCE_SIZE] = {0};
-	uint8_t aad[F2_AAD_SIZE];
-	EVP_CIPHER_CTX *ctx;
-	int len;
-
+	memset(nonce, 0, CRYPTO_GCM_NONCE_SIZE);
 	put_le64(nonce + 4, i);
 	memcpy(aad, h->raw, F2_HEADER_SIZE);
 	put_le64(aad + F2_HEADER_SIZE, i);
-
-	if (!f2_cipher())
-		return -EIO;
-	ctx = EVP_CIPHER_CTX_new();
-	if (!ctx)
-		return -ENOMEM;
-	if (EVP_CipherInit_ex(ctx, f2_cipher(), NULL, NULL, NULL, enc) != 1)
-		goto fail;
-	if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, F2_NONCE_SIZE, NULL) != 1)
-		goto fail;
-	if (EVP_CipherInit_ex(ctx, NULL, NULL, key, nonce, enc) != 1)
-		goto fail;
-	if (EVP_CipherUpdate(ctx, NULL, &len, aad, F2_AAD_SIZE) != 1)
-		goto fail;
-	*ret = ctx;
-	return 0;
-
-fail:
-	EVP_CIPHER_CTX_free(ctx);
-	return -EIO;
 }
 
 int f2_seal_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h, uint64_t i,
 		  const uint8_t *plain, size_t plain_len, uint8_t *out)
 {
-	EVP_CIPHER_CTX *ctx;
-	int len = 0, tail, err;
+	uint8_t nonce[CRYPTO_GCM_NONCE_SIZE], aad[F2_AAD_SIZE];
 
 	if (i >= f2_chunk_count(h) || plain_len != f2_chunk_plain_len(h, i))
 		return -EINVAL;
-	/* A chunk is at most 2^F2_SHIFT_MAX bytes, but say so before narrowing. */
-	if (plain_len > INT_MAX)
-		return -EINVAL;
-	err = f2_chunk_ctx(key, h, i, 1, &ctx);
-	if (err < 0)
-		return err;
-	err = -EIO;
-	if (plain_len && EVP_EncryptUpdate(ctx, out, &len, plain, (int)plain_len) != 1)
-		goto free_ctx;
-	if (EVP_EncryptFinal_ex(ctx, out + len, &tail) != 1)
-		goto free_ctx;
-	if ((size_t)len + (size_t)tail != plain_len)
-		goto free_ctx;
-	if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, CRYPTO_TAG_SIZE, out + plain_len) != 1)
-		goto free_ctx;
-	err = 0;
-free_ctx:
-	EVP_CIPHER_CTX_free(ctx);
-	return err;
+	f2_chunk_binding(h, i, nonce, aad);
+	return crypto_gcm_seal(key, nonce, aad, F2_AAD_SIZE, plain, plain_len, out);
 }
 
 int f2_open_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h, uint64_t i,
 		  const uint8_t *ct, size_t ct_len, uint8_t *out)
 {
-	uint8_t tag[CRYPTO_TAG_SIZE];
-	EVP_CIPHER_CTX *ctx;
+	uint8_t nonce[CRYPTO_GCM_NONCE_SIZE], aad[F2_AAD_SIZE];
 	size_t plain_len;
-	int len = 0, tail, err;
 
 	if (i >= f2_chunk_count(h))
 		return -EINVAL;
@@ -223,31 +155,10 @@ int f2_open_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h,
 		return -EBADMSG;
 	plain_len = ct_len - CRYPTO_TAG_SIZE;
 	/* A short or long chunk is a truncated or damaged big part. */
-	if (plain_len != f2_chunk_plain_len(h, i) || plain_len > INT_MAX) {
+	if (plain_len != f2_chunk_plain_len(h, i)) {
 		crypto_wipe(out, plain_len);
 		return -EBADMSG;
 	}
-	err = f2_chunk_ctx(key, h, i, 0, &ctx);
-	if (err < 0)
-		goto wipe;
-	err = -EIO;
-	memcpy(tag, ct + plain_len, CRYPTO_TAG_SIZE);
-	if (plain_len && EVP_DecryptUpdate(ctx, out, &len, ct, (int)plain_len) != 1)
-		goto free_ctx;
-	if ((size_t)len != plain_len)
-		goto free_ctx;
-	if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, CRYPTO_TAG_SIZE, tag) != 1)
-		goto free_ctx;
-	/* Compares the tag in constant time; anything but 1 is a failed check. */
-	if (EVP_DecryptFinal_ex(ctx, out + len, &tail) != 1) {
-		err = -EBADMSG;
-		goto free_ctx;
-	}
-	err = 0;
-free_ctx:
-	EVP_CIPHER_CTX_free(ctx);
-wipe:
-	if (err < 0)
-		crypto_wipe(out, plain_len);
-	return err;
+	f2_chunk_binding(h, i, nonce, aad);
+	return crypto_gcm_open(key, nonce, aad, F2_AAD_SIZE, ct, ct_len, out);
 }

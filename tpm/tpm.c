@@ -54,6 +54,8 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "crypto/crypto.h"
+
 #define TPM_SRK_HANDLE 0x81000001u
 #define TPM_STORE_KEY_LEN 32
 #define TPM_STORE_MAX (64 * 1024) /* largest secret the store holds */
@@ -70,6 +72,11 @@
  */
 #define TPM_HANDLES_TRANSIENT 0x80000000u
 #define TPM_HANDLES_SESSIONS 0x02000000u /* loaded HMAC (0x02) and policy (0x03) sessions */
+
+/* The store is sealed by crypto_gcm_seal(): its sizes are that function's. */
+_Static_assert(TPM_STORE_KEY_LEN == CRYPTO_KEY_SIZE, "store key is an AES-256 key");
+_Static_assert(TPM_STORE_NONCE == CRYPTO_GCM_NONCE_SIZE, "store nonce is a GCM nonce");
+_Static_assert(TPM_STORE_TAG == CRYPTO_TAG_SIZE, "store tag is a GCM tag");
 
 static const uint8_t tpm_store_magic[TPM_STORE_HDR] = {'A', 'Z', 'T', 'S', 1, 0, 0, 0};
 
@@ -100,7 +107,7 @@ struct tpm {
 
 	/*
 	 * The SRK and the device key occupy TPM slots only during a call:
-	 * call_end saves their contexts and flushes them (park), the next
+	 * tpm_call_end saves their contexts and flushes them (park), the next
 	 * call loads the contexts again, so that a TPM without a resource
 	 * manager keeps its few slots free for other users between calls.
 	 */
@@ -175,7 +182,7 @@ static int tpm_fail(struct tpm *t, int err, const char *fmt, ...)
 }
 
 /* The TPM's own response code without layer and parameter/handle/session number. */
-static TSS2_RC rc_base(TSS2_RC rc)
+static TSS2_RC tpm_rc_base(TSS2_RC rc)
 {
 	TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
 
@@ -193,7 +200,7 @@ static TSS2_RC rc_base(TSS2_RC rc)
  */
 static int tpm_rc(struct tpm *t, TSS2_RC rc, const char *what)
 {
-	TSS2_RC base = rc_base(rc);
+	TSS2_RC base = tpm_rc_base(rc);
 	const char *dec = Tss2_RC_Decode(rc);
 
 	switch (base) {
@@ -252,7 +259,7 @@ static const struct {
  * "sha256:0,2,7", several banks joined by '+' ("sha1:7+sha256:7"), NULL or
  * "" for none. On error, why says what is wrong.
  */
-static int pcr_parse(const char *s, TPML_PCR_SELECTION *ret, char *why, size_t whylen)
+static int tpm_pcr_parse(const char *s, TPML_PCR_SELECTION *ret, char *why, size_t whylen)
 {
 	TPML_PCR_SELECTION sel = {0};
 	const char *p = s;
@@ -335,7 +342,7 @@ static int pcr_parse(const char *s, TPML_PCR_SELECTION *ret, char *why, size_t w
 }
 
 /* The canonical text of a selection ("" for none). */
-static void pcr_format(const TPML_PCR_SELECTION *sel, char *buf, size_t len)
+static void tpm_pcr_format(const TPML_PCR_SELECTION *sel, char *buf, size_t len)
 {
 	size_t off = 0;
 	uint32_t b;
@@ -362,18 +369,18 @@ static void pcr_format(const TPML_PCR_SELECTION *sel, char *buf, size_t len)
 	}
 }
 
-static int pcr_equal(const TPML_PCR_SELECTION *a, const TPML_PCR_SELECTION *b)
+static int tpm_pcr_equal(const TPML_PCR_SELECTION *a, const TPML_PCR_SELECTION *b)
 {
 	char fa[256], fb[256];
 
-	pcr_format(a, fa, sizeof(fa));
-	pcr_format(b, fb, sizeof(fb));
+	tpm_pcr_format(a, fa, sizeof(fa));
+	tpm_pcr_format(b, fb, sizeof(fb));
 	return !strcmp(fa, fb);
 }
 
 /* ---- state_dir files --------------------------------------------------- */
 
-static int state_path(struct tpm *t, const char *name, char *buf, size_t len)
+static int tpm_state_path(struct tpm *t, const char *name, char *buf, size_t len)
 {
 	int n = snprintf(buf, len, "%s/%s", t->state_dir, name);
 
@@ -386,7 +393,7 @@ static int state_path(struct tpm *t, const char *name, char *buf, size_t len)
  * Reads a whole state file, at most TPM_FILE_MAX bytes. -ENOENT is
  * returned without a message: the caller knows what a missing file means.
  */
-static int file_read(struct tpm *t, const char *name, uint8_t **ret_buf, size_t *ret_len)
+static int tpm_file_read(struct tpm *t, const char *name, uint8_t **ret_buf, size_t *ret_len)
 {
 	char path[PATH_MAX];
 	struct stat st;
@@ -394,7 +401,7 @@ static int file_read(struct tpm *t, const char *name, uint8_t **ret_buf, size_t 
 	size_t off = 0;
 	int fd, r;
 
-	r = state_path(t, name, path, sizeof(path));
+	r = tpm_state_path(t, name, path, sizeof(path));
 	if (r < 0)
 		return r;
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -438,8 +445,8 @@ out_close:
 }
 
 /* Writes data to a new temporary file next to name (mode 0600); returns its path. */
-static int file_write_tmp(struct tpm *t, const char *name, const void *data, size_t len,
-			  char *ret_tmp, size_t tmplen)
+static int tpm_file_write_tmp(struct tpm *t, const char *name, const void *data, size_t len,
+			      char *ret_tmp, size_t tmplen)
 {
 	const uint8_t *p = data;
 	int fd, r;
@@ -484,7 +491,7 @@ out_unlink:
 	return r;
 }
 
-static int state_dir_prepare(struct tpm *t)
+static int tpm_state_dir_prepare(struct tpm *t)
 {
 	struct stat st;
 
@@ -498,8 +505,8 @@ static int state_dir_prepare(struct tpm *t)
 
 /* ---- marshalling -------------------------------------------------------- */
 
-static int pub_marshal(struct tpm *t, const TPM2B_PUBLIC *pub, uint8_t *buf, size_t cap,
-		       size_t *ret_len)
+static int tpm_pub_marshal(struct tpm *t, const TPM2B_PUBLIC *pub, uint8_t *buf, size_t cap,
+			   size_t *ret_len)
 {
 	size_t off = 0;
 	TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, cap, &off);
@@ -510,8 +517,8 @@ static int pub_marshal(struct tpm *t, const TPM2B_PUBLIC *pub, uint8_t *buf, siz
 	return 0;
 }
 
-static int pub_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, size_t len,
-			 TPM2B_PUBLIC *ret)
+static int tpm_pub_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, size_t len,
+			     TPM2B_PUBLIC *ret)
 {
 	TPM2B_PUBLIC pub = {0};
 	size_t off = 0;
@@ -523,8 +530,8 @@ static int pub_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, si
 	return 0;
 }
 
-static int priv_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, size_t len,
-			  TPM2B_PRIVATE *ret)
+static int tpm_priv_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, size_t len,
+			      TPM2B_PRIVATE *ret)
 {
 	TPM2B_PRIVATE priv = {0};
 	size_t off = 0;
@@ -536,15 +543,14 @@ static int priv_unmarshal(struct tpm *t, const char *name, const uint8_t *buf, s
 	return 0;
 }
 
-/* ---- OpenSSL: the store's AES-256-GCM and the PEM export --------------- */
+/* ---- the store's AES-256-GCM (crypto/) and the PEM export (OpenSSL) ---- */
 
-static int store_seal(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const void *secret,
-		      size_t len, uint8_t **ret_blob, size_t *ret_len)
+static int tpm_store_seal(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const void *secret,
+			  size_t len, uint8_t **ret_blob, size_t *ret_len)
 {
 	size_t total = TPM_STORE_HDR + TPM_STORE_NONCE + len + TPM_STORE_TAG;
 	uint8_t *blob, *nonce, *ct;
-	EVP_CIPHER_CTX *c;
-	int n, r = -EIO;
+	int r;
 
 	if (len > TPM_STORE_MAX)
 		return tpm_fail(t, -EINVAL, "tpm: secret of %zu bytes exceeds the store's %d", len,
@@ -555,46 +561,31 @@ static int store_seal(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const
 	memcpy(blob, tpm_store_magic, TPM_STORE_HDR);
 	nonce = blob + TPM_STORE_HDR;
 	ct = nonce + TPM_STORE_NONCE;
-	if (RAND_bytes(nonce, TPM_STORE_NONCE) != 1) {
+	if (crypto_random(nonce, TPM_STORE_NONCE) < 0) {
 		r = tpm_fail(t, -EIO, "tpm: no random bytes for the store");
 		goto out_free;
 	}
-	c = EVP_CIPHER_CTX_new();
-	if (!c) {
-		r = tpm_fail(t, -ENOMEM, "tpm: out of memory");
+	/* The header and the nonce are the additional data. */
+	r = crypto_gcm_seal(key, nonce, blob, TPM_STORE_HDR + TPM_STORE_NONCE, secret, len, ct);
+	if (r < 0) {
+		r = tpm_fail(t, r, "tpm: AES-256-GCM encryption of the store failed");
 		goto out_free;
-	}
-	if (EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, TPM_STORE_NONCE, NULL) != 1 ||
-	    EVP_EncryptInit_ex(c, NULL, NULL, key, nonce) != 1 ||
-	    EVP_EncryptUpdate(c, NULL, &n, blob, TPM_STORE_HDR + TPM_STORE_NONCE) != 1 ||
-	    (len > 0 && EVP_EncryptUpdate(c, ct, &n, secret, (int)len) != 1) ||
-	    EVP_EncryptFinal_ex(c, ct + len, &n) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TPM_STORE_TAG, ct + len) != 1) {
-		r = tpm_fail(t, -EIO, "tpm: AES-256-GCM encryption of the store failed");
-		goto out_ctx;
 	}
 	*ret_blob = blob;
 	*ret_len = total;
 	blob = NULL;
-	r = 0;
-out_ctx:
-	EVP_CIPHER_CTX_free(c);
 out_free:
 	free(blob);
 	return r;
 }
 
-static int store_open(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const uint8_t *blob,
-		      size_t len, uint8_t *buf, size_t cap, size_t *ret_len)
+static int tpm_store_open(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const uint8_t *blob,
+			  size_t len, uint8_t *buf, size_t cap, size_t *ret_len)
 {
 	const size_t aad = TPM_STORE_HDR + TPM_STORE_NONCE;
-	const uint8_t *ct = blob + aad;
-	uint8_t tag[TPM_STORE_TAG];
-	EVP_CIPHER_CTX *c;
 	size_t ptlen;
 	uint8_t *pt;
-	int n, r = -EBADMSG;
+	int r;
 
 	if (len < aad + TPM_STORE_TAG || memcmp(blob, tpm_store_magic, TPM_STORE_HDR))
 		return tpm_fail(t, -EBADMSG, "tpm: %s/%s is not a sealed store", t->state_dir,
@@ -609,36 +600,26 @@ static int store_open(struct tpm *t, const uint8_t key[TPM_STORE_KEY_LEN], const
 	pt = OPENSSL_secure_malloc(ptlen + 1);
 	if (!pt)
 		return tpm_fail(t, -ENOMEM, "tpm: out of memory");
-	memcpy(tag, ct + ptlen, TPM_STORE_TAG);
-	c = EVP_CIPHER_CTX_new();
-	if (!c) {
-		r = tpm_fail(t, -ENOMEM, "tpm: out of memory");
-		goto out_free;
-	}
-	if (EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, TPM_STORE_NONCE, NULL) != 1 ||
-	    EVP_DecryptInit_ex(c, NULL, NULL, key, blob + TPM_STORE_HDR) != 1 ||
-	    EVP_DecryptUpdate(c, NULL, &n, blob, (int)aad) != 1 ||
-	    (ptlen > 0 && EVP_DecryptUpdate(c, pt, &n, ct, (int)ptlen) != 1) ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TPM_STORE_TAG, tag) != 1 ||
-	    EVP_DecryptFinal_ex(c, pt + ptlen, &n) != 1) {
+	r = crypto_gcm_open(key, blob + TPM_STORE_HDR, blob, aad, blob + aad, len - aad, pt);
+	if (r == -EBADMSG) {
 		r = tpm_fail(t, -EBADMSG,
 			     "tpm: the sealed store does not decrypt under its sealed key "
 			     "(state_dir damaged or mixed from two enrolments)");
-		goto out_ctx;
+		goto out_free;
+	}
+	if (r < 0) {
+		r = tpm_fail(t, r, "tpm: AES-256-GCM decryption of the store failed");
+		goto out_free;
 	}
 	memcpy(buf, pt, ptlen);
 	*ret_len = ptlen;
-	r = 0;
-out_ctx:
-	EVP_CIPHER_CTX_free(c);
 out_free:
 	OPENSSL_secure_clear_free(pt, ptlen + 1);
 	return r;
 }
 
 /* SubjectPublicKeyInfo PEM of an RSA public key given as big-endian n and e. */
-static int rsa_pem(struct tpm *t, const uint8_t *n, size_t nlen, uint32_t e, char **ret_pem)
+static int tpm_rsa_pem(struct tpm *t, const uint8_t *n, size_t nlen, uint32_t e, char **ret_pem)
 {
 	OSSL_PARAM_BLD *bld = NULL;
 	OSSL_PARAM *params = NULL;
@@ -696,17 +677,17 @@ out:
 	return r;
 }
 
-static int dk_pem(struct tpm *t, const TPM2B_PUBLIC *pub, char **ret_pem)
+static int tpm_dk_pem(struct tpm *t, const TPM2B_PUBLIC *pub, char **ret_pem)
 {
 	const TPMT_PUBLIC *a = &pub->publicArea;
 	uint32_t e = a->parameters.rsaDetail.exponent;
 
-	return rsa_pem(t, a->unique.rsa.buffer, a->unique.rsa.size, e ? e : 65537, ret_pem);
+	return tpm_rsa_pem(t, a->unique.rsa.buffer, a->unique.rsa.size, e ? e : 65537, ret_pem);
 }
 
 /* ---- sessions and handles ---------------------------------------------- */
 
-static void handle_flush(struct tpm *t, ESYS_TR *h)
+static void tpm_handle_flush(struct tpm *t, ESYS_TR *h)
 {
 	TSS2_RC rc;
 
@@ -726,7 +707,8 @@ static void handle_flush(struct tpm *t, ESYS_TR *h)
  * encryption), or, with salted == 0, an unsalted one (trial, or before an
  * SRK exists).
  */
-static int session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSION attrs, ESYS_TR *ret)
+static int tpm_session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSION attrs,
+			     ESYS_TR *ret)
 {
 	TPMT_SYM_DEF sym = {
 		.algorithm = TPM2_ALG_AES, .keyBits = {.aes = 128}, .mode = {.aes = TPM2_ALG_CFB}};
@@ -741,7 +723,7 @@ static int session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSION a
 		return tpm_rc(t, rc, "starting a session");
 	rc = Esys_TRSess_SetAttributes(t->esys, s, attrs | TPMA_SESSION_CONTINUESESSION, 0xff);
 	if (rc != TSS2_RC_SUCCESS) {
-		handle_flush(t, &s);
+		tpm_handle_flush(t, &s);
 		return tpm_rc(t, rc, "setting session attributes");
 	}
 	*ret = s;
@@ -753,14 +735,14 @@ static int session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSION a
  * it, *ret_enc (ESYS_TR_NONE when the auth session does it) encrypts the
  * parameters as enc says. Both salted with the SRK.
  */
-static int sessions_start(struct tpm *t, TPMA_SESSION enc, ESYS_TR *ret_auth, ESYS_TR *ret_enc)
+static int tpm_sessions_start(struct tpm *t, TPMA_SESSION enc, ESYS_TR *ret_auth, ESYS_TR *ret_enc)
 {
 	TPM2B_DIGEST empty = {.size = 0};
 	ESYS_TR hmac = ESYS_TR_NONE, pol = ESYS_TR_NONE;
 	TSS2_RC rc;
 	int r;
 
-	r = session_start(t, TPM2_SE_HMAC, 1, enc, &hmac);
+	r = tpm_session_start(t, TPM2_SE_HMAC, 1, enc, &hmac);
 	if (r < 0)
 		return r;
 	if (t->pcrs.count == 0) {
@@ -768,7 +750,7 @@ static int sessions_start(struct tpm *t, TPMA_SESSION enc, ESYS_TR *ret_auth, ES
 		*ret_enc = ESYS_TR_NONE;
 		return 0;
 	}
-	r = session_start(t, TPM2_SE_POLICY, 1, 0, &pol);
+	r = tpm_session_start(t, TPM2_SE_POLICY, 1, 0, &pol);
 	if (r < 0)
 		goto out_hmac;
 	/* An empty digest makes the TPM take the PCRs' current values. */
@@ -782,14 +764,14 @@ static int sessions_start(struct tpm *t, TPMA_SESSION enc, ESYS_TR *ret_auth, ES
 	*ret_enc = hmac;
 	return 0;
 out_pol:
-	handle_flush(t, &pol);
+	tpm_handle_flush(t, &pol);
 out_hmac:
-	handle_flush(t, &hmac);
+	tpm_handle_flush(t, &hmac);
 	return r;
 }
 
 /* The PolicyPCR digest over sel's current values, from a trial session. */
-static int policy_digest(struct tpm *t, const TPML_PCR_SELECTION *sel, TPM2B_DIGEST *ret)
+static int tpm_policy_digest(struct tpm *t, const TPML_PCR_SELECTION *sel, TPM2B_DIGEST *ret)
 {
 	TPM2B_DIGEST empty = {.size = 0};
 	TPM2B_DIGEST *digest = NULL;
@@ -797,7 +779,7 @@ static int policy_digest(struct tpm *t, const TPML_PCR_SELECTION *sel, TPM2B_DIG
 	TSS2_RC rc;
 	int r;
 
-	r = session_start(t, TPM2_SE_TRIAL, 0, 0, &trial);
+	r = tpm_session_start(t, TPM2_SE_TRIAL, 0, 0, &trial);
 	if (r < 0)
 		return r;
 	rc = Esys_PolicyPCR(t->esys, trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, sel);
@@ -815,7 +797,7 @@ static int policy_digest(struct tpm *t, const TPML_PCR_SELECTION *sel, TPM2B_DIG
 	Esys_Free(digest);
 	r = 0;
 out:
-	handle_flush(t, &trial);
+	tpm_handle_flush(t, &trial);
 	return r;
 }
 
@@ -826,7 +808,7 @@ out:
  * logged, *ctx freed) when the TPM refuses it, e.g. after a TPM reset:
  * the caller re-creates the object. A full TPM is an error (-EBUSY).
  */
-static int context_load(struct tpm *t, const char *what, TPMS_CONTEXT **ctx, ESYS_TR *ret)
+static int tpm_context_load(struct tpm *t, const char *what, TPMS_CONTEXT **ctx, ESYS_TR *ret)
 {
 	ESYS_TR h = ESYS_TR_NONE;
 	TSS2_RC rc, base;
@@ -836,7 +818,7 @@ static int context_load(struct tpm *t, const char *what, TPMS_CONTEXT **ctx, ESY
 		*ret = h;
 		return 0;
 	}
-	base = rc_base(rc);
+	base = tpm_rc_base(rc);
 	if (base == TPM2_RC_OBJECT_MEMORY || base == TPM2_RC_OBJECT_HANDLES)
 		return tpm_rc(t, rc, what);
 	tpm_say(t, LOG_INFO, "tpm: %s from its saved context: %s; loading it anew", what,
@@ -847,7 +829,7 @@ static int context_load(struct tpm *t, const char *what, TPMS_CONTEXT **ctx, ESY
 }
 
 /* Saves a transient object's context (once) and flushes it from the TPM. */
-static void object_park(struct tpm *t, ESYS_TR *h, TPMS_CONTEXT **ctx)
+static void tpm_object_park(struct tpm *t, ESYS_TR *h, TPMS_CONTEXT **ctx)
 {
 	TSS2_RC rc;
 
@@ -861,21 +843,21 @@ static void object_park(struct tpm *t, ESYS_TR *h, TPMS_CONTEXT **ctx)
 				Tss2_RC_Decode(rc));
 		}
 	}
-	handle_flush(t, h);
+	tpm_handle_flush(t, h);
 }
 
-static void objects_park(struct tpm *t)
+static void tpm_objects_park(struct tpm *t)
 {
 	if (!t->esys)
 		return;
-	object_park(t, &t->dk, &t->dk_ctx);
+	tpm_object_park(t, &t->dk, &t->dk_ctx);
 	if (t->srk_transient)
-		object_park(t, &t->srk, &t->srk_ctx);
+		tpm_object_park(t, &t->srk, &t->srk_ctx);
 }
 
 /* ---- the storage root key ---------------------------------------------- */
 
-static int srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
+static int tpm_srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
 {
 	/* TCG's standard ECC P-256 storage template: deterministic per seed. */
 	TPM2B_PUBLIC tmpl = {
@@ -914,7 +896,7 @@ static int srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
 	if (rc != TSS2_RC_SUCCESS)
 		return tpm_rc(t, rc, "setting the owner password");
 	/* An HMAC session, so that an owner password never crosses the bus in clear. */
-	r = session_start(t, TPM2_SE_HMAC, 0, 0, &s);
+	r = tpm_session_start(t, TPM2_SE_HMAC, 0, 0, &s);
 	if (r < 0)
 		goto out_auth;
 	rc = Esys_CreatePrimary(t->esys, ESYS_TR_RH_OWNER, s, ESYS_TR_NONE, ESYS_TR_NONE, &in,
@@ -927,14 +909,14 @@ static int srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
 	*ret_pub = pub;
 	r = 0;
 out_session:
-	handle_flush(t, &s);
+	tpm_handle_flush(t, &s);
 out_auth:
 	Esys_TR_SetAuth(t->esys, ESYS_TR_RH_OWNER, &(TPM2B_AUTH){.size = 0});
 	return r;
 }
 
 /* Makes t->srk usable: the persistent SRK when there is one, else a new primary. */
-static int srk_get(struct tpm *t)
+static int tpm_srk_get(struct tpm *t)
 {
 	TPMS_CAPABILITY_DATA *cap = NULL;
 	TPM2B_PUBLIC *pub = NULL;
@@ -946,7 +928,7 @@ static int srk_get(struct tpm *t)
 	if (t->srk != ESYS_TR_NONE)
 		return 0;
 	if (t->srk_ctx) {
-		r = context_load(t, "reloading the storage root key", &t->srk_ctx, &t->srk);
+		r = tpm_context_load(t, "reloading the storage root key", &t->srk_ctx, &t->srk);
 		if (r != -ENOENT)
 			return r;
 	}
@@ -957,7 +939,7 @@ static int srk_get(struct tpm *t)
 	persistent = cap->data.handles.count > 0 && cap->data.handles.handle[0] == TPM_SRK_HANDLE;
 	Esys_Free(cap);
 	if (!persistent) {
-		r = srk_create(t, &h, &pub);
+		r = tpm_srk_create(t, &h, &pub);
 		if (r < 0)
 			return r;
 		t->srk_transient = 1;
@@ -990,14 +972,14 @@ done:
 	return 0;
 }
 
-static void srk_drop(struct tpm *t)
+static void tpm_srk_drop(struct tpm *t)
 {
 	free(t->srk_ctx);
 	t->srk_ctx = NULL;
 	if (t->srk == ESYS_TR_NONE)
 		return;
 	if (t->srk_transient)
-		handle_flush(t, &t->srk);
+		tpm_handle_flush(t, &t->srk);
 	else
 		Esys_TR_Close(t->esys, &t->srk);
 	t->srk = ESYS_TR_NONE;
@@ -1005,9 +987,9 @@ static void srk_drop(struct tpm *t)
 
 /* ---- objects ----------------------------------------------------------- */
 
-static int object_create(struct tpm *t, const char *what, const TPM2B_PUBLIC *tmpl,
-			 const TPM2B_SENSITIVE_CREATE *in, TPM2B_PUBLIC *ret_pub,
-			 TPM2B_PRIVATE *ret_priv)
+static int tpm_object_create(struct tpm *t, const char *what, const TPM2B_PUBLIC *tmpl,
+			     const TPM2B_SENSITIVE_CREATE *in, TPM2B_PUBLIC *ret_pub,
+			     TPM2B_PRIVATE *ret_priv)
 {
 	TPM2B_DATA outside = {0};
 	TPML_PCR_SELECTION creation = {0};
@@ -1018,7 +1000,7 @@ static int object_create(struct tpm *t, const char *what, const TPM2B_PUBLIC *tm
 	int r;
 
 	/* DECRYPT: inSensitive, the sealed data, goes to the TPM encrypted. */
-	r = session_start(t, TPM2_SE_HMAC, 1, TPMA_SESSION_DECRYPT, &s);
+	r = tpm_session_start(t, TPM2_SE_HMAC, 1, TPMA_SESSION_DECRYPT, &s);
 	if (r < 0)
 		return r;
 	rc = Esys_Create(t->esys, t->srk, s, ESYS_TR_NONE, ESYS_TR_NONE, in, tmpl, &outside,
@@ -1033,12 +1015,12 @@ static int object_create(struct tpm *t, const char *what, const TPM2B_PUBLIC *tm
 	Esys_Free(priv);
 	r = 0;
 out:
-	handle_flush(t, &s);
+	tpm_handle_flush(t, &s);
 	return r;
 }
 
-static int object_load(struct tpm *t, const char *what, const TPM2B_PUBLIC *pub,
-		       const TPM2B_PRIVATE *priv, ESYS_TR *ret)
+static int tpm_object_load(struct tpm *t, const char *what, const TPM2B_PUBLIC *pub,
+			   const TPM2B_PRIVATE *priv, ESYS_TR *ret)
 {
 	ESYS_TR h = ESYS_TR_NONE;
 	TSS2_RC rc;
@@ -1052,14 +1034,14 @@ static int object_load(struct tpm *t, const char *what, const TPM2B_PUBLIC *pub,
 	return 0;
 }
 
-static TPMA_OBJECT auth_attrs(const TPM2B_DIGEST *policy)
+static TPMA_OBJECT tpm_auth_attrs(const TPM2B_DIGEST *policy)
 {
 	/* PCR-bound objects answer to their policy only. */
 	return policy->size ? TPMA_OBJECT_ADMINWITHPOLICY : TPMA_OBJECT_USERWITHAUTH;
 }
 
-static int dk_create(struct tpm *t, const TPM2B_DIGEST *policy, TPM2B_PUBLIC *ret_pub,
-		     TPM2B_PRIVATE *ret_priv)
+static int tpm_dk_create(struct tpm *t, const TPM2B_DIGEST *policy, TPM2B_PUBLIC *ret_pub,
+			 TPM2B_PRIVATE *ret_priv)
 {
 	TPM2B_PUBLIC tmpl = {
 		.publicArea =
@@ -1089,12 +1071,12 @@ static int dk_create(struct tpm *t, const TPM2B_DIGEST *policy, TPM2B_PUBLIC *re
 	};
 	TPM2B_SENSITIVE_CREATE in = {0};
 
-	return object_create(t, "creating the device key", &tmpl, &in, ret_pub, ret_priv);
+	return tpm_object_create(t, "creating the device key", &tmpl, &in, ret_pub, ret_priv);
 }
 
-static int seal_create(struct tpm *t, const TPM2B_DIGEST *policy,
-		       const uint8_t key[TPM_STORE_KEY_LEN], TPM2B_PUBLIC *ret_pub,
-		       TPM2B_PRIVATE *ret_priv)
+static int tpm_seal_create(struct tpm *t, const TPM2B_DIGEST *policy,
+			   const uint8_t key[TPM_STORE_KEY_LEN], TPM2B_PUBLIC *ret_pub,
+			   TPM2B_PRIVATE *ret_priv)
 {
 	TPM2B_PUBLIC tmpl = {
 		.publicArea =
@@ -1102,7 +1084,7 @@ static int seal_create(struct tpm *t, const TPM2B_DIGEST *policy,
 				.type = TPM2_ALG_KEYEDHASH,
 				.nameAlg = TPM2_ALG_SHA256,
 				.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
-						    auth_attrs(policy),
+						    tpm_auth_attrs(policy),
 				.authPolicy = *policy,
 				.parameters.keyedHashDetail.scheme = {.scheme = TPM2_ALG_NULL},
 			},
@@ -1112,16 +1094,16 @@ static int seal_create(struct tpm *t, const TPM2B_DIGEST *policy,
 
 	in.sensitive.data.size = TPM_STORE_KEY_LEN;
 	memcpy(in.sensitive.data.buffer, key, TPM_STORE_KEY_LEN);
-	r = object_create(t, "creating the sealed store", &tmpl, &in, ret_pub, ret_priv);
+	r = tpm_object_create(t, "creating the sealed store", &tmpl, &in, ret_pub, ret_priv);
 	OPENSSL_cleanse(&in, sizeof(in));
 	return r;
 }
 
 /* ---- load -------------------------------------------------------------- */
 
-static void loaded_drop(struct tpm *t)
+static void tpm_loaded_drop(struct tpm *t)
 {
-	handle_flush(t, &t->dk);
+	tpm_handle_flush(t, &t->dk);
 	free(t->dk_ctx);
 	t->dk_ctx = NULL;
 	free(t->store);
@@ -1131,13 +1113,13 @@ static void loaded_drop(struct tpm *t)
 }
 
 /* Compares the current SRK with the recorded one. */
-static int srk_check(struct tpm *t, const uint8_t *rec, size_t rec_len)
+static int tpm_srk_check(struct tpm *t, const uint8_t *rec, size_t rec_len)
 {
 	uint8_t cur[sizeof(TPM2B_PUBLIC)];
 	size_t cur_len = 0;
 	int r;
 
-	r = pub_marshal(t, &t->srk_pub, cur, sizeof(cur), &cur_len);
+	r = tpm_pub_marshal(t, &t->srk_pub, cur, sizeof(cur), &cur_len);
 	if (r < 0)
 		return r;
 	if (cur_len != rec_len || memcmp(cur, rec, cur_len))
@@ -1148,7 +1130,7 @@ static int srk_check(struct tpm *t, const uint8_t *rec, size_t rec_len)
 	return 0;
 }
 
-static int state_load(struct tpm *t)
+static int tpm_state_load(struct tpm *t)
 {
 	uint8_t *data[TPM_NFILES] = {0};
 	size_t len[TPM_NFILES] = {0};
@@ -1162,7 +1144,7 @@ static int state_load(struct tpm *t)
 	int r;
 
 	for (i = 0; i < TPM_NFILES; i++) {
-		r = file_read(t, tpm_files[i], &data[i], &len[i]);
+		r = tpm_file_read(t, tpm_files[i], &data[i], &len[i]);
 		if (r == -ENOENT) {
 			r = tpm_fail(t, -ENOENT, "tpm: not enrolled: %s/%s is missing",
 				     t->state_dir, tpm_files[i]);
@@ -1172,25 +1154,25 @@ static int state_load(struct tpm *t)
 			goto out;
 	}
 	/* Order of tpm_files[]: srk, pcrs, dk pub, dk priv, seal pub, seal priv, store. */
-	r = srk_get(t);
+	r = tpm_srk_get(t);
 	if (r < 0)
 		goto out;
-	r = srk_check(t, data[0], len[0]);
+	r = tpm_srk_check(t, data[0], len[0]);
 	if (r < 0)
 		goto out;
 	data[1][strcspn((char *)data[1], "\n")] = '\0';
-	r = pcr_parse((char *)data[1], &pcrs, why, sizeof(why));
+	r = tpm_pcr_parse((char *)data[1], &pcrs, why, sizeof(why));
 	if (r < 0) {
 		r = tpm_fail(t, -EIO, "tpm: %s/%s is corrupt: %s", t->state_dir, F_PCRS, why);
 		goto out;
 	}
-	r = pub_unmarshal(t, F_DK_PUB, data[2], len[2], &dk_pub);
+	r = tpm_pub_unmarshal(t, F_DK_PUB, data[2], len[2], &dk_pub);
 	if (r == 0)
-		r = priv_unmarshal(t, F_DK_PRIV, data[3], len[3], &dk_priv);
+		r = tpm_priv_unmarshal(t, F_DK_PRIV, data[3], len[3], &dk_priv);
 	if (r == 0)
-		r = pub_unmarshal(t, F_SEAL_PUB, data[4], len[4], &seal_pub);
+		r = tpm_pub_unmarshal(t, F_SEAL_PUB, data[4], len[4], &seal_pub);
 	if (r == 0)
-		r = priv_unmarshal(t, F_SEAL_PRIV, data[5], len[5], &seal_priv);
+		r = tpm_priv_unmarshal(t, F_SEAL_PRIV, data[5], len[5], &seal_priv);
 	if (r < 0)
 		goto out;
 	a = &dk_pub.publicArea;
@@ -1200,21 +1182,21 @@ static int state_load(struct tpm *t)
 			     F_DK_PUB);
 		goto out;
 	}
-	if (!pcr_equal(&pcrs, &t->conf_pcrs)) {
+	if (!tpm_pcr_equal(&pcrs, &t->conf_pcrs)) {
 		char was[256], now[256];
 
-		pcr_format(&pcrs, was, sizeof(was));
-		pcr_format(&t->conf_pcrs, now, sizeof(now));
+		tpm_pcr_format(&pcrs, was, sizeof(was));
+		tpm_pcr_format(&t->conf_pcrs, now, sizeof(now));
 		tpm_say(t, LOG_WARNING,
 			"tpm: the keys are bound to PCRs \"%s\", the configuration says \"%s\"; "
 			"the new binding applies from the next enrolment",
 			was, now);
 	}
-	r = object_load(t, "loading the device key", &dk_pub, &dk_priv, &dk);
+	r = tpm_object_load(t, "loading the device key", &dk_pub, &dk_priv, &dk);
 	if (r < 0)
 		goto out;
 
-	loaded_drop(t);
+	tpm_loaded_drop(t);
 	t->dk = dk;
 	t->dk_pub = dk_pub;
 	t->dk_priv = dk_priv;
@@ -1232,32 +1214,32 @@ out:
 	return r;
 }
 
-static int ensure_loaded(struct tpm *t)
+static int tpm_ensure_loaded(struct tpm *t)
 {
-	return t->loaded ? 0 : state_load(t);
+	return t->loaded ? 0 : tpm_state_load(t);
 }
 
 /* The loaded device key in t->dk (and the SRK in t->srk), from parking if need be. */
-static int dk_get(struct tpm *t)
+static int tpm_dk_get(struct tpm *t)
 {
 	int r;
 
-	r = ensure_loaded(t);
+	r = tpm_ensure_loaded(t);
 	if (r == 0)
-		r = srk_get(t);
+		r = tpm_srk_get(t);
 	if (r < 0 || t->dk != ESYS_TR_NONE)
 		return r;
 	if (t->dk_ctx) {
-		r = context_load(t, "reloading the device key", &t->dk_ctx, &t->dk);
+		r = tpm_context_load(t, "reloading the device key", &t->dk_ctx, &t->dk);
 		if (r != -ENOENT)
 			return r;
 	}
-	return object_load(t, "loading the device key", &t->dk_pub, &t->dk_priv, &t->dk);
+	return tpm_object_load(t, "loading the device key", &t->dk_pub, &t->dk_priv, &t->dk);
 }
 
 /* ---- open, close ------------------------------------------------------- */
 
-static void connection_drop(struct tpm *t)
+static void tpm_connection_drop(struct tpm *t)
 {
 	if (t->esys)
 		Esys_Finalize(&t->esys);
@@ -1271,7 +1253,7 @@ static void connection_drop(struct tpm *t)
  * One attempt to reach a started TPM: TCTI, ESYS context, and a
  * GetCapability, since some TCTIs connect only at the first command.
  */
-static int connection_try(struct tpm *t, char *why, size_t whylen)
+static int tpm_connection_try(struct tpm *t, char *why, size_t whylen)
 {
 	TPMS_CAPABILITY_DATA *cap = NULL;
 	TSS2_RC rc;
@@ -1294,7 +1276,7 @@ static int connection_try(struct tpm *t, char *why, size_t whylen)
 	rc = Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
 				TPM2_CAP_TPM_PROPERTIES, TPM2_PT_MANUFACTURER, 1, NULL, &cap);
 	if (rc != TSS2_RC_SUCCESS) {
-		if (rc_base(rc) == TPM2_RC_INITIALIZE)
+		if (tpm_rc_base(rc) == TPM2_RC_INITIALIZE)
 			snprintf(why, whylen,
 				 "the TPM is not started (TPM2_Startup is the platform's job)");
 		else
@@ -1312,11 +1294,11 @@ static int connection_try(struct tpm *t, char *why, size_t whylen)
 	tpm_say(t, LOG_INFO, "tpm: TPM 2.0 by \"%s\" through %s", vendor, t->tcti_conf);
 	return 0;
 fail:
-	connection_drop(t);
+	tpm_connection_drop(t);
 	return -ENODEV;
 }
 
-static double now_seconds(void)
+static double tpm_now_seconds(void)
 {
 	struct timespec ts;
 
@@ -1325,7 +1307,7 @@ static double now_seconds(void)
 }
 
 /* What an operator checks when nothing answers through conf. */
-static const char *tcti_hint(const char *conf)
+static const char *tpm_tcti_hint(const char *conf)
 {
 	if (!strncmp(conf, "swtpm", 5) || !strncmp(conf, "mssim", 5))
 		return "check that swtpm (or the simulator) listens at that address";
@@ -1338,7 +1320,7 @@ static const char *tcti_hint(const char *conf)
 }
 
 /* Sleeps up to seconds; 1 when *stop asked to end the wait. */
-static int wait_sleep(double seconds, const volatile sig_atomic_t *stop)
+static int tpm_wait_sleep(double seconds, const volatile sig_atomic_t *stop)
 {
 	struct timespec ts;
 
@@ -1350,14 +1332,15 @@ static int wait_sleep(double seconds, const volatile sig_atomic_t *stop)
 	return stop && *stop;
 }
 
-static int wait_stopped(struct tpm *t, const char *what)
+static int tpm_wait_stopped(struct tpm *t, const char *what)
 {
 	return tpm_fail(t, -EINTR, "tpm: stopped waiting for %s: interrupted by a signal", what);
 }
 
-static int connection_open(struct tpm *t, unsigned wait_seconds, const volatile sig_atomic_t *stop)
+static int tpm_connection_open(struct tpm *t, unsigned wait_seconds,
+			       const volatile sig_atomic_t *stop)
 {
-	double start = now_seconds(), deadline = start + wait_seconds;
+	double start = tpm_now_seconds(), deadline = start + wait_seconds;
 	/* tpm = auto's short look is not a wait worth announcing. */
 	double next_say = wait_seconds > TPM_QUICK_WAIT ? start : deadline + 1, delay = 0.1;
 	char why[256] = "", what[300];
@@ -1366,9 +1349,9 @@ static int connection_open(struct tpm *t, unsigned wait_seconds, const volatile 
 	for (;;) {
 		double now, left, nap;
 
-		if (connection_try(t, why, sizeof(why)) == 0)
+		if (tpm_connection_try(t, why, sizeof(why)) == 0)
 			return 0;
-		now = now_seconds();
+		now = tpm_now_seconds();
 		left = deadline - now;
 		if (left <= 0)
 			break;
@@ -1376,27 +1359,27 @@ static int connection_open(struct tpm *t, unsigned wait_seconds, const volatile 
 		if (now >= next_say) {
 			tpm_say(t, LOG_WARNING,
 				"tpm: waiting for %s (%s); %.0f s left of tpm_wait=%u; %s", what,
-				why, left, wait_seconds, tcti_hint(t->tcti_conf));
+				why, left, wait_seconds, tpm_tcti_hint(t->tcti_conf));
 			next_say = now + TPM_WAIT_SAY_S;
 		}
 		if (delay > left)
 			delay = left;
 		/* Wake for the next announcement on time, too. */
 		nap = delay < next_say - now ? delay : next_say - now;
-		if (wait_sleep(nap > 0.05 ? nap : 0.05, stop))
-			return wait_stopped(t, what);
+		if (tpm_wait_sleep(nap > 0.05 ? nap : 0.05, stop))
+			return tpm_wait_stopped(t, what);
 		if (delay < 1.0)
 			delay *= 2;
 	}
 	return tpm_fail(t, -ENODEV, "tpm: no TPM through \"%s\" within %u s: %s; %s", t->tcti_conf,
-			wait_seconds, why, tcti_hint(t->tcti_conf));
+			wait_seconds, why, tpm_tcti_hint(t->tcti_conf));
 }
 
 /*
  * The device node of a "device[:PATH]" TCTI into buf (the default node
  * when none is named); 0 for any other TCTI.
  */
-static int tcti_device_node(const char *conf, char *buf, size_t len)
+static int tpm_tcti_device_node(const char *conf, char *buf, size_t len)
 {
 	const char *p = conf;
 
@@ -1414,7 +1397,7 @@ static int tcti_device_node(const char *conf, char *buf, size_t len)
 	return 1;
 }
 
-static int node_present(const char *node)
+static int tpm_node_present(const char *node)
 {
 	/* Without a node named, tpm2-tss falls back from tpmrm0 to tpm0. */
 	return access(node, F_OK) == 0 ||
@@ -1422,7 +1405,7 @@ static int node_present(const char *node)
 }
 
 /* A TEE (OP-TEE on a Jetson) is where a firmware TPM comes from, late. */
-static int tee_present(void)
+static int tpm_tee_present(void)
 {
 	return access("/dev/tee0", F_OK) == 0 || access("/dev/teepriv0", F_OK) == 0;
 }
@@ -1433,16 +1416,16 @@ static int tee_present(void)
  * is waited for (up to wait_seconds) only where a TEE may still bring a
  * firmware TPM, and is absent at once elsewhere.
  */
-static int quick_wait(struct tpm *t, unsigned wait_seconds, const volatile sig_atomic_t *stop,
-		      unsigned *ret_wait)
+static int tpm_quick_wait(struct tpm *t, unsigned wait_seconds, const volatile sig_atomic_t *stop,
+			  unsigned *ret_wait)
 {
 	char node[PATH_MAX];
 	double deadline, next_say;
 
 	*ret_wait = wait_seconds < TPM_QUICK_WAIT ? wait_seconds : TPM_QUICK_WAIT;
-	if (!tcti_device_node(t->tcti_conf, node, sizeof(node)) || node_present(node))
+	if (!tpm_tcti_device_node(t->tcti_conf, node, sizeof(node)) || tpm_node_present(node))
 		return 0;
-	if (!tee_present())
+	if (!tpm_tee_present())
 		return tpm_fail(t, -ENODEV,
 				"tpm: no TPM: %s does not exist and no TEE could "
 				"bring a firmware TPM",
@@ -1451,22 +1434,22 @@ static int quick_wait(struct tpm *t, unsigned wait_seconds, const volatile sig_a
 		"tpm: waiting up to %u s for %s (a firmware TPM appears once the "
 		"TEE supplicant runs)",
 		wait_seconds, node);
-	deadline = now_seconds() + wait_seconds;
-	next_say = now_seconds() + TPM_WAIT_SAY_S;
-	while (!node_present(node)) {
-		double now = now_seconds();
+	deadline = tpm_now_seconds() + wait_seconds;
+	next_say = tpm_now_seconds() + TPM_WAIT_SAY_S;
+	while (!tpm_node_present(node)) {
+		double now = tpm_now_seconds();
 
 		if (now >= deadline)
 			return tpm_fail(t, -ENODEV,
 					"tpm: no TPM: %s did not appear within %u s; %s", node,
-					wait_seconds, tcti_hint(t->tcti_conf));
+					wait_seconds, tpm_tcti_hint(t->tcti_conf));
 		if (now >= next_say) {
 			tpm_say(t, LOG_WARNING, "tpm: waiting for %s to appear; %.0f s left; %s",
-				node, deadline - now, tcti_hint(t->tcti_conf));
+				node, deadline - now, tpm_tcti_hint(t->tcti_conf));
 			next_say = now + TPM_WAIT_SAY_S;
 		}
-		if (wait_sleep(0.25, stop))
-			return wait_stopped(t, node);
+		if (tpm_wait_sleep(0.25, stop))
+			return tpm_wait_stopped(t, node);
 	}
 	return 0;
 }
@@ -1503,7 +1486,7 @@ int tpm_open(const struct tpm_opts *opts, struct tpm **ret)
 		r = tpm_fail(t, -EINVAL, "tpm: tpm_tcti and state_dir are required");
 		goto out_free;
 	}
-	r = pcr_parse(opts->pcrs, &t->conf_pcrs, why, sizeof(why));
+	r = tpm_pcr_parse(opts->pcrs, &t->conf_pcrs, why, sizeof(why));
 	if (r < 0) {
 		r = tpm_fail(t, -EINVAL, "tpm: bad tpm_pcrs \"%.64s\": %s", opts->pcrs, why);
 		goto out_free;
@@ -1525,11 +1508,11 @@ int tpm_open(const struct tpm_opts *opts, struct tpm **ret)
 	}
 	wait = opts->wait_seconds;
 	if (opts->quick) {
-		r = quick_wait(t, opts->wait_seconds, opts->stop, &wait);
+		r = tpm_quick_wait(t, opts->wait_seconds, opts->stop, &wait);
 		if (r < 0)
 			goto out_free;
 	}
-	r = connection_open(t, wait, opts->stop);
+	r = tpm_connection_open(t, wait, opts->stop);
 	if (r < 0)
 		goto out_free;
 	*ret = t;
@@ -1544,24 +1527,24 @@ void tpm_close(struct tpm *t)
 	if (!t)
 		return;
 	pthread_mutex_lock(&t->lock);
-	loaded_drop(t);
-	srk_drop(t);
-	connection_drop(t);
+	tpm_loaded_drop(t);
+	tpm_srk_drop(t);
+	tpm_connection_drop(t);
 	pthread_mutex_unlock(&t->lock);
 	tpm_free(t);
 }
 
 /* ---- public flows ------------------------------------------------------ */
 
-static void call_begin(struct tpm *t)
+static void tpm_call_begin(struct tpm *t)
 {
 	pthread_mutex_lock(&t->lock);
 	t->err[0] = '\0';
 }
 
-static int call_end(struct tpm *t, int r)
+static int tpm_call_end(struct tpm *t, int r)
 {
-	objects_park(t);
+	tpm_objects_park(t);
 	pthread_mutex_unlock(&t->lock);
 	return r;
 }
@@ -1571,7 +1554,7 @@ static int call_end(struct tpm *t, int r)
  * ESYS has no object for another program's handles. t->lock is held and
  * ESYS is between commands, so the TCTI is free.
  */
-static int raw_flush(struct tpm *t, TPM2_HANDLE h)
+static int tpm_raw_flush(struct tpm *t, TPM2_HANDLE h)
 {
 	uint8_t cmd[14], resp[64];
 	size_t off = 0, len = sizeof(resp);
@@ -1601,7 +1584,7 @@ static int raw_flush(struct tpm *t, TPM2_HANDLE h)
 }
 
 /* Flushes every handle of one kind (transient objects, loaded sessions); how many went. */
-static unsigned flush_kind(struct tpm *t, TPM2_HANDLE first)
+static unsigned tpm_flush_kind(struct tpm *t, TPM2_HANDLE first)
 {
 	TPMS_CAPABILITY_DATA *cap = NULL;
 	unsigned n = 0;
@@ -1618,7 +1601,7 @@ static unsigned flush_kind(struct tpm *t, TPM2_HANDLE first)
 		if ((h >> 24) != (first >> 24) &&
 		    !(first == TPM_HANDLES_SESSIONS && (h >> 24) == 0x03))
 			continue;
-		if (raw_flush(t, h) == 0)
+		if (tpm_raw_flush(t, h) == 0)
 			n++;
 	}
 	Esys_Free(cap);
@@ -1632,13 +1615,13 @@ static unsigned flush_kind(struct tpm *t, TPM2_HANDLE first)
  * leftovers, which nothing else would ever flush. Flushes them all and
  * says so; returns how many went.
  */
-static unsigned leftovers_flush(struct tpm *t)
+static unsigned tpm_leftovers_flush(struct tpm *t)
 {
 	unsigned objs, sess;
 
-	objects_park(t);
-	objs = flush_kind(t, TPM_HANDLES_TRANSIENT);
-	sess = flush_kind(t, TPM_HANDLES_SESSIONS);
+	tpm_objects_park(t);
+	objs = tpm_flush_kind(t, TPM_HANDLES_TRANSIENT);
+	sess = tpm_flush_kind(t, TPM_HANDLES_SESSIONS);
 	if (objs || sess) {
 		t->err[0] = '\0';
 		tpm_say(t, LOG_WARNING,
@@ -1667,15 +1650,15 @@ int tpm_is_enrolled(struct tpm *t)
 	return 1;
 }
 
-static void enrolment_free(struct tpm_enrolment *e)
+static void tpm_enrolment_free(struct tpm_enrolment *e)
 {
 	free(e->store);
 	e->store = NULL;
 }
 
 /* Writes the enrolment's files: all to temporaries first, then renamed. */
-static int enrolment_write(struct tpm *t, const struct tpm_enrolment *e,
-			   const TPML_PCR_SELECTION *pcrs)
+static int tpm_enrolment_write(struct tpm *t, const struct tpm_enrolment *e,
+			       const TPML_PCR_SELECTION *pcrs)
 {
 	/* Indexed like tpm_files[]: srk, pcrs, dk pub, dk priv, seal pub, seal priv, store. */
 	uint8_t blob[TPM_NFILES - 1][sizeof(TPM2B_PRIVATE) + sizeof(TPM2B_PUBLIC)];
@@ -1689,17 +1672,17 @@ static int enrolment_write(struct tpm *t, const struct tpm_enrolment *e,
 
 	for (i = 0; i < TPM_NFILES - 1; i++)
 		data[i] = blob[i];
-	r = pub_marshal(t, &t->srk_pub, blob[0], sizeof(blob[0]), &len[0]);
+	r = tpm_pub_marshal(t, &t->srk_pub, blob[0], sizeof(blob[0]), &len[0]);
 	if (r < 0)
 		return r;
-	pcr_format(pcrs, text, sizeof(text) - 1);
+	tpm_pcr_format(pcrs, text, sizeof(text) - 1);
 	strcat(text, "\n");
 	data[1] = text;
 	len[1] = strlen(text);
-	r = pub_marshal(t, &e->dk_pub, blob[2], sizeof(blob[2]), &len[2]);
+	r = tpm_pub_marshal(t, &e->dk_pub, blob[2], sizeof(blob[2]), &len[2]);
 	if (r < 0)
 		return r;
-	r = pub_marshal(t, &e->seal_pub, blob[4], sizeof(blob[4]), &len[4]);
+	r = tpm_pub_marshal(t, &e->seal_pub, blob[4], sizeof(blob[4]), &len[4]);
 	if (r < 0)
 		return r;
 	rc = Tss2_MU_TPM2B_PRIVATE_Marshal(&e->dk_priv, blob[3], sizeof(blob[3]), &len[3]);
@@ -1712,12 +1695,12 @@ static int enrolment_write(struct tpm *t, const struct tpm_enrolment *e,
 	len[6] = e->store_len;
 
 	for (n = 0; n < TPM_NFILES; n++) {
-		r = file_write_tmp(t, tpm_files[n], data[n], len[n], tmp[n], sizeof(tmp[n]));
+		r = tpm_file_write_tmp(t, tpm_files[n], data[n], len[n], tmp[n], sizeof(tmp[n]));
 		if (r < 0)
 			goto out_unlink;
 	}
 	for (i = 0; i < TPM_NFILES; i++) {
-		r = state_path(t, tpm_files[i], path, sizeof(path));
+		r = tpm_state_path(t, tpm_files[i], path, sizeof(path));
 		if (r < 0)
 			goto out_unlink;
 		if (rename(tmp[i], path) < 0) {
@@ -1739,7 +1722,7 @@ out_unlink:
 	return r;
 }
 
-static int enroll_once(struct tpm *t, const void *secret, size_t len, char **ret_pem)
+static int tpm_enroll_once(struct tpm *t, const void *secret, size_t len, char **ret_pem)
 {
 	struct tpm_enrolment e = {0};
 	TPM2B_DIGEST policy = {.size = 0};
@@ -1753,41 +1736,41 @@ static int enroll_once(struct tpm *t, const void *secret, size_t len, char **ret
 			     TPM_STORE_MAX);
 		goto out;
 	}
-	r = state_dir_prepare(t);
+	r = tpm_state_dir_prepare(t);
 	if (r < 0)
 		goto out;
-	r = srk_get(t);
+	r = tpm_srk_get(t);
 	if (r < 0)
 		goto out;
 	if (t->conf_pcrs.count) {
-		r = policy_digest(t, &t->conf_pcrs, &policy);
+		r = tpm_policy_digest(t, &t->conf_pcrs, &policy);
 		if (r < 0)
 			goto out;
 	}
-	r = dk_create(t, &policy, &e.dk_pub, &e.dk_priv);
+	r = tpm_dk_create(t, &policy, &e.dk_pub, &e.dk_priv);
 	if (r < 0)
 		goto out;
 	if (RAND_priv_bytes(key, sizeof(key)) != 1) {
 		r = tpm_fail(t, -EIO, "tpm: no random bytes for the store key");
 		goto out;
 	}
-	r = seal_create(t, &policy, key, &e.seal_pub, &e.seal_priv);
+	r = tpm_seal_create(t, &policy, key, &e.seal_pub, &e.seal_priv);
 	if (r < 0)
 		goto out_key;
-	r = store_seal(t, key, secret, len, &e.store, &e.store_len);
+	r = tpm_store_seal(t, key, secret, len, &e.store, &e.store_len);
 	if (r < 0)
 		goto out_key;
-	r = object_load(t, "loading the new device key", &e.dk_pub, &e.dk_priv, &dk);
+	r = tpm_object_load(t, "loading the new device key", &e.dk_pub, &e.dk_priv, &dk);
 	if (r < 0)
 		goto out_store;
-	r = dk_pem(t, &e.dk_pub, &pem);
+	r = tpm_dk_pem(t, &e.dk_pub, &pem);
 	if (r < 0)
 		goto out_dk;
-	r = enrolment_write(t, &e, &t->conf_pcrs);
+	r = tpm_enrolment_write(t, &e, &t->conf_pcrs);
 	if (r < 0)
 		goto out_pem;
 
-	loaded_drop(t);
+	tpm_loaded_drop(t);
 	t->dk = dk;
 	t->dk_pub = e.dk_pub;
 	t->dk_priv = e.dk_priv;
@@ -1806,9 +1789,9 @@ static int enroll_once(struct tpm *t, const void *secret, size_t len, char **ret
 out_pem:
 	free(pem);
 out_dk:
-	handle_flush(t, &dk);
+	tpm_handle_flush(t, &dk);
 out_store:
-	enrolment_free(&e);
+	tpm_enrolment_free(&e);
 out_key:
 	OPENSSL_cleanse(key, sizeof(key));
 out:
@@ -1821,11 +1804,11 @@ int tpm_enroll(struct tpm *t, const void *secret, size_t len, char **ret_pem)
 
 	if (!t || (!secret && len) || !ret_pem)
 		return -EINVAL;
-	call_begin(t);
-	r = enroll_once(t, secret, len, ret_pem);
-	if (r == -EBUSY && leftovers_flush(t))
-		r = enroll_once(t, secret, len, ret_pem);
-	return call_end(t, r);
+	tpm_call_begin(t);
+	r = tpm_enroll_once(t, secret, len, ret_pem);
+	if (r == -EBUSY && tpm_leftovers_flush(t))
+		r = tpm_enroll_once(t, secret, len, ret_pem);
+	return tpm_call_end(t, r);
 }
 
 int tpm_load(struct tpm *t)
@@ -1834,11 +1817,11 @@ int tpm_load(struct tpm *t)
 
 	if (!t)
 		return -EINVAL;
-	call_begin(t);
-	r = state_load(t);
-	if (r == -EBUSY && leftovers_flush(t))
-		r = state_load(t);
-	return call_end(t, r);
+	tpm_call_begin(t);
+	r = tpm_state_load(t);
+	if (r == -EBUSY && tpm_leftovers_flush(t))
+		r = tpm_state_load(t);
+	return tpm_call_end(t, r);
 }
 
 int tpm_public_pem(struct tpm *t, char **ret_pem)
@@ -1847,11 +1830,11 @@ int tpm_public_pem(struct tpm *t, char **ret_pem)
 
 	if (!t || !ret_pem)
 		return -EINVAL;
-	call_begin(t);
-	r = ensure_loaded(t);
+	tpm_call_begin(t);
+	r = tpm_ensure_loaded(t);
 	if (r == 0)
-		r = dk_pem(t, &t->dk_pub, ret_pem);
-	return call_end(t, r);
+		r = tpm_dk_pem(t, &t->dk_pub, ret_pem);
+	return tpm_call_end(t, r);
 }
 
 /*
@@ -1860,7 +1843,7 @@ int tpm_public_pem(struct tpm *t, char **ret_pem)
  * overwrites it. A GetCapability over the fixed properties answers some
  * hundreds of bytes and so scrubs an unsealed or unwrapped key from it.
  */
-static void esys_scrub(struct tpm *t)
+static void tpm_esys_scrub(struct tpm *t)
 {
 	TPMS_CAPABILITY_DATA *cap = NULL;
 	TSS2_RC rc;
@@ -1873,24 +1856,24 @@ static void esys_scrub(struct tpm *t)
 }
 
 /* One try at unsealing the store key; -EAGAIN when a PCR changed meanwhile. */
-static int unseal_key(struct tpm *t, uint8_t key[TPM_STORE_KEY_LEN])
+static int tpm_unseal_key(struct tpm *t, uint8_t key[TPM_STORE_KEY_LEN])
 {
 	TPM2B_SENSITIVE_DATA *out = NULL;
 	ESYS_TR obj = ESYS_TR_NONE, auth = ESYS_TR_NONE, enc = ESYS_TR_NONE;
 	TSS2_RC rc;
 	int r;
 
-	r = object_load(t, "loading the sealed store", &t->seal_pub, &t->seal_priv, &obj);
+	r = tpm_object_load(t, "loading the sealed store", &t->seal_pub, &t->seal_priv, &obj);
 	if (r < 0)
 		return r;
 	/* Unseal has no command parameter to encrypt, only the response. */
-	r = sessions_start(t, TPMA_SESSION_ENCRYPT, &auth, &enc);
+	r = tpm_sessions_start(t, TPMA_SESSION_ENCRYPT, &auth, &enc);
 	if (r < 0)
 		goto out_obj;
 	rc = Esys_Unseal(t->esys, obj, auth, enc, ESYS_TR_NONE, &out);
 	if (rc != TSS2_RC_SUCCESS) {
-		r = rc_base(rc) == TPM2_RC_PCR_CHANGED ? -EAGAIN
-						       : tpm_rc(t, rc, "unsealing the store");
+		r = tpm_rc_base(rc) == TPM2_RC_PCR_CHANGED ? -EAGAIN
+							   : tpm_rc(t, rc, "unsealing the store");
 		goto out_sessions;
 	}
 	if (out->size != TPM_STORE_KEY_LEN) {
@@ -1902,12 +1885,12 @@ static int unseal_key(struct tpm *t, uint8_t key[TPM_STORE_KEY_LEN])
 	}
 	OPENSSL_cleanse(out, sizeof(*out));
 	Esys_Free(out);
-	esys_scrub(t);
+	tpm_esys_scrub(t);
 out_sessions:
-	handle_flush(t, &enc);
-	handle_flush(t, &auth);
+	tpm_handle_flush(t, &enc);
+	tpm_handle_flush(t, &auth);
 out_obj:
-	handle_flush(t, &obj);
+	tpm_handle_flush(t, &obj);
 	return r;
 }
 
@@ -1918,16 +1901,16 @@ int tpm_unseal(struct tpm *t, uint8_t *buf, size_t cap, size_t *ret_len)
 
 	if (!t || (!buf && cap) || !ret_len)
 		return -EINVAL;
-	call_begin(t);
+	tpm_call_begin(t);
 	for (;;) {
-		r = ensure_loaded(t);
+		r = tpm_ensure_loaded(t);
 		if (r == 0)
-			r = srk_get(t);
+			r = tpm_srk_get(t);
 		if (r == 0)
-			r = unseal_key(t, key);
+			r = tpm_unseal_key(t, key);
 		if (r == -EAGAIN && ++tries < 2)
 			continue;
-		if (r == -EBUSY && !flushed++ && leftovers_flush(t))
+		if (r == -EBUSY && !flushed++ && tpm_leftovers_flush(t))
 			continue;
 		break;
 	}
@@ -1935,10 +1918,10 @@ int tpm_unseal(struct tpm *t, uint8_t *buf, size_t cap, size_t *ret_len)
 		r = tpm_fail(t, -EACCES, "tpm: unsealing the store: the PCRs keep changing");
 	if (r < 0)
 		goto out_key;
-	r = store_open(t, key, t->store, t->store_len, buf, cap, ret_len);
+	r = tpm_store_open(t, key, t->store, t->store_len, buf, cap, ret_len);
 out_key:
 	OPENSSL_cleanse(key, sizeof(key));
-	return call_end(t, r);
+	return tpm_call_end(t, r);
 }
 
 /*
@@ -1960,8 +1943,8 @@ static int tpm_healthy(struct tpm *t)
 }
 
 /* One try at the RSA decryption; -EAGAIN when a PCR changed meanwhile. */
-static int unwrap_once(struct tpm *t, const TPM2B_PUBLIC_KEY_RSA *in, uint8_t *buf, size_t cap,
-		       size_t *ret_len)
+static int tpm_unwrap_once(struct tpm *t, const TPM2B_PUBLIC_KEY_RSA *in, uint8_t *buf, size_t cap,
+			   size_t *ret_len)
 {
 	TPMT_RSA_DECRYPT scheme = {.scheme = TPM2_ALG_OAEP,
 				   .details = {.oaep = {.hashAlg = TPM2_ALG_SHA256}}};
@@ -1971,12 +1954,12 @@ static int unwrap_once(struct tpm *t, const TPM2B_PUBLIC_KEY_RSA *in, uint8_t *b
 	TSS2_RC rc, base;
 	int r;
 
-	r = sessions_start(t, TPMA_SESSION_DECRYPT | TPMA_SESSION_ENCRYPT, &auth, &enc);
+	r = tpm_sessions_start(t, TPMA_SESSION_DECRYPT | TPMA_SESSION_ENCRYPT, &auth, &enc);
 	if (r < 0)
 		return r;
 	rc = Esys_RSA_Decrypt(t->esys, t->dk, auth, enc, ESYS_TR_NONE, in, &scheme, &label, &out);
 	if (rc != TSS2_RC_SUCCESS) {
-		base = rc_base(rc);
+		base = tpm_rc_base(rc);
 		if (base == TPM2_RC_PCR_CHANGED)
 			r = -EAGAIN;
 		else if (base == TPM2_RC_VALUE || base == TPM2_RC_SIZE ||
@@ -1999,10 +1982,10 @@ static int unwrap_once(struct tpm *t, const TPM2B_PUBLIC_KEY_RSA *in, uint8_t *b
 	}
 	OPENSSL_cleanse(out, sizeof(*out));
 	Esys_Free(out);
-	esys_scrub(t);
+	tpm_esys_scrub(t);
 out:
-	handle_flush(t, &enc);
-	handle_flush(t, &auth);
+	tpm_handle_flush(t, &enc);
+	tpm_handle_flush(t, &auth);
 	return r;
 }
 
@@ -2014,7 +1997,7 @@ int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf, 
 
 	if (!t || !wrapped || (!buf && cap) || !ret_len)
 		return -EINVAL;
-	call_begin(t);
+	tpm_call_begin(t);
 	if (len > sizeof(in.buffer)) {
 		r = tpm_fail(t, -EBADMSG, "tpm: a wrapped key of %zu bytes is too long", len);
 		goto out;
@@ -2022,7 +2005,7 @@ int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf, 
 	in.size = (UINT16)len;
 	memcpy(in.buffer, wrapped, len);
 	for (;;) {
-		r = dk_get(t);
+		r = tpm_dk_get(t);
 		if (r == 0 && len != t->dk_pub.publicArea.unique.rsa.size) {
 			r = tpm_fail(t, -EBADMSG,
 				     "tpm: a wrapped key has %zu bytes, the device key takes %u",
@@ -2030,17 +2013,17 @@ int tpm_unwrap(struct tpm *t, const uint8_t *wrapped, size_t len, uint8_t *buf, 
 			goto out;
 		}
 		if (r == 0)
-			r = unwrap_once(t, &in, buf, cap, ret_len);
+			r = tpm_unwrap_once(t, &in, buf, cap, ret_len);
 		if (r == -EAGAIN && ++tries < 2)
 			continue;
-		if (r == -EBUSY && !flushed++ && leftovers_flush(t))
+		if (r == -EBUSY && !flushed++ && tpm_leftovers_flush(t))
 			continue;
 		break;
 	}
 	if (r == -EAGAIN)
 		r = tpm_fail(t, -EACCES, "tpm: unwrapping a key: the PCRs keep changing");
 out:
-	return call_end(t, r);
+	return tpm_call_end(t, r);
 }
 
 /* ---- attested enrolment (docs/trust.md 1) ------------------------------------ */
@@ -2106,7 +2089,7 @@ static const uint8_t tpm_ek_policy_high384[48] = {
 	0xcb, 0x1c, 0x0a, 0xd9, 0xbd, 0xe4, 0x19, 0xca, 0xcb, 0x47, 0xba, 0x09,
 	0x69, 0x96, 0x46, 0x15, 0x0f, 0x9f, 0xc0, 0x00, 0xf3, 0xf8, 0x0e, 0x12};
 
-static void ek_template(const struct tpm_ek_kind *k, TPM2B_PUBLIC *tmpl)
+static void tpm_ek_template(const struct tpm_ek_kind *k, TPM2B_PUBLIC *tmpl)
 {
 	TPMT_PUBLIC *a = &tmpl->publicArea;
 
@@ -2147,8 +2130,8 @@ static void ek_template(const struct tpm_ek_kind *k, TPM2B_PUBLIC *tmpl)
 	}
 }
 
-static int ek_create(struct tpm *t, const struct tpm_ek_kind *k, ESYS_TR *ret,
-		     TPM2B_PUBLIC *ret_pub)
+static int tpm_ek_create(struct tpm *t, const struct tpm_ek_kind *k, ESYS_TR *ret,
+			 TPM2B_PUBLIC *ret_pub)
 {
 	TPM2B_PUBLIC tmpl, *pub = NULL;
 	TPM2B_SENSITIVE_CREATE in = {0};
@@ -2157,7 +2140,7 @@ static int ek_create(struct tpm *t, const struct tpm_ek_kind *k, ESYS_TR *ret,
 	ESYS_TR h = ESYS_TR_NONE;
 	TSS2_RC rc;
 
-	ek_template(k, &tmpl);
+	tpm_ek_template(k, &tmpl);
 	rc = Esys_CreatePrimary(t->esys, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD, ESYS_TR_NONE,
 				ESYS_TR_NONE, &in, &tmpl, &outside, &creation, &h, &pub, NULL, NULL,
 				NULL);
@@ -2171,7 +2154,7 @@ static int ek_create(struct tpm *t, const struct tpm_ek_kind *k, ESYS_TR *ret,
 }
 
 /* 1 when an NV index exists, 0 when not; its data size in *ret_size. */
-static int nv_size(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_h, size_t *ret_size)
+static int tpm_nv_size(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_h, size_t *ret_size)
 {
 	TPM2B_NV_PUBLIC *pub = NULL;
 	ESYS_TR h = ESYS_TR_NONE;
@@ -2179,7 +2162,7 @@ static int nv_size(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_h, size_t *ret
 
 	rc = Esys_TR_FromTPMPublic(t->esys, index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &h);
 	if (rc != TSS2_RC_SUCCESS)
-		return rc_base(rc) == TPM2_RC_HANDLE ? 0 : tpm_rc(t, rc, "opening an NV index");
+		return tpm_rc_base(rc) == TPM2_RC_HANDLE ? 0 : tpm_rc(t, rc, "opening an NV index");
 	rc = Esys_NV_ReadPublic(t->esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub, NULL);
 	if (rc != TSS2_RC_SUCCESS) {
 		Esys_TR_Close(t->esys, &h);
@@ -2191,8 +2174,8 @@ static int nv_size(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_h, size_t *ret
 	return 1;
 }
 
-static int ek_cert_read(struct tpm *t, const struct tpm_ek_kind **ret_kind, uint8_t **ret,
-			size_t *ret_len)
+static int tpm_ek_cert_read(struct tpm *t, const struct tpm_ek_kind **ret_kind, uint8_t **ret,
+			    size_t *ret_len)
 {
 	const struct tpm_ek_kind *k = NULL;
 	TPM2B_MAX_NV_BUFFER *part = NULL;
@@ -2203,7 +2186,7 @@ static int ek_cert_read(struct tpm *t, const struct tpm_ek_kind **ret_kind, uint
 	int r = 0;
 
 	for (i = 0; i < TPM_EK_KINDS && r == 0; i++) {
-		r = nv_size(t, tpm_ek_kinds[i].nv, &h, &size);
+		r = tpm_nv_size(t, tpm_ek_kinds[i].nv, &h, &size);
 		if (r < 0)
 			return r;
 		k = &tpm_ek_kinds[i];
@@ -2263,7 +2246,7 @@ out_free:
  * DER's own length (an NV index may be padded).
  */
 /* 1 when key is the RSA key of ek (n, e = 65537). */
-static int ek_rsa_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
+static int tpm_ek_rsa_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
 {
 	const TPM2B_PUBLIC_KEY_RSA *n = &ek->publicArea.unique.rsa;
 	uint8_t mod[TPM2_MAX_RSA_KEY_BYTES];
@@ -2282,7 +2265,7 @@ static int ek_rsa_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
 }
 
 /* 1 when key is the EC point of ek (uncompressed 04 || x || y). */
-static int ek_ecc_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
+static int tpm_ek_ecc_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
 {
 	const TPMS_ECC_POINT *q = &ek->publicArea.unique.ecc;
 	uint8_t pt[1 + 2 * TPM2_MAX_ECC_KEY_BYTES];
@@ -2300,8 +2283,8 @@ static int ek_ecc_equal(EVP_PKEY *key, const TPM2B_PUBLIC *ek)
  * The certificate's key must be the EK's; *ret_len becomes the DER's own
  * length (an NV index may be padded).
  */
-static int ek_cert_check(struct tpm *t, const struct tpm_ek_kind *k, const uint8_t *der,
-			 size_t *len, const TPM2B_PUBLIC *ek)
+static int tpm_ek_cert_check(struct tpm *t, const struct tpm_ek_kind *k, const uint8_t *der,
+			     size_t *len, const TPM2B_PUBLIC *ek)
 {
 	const unsigned char *p = der;
 	EVP_PKEY *key;
@@ -2313,7 +2296,8 @@ static int ek_cert_check(struct tpm *t, const struct tpm_ek_kind *k, const uint8
 		return tpm_fail(t, -EKEYREJECTED,
 				"tpm: the EK certificate in NV 0x%08x is not DER X.509", k->nv);
 	key = X509_get0_pubkey(x);
-	eq = key && (k->type == TPM2_ALG_RSA ? ek_rsa_equal(key, ek) : ek_ecc_equal(key, ek));
+	eq = key &&
+	     (k->type == TPM2_ALG_RSA ? tpm_ek_rsa_equal(key, ek) : tpm_ek_ecc_equal(key, ek));
 	X509_free(x);
 	if (!eq)
 		return tpm_fail(
@@ -2326,7 +2310,7 @@ static int ek_cert_check(struct tpm *t, const struct tpm_ek_kind *k, const uint8
 	return 0;
 }
 
-static int ak_create(struct tpm *t, TPM2B_PUBLIC *ret_pub, TPM2B_PRIVATE *ret_priv)
+static int tpm_ak_create(struct tpm *t, TPM2B_PUBLIC *ret_pub, TPM2B_PRIVATE *ret_priv)
 {
 	TPM2B_PUBLIC tmpl = {
 		.publicArea =
@@ -2352,30 +2336,30 @@ static int ak_create(struct tpm *t, TPM2B_PUBLIC *ret_pub, TPM2B_PRIVATE *ret_pr
 	};
 	TPM2B_SENSITIVE_CREATE in = {0};
 
-	return object_create(t, "creating the attestation key", &tmpl, &in, ret_pub, ret_priv);
+	return tpm_object_create(t, "creating the attestation key", &tmpl, &in, ret_pub, ret_priv);
 }
 
-static int attest_new_once(struct tpm *t, struct tpm_attest *a)
+static int tpm_attest_new_once(struct tpm *t, struct tpm_attest *a)
 {
 	ESYS_TR ek = ESYS_TR_NONE;
 	int r;
 
 	free(a->ek_cert);
 	a->ek_cert = NULL;
-	r = ek_cert_read(t, &a->ek, &a->ek_cert, &a->ek_cert_len);
+	r = tpm_ek_cert_read(t, &a->ek, &a->ek_cert, &a->ek_cert_len);
 	if (r < 0)
 		return r;
-	r = ek_create(t, a->ek, &ek, &a->ek_pub);
+	r = tpm_ek_create(t, a->ek, &ek, &a->ek_pub);
 	if (r < 0)
 		return r;
-	handle_flush(t, &ek);
-	r = ek_cert_check(t, a->ek, a->ek_cert, &a->ek_cert_len, &a->ek_pub);
+	tpm_handle_flush(t, &ek);
+	r = tpm_ek_cert_check(t, a->ek, a->ek_cert, &a->ek_cert_len, &a->ek_pub);
 	if (r < 0)
 		return r;
-	r = srk_get(t);
+	r = tpm_srk_get(t);
 	if (r < 0)
 		return r;
-	return ak_create(t, &a->ak_pub, &a->ak_priv);
+	return tpm_ak_create(t, &a->ak_pub, &a->ak_priv);
 }
 
 int tpm_attest_new(struct tpm *t, struct tpm_attest **ret)
@@ -2388,11 +2372,11 @@ int tpm_attest_new(struct tpm *t, struct tpm_attest **ret)
 	a = calloc(1, sizeof(*a));
 	if (!a)
 		return -ENOMEM;
-	call_begin(t);
-	r = attest_new_once(t, a);
-	if (r == -EBUSY && leftovers_flush(t))
-		r = attest_new_once(t, a);
-	r = call_end(t, r);
+	tpm_call_begin(t);
+	r = tpm_attest_new_once(t, a);
+	if (r == -EBUSY && tpm_leftovers_flush(t))
+		r = tpm_attest_new_once(t, a);
+	r = tpm_call_end(t, r);
 	if (r < 0) {
 		tpm_attest_free(a);
 		return r;
@@ -2402,7 +2386,7 @@ int tpm_attest_new(struct tpm *t, struct tpm_attest **ret)
 }
 
 /* A policy session satisfying the EK's PolicySecret(endorsement), salted with the SRK. */
-static int ek_session(struct tpm *t, ESYS_TR *ret)
+static int tpm_ek_session(struct tpm *t, ESYS_TR *ret)
 {
 	TPM2B_TIMEOUT *timeout = NULL;
 	TPMT_TK_AUTH *ticket = NULL;
@@ -2410,13 +2394,13 @@ static int ek_session(struct tpm *t, ESYS_TR *ret)
 	TSS2_RC rc;
 	int r;
 
-	r = session_start(t, TPM2_SE_POLICY, 1, 0, &s);
+	r = tpm_session_start(t, TPM2_SE_POLICY, 1, 0, &s);
 	if (r < 0)
 		return r;
 	rc = Esys_PolicySecret(t->esys, ESYS_TR_RH_ENDORSEMENT, s, ESYS_TR_PASSWORD, ESYS_TR_NONE,
 			       ESYS_TR_NONE, NULL, NULL, NULL, 0, &timeout, &ticket);
 	if (rc != TSS2_RC_SUCCESS) {
-		handle_flush(t, &s);
+		tpm_handle_flush(t, &s);
 		return tpm_rc(t, rc, "PolicySecret(endorsement) for the EK");
 	}
 	Esys_Free(timeout);
@@ -2425,39 +2409,39 @@ static int ek_session(struct tpm *t, ESYS_TR *ret)
 	return 0;
 }
 
-static int attest_activate(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
-			   const TPM2B_ID_OBJECT *blob, const TPM2B_ENCRYPTED_SECRET *sec)
+static int tpm_attest_activate(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
+			       const TPM2B_ID_OBJECT *blob, const TPM2B_ENCRYPTED_SECRET *sec)
 {
 	ESYS_TR ek = ESYS_TR_NONE, hmac = ESYS_TR_NONE, pol = ESYS_TR_NONE;
 	TPM2B_DIGEST *cred = NULL;
 	TSS2_RC rc;
 	int r;
 
-	r = srk_get(t);
+	r = tpm_srk_get(t);
 	if (r < 0)
 		return r;
 	/* The credential comes back encrypted by the salted session. */
-	r = session_start(t, TPM2_SE_HMAC, 1, TPMA_SESSION_ENCRYPT, &hmac);
+	r = tpm_session_start(t, TPM2_SE_HMAC, 1, TPMA_SESSION_ENCRYPT, &hmac);
 	if (r < 0)
 		goto out;
 	/* A low-range EK answers to PolicySecret(endorsement), a high-range one to its password. */
 	if (a->ek->high)
 		pol = ESYS_TR_PASSWORD;
 	else
-		r = ek_session(t, &pol);
+		r = tpm_ek_session(t, &pol);
 	if (r < 0)
 		goto out;
 	/*
 	 * The sessions hold their salt: the SRK may go, so that AK and EK fit
 	 * in a TPM with three object slots (swtpm, some firmware TPMs).
 	 */
-	objects_park(t);
-	r = ek_create(t, a->ek, &ek, NULL);
+	tpm_objects_park(t);
+	r = tpm_ek_create(t, a->ek, &ek, NULL);
 	if (r < 0)
 		goto out;
 	rc = Esys_ActivateCredential(t->esys, ak, ek, hmac, pol, ESYS_TR_NONE, blob, sec, &cred);
 	if (rc != TSS2_RC_SUCCESS) {
-		TSS2_RC base = rc_base(rc);
+		TSS2_RC base = tpm_rc_base(rc);
 
 		/* A refusal of the credential itself, not a full or locked TPM. */
 		if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER ||
@@ -2475,17 +2459,18 @@ static int attest_activate(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
 	a->secret = *cred;
 	OPENSSL_cleanse(cred, sizeof(*cred));
 	Esys_Free(cred);
-	esys_scrub(t);
+	tpm_esys_scrub(t);
 	r = 0;
 out:
 	if (pol != ESYS_TR_PASSWORD)
-		handle_flush(t, &pol);
-	handle_flush(t, &hmac);
-	handle_flush(t, &ek);
+		tpm_handle_flush(t, &pol);
+	tpm_handle_flush(t, &hmac);
+	tpm_handle_flush(t, &ek);
 	return r;
 }
 
-static int attest_quote(struct tpm *t, struct tpm_attest *a, ESYS_TR ak, const TPM2B_DATA *nonce)
+static int tpm_attest_quote(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
+			    const TPM2B_DATA *nonce)
 {
 	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL};
 	TPML_PCR_SELECTION one;
@@ -2538,8 +2523,8 @@ static int attest_quote(struct tpm *t, struct tpm_attest *a, ESYS_TR ak, const T
 	return 0;
 }
 
-static int attest_prove_once(struct tpm *t, struct tpm_attest *a, const TPM2B_ID_OBJECT *blob,
-			     const TPM2B_ENCRYPTED_SECRET *sec, const TPM2B_DATA *nonce)
+static int tpm_attest_prove_once(struct tpm *t, struct tpm_attest *a, const TPM2B_ID_OBJECT *blob,
+				 const TPM2B_ENCRYPTED_SECRET *sec, const TPM2B_DATA *nonce)
 {
 	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL};
 	TPM2B_ATTEST *info = NULL;
@@ -2548,18 +2533,18 @@ static int attest_prove_once(struct tpm *t, struct tpm_attest *a, const TPM2B_ID
 	TSS2_RC rc;
 	int r;
 
-	r = ensure_loaded(t);
+	r = tpm_ensure_loaded(t);
 	if (r == 0)
-		r = srk_get(t);
+		r = tpm_srk_get(t);
 	if (r < 0)
 		return r;
 	a->dk_pub = t->dk_pub;
-	r = object_load(t, "loading the attestation key", &a->ak_pub, &a->ak_priv, &ak);
+	r = tpm_object_load(t, "loading the attestation key", &a->ak_pub, &a->ak_priv, &ak);
 	if (r < 0)
 		return r;
-	r = attest_activate(t, a, ak, blob, sec);
+	r = tpm_attest_activate(t, a, ak, blob, sec);
 	if (r == 0)
-		r = dk_get(t);
+		r = tpm_dk_get(t);
 	if (r < 0)
 		goto out;
 	/* Nothing secret in Certify: the DK's ADMIN role answers to its empty authValue. */
@@ -2575,14 +2560,14 @@ static int attest_prove_once(struct tpm *t, struct tpm_attest *a, const TPM2B_ID
 	Esys_Free(sig);
 	a->quoted = 0;
 	if (t->pcrs.count) {
-		r = attest_quote(t, a, ak, nonce);
+		r = tpm_attest_quote(t, a, ak, nonce);
 		if (r < 0)
 			goto out;
 	}
 	a->proved = 1;
 	r = 0;
 out:
-	handle_flush(t, &ak);
+	tpm_handle_flush(t, &ak);
 	return r;
 }
 
@@ -2598,7 +2583,7 @@ int tpm_attest_prove(struct tpm *t, struct tpm_attest *a, const uint8_t *blob, s
 
 	if (!t || !a || !blob || !enc_secret || !nonce)
 		return -EINVAL;
-	call_begin(t);
+	tpm_call_begin(t);
 	if (Tss2_MU_TPM2B_ID_OBJECT_Unmarshal(blob, blob_len, &off, &id) != TSS2_RC_SUCCESS ||
 	    off != blob_len) {
 		r = tpm_fail(t, -EBADMSG,
@@ -2620,11 +2605,11 @@ int tpm_attest_prove(struct tpm *t, struct tpm_attest *a, const uint8_t *blob, s
 	qual.size = (UINT16)nonce_len;
 	memcpy(qual.buffer, nonce, nonce_len);
 	a->proved = 0;
-	r = attest_prove_once(t, a, &id, &sec, &qual);
-	if (r == -EBUSY && leftovers_flush(t))
-		r = attest_prove_once(t, a, &id, &sec, &qual);
+	r = tpm_attest_prove_once(t, a, &id, &sec, &qual);
+	if (r == -EBUSY && tpm_leftovers_flush(t))
+		r = tpm_attest_prove_once(t, a, &id, &sec, &qual);
 out:
-	return call_end(t, r);
+	return tpm_call_end(t, r);
 }
 
 int tpm_attest_item(const struct tpm_attest *a, enum tpm_attest_item which, const uint8_t **ret,

@@ -1,7 +1,8 @@
 /*
  * test_crypto.c - crypto/: known-answer vectors of both formats from the
  * independent tools (tests/vectors, made by tests/vectors/generate), random
- * range decryption against whole-file decryption, format-2 tampering,
+ * range decryption against whole-file decryption, AES-256-GCM (a NIST
+ * vector, the TPM store's layout against EVP), format-2 tampering,
  * padding checks and the locked memory. Ends with a throughput line.
  *
  * The vectors are read from $AZ_TOP/tests/vectors (tests/run sets AZ_TOP),
@@ -18,6 +19,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 #include "crypto/crypto.h"
 #include "tests/unit/check.h"
@@ -602,6 +605,166 @@ static void test_vectors(void)
 }
 
 /* ---- format 1 --------------------------------------------------------- */
+
+/* ---- AES-256-GCM ------------------------------------------------------ */
+
+/*
+ * The TPM's sealed store (tpm/tpm.c, docs/tpm.md): "AZTS" 1 0 0 0 || nonce
+ * || ciphertext || tag, the first 20 bytes authenticated. Built here with
+ * crypto_gcm_seal exactly as tpm.c builds it.
+ */
+#define STORE_HDR 8
+#define STORE_AAD (STORE_HDR + CRYPTO_GCM_NONCE_SIZE)
+static const uint8_t store_magic[STORE_HDR] = {'A', 'Z', 'T', 'S', 1, 0, 0, 0};
+
+static int store_blob(const uint8_t *key, const uint8_t *nonce, const uint8_t *secret, size_t n,
+		      uint8_t *blob)
+{
+	memcpy(blob, store_magic, STORE_HDR);
+	memcpy(blob + STORE_HDR, nonce, CRYPTO_GCM_NONCE_SIZE);
+	return crypto_gcm_seal(key, blob + STORE_HDR, blob, STORE_AAD, secret, n, blob + STORE_AAD);
+}
+
+/* The same blob through OpenSSL's EVP directly: the code tpm.c had before crypto_gcm_seal. */
+static int store_blob_evp(const uint8_t *key, const uint8_t *nonce, const uint8_t *secret, size_t n,
+			  uint8_t *blob)
+{
+	EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+	uint8_t *ct = blob + STORE_AAD;
+	int len, ok;
+
+	memcpy(blob, store_magic, STORE_HDR);
+	memcpy(blob + STORE_HDR, nonce, CRYPTO_GCM_NONCE_SIZE);
+	ok = c && EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
+	     EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, CRYPTO_GCM_NONCE_SIZE, NULL) == 1 &&
+	     EVP_EncryptInit_ex(c, NULL, NULL, key, blob + STORE_HDR) == 1 &&
+	     EVP_EncryptUpdate(c, NULL, &len, blob, STORE_AAD) == 1 &&
+	     (n == 0 || EVP_EncryptUpdate(c, ct, &len, secret, (int)n) == 1) &&
+	     EVP_EncryptFinal_ex(c, ct + n, &len) == 1 &&
+	     EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, CRYPTO_TAG_SIZE, ct + n) == 1;
+	EVP_CIPHER_CTX_free(c);
+	return ok ? 0 : -1;
+}
+
+static void test_gcm(void)
+{
+	/* NIST GCM spec (McGrew and Viega), test case 16: AES-256, 60 bytes, 20 of AAD. */
+	static const char nist_key[] =
+		"feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308";
+	static const char nist_iv[] = "cafebabefacedbaddecaf888";
+	static const char nist_p[] =
+		"d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72"
+		"1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39";
+	static const char nist_a[] = "feedfacedeadbeeffeedfacedeadbeefabaddad2";
+	static const char nist_ct[] =
+		"522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa"
+		"8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662"
+		"76fc6ece0f4e1768cddf8853bb2d551b";
+	/*
+	 * A store blob made by Python's cryptography (AESGCM), key 00..1f,
+	 * nonce a0..ab, and the secret below: the bytes existing devices hold.
+	 */
+	static const char store_kat[] =
+		"415a545301000000a0a1a2a3a4a5a6a7a8a9aaab83751d4429eb3f9f0600f1ba641f80bb08cd3460fe"
+		"d26c0ff3632cf61ed80676bd0423df9202235c6aa929bf3908e7d446190ce861bb72e6734c3e0b96ee"
+		"fbf6f1fd";
+	static const char secret[] = "email = device@example.com\npassword = pa55-w0rd-\x01\x02";
+	uint8_t key[CRYPTO_KEY_SIZE], iv[CRYPTO_GCM_NONCE_SIZE + 1], p[64], a[32], want[96];
+	uint8_t got[96], out[512], blob[512], ref[512], in[512];
+	size_t n, i, bad;
+	int err;
+
+	/* ---- known answers ---- */
+	CHECK(unhex(nist_key, blob, sizeof(blob)) == 32 && unhex(nist_iv, iv, sizeof(iv)) == 12 &&
+		      unhex(nist_p, p, sizeof(p)) == 60 && unhex(nist_a, a, sizeof(a)) == 20 &&
+		      unhex(nist_ct, want, sizeof(want)) == 76,
+	      "gcm: the NIST vector decodes");
+	memcpy(key, blob, sizeof(key));
+	err = crypto_gcm_seal(key, iv, a, 20, p, 60, got);
+	CHECK(err == 0 && memcmp(got, want, 76) == 0,
+	      "gcm: crypto_gcm_seal gives NIST test case 16 (ciphertext and tag) (%d)", err);
+	memset(out, 0xaa, sizeof(out));
+	err = crypto_gcm_open(key, iv, a, 20, want, 76, out);
+	CHECK(err == 0 && memcmp(out, p, 60) == 0, "gcm: crypto_gcm_open opens it (%d)", err);
+
+	for (i = 0; i < sizeof(key); i++)
+		key[i] = (uint8_t)i;
+	for (i = 0; i < CRYPTO_GCM_NONCE_SIZE; i++)
+		iv[i] = (uint8_t)(0xa0 + i);
+	n = sizeof(secret) - 1; /* without the NUL */
+	CHECK(unhex(store_kat, ref, sizeof(ref)) == (long)(STORE_AAD + n + CRYPTO_TAG_SIZE),
+	      "gcm: the store vector decodes");
+	err = store_blob(key, iv, (const uint8_t *)secret, n, blob);
+	CHECK(err == 0 && memcmp(blob, ref, STORE_AAD + n + CRYPTO_TAG_SIZE) == 0,
+	      "gcm: a store blob is byte for byte the known one (%d)", err);
+	memset(out, 0xaa, sizeof(out));
+	err = crypto_gcm_open(key, ref + STORE_HDR, ref, STORE_AAD, ref + STORE_AAD,
+			      n + CRYPTO_TAG_SIZE, out);
+	CHECK(err == 0 && memcmp(out, secret, n) == 0,
+	      "gcm: the known store blob opens to its secret (%d)", err);
+
+	/* ---- against EVP, every size up to 300, random keys and nonces ---- */
+	bad = 0;
+	for (n = 0; n <= 300; n++) {
+		uint8_t nonce[CRYPTO_GCM_NONCE_SIZE];
+
+		crypto_random(key, sizeof(key));
+		crypto_random(nonce, sizeof(nonce));
+		fill_random(in, n);
+		if (store_blob(key, nonce, in, n, blob) != 0 ||
+		    store_blob_evp(key, nonce, in, n, ref) != 0 ||
+		    memcmp(blob, ref, STORE_AAD + n + CRYPTO_TAG_SIZE) != 0)
+			bad++;
+		memset(out, 0xaa, sizeof(out));
+		if (crypto_gcm_open(key, blob + STORE_HDR, blob, STORE_AAD, blob + STORE_AAD,
+				    n + CRYPTO_TAG_SIZE, out) != 0 ||
+		    memcmp(out, in, n) != 0)
+			bad++;
+	}
+	CHECK(bad == 0, "gcm: store blobs of 0..300 bytes equal EVP's and open (%zu bad)", bad);
+
+	/* ---- tampering: every bit of a store blob, each a refusal that leaves nothing ---- */
+	crypto_random(key, sizeof(key));
+	crypto_random(iv, CRYPTO_GCM_NONCE_SIZE);
+	n = sizeof(secret);
+	store_blob(key, iv, (const uint8_t *)secret, n, blob);
+	bad = 0;
+	for (i = 0; i < (STORE_AAD + n + CRYPTO_TAG_SIZE) * 8; i++) {
+		memcpy(ref, blob, STORE_AAD + n + CRYPTO_TAG_SIZE);
+		ref[i / 8] ^= (uint8_t)(1u << (i % 8));
+		memset(out, 0xaa, sizeof(out));
+		err = crypto_gcm_open(key, ref + STORE_HDR, ref, STORE_AAD, ref + STORE_AAD,
+				      n + CRYPTO_TAG_SIZE, out);
+		if (err != -EBADMSG || !all_zero_or(out, n, 0) || out[n] != 0xaa)
+			bad++;
+	}
+	CHECK(bad == 0,
+	      "gcm: a flipped bit anywhere (header, nonce, ciphertext, tag) gives "
+	      "-EBADMSG and a wiped output (%zu bad)",
+	      bad);
+	memset(out, 0xaa, sizeof(out));
+	crypto_random(ref, CRYPTO_KEY_SIZE);
+	err = crypto_gcm_open(ref, blob + STORE_HDR, blob, STORE_AAD, blob + STORE_AAD,
+			      n + CRYPTO_TAG_SIZE, out);
+	CHECK(err == -EBADMSG && all_zero_or(out, n, 0),
+	      "gcm: another key gives -EBADMSG and a wiped output (%d)", err);
+	memset(out, 0xaa, sizeof(out));
+	err = crypto_gcm_open(key, blob + STORE_HDR, blob, STORE_AAD, blob + STORE_AAD,
+			      CRYPTO_TAG_SIZE - 1, out);
+	CHECK(err == -EBADMSG && out[0] == 0xaa,
+	      "gcm: fewer bytes than a tag give -EBADMSG, nothing written (%d)", err);
+	err = crypto_gcm_open(key, blob + STORE_HDR, blob, STORE_AAD - 1, blob + STORE_AAD,
+			      n + CRYPTO_TAG_SIZE, out);
+	CHECK(err == -EBADMSG, "gcm: a shorter AAD gives -EBADMSG (%d)", err);
+
+	/* ---- in place ---- */
+	memcpy(in, secret, n);
+	err = crypto_gcm_seal(key, iv, NULL, 0, in, n, in);
+	memcpy(ref, in, n + CRYPTO_TAG_SIZE);
+	err = err ? err : crypto_gcm_open(key, iv, NULL, 0, in, n + CRYPTO_TAG_SIZE, in);
+	CHECK(err == 0 && memcmp(in, secret, n) == 0 && memcmp(ref, secret, n) != 0,
+	      "gcm: seal and open in place, no AAD (%d)", err);
+}
 
 static void test_f1_sizes_and_padding(void)
 {
@@ -1300,6 +1463,7 @@ int main(void)
 
 	test_encodings();
 	test_vectors();
+	test_gcm();
 	test_f1_sizes_and_padding();
 	test_ranges();
 	test_f2_geometry();

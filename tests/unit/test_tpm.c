@@ -223,6 +223,51 @@ static int copy_files(const char *from, const char *to, const char *const *names
 	return 0;
 }
 
+/* Reads dir/name into buf (cap bytes); its size, 0 when unreadable or larger. */
+static size_t read_file_at(const char *dir, const char *name, uint8_t *buf, size_t cap)
+{
+	char path[4200];
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "rb");
+	if (!f)
+		return 0;
+	n = fread(buf, 1, cap, f);
+	if (n == cap || ferror(f))
+		n = 0;
+	fclose(f);
+	return n;
+}
+
+/* Replaces dir/name's content with n bytes of buf, keeping its mode; -1 on failure. */
+static int write_file_at(const char *dir, const char *name, const uint8_t *buf, size_t n)
+{
+	char path[4200];
+	FILE *f;
+	int r;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "r+b");
+	if (!f)
+		return -1;
+	r = fwrite(buf, 1, n, f) == n && ftruncate(fileno(f), (off_t)n) == 0 ? 0 : -1;
+	if (fclose(f) != 0)
+		r = -1;
+	return r;
+}
+
+static int all_bytes(const uint8_t *p, size_t n, uint8_t v)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (p[i] != v)
+			return 0;
+	return 1;
+}
+
 static const char *const all_files[] = {
 	"tpm-srk.pub",	"tpm-pcrs",	 "tpm-dk.pub", "tpm-dk.priv",
 	"tpm-seal.pub", "tpm-seal.priv", "tpm-store",  NULL};
@@ -445,6 +490,41 @@ int main(void)
 	olen = 7;
 	r = tpm_unseal(t, out, 10, &olen);
 	CHECK(r == -ENOBUFS && olen == 7, "unseal into too small a buffer: -ENOBUFS (%d)", r);
+
+	/*
+	 * The store's layout on disk (docs/tpm.md), which existing devices
+	 * hold: "AZTS" 1 0 0 0 || nonce(12) || ciphertext || tag(16). A bit
+	 * flipped in its ciphertext is refused and leaves the caller's buffer
+	 * as it was.
+	 */
+	{
+		static const uint8_t magic[8] = {'A', 'Z', 'T', 'S', 1, 0, 0, 0};
+		uint8_t store[1024], flipped[1024];
+		size_t slen;
+
+		slen = read_file_at(dir_a, "tpm-store", store, sizeof(store));
+		CHECK(slen == 8 + 12 + sizeof(secret1) + 16 && !memcmp(store, magic, 8),
+		      "tpm-store is magic, nonce, %zu bytes of ciphertext and a tag (%zu bytes)",
+		      sizeof(secret1), slen);
+		memcpy(flipped, store, slen);
+		flipped[8 + 12 + 5] ^= 0x10;
+		r = write_file_at(dir_a, "tpm-store", flipped, slen);
+		r = r ? r : tpm_load(t);
+		CHECK(r == 0, "tpm_load reads a tpm-store with a flipped bit (%d)", r);
+		olen = 7;
+		memset(out, 0xaa, sizeof(out));
+		r = tpm_unseal(t, out, sizeof(out), &olen);
+		CHECK(r == -EBADMSG && olen == 7 && all_bytes(out, sizeof(out), 0xaa),
+		      "a flipped bit in the store: -EBADMSG, the buffer untouched (%d)", r);
+		CHECK(strstr(tpm_last_error(t), "does not decrypt") != NULL,
+		      "and the last error says so: %s", tpm_last_error(t));
+		r = write_file_at(dir_a, "tpm-store", store, slen);
+		r = r ? r : tpm_load(t);
+		olen = 0;
+		r = r ? r : tpm_unseal(t, out, sizeof(out), &olen);
+		CHECK(r == 0 && olen == sizeof(secret1) && !memcmp(out, secret1, olen),
+		      "the store put back unseals again (%d)", r);
+	}
 
 	CHECK(wrap(pem, k, sizeof(k), EVP_sha256(), wrapped, &wlen) == 0 && wlen == 256,
 	      "OpenSSL wraps a key to the PEM with RSA-OAEP-SHA256");
