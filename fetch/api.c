@@ -5,13 +5,19 @@
  * comes back. Passwords, tokens and keys travel only in bodies and the
  * Authorization header, are wiped after use (jansson's copies included)
  * and never logged. No state and no locks of its own.
+ *
+ * It also owns the one multipart/form-data writer: the API's upload and
+ * azaionctl's F3 upload to the side endpoint (docs/loader-api.md) both
+ * stream their bodies through it.
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <sys/random.h>
 
 #include "fetch/internal.h"
 
@@ -392,97 +398,222 @@ int fetch_api_key_fragment(struct fetch *f, const char *api_url_base, const char
 	return r;
 }
 
-/* The multipart body: rebuilt on each attempt's handle, freed after it. */
+/* ---- multipart/form-data bodies ----------------------------------------- */
+
+#define MP_BOUNDARY_PREFIX "azaionfs"
+#define MP_BOUNDARY_RANDOM 12 /* bytes, as hex in the boundary */
+
+struct fetch_multipart {
+	char boundary[sizeof(MP_BOUNDARY_PREFIX) + 2 * MP_BOUNDARY_RANDOM];
+	char content_type[sizeof("multipart/form-data; boundary=") + sizeof(MP_BOUNDARY_PREFIX) +
+			  2 * MP_BOUNDARY_RANDOM];
+	char *head; /* the fields and the file part's header */
+	char tail[sizeof("\r\n----\r\n") + sizeof(MP_BOUNDARY_PREFIX) + 2 * MP_BOUNDARY_RANDOM];
+	size_t head_len, tail_len;
+	uint64_t size, pos, total;
+	fetch_read_fn rd;
+	void *rd_ctx;
+};
+
+/* A name that goes into a Content-Disposition between quotes, as it is. */
+static int mp_name_ok(const char *s)
+{
+	return s && *s && !strpbrk(s, "\"\r\n");
+}
+
+/* Appends to out at *len, or only counts when out is NULL. */
+static int mp_append(char *out, size_t cap, size_t *len, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int mp_append(char *out, size_t cap, size_t *len, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(out ? out + *len : NULL, out ? cap - *len : 0, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return -EINVAL;
+	*len += (size_t)n;
+	return 0;
+}
+
+/* The head: each field, then the file part's header; measured when out is NULL. */
+static int mp_head(const struct fetch_multipart *m, const char *const *fields,
+		   const char *file_field, const char *file_name, char *out, size_t cap,
+		   size_t *ret_len)
+{
+	const char *const *fp;
+	size_t len = 0;
+	int r = 0;
+
+	for (fp = fields; r == 0 && fp && fp[0]; fp += 2)
+		r = mp_append(out, cap, &len,
+			      "--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n",
+			      m->boundary, fp[0], fp[1]);
+	if (r == 0)
+		r = mp_append(out, cap, &len,
+			      "--%s\r\nContent-Disposition: form-data; name=\"%s\"; "
+			      "filename=\"%s\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+			      m->boundary, file_field, file_name);
+	if (r == 0)
+		*ret_len = len;
+	return r;
+}
+
+int fetch_multipart_new(const char *const *fields, const char *file_field, const char *file_name,
+			uint64_t size, fetch_read_fn rd, void *rd_ctx, struct fetch_multipart **ret)
+{
+	static const char hex[] = "0123456789abcdef";
+	uint8_t rnd[MP_BOUNDARY_RANDOM];
+	const char *const *fp;
+	struct fetch_multipart *m;
+	size_t i, len;
+	char *p;
+	int r;
+
+	if (!mp_name_ok(file_field) || !mp_name_ok(file_name) || (!rd && size) ||
+	    size > (uint64_t)INT64_MAX / 2)
+		return -EINVAL;
+	for (fp = fields; fp && fp[0]; fp += 2)
+		if (!mp_name_ok(fp[0]) || !fp[1])
+			return -EINVAL;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+		r = errno ? -errno : -EIO;
+		goto fail;
+	}
+	p = m->boundary + strlen(MP_BOUNDARY_PREFIX);
+	memcpy(m->boundary, MP_BOUNDARY_PREFIX, strlen(MP_BOUNDARY_PREFIX));
+	for (i = 0; i < sizeof(rnd); i++) {
+		*p++ = hex[rnd[i] >> 4];
+		*p++ = hex[rnd[i] & 15];
+	}
+	*p = '\0';
+	snprintf(m->content_type, sizeof(m->content_type), "multipart/form-data; boundary=%s",
+		 m->boundary);
+	m->tail_len = (size_t)snprintf(m->tail, sizeof(m->tail), "\r\n--%s--\r\n", m->boundary);
+	r = mp_head(m, fields, file_field, file_name, NULL, 0, &len);
+	if (r)
+		goto fail;
+	m->head = malloc(len + 1);
+	if (!m->head) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = mp_head(m, fields, file_field, file_name, m->head, len + 1, &m->head_len);
+	if (r)
+		goto fail;
+	m->size = size;
+	m->total = m->head_len + size + m->tail_len;
+	m->rd = rd;
+	m->rd_ctx = rd_ctx;
+	*ret = m;
+	return 0;
+fail:
+	fetch_multipart_free(m);
+	return r;
+}
+
+void fetch_multipart_free(struct fetch_multipart *m)
+{
+	if (!m)
+		return;
+	free(m->head);
+	free(m);
+}
+
+void fetch_multipart_set_body(struct fetch_multipart *m, struct fetch_request *req)
+{
+	req->body = NULL;
+	req->body_len = 0;
+	req->body_reader = fetch_multipart_read;
+	req->body_ctx = m;
+	req->body_size = (int64_t)m->total;
+	req->content_type = m->content_type;
+}
+
+ssize_t fetch_multipart_read(void *ctx, uint8_t *buf, size_t cap)
+{
+	struct fetch_multipart *m = ctx;
+	uint64_t end_head = m->head_len, end_file = end_head + m->size;
+	size_t n;
+	ssize_t k;
+
+	if (m->pos < end_head) {
+		n = end_head - m->pos < cap ? (size_t)(end_head - m->pos) : cap;
+		memcpy(buf, m->head + m->pos, n);
+	} else if (m->pos < end_file) {
+		n = end_file - m->pos < cap ? (size_t)(end_file - m->pos) : cap;
+		k = m->rd(m->rd_ctx, buf, n);
+		if (k < 0)
+			return k;
+		if (k == 0)
+			return -EIO; /* the file ended before its size (it shrank) */
+		if ((size_t)k > n)
+			return -EINVAL;
+		n = (size_t)k;
+	} else if (m->pos < m->total) {
+		n = m->total - m->pos < cap ? (size_t)(m->total - m->pos) : cap;
+		memcpy(buf, m->tail + (m->pos - end_file), n);
+	} else {
+		return 0;
+	}
+	m->pos += n;
+	return (ssize_t)n;
+}
+
+/* ---- the upload --------------------------------------------------------- */
+
+/* The file part of an upload, from memory. */
 struct upload {
 	const uint8_t *data;
 	size_t len;
 	size_t pos;
-	const char *file_name;
-	const char *const *fields;
-	curl_mime *mime;
 };
 
-static size_t upload_read(char *buf, size_t size, size_t nitems, void *arg)
+static ssize_t upload_read(void *ctx, uint8_t *buf, size_t cap)
 {
-	struct upload *u = arg;
+	struct upload *u = ctx;
 	size_t n = u->len - u->pos;
 
-	if (n > size * nitems)
-		n = size * nitems;
+	if (n > cap)
+		n = cap;
 	memcpy(buf, u->data + u->pos, n);
 	u->pos += n;
-	return n;
-}
-
-static int upload_seek(void *arg, curl_off_t off, int origin)
-{
-	struct upload *u = arg;
-
-	if (origin != SEEK_SET || off < 0 || (uint64_t)off > u->len)
-		return CURL_SEEKFUNC_FAIL;
-	u->pos = (size_t)off;
-	return CURL_SEEKFUNC_OK;
-}
-
-static int upload_setup(void *ctx, CURL *h)
-{
-	struct upload *u = ctx;
-	const char *const *fp;
-	curl_mimepart *part;
-
-	u->pos = 0;
-	u->mime = curl_mime_init(h);
-	if (!u->mime)
-		return -ENOMEM;
-	part = curl_mime_addpart(u->mime);
-	if (!part || curl_mime_name(part, "data") || curl_mime_filename(part, u->file_name) ||
-	    curl_mime_type(part, "application/octet-stream") ||
-	    curl_mime_data_cb(part, (curl_off_t)u->len, upload_read, upload_seek, NULL, u) ||
-	    curl_easy_setopt(h, CURLOPT_MIMEPOST, u->mime))
-		return -ENOMEM;
-	for (fp = u->fields; fp && fp[0] && fp[1]; fp += 2) {
-		part = curl_mime_addpart(u->mime);
-		if (!part || curl_mime_name(part, fp[0]) ||
-		    curl_mime_data(part, fp[1], CURL_ZERO_TERMINATED))
-			return -ENOMEM;
-	}
-	return 0;
-}
-
-static void upload_undo(void *ctx)
-{
-	struct upload *u = ctx;
-
-	curl_mime_free(u->mime);
-	u->mime = NULL;
+	return (ssize_t)n;
 }
 
 int fetch_api_upload(struct fetch *f, const char *api_url_base, const char *token,
 		     const char *folder, const char *file_name, const void *data, size_t len,
 		     const char *const *fields)
 {
-	struct upload u = {.data = data, .len = len, .file_name = file_name, .fields = fields};
-	struct fetch_hooks hooks = {.setup = upload_setup, .undo = upload_undo, .ctx = &u};
+	struct upload u = {.data = data, .len = len};
 	struct fetch_request req = {
 		.method = "POST",
 		.bearer = token,
 		.max_response = API_JSON_MAX,
 		.no_retry = 1,
 	};
-	const char *const *fp;
+	struct fetch_multipart *m = NULL;
 	char *url;
 	int r;
 
 	if (!file_name || (!data && len))
 		return -EINVAL;
-	for (fp = fields; fp && *fp; fp += 2)
-		if (!fp[1])
-			return -EINVAL;
 	url = api_url(api_url_base, "/resources/", folder ? folder : "", NULL);
 	if (!url)
 		return -EINVAL;
+	r = fetch_multipart_new(fields, "data", file_name, len, upload_read, &u, &m);
+	if (r)
+		goto out;
 	req.url = url;
-	r = api_exchange(f, &req, &hooks, 0, NULL);
+	fetch_multipart_set_body(m, &req);
+	r = api_exchange(f, &req, NULL, 0, NULL);
+out:
+	fetch_multipart_free(m);
 	free(url);
 	return r;
 }

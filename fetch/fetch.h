@@ -139,6 +139,33 @@ int fetch_status_errno(long status);
  */
 int fetch_url_allowed(const char *url, char **ret_why);
 
+/* ---- multipart/form-data bodies ----------------------------------------- */
+
+/*
+ * A streamed multipart/form-data body (RFC 7578): the text fields first, in
+ * their order, each
+ *   --B CRLF Content-Disposition: form-data; name="NAME" CRLF CRLF VALUE CRLF
+ * then one file part
+ *   --B CRLF Content-Disposition: form-data; name="FILE_FIELD"; filename="FILE_NAME" CRLF
+ *   Content-Type: application/octet-stream CRLF CRLF BYTES CRLF --B-- CRLF
+ * where B is "azaionfs" and 24 random hex digits, and BYTES are the size
+ * bytes read from rd as the body is read, never all in memory. fields (may
+ * be NULL) is a NULL-terminated list of name, value pairs. -EINVAL for a
+ * name without a value, or a name, file_field or file_name that is empty or
+ * holds '"', CR or LF (they go into the head as they are). A reader that
+ * ends before size bytes ends the body with -EIO; its errors end it too.
+ */
+struct fetch_multipart;
+int fetch_multipart_new(const char *const *fields, const char *file_field, const char *file_name,
+			uint64_t size, fetch_read_fn rd, void *rd_ctx,
+			struct fetch_multipart **ret);
+void fetch_multipart_free(struct fetch_multipart *m);
+/* Makes m req's body: body_reader, body_ctx, body_size and content_type (with the
+ * boundary, valid while m lives). One exchange reads it once. */
+void fetch_multipart_set_body(struct fetch_multipart *m, struct fetch_request *req);
+/* The body_reader that set_body installs (a fetch_read_fn over m). */
+ssize_t fetch_multipart_read(void *m, uint8_t *buf, size_t cap);
+
 /* ---- the Resource API (docs/resource-api.md) ----------------------------- */
 
 /* POST /login; *ret_token is malloc()ed, *ret_exp the JWT exp (0: none). */
@@ -156,9 +183,10 @@ int fetch_api_list(struct fetch *f, const char *api_url, const char *token, cons
 int fetch_api_key_fragment(struct fetch *f, const char *api_url, const char *token,
 			   struct fetch_buf *ret);
 /*
- * POST /resources/{folder}, multipart file field "data" named file_name;
- * fields (may be NULL) is a NULL-terminated list of name, value pairs sent
- * as extra form fields (the publisher's size, sha256, big_size).
+ * POST /resources/{folder}, multipart (fetch_multipart above) file field
+ * "data" named file_name; fields (may be NULL) is a NULL-terminated list of
+ * name, value pairs sent as extra form fields before it (the publisher's
+ * size, sha256, big_size).
  */
 int fetch_api_upload(struct fetch *f, const char *api_url, const char *token, const char *folder,
 		     const char *file_name, const void *data, size_t len,

@@ -1403,61 +1403,41 @@ out:
 	return rc;
 }
 
-/* F3's multipart body, streamed: head, the file, tail. */
-struct ctl_upload_body {
-	char head[2048];
-	char tail[128];
-	size_t head_len, tail_len;
+/* F3's file part, read as the multipart body streams (fetch_multipart). */
+struct ctl_upload_file {
 	int fd;
-	uint64_t size, pos, total;
+	uint64_t size, done;
 	struct ctl_progress progress;
 };
 
 static ssize_t ctl_upload_read(void *ctx, uint8_t *buf, size_t cap)
 {
-	struct ctl_upload_body *b = ctx;
-	uint64_t end_head = b->head_len, end_file = end_head + b->size;
-	size_t n;
+	struct ctl_upload_file *u = ctx;
 	ssize_t k;
 
-	if (b->pos < end_head) {
-		n = (size_t)(end_head - b->pos) < cap ? (size_t)(end_head - b->pos) : cap;
-		memcpy(buf, b->head + b->pos, n);
-	} else if (b->pos < end_file) {
-		n = end_file - b->pos < cap ? (size_t)(end_file - b->pos) : cap;
-		do
-			k = read(b->fd, buf, n);
-		while (k < 0 && errno == EINTR);
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			return -EIO; /* the file shrank */
-		n = (size_t)k;
-		ctl_progress(&b->progress, b->pos + n - end_head, b->size);
-	} else if (b->pos < b->total) {
-		n = (size_t)(b->total - b->pos) < cap ? (size_t)(b->total - b->pos) : cap;
-		memcpy(buf, b->tail + (b->pos - end_file), n);
-	} else {
-		return 0;
+	do
+		k = read(u->fd, buf, cap);
+	while (k < 0 && errno == EINTR);
+	if (k < 0)
+		return -errno;
+	if (k > 0) {
+		u->done += (uint64_t)k;
+		ctl_progress(&u->progress, u->done, u->size);
 	}
-	b->pos += n;
-	return (ssize_t)n;
+	return k;
 }
 
 static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 {
-	struct ctl_upload_body b = {.fd = -1};
+	struct ctl_upload_file b = {.fd = -1};
 	struct fetch_request req = {.method = "POST",
 				    .no_retry = 1,
 				    .timeout_ms = CTL_REST_LONG_MS,
-				    .body_reader = ctl_upload_read,
-				    .body_ctx = &b,
 				    .max_response = CTL_ERR_BODY_MAX};
 	struct fetch_response resp = {0};
+	struct fetch_multipart *body = NULL;
 	const char *folder = ctl->config->folder, *name = NULL;
-	char *url = NULL, *escaped = NULL, *path_copy = NULL, detail[512], ctype[128];
-	uint8_t rnd[12];
-	char boundary[2 * sizeof(rnd) + 16];
+	char *url = NULL, *escaped = NULL, *path_copy = NULL, detail[512], format_text[16];
 	struct ctl_rest cr;
 	struct stat st;
 	int c, r, rc = 1, format = 1;
@@ -1495,24 +1475,19 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 		free(path_copy);
 		return 1;
 	}
-	if (crypto_random(rnd, sizeof(rnd)) < 0) {
-		ctl_error("no random bytes for the multipart boundary");
+	snprintf(format_text, sizeof(format_text), "%d", format);
+	b.size = (uint64_t)st.st_size;
+	{
+		/* The fields rest.c reads (docs/loader-api.md F3), then the file as "data". */
+		const char *fields[] = {"folder", folder, "format", format_text, NULL};
+
+		r = fetch_multipart_new(fields, "data", name, b.size, ctl_upload_read, &b, &body);
+	}
+	if (r < 0) {
+		ctl_error("upload %s: cannot build the multipart body: %s", name, strerror(-r));
 		goto out;
 	}
-	memcpy(boundary, "azaionctl", 9);
-	crypto_hex(rnd, sizeof(rnd), boundary + 9);
-	b.size = (uint64_t)st.st_size;
-	b.head_len = (size_t)snprintf(
-		b.head, sizeof(b.head),
-		"--%s\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\n%s\r\n"
-		"--%s\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\n%d\r\n"
-		"--%s\r\nContent-Disposition: form-data; name=\"data\"; filename=\"%s\"\r\n"
-		"Content-Type: application/octet-stream\r\n\r\n",
-		boundary, folder, boundary, format, boundary, name);
-	b.tail_len = (size_t)snprintf(b.tail, sizeof(b.tail), "\r\n--%s--\r\n", boundary);
-	b.total = b.head_len + b.size + b.tail_len;
 	ctl_progress_start(&b.progress, name, isatty(STDERR_FILENO) && !ctl->json);
-	snprintf(ctype, sizeof(ctype), "multipart/form-data; boundary=%s", boundary);
 	escaped = names_url_escape(name);
 	if (!escaped || asprintf(&url, "%s/upload/%s", cr.base, escaped) < 0) {
 		ctl_error("out of memory");
@@ -1522,8 +1497,7 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 	req.unix_socket = cr.socket;
 	req.bearer = cr.token;
 	req.headers = ctl_rest_headers;
-	req.content_type = ctype;
-	req.body_size = (int64_t)b.total;
+	fetch_multipart_set_body(body, &req);
 	r = fetch_request(cr.f, &req, &resp);
 	if (r < 0) {
 		ctl_error("upload %s: the daemon does not answer on %s: %s", name,
@@ -1546,6 +1520,7 @@ static int ctl_rest_upload(struct ctl *ctl, int argc, char **argv)
 	rc = 0;
 out:
 	fetch_response_free(&resp);
+	fetch_multipart_free(body);
 	close(b.fd);
 	free(url);
 	free(escaped);

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "crypto/crypto.h"
+#include "fs/atomic.h"
 #include "fs/keys.h"
 #include "fs/log.h"
 
@@ -132,32 +133,6 @@ static char *keys_doc_path(struct keys_real *k, const char *name, const char *de
 	return keys_kept_path(k, KEYS_DIR, name, device, "json");
 }
 
-/* Writes len bytes to path through path.tmp, mode 0600, synced. */
-static int keys_write_file(const char *path, const void *data, size_t len)
-{
-	char *tmp = NULL;
-	int fd, r = 0;
-
-	if (asprintf(&tmp, "%s.tmp", path) < 0)
-		return -ENOMEM;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0) {
-		r = -errno;
-		goto out;
-	}
-	if (write(fd, data, len) != (ssize_t)len || fsync(fd) < 0)
-		r = errno ? -errno : -EIO;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0 && rename(tmp, path) < 0)
-		r = -errno;
-	if (r < 0)
-		unlink(tmp);
-out:
-	free(tmp);
-	return r;
-}
-
 /*
  * The kept file at path, if it is a regular file of at most max bytes, in
  * locked memory as the API's answer is (secmem_free) when locked, else
@@ -234,12 +209,10 @@ static int keys_doc_same(const char *path, json_t *doc)
 
 static void keys_doc_save(struct keys_real *k, const char *name, const char *device, json_t *doc)
 {
-	char *path = keys_doc_path(k, name, device), *dir = NULL, *tmp = NULL, *text = NULL;
-	size_t len;
-	int fd = -1;
+	char *path = keys_doc_path(k, name, device), *dir = NULL, *text = NULL;
+	int r;
 
-	if (!path || asprintf(&dir, "%s/%s", k->c->state_dir, KEYS_DIR) < 0 ||
-	    asprintf(&tmp, "%s.tmp", path) < 0)
+	if (!path || asprintf(&dir, "%s/%s", k->c->state_dir, KEYS_DIR) < 0)
 		goto out;
 	text = json_dumps(doc, JSON_COMPACT);
 	if (!text || (mkdir(dir, 0700) < 0 && errno != EEXIST))
@@ -247,23 +220,11 @@ static void keys_doc_save(struct keys_real *k, const char *name, const char *dev
 	/* Every open brings the document: an fsync per open would hold up each first read. */
 	if (keys_doc_same(path, doc))
 		goto out;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0)
-		goto fail;
-	len = strlen(text);
-	if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0) {
-		close(fd);
-		goto fail;
-	}
-	if (close(fd) < 0 || rename(tmp, path) < 0)
-		goto fail;
-	goto out;
-fail:
-	log_warn("%s: cannot keep its key document in %s: %s", name, dir, strerror(errno));
-	unlink(tmp);
+	r = atomic_write_file(path, 0600, text, strlen(text), NULL, NULL);
+	if (r < 0)
+		log_warn("%s: cannot keep its key document in %s: %s", name, dir, strerror(-r));
 out:
 	free(text);
-	free(tmp);
 	free(dir);
 	free(path);
 }
@@ -330,7 +291,7 @@ static void keys_small_save(struct keys_real *k, const char *name, const char *e
 		goto out;
 	r = mkdir(dir, 0700) < 0 && errno != EEXIST ? -errno : 0;
 	if (r == 0)
-		r = keys_write_file(path, data, len);
+		r = atomic_write_file(path, 0600, data, len, NULL, NULL);
 	if (r < 0)
 		log_warn("%s: cannot keep its %s in %s: %s", name,
 			 strcmp(ext, "small") == 0 ? "small part" : "chunk hashes", dir,

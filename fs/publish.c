@@ -12,7 +12,6 @@
  * section 4): 32 bytes of memory per MiB, and no second pass.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include <unistd.h>
 
 #include "crypto/crypto.h"
+#include "fs/atomic.h"
 #include "fs/format.h"
 #include "fs/log.h"
 #include "fs/names.h"
@@ -302,54 +302,14 @@ static int pub_stream_init(struct pub_stream *s, const struct publish_req *req)
 	return 0;
 }
 
-static int pub_write_all(int fd, const uint8_t *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-/* Writes a file whole under a temporary name, then renames it into place. */
+/* Writes dir/name+suffix whole, through a temporary renamed into place (atomic.h). */
 static int pub_write_file(const char *dir, const char *name, const char *suffix, mode_t mode,
 			  fetch_read_fn rd, void *ctx, const void *data, size_t len)
 {
-	char path[4096], tmp[4200];
-	uint8_t buf[64 * 1024];
-	int fd, r = 0;
+	char path[4096];
 
 	snprintf(path, sizeof(path), "%s/%s%s", dir, name, suffix);
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-	if (fd < 0)
-		return -errno;
-	if (data)
-		r = pub_write_all(fd, data, len);
-	while (rd && r == 0) {
-		ssize_t n = rd(ctx, buf, sizeof(buf));
-
-		if (n <= 0) {
-			r = (int)n;
-			break;
-		}
-		r = pub_write_all(fd, buf, (size_t)n);
-	}
-	if (r == 0 && fsync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0 && rename(tmp, path) < 0)
-		r = -errno;
-	if (r < 0)
-		unlink(tmp);
-	return r;
+	return atomic_write_file(path, mode, data, len, rd, ctx);
 }
 
 /*

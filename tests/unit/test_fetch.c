@@ -3,7 +3,8 @@
  * addresses and keys): the Resource API emulator, nginx as a plain CDN, the
  * SigV4-checking S3 server, dockerd; plus small servers on loopback started
  * here for what a well-behaved server never does (ignoring a Range, a wrong
- * Content-Range, short bodies, 503s, silence).
+ * Content-Range, short bodies, 503s, silence); and the multipart writer's
+ * bytes.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -177,6 +178,135 @@ static ssize_t mem_read(void *ctx, uint8_t *buf, size_t cap)
 	memcpy(buf, m->data + m->pos, n);
 	m->pos += n;
 	return (ssize_t)n;
+}
+
+/* ---- multipart bodies ----------------------------------------------------- */
+
+/* Reads a whole multipart body in pieces of at most piece bytes. */
+static int mp_read_all(struct fetch_multipart *m, size_t piece, uint8_t *out, size_t cap,
+		       size_t *ret_len)
+{
+	size_t len = 0;
+	ssize_t n;
+
+	while ((n = fetch_multipart_read(m, out + len, cap - len < piece ? cap - len : piece)) > 0)
+		len += (size_t)n;
+	*ret_len = len;
+	return n < 0 ? (int)n : 0;
+}
+
+static ssize_t shrunk_read(void *ctx, uint8_t *buf, size_t cap)
+{
+	size_t *left = ctx, n = *left < cap ? *left : cap;
+
+	memset(buf, 'x', n);
+	*left -= n;
+	return (ssize_t)n;
+}
+
+static ssize_t failing_read(void *ctx, uint8_t *buf, size_t cap)
+{
+	return -EACCES;
+}
+
+static ssize_t greedy_read(void *ctx, uint8_t *buf, size_t cap)
+{
+	return (ssize_t)cap + 1;
+}
+
+static void test_multipart(void)
+{
+	static uint8_t file[100003], body[sizeof(file) + 4096];
+	const char *fields[] = {"folder", "models", "format", "2", NULL};
+	const char *bad_fields[] = {"folder", NULL};
+	const char *quoted[] = {"fol\"der", "models", NULL};
+	struct mem_reader mr = {.data = file, .len = sizeof(file)};
+	struct fetch_request req = {0};
+	struct fetch_multipart *m = NULL, *m2 = NULL;
+	char boundary[64], *expect = NULL;
+	size_t len = 0, left;
+	const char *b;
+	int r, n;
+
+	fill_random(file, sizeof(file));
+	r = fetch_multipart_new(fields, "data", "m.onnx", sizeof(file), mem_read, &mr, &m);
+	CHECK(r == 0 && m, "fetch_multipart_new (%d)", r);
+	if (r)
+		return;
+	fetch_multipart_set_body(m, &req);
+	b = req.content_type ? strstr(req.content_type, "; boundary=") : NULL;
+	CHECK(b && !strncmp(req.content_type, "multipart/form-data; boundary=azaionfs", 38) &&
+		      strlen(b + 11) == 32 && strspn(b + 19, "0123456789abcdef") == 24,
+	      "the content type names the boundary, azaionfs and 24 hex digits (%s)",
+	      req.content_type ? req.content_type : "(none)");
+	CHECK(req.body_reader == fetch_multipart_read && req.body_ctx == m && !req.body,
+	      "set_body makes the multipart the request's streamed body");
+	snprintf(boundary, sizeof(boundary), "%s", b ? b + 11 : "");
+	r = mp_read_all(m, 1000, body, sizeof(body), &len);
+	CHECK(r == 0 && (int64_t)len == req.body_size,
+	      "the body is read whole, as long as body_size says (%d, %zu of %lld)", r, len,
+	      (long long)req.body_size);
+	/* The layout azaionctl's F3 upload always sent and rest.c's parser reads. */
+	n = asprintf(
+		&expect,
+		"--%s\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\nmodels\r\n"
+		"--%s\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\n2\r\n"
+		"--%s\r\nContent-Disposition: form-data; name=\"data\"; filename=\"m.onnx\"\r\n"
+		"Content-Type: application/octet-stream\r\n\r\n",
+		boundary, boundary, boundary);
+	CHECK(n > 0 && len == (size_t)n + sizeof(file) + strlen(boundary) + 8 &&
+		      !memcmp(body, expect, (size_t)n) && !memcmp(body + n, file, sizeof(file)) &&
+		      !memcmp(body + n + sizeof(file), "\r\n--", 4) &&
+		      !memcmp(body + n + sizeof(file) + 4, boundary, strlen(boundary)) &&
+		      !memcmp(body + len - 4, "--\r\n", 4),
+	      "the bytes: each field, the file part's head, the file, the closing boundary");
+	CHECK(!memmem(file, sizeof(file), boundary, strlen(boundary)),
+	      "the boundary is not in the file");
+	CHECK(fetch_multipart_read(m, body, sizeof(body)) == 0, "a read past the end gives 0");
+	free(expect);
+
+	r = fetch_multipart_new(NULL, "data", "m.onnx", 0, NULL, NULL, &m2);
+	CHECK(r == 0 && m2, "a body with no field and an empty file (%d)", r);
+	if (m2) {
+		struct fetch_request req2 = {0};
+
+		fetch_multipart_set_body(m2, &req2);
+		CHECK(strcmp(req2.content_type, req.content_type) != 0,
+		      "each body draws its own boundary");
+		r = mp_read_all(m2, 1 << 20, body, sizeof(body), &len);
+		CHECK(r == 0 && (int64_t)len == req2.body_size && len > 0 &&
+			      memmem(body, len, "filename=\"m.onnx\"", 17),
+		      "an empty file part is read whole (%d, %zu)", r, len);
+	}
+	fetch_multipart_free(m2);
+	fetch_multipart_free(m);
+	m = NULL;
+
+	left = 10;
+	r = fetch_multipart_new(fields, "data", "m.onnx", 100, shrunk_read, &left, &m);
+	r = r ? r : mp_read_all(m, 4096, body, sizeof(body), &len);
+	CHECK(r == -EIO, "a file that ends before its size ends the body with -EIO (%d)", r);
+	fetch_multipart_free(m);
+	m = NULL;
+	r = fetch_multipart_new(fields, "data", "m.onnx", 100, failing_read, NULL, &m);
+	r = r ? r : mp_read_all(m, 4096, body, sizeof(body), &len);
+	CHECK(r == -EACCES, "the file reader's error ends the body (%d)", r);
+	fetch_multipart_free(m);
+	m = NULL;
+	r = fetch_multipart_new(fields, "data", "m.onnx", 100, greedy_read, NULL, &m);
+	r = r ? r : mp_read_all(m, 4096, body, sizeof(body), &len);
+	CHECK(r == -EINVAL, "a file reader that gives more than asked: -EINVAL (%d)", r);
+	fetch_multipart_free(m);
+	m = NULL;
+
+	CHECK(fetch_multipart_new(bad_fields, "data", "m", 0, NULL, NULL, &m) == -EINVAL &&
+		      fetch_multipart_new(quoted, "data", "m", 0, NULL, NULL, &m) == -EINVAL &&
+		      fetch_multipart_new(NULL, "data", "a\"b", 0, NULL, NULL, &m) == -EINVAL &&
+		      fetch_multipart_new(NULL, "data", "a\r\nb", 0, NULL, NULL, &m) == -EINVAL &&
+		      fetch_multipart_new(NULL, "", "m", 0, NULL, NULL, &m) == -EINVAL &&
+		      fetch_multipart_new(NULL, "data", "m", 5, NULL, NULL, &m) == -EINVAL && !m,
+	      "a field without a value, a quote, CR or LF in a name, an empty name, a file "
+	      "without a reader: -EINVAL");
 }
 
 /* ---- a small misbehaving server on loopback ------------------------------ */
@@ -1400,6 +1530,7 @@ int main(void)
 	const char *ca = env("STACK_CA");
 
 	test_url_policy();
+	test_multipart();
 	test_odd_servers();
 	test_closed_port();
 	if (ca) {
