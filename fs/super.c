@@ -70,6 +70,7 @@ struct super {
 	int served;	/* a worker has served: the mount command was told */
 	int start_failed;
 	int stop_asked;	     /* SIGTERM or SIGINT */
+	int mounted;	     /* the mount was made (or taken over) */
 	unsigned quick_ends; /* workers in a row that ended early */
 	/* A restart waiting for its delay: lane, when, and what ended. */
 	int restart_lane;
@@ -445,6 +446,7 @@ static int super_mount(struct super *S)
 	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
 		log_warn("fcntl: %s", strerror(errno));
 	S->fuse_fd = fd;
+	S->mounted = 1;
 	super_notify("FDSTORE=1\nFDNAME=" SUPER_FDNAME_FUSE, S->fuse_fd);
 	super_notify("FDSTORE=1\nFDNAME=" SUPER_FDNAME_JOURNAL, S->journal_fd);
 	return 0;
@@ -749,6 +751,7 @@ int super_run(const struct super_opts *o)
 			goto out;
 		}
 		S.served = 0;
+		S.mounted = 1;
 		log_info("taking over %s from the service's fd store", o->mountpoint);
 	} else {
 		r = journal_create(&j, &S.journal_fd);
@@ -764,8 +767,12 @@ int super_run(const struct super_opts *o)
 		S.start_failed = 1;
 	}
 	super_loop(&S);
-	/* A stop or an unmount before the mount answered is an end, not a failure... */
-	rc = !S.start_failed && (S.served || S.stop_asked || S.unmounted) ? 0 : 1;
+	/*
+	 * A stop or an unmount of a mount that has not answered yet is an end,
+	 * not a failure; a stop before there was a mount is a start that did
+	 * not happen...
+	 */
+	rc = !S.start_failed && (S.served || (S.mounted && (S.stop_asked || S.unmounted))) ? 0 : 1;
 	if (S.served)
 		log_info("azaionfs on %s ends", o->mountpoint);
 out:
