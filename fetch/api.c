@@ -567,22 +567,15 @@ ssize_t fetch_multipart_read(void *ctx, uint8_t *buf, size_t cap)
 
 /* ---- the upload --------------------------------------------------------- */
 
-/* The file part of an upload, from memory. */
-struct upload {
-	const uint8_t *data;
-	size_t len;
-	size_t pos;
-};
-
-static ssize_t upload_read(void *ctx, uint8_t *buf, size_t cap)
+ssize_t fetch_mem_read(void *body, uint8_t *buf, size_t cap)
 {
-	struct upload *u = ctx;
-	size_t n = u->len - u->pos;
+	struct fetch_mem_body *m = body;
+	size_t n = m->len - m->pos;
 
 	if (n > cap)
 		n = cap;
-	memcpy(buf, u->data + u->pos, n);
-	u->pos += n;
+	memcpy(buf, m->data + m->pos, n);
+	m->pos += n;
 	return (ssize_t)n;
 }
 
@@ -590,7 +583,7 @@ int fetch_api_upload(struct fetch *f, const char *api_url_base, const char *toke
 		     const char *folder, const char *file_name, const void *data, size_t len,
 		     const char *const *fields)
 {
-	struct upload u = {.data = data, .len = len};
+	struct fetch_mem_body u = {.data = data, .len = len};
 	struct fetch_request req = {
 		.method = "POST",
 		.bearer = token,
@@ -606,7 +599,7 @@ int fetch_api_upload(struct fetch *f, const char *api_url_base, const char *toke
 	url = api_url(api_url_base, "/resources/", folder ? folder : "", NULL);
 	if (!url)
 		return -EINVAL;
-	r = fetch_multipart_new(fields, "data", file_name, len, upload_read, &u, &m);
+	r = fetch_multipart_new(fields, "data", file_name, len, fetch_mem_read, &u, &m);
 	if (r)
 		goto out;
 	req.url = url;

@@ -77,6 +77,12 @@ void fetch_buf_free(struct fetch_buf *b);
 /* Streamed body source: returns bytes written to buf, 0 at the end,
  * or a negative errno to abort. */
 typedef ssize_t (*fetch_read_fn)(void *ctx, uint8_t *buf, size_t cap);
+/* A fetch_read_fn over memory: fetch_mem_read(&(struct fetch_mem_body){data, len}, ...). */
+struct fetch_mem_body {
+	const uint8_t *data;
+	size_t len, pos;
+};
+ssize_t fetch_mem_read(void *body, uint8_t *buf, size_t cap);
 /* Streamed answer sink: returns 0, or a negative errno to abort. */
 typedef int (*fetch_write_fn)(void *ctx, const uint8_t *data, size_t len);
 

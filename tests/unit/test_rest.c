@@ -200,29 +200,12 @@ static enum MHD_Result pp_answer(void *cls, struct MHD_Connection *conn, const c
 	return ret;
 }
 
-struct file_reader {
-	const uint8_t *data;
-	size_t len, pos;
-};
-
-static ssize_t file_read(void *ctx, uint8_t *buf, size_t cap)
-{
-	struct file_reader *fr = ctx;
-	size_t n = fr->len - fr->pos;
-
-	if (n > cap)
-		n = cap;
-	memcpy(buf, fr->data + fr->pos, n);
-	fr->pos += n;
-	return (ssize_t)n;
-}
-
 static void test_upload_body(void)
 {
 	static uint8_t file[300007], seen_data[sizeof(file)];
 	const char *fields[] = {"folder", "models", "format", "2", NULL};
 	struct pp_seen seen = {.data = seen_data, .data_cap = sizeof(seen_data)};
-	struct file_reader fr = {.data = file, .len = sizeof(file)};
+	struct fetch_mem_body fr = {.data = file, .len = sizeof(file)};
 	struct fetch_opts o = {.timeout_ms = 20000, .connect_timeout_ms = 3000};
 	struct fetch_request req = {.method = "POST", .no_retry = 1};
 	struct fetch_response resp = {0};
@@ -245,7 +228,9 @@ static void test_upload_body(void)
 		goto out;
 	snprintf(url, sizeof(url), "http://127.0.0.1:%u/upload/m.onnx", (unsigned)info->port);
 	r = fetch_new(&o, &f);
-	r = r ? r : fetch_multipart_new(fields, "data", "m.onnx", sizeof(file), file_read, &fr, &m);
+	r = r ? r
+	      : fetch_multipart_new(fields, "data", "m.onnx", sizeof(file), fetch_mem_read, &fr,
+				    &m);
 	CHECK(r == 0, "a fetch and azaionctl's F3 body (%d)", r);
 	if (r)
 		goto out;
