@@ -18,7 +18,6 @@
 
 #define JOURNAL_MAGIC 0x6a7a6161u /* "aazj" */
 #define JOURNAL_VERSION 1u
-#define JOURNAL_INIT_MAX 512u
 #define JOURNAL_HEAD 4096u
 
 struct journal_head {

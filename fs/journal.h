@@ -19,12 +19,18 @@
 #include <stdint.h>
 
 /*
- * Large enough for any request of a read-only mount: the kernel wants a
- * read buffer of at least 8 KiB and of max_write plus headers (ops keeps
- * max_write at 4 KiB); a longer request (setxattr) is refused by the
- * kernel with E2BIG, not handed over.
+ * The kernel wants a read buffer of max_write plus headers. libfuse
+ * derives the largest read request (max_pages) from max_write, so ops
+ * keeps max_write at JOURNAL_MAX_WRITE, 1 MiB, for 1 MiB reads; nothing is
+ * ever written. The slots are sparse: a read-only mount's requests are a
+ * few hundred bytes, so only a slot's first page is ever touched (and
+ * locked). A longer request (setxattr) is refused by the kernel with
+ * E2BIG, not handed over.
  */
-#define JOURNAL_SLOT_SIZE (16u * 1024)
+#define JOURNAL_MAX_WRITE (1024u * 1024)
+#define JOURNAL_SLOT_SIZE (JOURNAL_MAX_WRITE + 4096u)
+/* The kept FUSE_INIT's largest size (today's are 64 bytes). */
+#define JOURNAL_INIT_MAX 512u
 #define JOURNAL_SLOTS 16 /* per lane: the serving threads of one worker */
 #define JOURNAL_LANES 2
 

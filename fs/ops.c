@@ -38,6 +38,7 @@
 #include <sys/statvfs.h>
 #include <time.h>
 
+#include "fs/journal.h"
 #include "fs/log.h"
 #include "fs/metrics.h"
 #include "fs/ops.h"
@@ -496,8 +497,11 @@ static void ops_init(void *userdata, struct fuse_conn_info *conn)
 	/* Parallel reads of one file are what read-ahead and the slab are for. */
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
-	/* Nothing is written: requests then fit a journal slot (journal.h). */
-	conn->max_write = 4096;
+	/*
+	 * Nothing is written, but libfuse sizes the largest read (max_pages)
+	 * by max_write: 1 MiB, which a journal slot holds (journal.h).
+	 */
+	conn->max_write = JOURNAL_MAX_WRITE;
 	if (ops->o.on_init)
 		ops->o.on_init(ops->o.on_init_arg);
 }

@@ -95,13 +95,13 @@ static void serve_process(struct serve *s, void *req, size_t len)
 
 int serve_init(struct serve *s, int *ret_had_init)
 {
-	unsigned char copy[JOURNAL_SLOT_SIZE];
+	unsigned char copy[JOURNAL_INIT_MAX];
 	const void *init;
 	size_t len;
 
 	*ret_had_init = 0;
 	init = journal_init(s->o.j, &len);
-	if (!init)
+	if (!init || len > sizeof(copy))
 		return 0;
 	/* libfuse may keep pointers into the buffer while it handles it: not into shared memory. */
 	memcpy(copy, init, len);
