@@ -39,7 +39,12 @@ int atomic_write_file(const char *path, mode_t mode, const void *data, size_t le
 
 	if (asprintf(&tmp, "%s.tmp.%d", path, (int)gettid()) < 0)
 		return -ENOMEM;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+	/*
+	 * A new file, never one already there: a leftover (or planted) one
+	 * would keep its own mode and owner, and a key would land in it.
+	 */
+	unlink(tmp);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
 	if (fd < 0) {
 		r = -errno;
 		goto out;
