@@ -45,7 +45,29 @@
  * room for a 1 MiB run and the blocks its ends reach into.
  */
 #define DISK_TMP_SIZE (18 * DISK_BLOCK)
-#define DISK_TMP_KEPT 4
+#define DISK_RUN_MAX 64 /* blocks per request to the layer below (4 MiB) */
+/*
+ * Runs waiting for the writer at most; a reader that would queue one
+ * more waits, so a disk slower than the CDN slows the read rather than
+ * holding the big part in memory.
+ */
+#define DISK_QUEUE_MAX 4
+#define DISK_TMP_KEPT (DISK_QUEUE_MAX + 2)
+
+/*
+ * A block's byte in a file's map. Only MISSING and PRESENT are ever
+ * written to ID.map; the others live in memory only: LOADING (a reader
+ * fetches the block to keep it), QUEUED (fetched, in the writer's queue:
+ * readers copy it from there) and DROPPED (loading or queued, but its
+ * bytes failed a check above: not to be kept or served).
+ */
+enum {
+	DISK_MISSING = 0,
+	DISK_PRESENT = 1,
+	DISK_LOADING = 2,
+	DISK_QUEUED = 3,
+	DISK_DROPPED = 4
+};
 
 struct disk_file {
 	struct disk_file *next;
@@ -78,6 +100,28 @@ struct disk_src {
 	int failing;
 	uint8_t *tmp[DISK_TMP_KEPT]; /* kept staging buffers, under lock */
 	unsigned n_tmp;
+
+	/* Runs read from below, to be written by the writer thread (under lock). */
+	struct disk_write *queue, *queue_tail;
+	unsigned queued;
+	int stop;
+	pthread_cond_t queue_cond; /* the writer: work or stop; readers: room */
+	pthread_t writer;
+	int has_writer;
+};
+
+/*
+ * Blocks i .. i + n - 1 of f read from below, in data (block i at data +
+ * 0), of which those with mine[k] set are claimed by the reader and are to
+ * be kept. The entry holds a user of f and owns data.
+ */
+struct disk_write {
+	struct disk_write *next;
+	struct disk_file *f;
+	uint64_t i, n, size; /* size: the big part's */
+	uint8_t *data;
+	size_t data_len;
+	uint8_t mine[DISK_RUN_MAX];
 };
 
 static uint8_t *disk_tmp_get(struct disk_src *d, size_t len)
@@ -93,17 +137,21 @@ static uint8_t *disk_tmp_get(struct disk_src *d, size_t len)
 	return t ? t : malloc(DISK_TMP_SIZE);
 }
 
-static void disk_tmp_put(struct disk_src *d, uint8_t *t, size_t len)
+/* Under d->lock: keeps t for the next staging, or frees it. */
+static void disk_tmp_put_locked(struct disk_src *d, uint8_t *t, size_t len)
 {
-	if (t && len <= DISK_TMP_SIZE) {
-		pthread_mutex_lock(&d->lock);
-		if (d->n_tmp < DISK_TMP_KEPT) {
-			d->tmp[d->n_tmp++] = t;
-			t = NULL;
-		}
-		pthread_mutex_unlock(&d->lock);
+	if (t && len <= DISK_TMP_SIZE && d->n_tmp < DISK_TMP_KEPT) {
+		d->tmp[d->n_tmp++] = t;
+		t = NULL;
 	}
 	free(t);
+}
+
+static void disk_tmp_put(struct disk_src *d, uint8_t *t, size_t len)
+{
+	pthread_mutex_lock(&d->lock);
+	disk_tmp_put_locked(d, t, len);
+	pthread_mutex_unlock(&d->lock);
 }
 
 /* Logs "cache_dir DIR: ACTION ID.EXT: cause" unless a failure is already logged. */
@@ -194,7 +242,7 @@ static int disk_file_open(struct disk_src *d, struct disk_file *f, uint64_t size
 		}
 	}
 	for (uint64_t i = 0; i < nblocks; i++)
-		present += f->map[i] == 1;
+		present += f->map[i] == DISK_PRESENT;
 	d->total -= f->bytes;
 	f->bytes = present * DISK_BLOCK;
 	d->total += f->bytes;
@@ -326,24 +374,37 @@ static struct disk_file *disk_get(struct disk_src *d, const struct src_blob *b)
 	return f;
 }
 
-/* Keeps blocks b0 .. b1 - 1 (data at off0 in buf, len bytes) when there is room. */
+/* Under d->lock: blocks b0 .. b1 - 1, claimed by this reader, are missing again. */
+static void disk_unclaim_locked(struct disk_file *f, uint64_t b0, uint64_t b1)
+{
+	for (uint64_t i = b0; i < b1; i++)
+		if (f->map[i] != DISK_PRESENT)
+			f->map[i] = DISK_MISSING;
+}
+
+/*
+ * Keeps blocks b0 .. b1 - 1 (claimed by this reader; len bytes at data)
+ * when there is room; they are present or missing again after it.
+ */
 static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uint64_t b1,
 		       const uint8_t *data, size_t len)
 {
 	char(*gone)[DISK_ID_LEN + 1] = NULL;
+	uint8_t marks
+		[DISK_RUN_MAX]; /* the map's bytes to write: a copy, as others claim meanwhile */
 	size_t n_gone = 0;
-	uint64_t add = 0;
+	uint64_t add = (b1 - b0) * DISK_BLOCK;
 	int fits;
 
 	pthread_mutex_lock(&d->lock);
-	for (uint64_t i = b0; i < b1; i++)
-		add += f->map[i] == 0 ? DISK_BLOCK : 0;
 	fits = disk_make_room(d, f, add, &gone, &n_gone);
 	if (fits) {
 		/* Counted now, marked present only once written. */
 		d->total += add;
 		d->pending += add;
 		f->bytes += add;
+	} else {
+		disk_unclaim_locked(f, b0, b1);
 	}
 	pthread_mutex_unlock(&d->lock);
 	for (size_t i = 0; i < n_gone; i++)
@@ -357,14 +418,24 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 		d->total -= add;
 		d->pending -= add;
 		f->bytes -= add;
+		disk_unclaim_locked(f, b0, b1);
 		pthread_mutex_unlock(&d->lock);
 		return;
 	}
 	pthread_mutex_lock(&d->lock);
 	d->pending -= add;
-	memset(f->map + b0, 1, b1 - b0);
+	for (uint64_t i = b0; i < b1; i++) {
+		int kept = f->map[i] == DISK_LOADING || f->map[i] == DISK_QUEUED;
+
+		f->map[i] = kept ? DISK_PRESENT : DISK_MISSING;
+		marks[i - b0] = f->map[i];
+		if (!kept) {
+			f->bytes -= DISK_BLOCK;
+			d->total -= DISK_BLOCK;
+		}
+	}
 	pthread_mutex_unlock(&d->lock);
-	if (pwrite(f->map_fd, f->map + b0, b1 - b0, (off_t)b0) != (ssize_t)(b1 - b0)) {
+	if (pwrite(f->map_fd, marks, b1 - b0, (off_t)b0) != (ssize_t)(b1 - b0)) {
 		disk_fail(d, "writing", f->id, "map", errno ? errno : ENOSPC);
 		return;
 	}
@@ -373,21 +444,210 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 	pthread_mutex_unlock(&d->lock);
 }
 
-static int disk_present(struct disk_src *d, struct disk_file *f, uint64_t i)
+enum {
+	RUN_MISSING,
+	RUN_PRESENT,
+	RUN_QUEUED /* one block */
+};
+
+/*
+ * Blocks i .. *ret_j - 1 (at most DISK_RUN_MAX, none past last) of one
+ * kind. Of a RUN_MISSING run, the missing blocks are claimed (mine[k] = 1
+ * for block i + k): this reader fetches them whole and keeps them, while a
+ * block that another reader is loading is read only in the bytes asked
+ * for, and not kept. So readers whose ranges share a block (read-ahead
+ * jobs, whose runs seldom end on a block) fetch it from the CDN once.
+ */
+static int disk_run(struct disk_src *d, struct disk_file *f, uint64_t i, uint64_t last,
+		    uint64_t *ret_j, uint8_t *mine)
 {
-	int p;
+	int kind;
+	uint64_t j = i + 1;
 
 	pthread_mutex_lock(&d->lock);
-	p = f->map[i] == 1;
+	kind = f->map[i] == DISK_PRESENT  ? RUN_PRESENT
+	       : f->map[i] == DISK_QUEUED ? RUN_QUEUED
+					  : RUN_MISSING;
+	if (kind == RUN_PRESENT)
+		while (j <= last && j - i < DISK_RUN_MAX && f->map[j] == DISK_PRESENT)
+			j++;
+	if (kind == RUN_MISSING) {
+		for (j = i; j <= last && j - i < DISK_RUN_MAX; j++) {
+			if (f->map[j] == DISK_PRESENT || f->map[j] == DISK_QUEUED)
+				break;
+			mine[j - i] = f->map[j] == DISK_MISSING;
+			if (mine[j - i])
+				f->map[j] = DISK_LOADING;
+		}
+	}
 	pthread_mutex_unlock(&d->lock);
-	return p;
+	*ret_j = j;
+	return kind;
+}
+
+/*
+ * Copies [from, to) of queued block i of f from the writer's queue; 0
+ * when it is no longer there (written or dropped meanwhile).
+ */
+static int disk_copy_queued(struct disk_src *d, struct disk_file *f, uint64_t i, uint64_t from,
+			    uint64_t to, uint8_t *out)
+{
+	int found = 0;
+
+	pthread_mutex_lock(&d->lock);
+	for (struct disk_write *w = d->queue; w && f->map[i] == DISK_QUEUED; w = w->next) {
+		if (w->f != f || i < w->i || i >= w->i + w->n || !w->mine[i - w->i])
+			continue;
+		memcpy(out, w->data + (from - w->i * DISK_BLOCK), (size_t)(to - from));
+		found = 1;
+		break;
+	}
+	pthread_mutex_unlock(&d->lock);
+	return found;
+}
+
+/* The writer's work: keeps the claimed blocks of w. */
+static void disk_write_run(struct disk_src *d, struct disk_write *w)
+{
+	for (uint64_t k = 0; k < w->n;) {
+		uint64_t e = k, a, z;
+
+		if (!w->mine[k]) {
+			k++;
+			continue;
+		}
+		while (e < w->n && w->mine[e])
+			e++;
+		a = (w->i + k) * DISK_BLOCK;
+		z = (w->i + e) * DISK_BLOCK < w->size ? (w->i + e) * DISK_BLOCK : w->size;
+		disk_store(d, w->f, w->i + k, w->i + e, w->data + k * DISK_BLOCK, (size_t)(z - a));
+		k = e;
+	}
+}
+
+/*
+ * The writer thread: cache_dir is written off the readers' path, so that
+ * a cold read with cache_dir on goes at the speed of one without. It
+ * writes what is queued before it stops.
+ */
+static void *disk_writer(void *arg)
+{
+	struct disk_src *d = arg;
+
+	pthread_mutex_lock(&d->lock);
+	for (;;) {
+		struct disk_write *w;
+
+		while (!d->queue && !d->stop)
+			pthread_cond_wait(&d->queue_cond, &d->lock);
+		if (!d->queue)
+			break;
+		/* It stays queued while written: readers copy its blocks until then. */
+		w = d->queue;
+		pthread_mutex_unlock(&d->lock);
+		disk_write_run(d, w);
+		pthread_mutex_lock(&d->lock);
+		d->queue = w->next;
+		if (!d->queue)
+			d->queue_tail = NULL;
+		disk_tmp_put_locked(d, w->data, w->data_len);
+		d->queued--;
+		w->f->users--;
+		free(w);
+		pthread_cond_broadcast(&d->queue_cond);
+	}
+	pthread_mutex_unlock(&d->lock);
+	return NULL;
+}
+
+/*
+ * Hands run w to the writer (which then owns it), waiting while the queue
+ * is full; without a writer, writes it here.
+ */
+static void disk_queue(struct disk_src *d, struct disk_write *w)
+{
+	if (!d->has_writer) {
+		disk_write_run(d, w);
+		disk_tmp_put(d, w->data, w->data_len);
+		free(w);
+		return;
+	}
+	pthread_mutex_lock(&d->lock);
+	while (d->queued >= DISK_QUEUE_MAX)
+		pthread_cond_wait(&d->queue_cond, &d->lock);
+	w->f->users++;
+	d->queued++;
+	for (uint64_t k = 0; k < w->n; k++)
+		if (w->mine[k] && w->f->map[w->i + k] == DISK_LOADING)
+			w->f->map[w->i + k] = DISK_QUEUED;
+	if (d->queue_tail)
+		d->queue_tail->next = w;
+	else
+		d->queue = w;
+	d->queue_tail = w;
+	pthread_cond_broadcast(&d->queue_cond);
+	pthread_mutex_unlock(&d->lock);
+}
+
+/*
+ * Reads [off, end) of a run of blocks i .. j - 1 that are not present
+ * (mine: the claimed ones, fetched whole and queued for the writer).
+ */
+static int disk_read_missing(struct disk_src *d, struct disk_file *f, const struct src_blob *b,
+			     uint64_t off, uint64_t end, uint8_t *buf, uint64_t i, uint64_t j,
+			     const uint8_t *mine)
+{
+	uint64_t a = i * DISK_BLOCK, z = j * DISK_BLOCK < b->size ? j * DISK_BLOCK : b->size;
+	uint64_t from = a > off ? a : off, to = z < end ? z : end;
+	/* Claimed end blocks are fetched whole; another reader's only as far as asked. */
+	uint64_t start = mine[0] ? a : from, stop = mine[j - 1 - i] ? z : to;
+	struct disk_write *w = NULL;
+	int r;
+
+	if (!memchr(mine, 1, (size_t)(j - i)))
+		return src_read(d->lower, b, from, (size_t)(to - from), buf + (from - off));
+	/* Block i at the start of the buffer, whatever part of it the range begins in. */
+	w = calloc(1, sizeof(*w));
+	if (w) {
+		w->data_len = (size_t)((j - i) * DISK_BLOCK);
+		w->data = disk_tmp_get(d, w->data_len);
+	}
+	if (!w || !w->data) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = src_read(d->lower, b, start, (size_t)(stop - start), w->data + (start - a));
+	if (r < 0)
+		goto out;
+	memcpy(buf + (from - off), w->data + (from - a), (size_t)(to - from));
+	w->f = f;
+	w->i = i;
+	w->n = j - i;
+	w->size = b->size;
+	memcpy(w->mine, mine, (size_t)(j - i));
+	disk_queue(d, w);
+	w = NULL;
+out:
+	if (r < 0) {
+		pthread_mutex_lock(&d->lock);
+		for (uint64_t k = i; k < j; k++)
+			if (mine[k - i])
+				disk_unclaim_locked(f, k, k + 1);
+		pthread_mutex_unlock(&d->lock);
+	}
+	if (w) {
+		disk_tmp_put(d, w->data, w->data_len);
+		free(w);
+	}
+	return r;
 }
 
 static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
 		     uint8_t *buf)
 {
 	struct disk_src *d = (struct disk_src *)src;
-	uint64_t end = off + len, i, last;
+	uint64_t end = off + len, i, j, last;
+	uint8_t mine[DISK_RUN_MAX];
 	struct disk_file *f;
 	int r = 0;
 
@@ -397,41 +657,30 @@ static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, si
 	if (!f)
 		return src_read(d->lower, b, off, len, buf);
 	last = (end - 1) / DISK_BLOCK;
-	for (i = off / DISK_BLOCK; r == 0 && i <= last;) {
-		int present = disk_present(d, f, i);
-		uint64_t j = i + 1, a, z;
+	for (i = off / DISK_BLOCK; r == 0 && i <= last; i = j) {
+		uint64_t a = i * DISK_BLOCK, z, from, to;
 
-		while (j <= last && disk_present(d, f, j) == present)
-			j++;
-		/* Blocks i .. j - 1 are all present or all missing. */
-		a = i * DISK_BLOCK;
-		z = j * DISK_BLOCK < b->size ? j * DISK_BLOCK : b->size;
-		if (present) {
-			uint64_t from = a > off ? a : off, to = z < end ? z : end;
-			ssize_t n = pread(f->fd, buf + (from - off), to - from, (off_t)from);
+		int kind = disk_run(d, f, i, last, &j, mine);
 
-			if (n != (ssize_t)(to - from)) {
-				r = src_read(d->lower, b, from, to - from, buf + (from - off));
-			} else {
-				metrics_count(METRICS_DISK_HITS, 1);
-				metrics_count(METRICS_DISK_BYTES, (uint64_t)n);
-			}
-		} else {
-			uint8_t *tmp = disk_tmp_get(d, z - a);
-			uint64_t from = a > off ? a : off, to = z < end ? z : end;
-
-			if (!tmp) {
-				r = -ENOMEM;
-				break;
-			}
-			r = src_read(d->lower, b, a, z - a, tmp);
-			if (r == 0) {
-				memcpy(buf + (from - off), tmp + (from - a), to - from);
-				disk_store(d, f, i, j, tmp, z - a);
-			}
-			disk_tmp_put(d, tmp, z - a);
+		if (kind == RUN_MISSING) {
+			r = disk_read_missing(d, f, b, off, end, buf, i, j, mine);
+			continue;
 		}
-		i = j;
+		z = j * DISK_BLOCK < b->size ? j * DISK_BLOCK : b->size;
+		from = a > off ? a : off;
+		to = z < end ? z : end;
+		if (kind == RUN_QUEUED) {
+			if (!disk_copy_queued(d, f, i, from, to, buf + (from - off)))
+				r = src_read(d->lower, b, from, to - from, buf + (from - off));
+			continue;
+		}
+		if (pread(f->fd, buf + (from - off), to - from, (off_t)from) !=
+		    (ssize_t)(to - from)) {
+			r = src_read(d->lower, b, from, to - from, buf + (from - off));
+		} else {
+			metrics_count(METRICS_DISK_HITS, 1);
+			metrics_count(METRICS_DISK_BYTES, to - from);
+		}
 	}
 	pthread_mutex_lock(&d->lock);
 	f->users--;
@@ -453,9 +702,11 @@ static void disk_drop(struct src *src, const struct src_blob *b, uint64_t off, s
 		uint64_t last = (off + len - 1) / DISK_BLOCK;
 
 		for (uint64_t i = off / DISK_BLOCK; i <= last && i < f->nblocks; i++) {
-			if (f->map[i] != 1)
+			if (f->map[i] == DISK_LOADING || f->map[i] == DISK_QUEUED)
+				f->map[i] = DISK_DROPPED; /* the writer will not keep it */
+			if (f->map[i] != DISK_PRESENT)
 				continue;
-			f->map[i] = 0;
+			f->map[i] = DISK_MISSING;
 			gone += DISK_BLOCK;
 			if (pwrite(f->map_fd, f->map + i, 1, (off_t)i) != 1)
 				log_warn("cache_dir: cannot forget block %llu of %s",
@@ -473,6 +724,14 @@ static void disk_free(struct src *src)
 	struct disk_src *d = (struct disk_src *)src;
 	struct disk_file *f, *next;
 
+	if (d->has_writer) {
+		pthread_mutex_lock(&d->lock);
+		d->stop = 1;
+		pthread_cond_broadcast(&d->queue_cond);
+		pthread_mutex_unlock(&d->lock);
+		pthread_join(d->writer, NULL);
+	}
+
 	for (f = d->files; f; f = next) {
 		next = f->next;
 		disk_file_close(f);
@@ -481,6 +740,7 @@ static void disk_free(struct src *src)
 	src_free(d->lower);
 	while (d->n_tmp)
 		free(d->tmp[--d->n_tmp]);
+	pthread_cond_destroy(&d->queue_cond);
 	pthread_mutex_destroy(&d->lock);
 	free(d->dir);
 	free(d);
@@ -535,7 +795,7 @@ static void disk_scan(struct disk_src *d)
 			f->used = sm.st_mtime;
 			while (fd >= 0 && (k = read(fd, blk, sizeof(blk))) > 0)
 				for (ssize_t x = 0; x < k; x++)
-					f->bytes += blk[x] == 1 ? DISK_BLOCK : 0;
+					f->bytes += blk[x] == DISK_PRESENT ? DISK_BLOCK : 0;
 			if (fd >= 0)
 				close(fd);
 			d->total += f->bytes;
@@ -613,8 +873,11 @@ int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **
 	d->lower = lower;
 	d->max_conf = d->max = max;
 	pthread_mutex_init(&d->lock, NULL);
+	pthread_cond_init(&d->queue_cond, NULL);
 	disk_scan(d);
 	disk_say_cap(d);
+	/* Without the thread, readers write what they fetch themselves. */
+	d->has_writer = pthread_create(&d->writer, NULL, disk_writer, d) == 0;
 	*ret = &d->src;
 	return 0;
 }

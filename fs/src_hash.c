@@ -82,7 +82,10 @@ static struct hash_kept *hash_kept_claim(struct src_hash *h, uint64_t id, uint64
 		if (!k->loading && (!victim || k->used < victim->used))
 			victim = k;
 	}
-	if (!victim) {
+	/* A slot's buffer is allocated once and kept: a fresh megabyte faults in page by page. */
+	if (victim && !victim->data)
+		victim->data = malloc(HASH_KEPT_MAX);
+	if (!victim || !victim->data) {
 		*ret_uncached = 1;
 		return NULL;
 	}
@@ -94,14 +97,10 @@ static struct hash_kept *hash_kept_claim(struct src_hash *h, uint64_t id, uint64
 	return victim;
 }
 
-/* Under h->lock: the loader's result into its slot (data NULL: failed), waking the waiters. */
-static void hash_kept_finish(struct src_hash *h, struct hash_kept *k, const uint8_t *data,
-			     size_t len)
+/* Under h->lock: the loader's result (len bytes in k->data; failed: r < 0), waking the waiters. */
+static void hash_kept_finish(struct src_hash *h, struct hash_kept *k, int r, size_t len)
 {
-	if (data && !k->dropped && !k->data)
-		k->data = malloc(HASH_KEPT_MAX);
-	if (data && !k->dropped && k->data) {
-		memcpy(k->data, data, len);
+	if (r == 0 && !k->dropped) {
 		k->len = len;
 		k->used = ++h->clock;
 	} else {
@@ -156,7 +155,7 @@ static int hash_read(struct src *src, const struct src_blob *b, uint64_t off, si
 {
 	struct src_hash *h = (struct src_hash *)src;
 	const struct src_hashes *hs = b->hashes;
-	uint8_t *tmp = NULL;
+	uint8_t *tmp = NULL, *dst;
 	uint64_t c, c1;
 	int r = 0;
 
@@ -170,7 +169,7 @@ static int hash_read(struct src *src, const struct src_blob *b, uint64_t off, si
 		uint64_t to = a + hs->chunk_size < off + len ? a + hs->chunk_size : off + len;
 		struct hash_kept *slot = NULL;
 		int uncached = 1;
-		size_t clen;
+		size_t clen = 0;
 
 		if (hs->chunk_size <= HASH_KEPT_MAX) {
 			pthread_mutex_lock(&h->lock);
@@ -180,17 +179,19 @@ static int hash_read(struct src *src, const struct src_blob *b, uint64_t off, si
 			if (!slot && !uncached)
 				continue; /* it was kept, or another reader loaded it */
 		}
-		if (!tmp && !(tmp = malloc(hs->chunk_size)))
+		/* The chunk is read into its slot, the one copy kept for the next reads. */
+		dst = slot ? slot->data : tmp;
+		if (!dst && !(dst = tmp = malloc(hs->chunk_size)))
 			r = -ENOMEM;
 		if (r == 0)
-			r = hash_chunk(h, b, c, tmp, &clen);
+			r = hash_chunk(h, b, c, dst, &clen);
 		if (r == 0 && to - a > clen)
 			r = -EIO;
 		if (r == 0)
-			memcpy(buf + (from - off), tmp + (from - a), (size_t)(to - from));
+			memcpy(buf + (from - off), dst + (from - a), (size_t)(to - from));
 		if (slot) {
 			pthread_mutex_lock(&h->lock);
-			hash_kept_finish(h, slot, r == 0 ? tmp : NULL, r == 0 ? clen : 0);
+			hash_kept_finish(h, slot, r, clen);
 			pthread_mutex_unlock(&h->lock);
 		}
 	}

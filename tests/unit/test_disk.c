@@ -1,0 +1,207 @@
+/*
+ * test_disk.c - the cache_dir layer (src_disk) over src_mem: what it keeps
+ * is the big part's bytes and serves them again without the layer below,
+ * a block shared by readers at once comes from below once, a failed read
+ * keeps nothing, and dropped bytes are not served again from the disk,
+ * whether the writer had stored them yet or not.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "crypto/crypto.h"
+#include "fs/src.h"
+#include "tests/unit/check.h"
+
+#define URL "mem://cdn/models/m.big"
+#define BLOB_SIZE (3 * 1024 * 1024 + 1234)
+#define BLOCK (64 * 1024)
+#define RUN (1024 * 1024 + 16) /* a format-2 fill: never on a block */
+#define THREADS 4
+#define DIR_TEMPLATE "/tmp/test_disk.XXXXXX"
+
+static uint8_t *blob_bytes;
+
+static struct src_blob test_blob(void)
+{
+	struct src_blob b = {
+		.url = URL,
+		.size = BLOB_SIZE,
+		.cache_id = "0123456789abcdef0123456789abcdef",
+	};
+	return b;
+}
+
+/* A cache layer in dir over a fresh src_mem (*ret_mem), holding the blob when with_blob. */
+static struct src *disk_over_mem(const char *dir, int with_blob, struct src **ret_mem)
+{
+	struct src *mem = NULL, *disk = NULL;
+
+	if (src_mem_new(&mem) < 0)
+		return NULL;
+	if (with_blob && src_mem_put(mem, URL, blob_bytes, BLOB_SIZE) < 0)
+		goto err;
+	if (src_disk_new(dir, 1ull << 30, mem, &disk) < 0)
+		goto err;
+	*ret_mem = mem;
+	return disk;
+err:
+	src_free(mem);
+	return NULL;
+}
+
+/* Reads [off, off + len) through s and compares it with the blob. */
+static int read_matches(struct src *s, uint64_t off, size_t len)
+{
+	struct src_blob b = test_blob();
+	uint8_t *buf = malloc(len);
+	int ok;
+
+	ok = buf && src_read(s, &b, off, len, buf) == 0 && memcmp(buf, blob_bytes + off, len) == 0;
+	free(buf);
+	return ok;
+}
+
+struct reader {
+	struct src *s;
+	int first, ok;
+};
+
+/* Every THREADS-th run, as read-ahead workers take them: neighbours share a block. */
+static void *reader_main(void *arg)
+{
+	struct reader *r = arg;
+
+	r->ok = 1;
+	for (uint64_t off = (uint64_t)r->first * RUN; off < BLOB_SIZE; off += THREADS * RUN) {
+		size_t len = off + RUN <= BLOB_SIZE ? RUN : BLOB_SIZE - (size_t)off;
+
+		r->ok &= read_matches(r->s, off, len);
+	}
+	return NULL;
+}
+
+static void remove_dir(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	char p[512];
+
+	while (d && (de = readdir(d)))
+		if (de->d_name[0] != '.') {
+			snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+			unlink(p);
+		}
+	if (d)
+		closedir(d);
+	rmdir(dir);
+}
+
+int main(void)
+{
+	char dir[] = DIR_TEMPLATE;
+	struct src *disk, *mem = NULL;
+	struct src_mem_stats ms;
+	struct src_blob b = test_blob();
+	struct reader rd[THREADS];
+	pthread_t th[THREADS];
+	uint64_t off;
+	int ok;
+
+	blob_bytes = malloc(BLOB_SIZE);
+	CHECK(blob_bytes && crypto_random(blob_bytes, BLOB_SIZE) == 0, "a blob of random bytes");
+	CHECK(mkdtemp(dir) != NULL, "a scratch folder");
+
+	/* Sequential runs that straddle blocks, as the store's fills do. */
+	disk = disk_over_mem(dir, 1, &mem);
+	CHECK(disk != NULL, "src_disk over src_mem");
+	ok = 1;
+	for (off = 0; off < BLOB_SIZE; off += RUN)
+		ok &= read_matches(disk, off,
+				   off + RUN <= BLOB_SIZE ? RUN : BLOB_SIZE - (size_t)off);
+	CHECK(ok, "sequential runs read the blob's bytes");
+	src_mem_stats(mem, &ms);
+	CHECK(ms.read_bytes <= BLOB_SIZE + 2 * BLOCK,
+	      "each block from below about once (%llu bytes for %d)",
+	      (unsigned long long)ms.read_bytes, BLOB_SIZE);
+	src_free(disk); /* the writer finishes what is queued */
+
+	/* Kept: a new layer serves it all with nothing below. */
+	disk = disk_over_mem(dir, 0, &mem);
+	CHECK(disk != NULL, "src_disk again, over an empty src_mem");
+	CHECK(read_matches(disk, 0, BLOB_SIZE), "the whole blob from cache_dir alone");
+	CHECK(read_matches(disk, BLOB_SIZE - 7, 7), "and its last bytes");
+	src_mem_stats(mem, &ms);
+	CHECK(ms.reads == 0, "nothing asked of the layer below (%llu reads)",
+	      (unsigned long long)ms.reads);
+
+	/* Dropped bytes are forgotten: they come from below again. */
+	src_drop(disk, &b, BLOCK + 5, 10);
+	CHECK(!read_matches(disk, BLOCK, BLOCK), "a dropped block is not served from the disk");
+	src_free(disk);
+	remove_dir(dir);
+	strcpy(dir, DIR_TEMPLATE);
+	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+
+	/* Readers at once whose runs share blocks: each block fetched about once. */
+	disk = disk_over_mem(dir, 1, &mem);
+	CHECK(disk != NULL, "src_disk for readers at once");
+	for (int i = 0; i < THREADS; i++) {
+		rd[i].s = disk;
+		rd[i].first = i;
+		CHECK(pthread_create(&th[i], NULL, reader_main, &rd[i]) == 0, "reader %d started",
+		      i);
+	}
+	ok = 1;
+	for (int i = 0; i < THREADS; i++) {
+		pthread_join(th[i], NULL);
+		ok &= rd[i].ok;
+	}
+	CHECK(ok, "every reader got the blob's bytes");
+	src_mem_stats(mem, &ms);
+	/*
+	 * A block another reader is loading is read only in the bytes asked
+	 * for: at most a block at each end of each run beyond the blob once.
+	 */
+	CHECK(ms.read_bytes <= BLOB_SIZE + (uint64_t)(BLOB_SIZE / RUN + 1) * 2 * BLOCK,
+	      "shared blocks are not fetched whole twice (%llu bytes for %d)",
+	      (unsigned long long)ms.read_bytes, BLOB_SIZE);
+
+	/* A read that fails below keeps nothing, and the next one works. */
+	off = 2 * 1024 * 1024 + 100;
+	CHECK(src_mem_fault(mem, URL, 0, BLOB_SIZE, -EIO, -1) == 0, "the layer below fails");
+	{
+		struct src_blob b2 = b;
+		uint8_t small[64];
+
+		b2.cache_id = "fedcba9876543210fedcba9876543210"; /* nothing of it kept */
+		b2.url = URL;
+		CHECK(src_read(disk, &b2, off, sizeof(small), small) == -EIO,
+		      "its error comes up as it is");
+		CHECK(src_mem_fault(mem, URL, 0, 0, 0, 0) == 0, "the layer below works again");
+		CHECK(src_read(disk, &b2, off, sizeof(small), small) == 0 &&
+			      memcmp(small, blob_bytes + off, sizeof(small)) == 0,
+		      "the same read then works: the failed blocks were not left claimed");
+	}
+
+	/* A drop right after the read that queued the blocks: not kept either way. */
+	src_free(disk);
+	remove_dir(dir);
+	strcpy(dir, DIR_TEMPLATE);
+	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+	disk = disk_over_mem(dir, 1, &mem);
+	CHECK(disk != NULL && read_matches(disk, 0, RUN), "a run read and queued for the writer");
+	src_drop(disk, &b, 0, RUN);
+	src_free(disk);
+	disk = disk_over_mem(dir, 0, &mem);
+	CHECK(disk != NULL && !read_matches(disk, 0, BLOCK),
+	      "its blocks were forgotten, stored before the drop or not");
+	src_free(disk);
+	remove_dir(dir);
+	free(blob_bytes);
+	return check_done();
+}
