@@ -12,7 +12,13 @@
  *   azbench decrypt BIG               format-1 decryption of a big part held in memory,
  *                                     1 MiB runs as the read path does them: "mbps S"
  *   azbench decrypt2 BIG KEY          the same for format 2, chunk by chunk (KEY: b64)
- *   azbench evict FILE...              drops the files' pages from the page cache
+ *   azbench reopen FILE SECS          for SECS: open, read whole in 1 MiB reads, close;
+ *                                     "mbps S opens N"
+ *   azbench sha256 FILE               SHA-256 of a file held in memory, in 1 MiB pieces
+ *                                     on 2 threads, as the format-1 read path checks
+ *                                     its chunks: "mbps S cpu C bytes N" (C: the CPU
+ *                                     seconds of both threads together)
+ *   azbench evict FILE...             drops the files' pages from the page cache
  *   azbench legacy ANSWER BIG EMAIL PASSWORD HW
  *                                     the legacy loader after its two downloads: decrypt
  *                                     the API's answer, join the parts, decrypt the whole
@@ -142,6 +148,33 @@ static int bench_rand(const char *path, double secs, unsigned long long seed)
 	return 0;
 }
 
+static int bench_reopen(const char *path, double secs)
+{
+	uint8_t *buf = malloc(BENCH_BS);
+	long long total = 0, opens = 0, n;
+	double t0, t;
+	int fd;
+
+	if (!buf)
+		return bench_fail("malloc", NULL);
+	t0 = bench_now();
+	do {
+		fd = open(path, O_RDONLY);
+		if (fd < 0)
+			return bench_fail("open", path);
+		n = bench_drain(fd, buf);
+		close(fd);
+		if (n < 0)
+			return bench_fail("read", path);
+		total += n;
+		opens++;
+		t = bench_now() - t0;
+	} while (t < secs);
+	free(buf);
+	printf("mbps %.1f opens %lld\n", (double)total / t / 1e6, opens);
+	return 0;
+}
+
 struct bench_job {
 	pthread_t t;
 	const char *path;
@@ -230,6 +263,61 @@ static uint8_t *bench_load(const char *path, size_t *ret_len)
 	if (p)
 		*ret_len = done;
 	return p;
+}
+
+struct bench_hash_job {
+	pthread_t t;
+	const uint8_t *data;
+	size_t len;
+	int first; /* this thread hashes pieces first, first + 2, ... */
+};
+
+static void *bench_hash_one(void *arg)
+{
+	struct bench_hash_job *j = arg;
+	uint8_t md[32];
+
+	for (size_t off = (size_t)j->first * BENCH_BS; off < j->len; off += 2 * (size_t)BENCH_BS)
+		crypto_sha256(j->data + off, j->len - off < BENCH_BS ? j->len - off : BENCH_BS, md);
+	return NULL;
+}
+
+static double bench_cpu(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int bench_sha256(const char *path)
+{
+	struct bench_hash_job j[2];
+	double t0, c0, t, c;
+	size_t len;
+	uint8_t *data = bench_load(path, &len);
+	int started = 0;
+
+	if (!data)
+		return 1;
+	t0 = bench_now();
+	c0 = bench_cpu();
+	for (; started < 2; started++) {
+		j[started] = (struct bench_hash_job){.data = data, .len = len, .first = started};
+		if (pthread_create(&j[started].t, NULL, bench_hash_one, &j[started]) != 0)
+			break;
+	}
+	for (int i = 0; i < started; i++)
+		pthread_join(j[i].t, NULL);
+	t = bench_now() - t0;
+	c = bench_cpu() - c0;
+	free(data);
+	if (started < 2) {
+		fprintf(stderr, "azbench: only %d threads started\n", started);
+		return 1;
+	}
+	printf("mbps %.1f cpu %.4f bytes %zu\n", (double)len / t / 1e6, c, len);
+	return 0;
 }
 
 static int bench_decrypt(const char *path)
@@ -371,6 +459,10 @@ int main(int argc, char **argv)
 		return bench_ttfb(argv[2]);
 	if (!strcmp(cmd, "rand") && argc == 5)
 		return bench_rand(argv[2], atof(argv[3]), strtoull(argv[4], NULL, 10));
+	if (!strcmp(cmd, "reopen") && argc == 4)
+		return bench_reopen(argv[2], atof(argv[3]));
+	if (!strcmp(cmd, "sha256") && argc == 3)
+		return bench_sha256(argv[2]);
 	if (!strcmp(cmd, "par") && argc >= 3)
 		return bench_par(argc - 2, argv + 2);
 	if (!strcmp(cmd, "evict"))
@@ -381,7 +473,9 @@ int main(int argc, char **argv)
 		return bench_decrypt2(argv[2], argv[3]);
 	if (!strcmp(cmd, "legacy") && argc == 7)
 		return bench_legacy(argv[2], argv[3], argv[4], argv[5], argv[6]);
-	fprintf(stderr, "usage: azbench seq|ttfb|rand|par|evict|decrypt|decrypt2|legacy ... (see "
-			"its source)\n");
+	fprintf(stderr,
+		"usage: azbench seq|ttfb|rand|reopen|par|sha256|evict|decrypt|decrypt2|legacy ... "
+		"(see "
+		"its source)\n");
 	return 2;
 }
