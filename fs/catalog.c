@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "crypto/crypto.h"
+#include "fs/atomic.h"
 #include "fs/catalog.h"
 #include "fs/log.h"
 #include "fs/names.h"
@@ -374,46 +375,20 @@ err:
 
 static int catalog_save(struct catalog *cat, const struct catalog_list *l)
 {
-	char *tmp = NULL, *text = NULL;
+	char *text;
 	json_t *doc;
-	size_t len;
-	int fd = -1, r = -EIO;
+	int r;
 
 	doc = catalog_to_json(l, cat->c->folder);
 	if (!doc)
 		return -ENOMEM;
 	text = json_dumps(doc, JSON_COMPACT);
 	json_decref(doc);
-	if (!text || asprintf(&tmp, "%s.tmp", cat->path) < 0) {
-		r = -ENOMEM;
-		tmp = NULL;
-		goto out;
-	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0) {
-		r = -errno;
-		goto out_log;
-	}
-	len = strlen(text);
-	if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0) {
-		r = -EIO;
-		goto out_log;
-	}
-	close(fd);
-	fd = -1;
-	if (rename(tmp, cat->path) < 0) {
-		r = -errno;
-		goto out_log;
-	}
-	r = 0;
-	goto out;
-out_log:
-	log_warn("catalog: cannot save %s: %s", cat->path, strerror(-r));
-	if (fd >= 0)
-		close(fd);
-	unlink(tmp);
-out:
-	free(tmp);
+	if (!text)
+		return -ENOMEM;
+	r = atomic_write_file(cat->path, 0600, text, strlen(text), NULL, NULL);
+	if (r < 0)
+		log_warn("catalog: cannot save %s: %s", cat->path, strerror(-r));
 	free(text);
 	return r;
 }

@@ -28,6 +28,7 @@
 #include <jansson.h>
 
 #include "crypto/crypto.h"
+#include "fs/atomic.h"
 #include "fs/device.h"
 #include "fs/log.h"
 #include "tpm/tpm.h"
@@ -151,29 +152,17 @@ static int device_read_id_locked(struct device *d)
 
 static int device_write_id(struct device *d, const char *id)
 {
-	char *tmp;
+	char line[DEVICE_ID_MAX + 2];
 	size_t n = strlen(id);
-	int fd, r = 0;
+	int r;
 
 	if (n == 0 || n > DEVICE_ID_MAX)
 		return -EPROTO;
-	if (asprintf(&tmp, "%s.tmp", d->id_path) < 0)
-		return -ENOMEM;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0) {
-		r = -errno;
-	} else {
-		if (write(fd, id, n) != (ssize_t)n || write(fd, "\n", 1) != 1 || fsync(fd) < 0)
-			r = -EIO;
-		close(fd);
-		if (r == 0 && rename(tmp, d->id_path) < 0)
-			r = -errno;
-	}
-	if (r < 0) {
+	memcpy(line, id, n);
+	line[n] = '\n';
+	r = atomic_write_file(d->id_path, 0600, line, n + 1, NULL, NULL);
+	if (r < 0)
 		log_err("cannot write %s: %s", d->id_path, strerror(-r));
-		unlink(tmp);
-	}
-	free(tmp);
 	return r;
 }
 

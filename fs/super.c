@@ -34,6 +34,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
+#include "fs/atomic.h"
 #include "fs/journal.h"
 #include "fs/log.h"
 #include "fs/super.h"
@@ -189,25 +190,23 @@ int super_stored(int *ret_fuse, int *ret_journal)
 /* state_dir/azaionfs.pid: this process, the worker that serves, the mount (azaionctl restart). */
 static void super_write_pid(struct super *S, pid_t worker)
 {
-	char tmp[4200];
-	FILE *f;
+	char *text;
+	int r;
 
 	if (!S->pid_path)
 		return;
-	snprintf(tmp, sizeof(tmp), "%s.tmp", S->pid_path);
-	f = fopen(tmp, "we");
-	if (!f) {
-		log_warn("cannot write %s: %s (azaionctl restart needs it)", tmp, strerror(errno));
+	if (asprintf(&text, "supervisor %d\nworker %d\nmount %s\n", (int)getpid(), (int)worker,
+		     S->o->mountpoint) < 0) {
+		log_warn("cannot write %s: %s (azaionctl restart needs it)", S->pid_path,
+			 strerror(ENOMEM));
 		return;
 	}
-	fchmod(fileno(f), 0600); /* as all of state_dir: azaionctl restart is root's */
-	fprintf(f, "supervisor %d\nworker %d\nmount %s\n", (int)getpid(), (int)worker,
-		S->o->mountpoint);
-	if (fclose(f) != 0 || rename(tmp, S->pid_path) < 0) {
+	/* Mode 0600, as all of state_dir: azaionctl restart is root's. */
+	r = atomic_write_file(S->pid_path, 0600, text, strlen(text), NULL, NULL);
+	if (r < 0)
 		log_warn("cannot write %s: %s (azaionctl restart needs it)", S->pid_path,
-			 strerror(errno));
-		unlink(tmp);
-	}
+			 strerror(-r));
+	free(text);
 }
 
 /* ---- workers ------------------------------------------------------------------------ */
