@@ -19,6 +19,7 @@
 #include <syslog.h>
 #include <sys/random.h>
 
+#include "crypto/crypto.h"
 #include "fetch/internal.h"
 
 #define API_JSON_MAX FETCH_MIB
@@ -90,7 +91,7 @@ static void wipe_member(json_t *obj, const char *key)
 	json_t *v = json_object_get(obj, key);
 
 	if (json_is_string(v))
-		fetch_wipe((char *)json_string_value(v), json_string_length(v));
+		crypto_wipe((char *)json_string_value(v), json_string_length(v));
 }
 
 /* Dumps obj into one exact-size buffer (no growing copies left behind). */
@@ -105,7 +106,7 @@ static int json_body(json_t *obj, char **ret, size_t *ret_len)
 	if (!p)
 		return -ENOMEM;
 	if (json_dumpb(obj, p, n, JSON_COMPACT) != n) {
-		fetch_wipe(p, n);
+		crypto_wipe(p, n);
 		free(p);
 		return -EINVAL;
 	}
@@ -116,7 +117,7 @@ static int json_body(json_t *obj, char **ret, size_t *ret_len)
 
 static void body_free(char *body, size_t len)
 {
-	fetch_wipe(body, len);
+	crypto_wipe(body, len);
 	free(body);
 }
 
@@ -256,7 +257,7 @@ static time_t jwt_exp(const char *token)
 			t = (time_t)json_real_value(exp);
 		json_decref(j);
 	}
-	fetch_wipe(buf, n);
+	crypto_wipe(buf, n);
 	free(buf);
 	return t;
 }

@@ -29,6 +29,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "crypto/crypto.h"
 #include "fetch/internal.h"
 
 #define FETCH_POOL_MAX 32
@@ -108,12 +109,6 @@ const char *fetch_strerror(int err)
 			return why_out;
 	}
 	return strerror(err < 0 ? -err : err);
-}
-
-void fetch_wipe(void *p, size_t len)
-{
-	if (p && len)
-		explicit_bzero(p, len);
 }
 
 void fetch_logf(struct fetch *f, int priority, const char *fmt, ...)
@@ -722,7 +717,7 @@ static void free_headers(struct curl_slist *list)
 	struct curl_slist *l;
 
 	for (l = list; l; l = l->next)
-		fetch_wipe(l->data, strlen(l->data));
+		crypto_wipe(l->data, strlen(l->data));
 	curl_slist_free_all(list);
 }
 
@@ -748,7 +743,7 @@ static int build_headers(const struct fetch_request *req, struct curl_slist **re
 			return -ENOMEM;
 		snprintf(line, n, "Authorization: Bearer %s", req->bearer);
 		r = add_header(&list, line);
-		fetch_wipe(line, n);
+		crypto_wipe(line, n);
 		free(line);
 		if (r)
 			goto err;
@@ -1070,7 +1065,7 @@ static void generic_begin(struct fetch_call *c)
 {
 	struct generic *g = c->ctx;
 
-	fetch_wipe(g->buf.data, g->buf.len);
+	crypto_wipe(g->buf.data, g->buf.len);
 	g->buf.len = 0;
 }
 
@@ -1091,7 +1086,7 @@ static int generic_grow(struct generic *g, size_t need)
 		return -ENOMEM;
 	if (g->buf.len)
 		memcpy(p, g->buf.data, g->buf.len);
-	fetch_wipe(g->buf.data, g->buf.len);
+	crypto_wipe(g->buf.data, g->buf.len);
 	free(g->buf.data);
 	g->buf.data = p;
 	g->alloc = n;
@@ -1176,7 +1171,7 @@ void fetch_buf_free(struct fetch_buf *b)
 {
 	if (!b)
 		return;
-	fetch_wipe(b->data, b->len);
+	crypto_wipe(b->data, b->len);
 	free(b->data);
 	b->data = NULL;
 	b->len = 0;

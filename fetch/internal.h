@@ -88,7 +88,4 @@ void fetch_url_for_log(const char *url, char *out, size_t cap);
 /* The per-call timeout currently in force. */
 unsigned fetch_timeout_ms(struct fetch *f);
 
-/* Zeroes len bytes of p in a way the compiler keeps. */
-void fetch_wipe(void *p, size_t len);
-
 #endif

@@ -892,7 +892,7 @@ static int tpm_srk_create(struct tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub)
 	auth.size = (UINT16)t->owner_auth_len;
 	memcpy(auth.buffer, t->owner_auth, t->owner_auth_len);
 	rc = Esys_TR_SetAuth(t->esys, ESYS_TR_RH_OWNER, &auth);
-	OPENSSL_cleanse(&auth, sizeof(auth));
+	crypto_wipe(&auth, sizeof(auth));
 	if (rc != TSS2_RC_SUCCESS)
 		return tpm_rc(t, rc, "setting the owner password");
 	/* An HMAC session, so that an owner password never crosses the bus in clear. */
@@ -1095,7 +1095,7 @@ static int tpm_seal_create(struct tpm *t, const TPM2B_DIGEST *policy,
 	in.sensitive.data.size = TPM_STORE_KEY_LEN;
 	memcpy(in.sensitive.data.buffer, key, TPM_STORE_KEY_LEN);
 	r = tpm_object_create(t, "creating the sealed store", &tmpl, &in, ret_pub, ret_priv);
-	OPENSSL_cleanse(&in, sizeof(in));
+	crypto_wipe(&in, sizeof(in));
 	return r;
 }
 
@@ -1456,7 +1456,7 @@ static int tpm_quick_wait(struct tpm *t, unsigned wait_seconds, const volatile s
 
 static void tpm_free(struct tpm *t)
 {
-	OPENSSL_cleanse(t->owner_auth, sizeof(t->owner_auth));
+	crypto_wipe(t->owner_auth, sizeof(t->owner_auth));
 	free(t->tcti_conf);
 	free(t->state_dir);
 	pthread_mutex_destroy(&t->lock);
@@ -1793,7 +1793,7 @@ out_dk:
 out_store:
 	tpm_enrolment_free(&e);
 out_key:
-	OPENSSL_cleanse(key, sizeof(key));
+	crypto_wipe(key, sizeof(key));
 out:
 	return r;
 }
@@ -1883,7 +1883,7 @@ static int tpm_unseal_key(struct tpm *t, uint8_t key[TPM_STORE_KEY_LEN])
 		memcpy(key, out->buffer, TPM_STORE_KEY_LEN);
 		r = 0;
 	}
-	OPENSSL_cleanse(out, sizeof(*out));
+	crypto_wipe(out, sizeof(*out));
 	Esys_Free(out);
 	tpm_esys_scrub(t);
 out_sessions:
@@ -1920,7 +1920,7 @@ int tpm_unseal(struct tpm *t, uint8_t *buf, size_t cap, size_t *ret_len)
 		goto out_key;
 	r = tpm_store_open(t, key, t->store, t->store_len, buf, cap, ret_len);
 out_key:
-	OPENSSL_cleanse(key, sizeof(key));
+	crypto_wipe(key, sizeof(key));
 	return tpm_call_end(t, r);
 }
 
@@ -1980,7 +1980,7 @@ static int tpm_unwrap_once(struct tpm *t, const TPM2B_PUBLIC_KEY_RSA *in, uint8_
 		*ret_len = out->size;
 		r = 0;
 	}
-	OPENSSL_cleanse(out, sizeof(*out));
+	crypto_wipe(out, sizeof(*out));
 	Esys_Free(out);
 	tpm_esys_scrub(t);
 out:
@@ -2457,7 +2457,7 @@ static int tpm_attest_activate(struct tpm *t, struct tpm_attest *a, ESYS_TR ak,
 		goto out;
 	}
 	a->secret = *cred;
-	OPENSSL_cleanse(cred, sizeof(*cred));
+	crypto_wipe(cred, sizeof(*cred));
 	Esys_Free(cred);
 	tpm_esys_scrub(t);
 	r = 0;
@@ -2694,7 +2694,7 @@ void tpm_attest_free(struct tpm_attest *a)
 	if (!a)
 		return;
 	free(a->ek_cert);
-	OPENSSL_cleanse(a, sizeof(*a));
+	crypto_wipe(a, sizeof(*a));
 	free(a);
 }
 
