@@ -670,8 +670,9 @@ static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, si
 		from = a > off ? a : off;
 		to = z < end ? z : end;
 		if (kind == RUN_QUEUED) {
+			/* Written (or dropped) meanwhile: look at the block again. */
 			if (!disk_copy_queued(d, f, i, from, to, buf + (from - off)))
-				r = src_read(d->lower, b, from, to - from, buf + (from - off));
+				j = i;
 			continue;
 		}
 		if (pread(f->fd, buf + (from - off), to - from, (off_t)from) !=
