@@ -15,8 +15,9 @@
  * object, Unseal, RSA_Decrypt) runs with an HMAC session salted with the
  * SRK and parameter encryption (AES-128-CFB), so that nothing secret
  * crosses the bus in the clear. With a PCR binding the object is
- * authorised by a policy session (salted too, PolicyPCR) and the HMAC
- * session rides along in the second slot for the encryption only.
+ * authorised by a policy session (PolicyPCR; unsalted, as it carries no
+ * secret: docs/tpm.md "Sessions") and the HMAC session rides along in the
+ * second slot for the encryption.
  *
  * Files in state_dir, mode 0600, each written to a temporary and renamed:
  *   tpm-srk.pub           the SRK's TPM2B_PUBLIC at enrolment
@@ -733,7 +734,9 @@ static int tpm_session_start(struct tpm *t, TPM2_SE type, int salted, TPMA_SESSI
 /*
  * The sessions for a command on an enrolled object: *ret_auth authorises
  * it, *ret_enc (ESYS_TR_NONE when the auth session does it) encrypts the
- * parameters as enc says. Both salted with the SRK.
+ * parameters as enc says. The HMAC session is salted with the SRK; the
+ * policy session is not: its PolicyPCR needs no secret, and a salt costs
+ * the TPM a private-key operation at every unwrap (docs/tpm.md).
  */
 static int tpm_sessions_start(struct tpm *t, TPMA_SESSION enc, ESYS_TR *ret_auth, ESYS_TR *ret_enc)
 {
@@ -750,7 +753,7 @@ static int tpm_sessions_start(struct tpm *t, TPMA_SESSION enc, ESYS_TR *ret_auth
 		*ret_enc = ESYS_TR_NONE;
 		return 0;
 	}
-	r = tpm_session_start(t, TPM2_SE_POLICY, 1, 0, &pol);
+	r = tpm_session_start(t, TPM2_SE_POLICY, 0, 0, &pol);
 	if (r < 0)
 		goto out_hmac;
 	/* An empty digest makes the TPM take the PCRs' current values. */
