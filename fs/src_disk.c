@@ -104,6 +104,12 @@ struct disk_src {
 	/* Runs read from below, to be written by the writer thread (under lock). */
 	struct disk_write *queue, *queue_tail;
 	unsigned queued;
+	/*
+	 * Readers enter the queue in the order their fetches ended (a ticket
+	 * each), not in the order a full queue happens to wake them: when
+	 * cache_max is reached, what is kept is what came first.
+	 */
+	uint64_t ticket_next, ticket_serving;
 	int stop;
 	pthread_cond_t queue_cond; /* the writer: work or stop; readers: room */
 	pthread_t writer;
@@ -566,6 +572,8 @@ static void *disk_writer(void *arg)
  */
 static void disk_queue(struct disk_src *d, struct disk_write *w)
 {
+	uint64_t ticket;
+
 	if (!d->has_writer) {
 		disk_write_run(d, w);
 		disk_tmp_put(d, w->data, w->data_len);
@@ -573,8 +581,10 @@ static void disk_queue(struct disk_src *d, struct disk_write *w)
 		return;
 	}
 	pthread_mutex_lock(&d->lock);
-	while (d->queued >= DISK_QUEUE_MAX)
+	ticket = d->ticket_next++;
+	while (d->queued >= DISK_QUEUE_MAX || ticket != d->ticket_serving)
 		pthread_cond_wait(&d->queue_cond, &d->lock);
+	d->ticket_serving++;
 	w->f->users++;
 	d->queued++;
 	for (uint64_t k = 0; k < w->n; k++)
