@@ -380,11 +380,14 @@ static struct disk_file *disk_get(struct disk_src *d, const struct src_blob *b)
 	return f;
 }
 
-/* Under d->lock: blocks b0 .. b1 - 1, claimed by this reader, are missing again. */
-static void disk_unclaim_locked(struct disk_file *f, uint64_t b0, uint64_t b1)
+/*
+ * Under d->lock: the blocks of b0 .. b1 - 1 that this reader claimed
+ * (mine[k] for block b0 + k; NULL: all of them) are missing again.
+ */
+static void disk_unclaim_locked(struct disk_file *f, uint64_t b0, uint64_t b1, const uint8_t *mine)
 {
 	for (uint64_t i = b0; i < b1; i++)
-		if (f->map[i] != DISK_PRESENT)
+		if ((!mine || mine[i - b0]) && f->map[i] != DISK_PRESENT)
 			f->map[i] = DISK_MISSING;
 }
 
@@ -396,8 +399,8 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 		       const uint8_t *data, size_t len)
 {
 	char(*gone)[DISK_ID_LEN + 1] = NULL;
-	uint8_t marks
-		[DISK_RUN_MAX]; /* the map's bytes to write: a copy, as others claim meanwhile */
+	/* The map's bytes to write: a copy, as other readers claim blocks meanwhile. */
+	uint8_t marks[DISK_RUN_MAX];
 	size_t n_gone = 0;
 	uint64_t add = (b1 - b0) * DISK_BLOCK;
 	int fits;
@@ -410,7 +413,7 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 		d->pending += add;
 		f->bytes += add;
 	} else {
-		disk_unclaim_locked(f, b0, b1);
+		disk_unclaim_locked(f, b0, b1, NULL);
 	}
 	pthread_mutex_unlock(&d->lock);
 	for (size_t i = 0; i < n_gone; i++)
@@ -424,7 +427,7 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 		d->total -= add;
 		d->pending -= add;
 		f->bytes -= add;
-		disk_unclaim_locked(f, b0, b1);
+		disk_unclaim_locked(f, b0, b1, NULL);
 		pthread_mutex_unlock(&d->lock);
 		return;
 	}
@@ -640,9 +643,7 @@ static int disk_read_missing(struct disk_src *d, struct disk_file *f, const stru
 out:
 	if (r < 0) {
 		pthread_mutex_lock(&d->lock);
-		for (uint64_t k = i; k < j; k++)
-			if (mine[k - i])
-				disk_unclaim_locked(f, k, k + 1);
+		disk_unclaim_locked(f, i, j, mine);
 		pthread_mutex_unlock(&d->lock);
 	}
 	if (w) {
@@ -669,7 +670,6 @@ static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, si
 	last = (end - 1) / DISK_BLOCK;
 	for (i = off / DISK_BLOCK; r == 0 && i <= last; i = j) {
 		uint64_t a = i * DISK_BLOCK, z, from, to;
-
 		int kind = disk_run(d, f, i, last, &j, mine);
 
 		if (kind == RUN_MISSING) {

@@ -155,10 +155,12 @@ check("the cold read counted CDN fetches", vals.get("azaionfs_cdn_fetches_total"
 check("the cold read fetched each byte about once (%s bytes for 20 MiB)"
       % vals.get("azaionfs_cdn_fetch_bytes_total"),
       vals.get("azaionfs_cdn_fetch_bytes_total", 0) <= 1.15 * 20 * 1024 * 1024 + 2 * 1024 * 1024)
-# Ranges of neighbouring units share a 64 KiB block, and with 1 MiB
-# kernel reads in parallel a unit that read-ahead has just stored can be
-# served from cache_dir (one run saw 4.2 MB of 21): some hits, never most.
-# That no byte comes twice from the CDN is the check above.
+# A chunk that src_hash no longer keeps is read again, from cache_dir:
+# the big part's last chunk (read at open and again at the end) and, with
+# read-ahead workers in parallel, now and then another (1 to 2 MB of 21
+# in the runs seen; before blocks were claimed, up to 4.2). Some hits,
+# never most; that each byte comes from the CDN about once is the check
+# above.
 check("and few cache_dir hit bytes (%s of %s)" % (vals.get("azaionfs_disk_cache_hit_bytes_total"),
       vals.get("azaionfs_cdn_fetch_bytes_total")),
       0 <= vals.get("azaionfs_disk_cache_hit_bytes_total", -1)
