@@ -147,6 +147,20 @@ void f1_encryptor_free(struct f1_encryptor *e);
  */
 int f1_decrypt_blocks(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *e, size_t n, uint8_t *out);
 /*
+ * The same, fed in pieces as they arrive: started with the block before
+ * the first (E[16*j - 16], the IV when j = 0); each update takes n bytes
+ * of E and writes the plaintext of the blocks it completed to out
+ * (*ret_len bytes, a multiple of 16, at most n + 15), keeping a partial
+ * block for the next. Padding is not removed. One thread at a time;
+ * f1_decryptor_free wipes the key schedule.
+ */
+struct f1_decryptor;
+int f1_decryptor_new(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t iv[CRYPTO_BLOCK],
+		     struct f1_decryptor **ret);
+int f1_decryptor_update(struct f1_decryptor *d, const uint8_t *in, size_t n, uint8_t *out,
+			size_t *ret_len);
+void f1_decryptor_free(struct f1_decryptor *d);
+/*
  * Plaintext size of an E of e_size bytes from its last 32 bytes: decrypts
  * the last block and checks its PKCS#7 padding (-EBADMSG when invalid, or
  * when e_size is not a multiple of 16 of at least 32).
@@ -177,6 +191,24 @@ int crypto_gcm_seal(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t nonce[CRYP
 int crypto_gcm_open(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t nonce[CRYPTO_GCM_NONCE_SIZE],
 		    const void *aad, size_t aad_len, const uint8_t *ct, size_t ct_len,
 		    uint8_t *out);
+
+/*
+ * An opener of many messages under one key, each fed in pieces as they
+ * arrive: the key is expanded once, not per message, and the ciphertext
+ * needs no buffer of its own. Per message: crypto_gcm_start, then
+ * crypto_gcm_update for each piece (out receives n bytes of plaintext,
+ * NOT yet authenticated: the caller keeps it from any reader until
+ * crypto_gcm_finish returns 0, and wipes it otherwise), then
+ * crypto_gcm_finish with the tag: 0, or -EBADMSG for a tag that does not
+ * verify. One thread at a time; crypto_gcm_free wipes the key schedule.
+ */
+struct crypto_gcm;
+int crypto_gcm_new(const uint8_t key[CRYPTO_KEY_SIZE], struct crypto_gcm **ret);
+int crypto_gcm_start(struct crypto_gcm *g, const uint8_t nonce[CRYPTO_GCM_NONCE_SIZE],
+		     const void *aad, size_t aad_len);
+int crypto_gcm_update(struct crypto_gcm *g, const uint8_t *ct, size_t n, uint8_t *out);
+int crypto_gcm_finish(struct crypto_gcm *g, const uint8_t tag[CRYPTO_TAG_SIZE]);
+void crypto_gcm_free(struct crypto_gcm *g);
 
 /* ---- format 2 --------------------------------------------------------- */
 
@@ -234,5 +266,11 @@ int f2_seal_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h,
  */
 int f2_open_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h, uint64_t i,
 		  const uint8_t *ct, size_t ct_len, uint8_t *out);
+/*
+ * Starts opening chunk i of h in g, for a stream of its ciphertext
+ * (crypto_gcm_update) and its tag (crypto_gcm_finish). -EINVAL for an i
+ * past the last chunk.
+ */
+int f2_chunk_start(struct crypto_gcm *g, const struct f2_header *h, uint64_t i);
 
 #endif

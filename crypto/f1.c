@@ -390,6 +390,48 @@ int f1_decrypt_blocks(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t *e, size
 	return f1_cbc_raw(key, e, n, out);
 }
 
+struct f1_decryptor {
+	EVP_CIPHER_CTX *ctx;
+};
+
+int f1_decryptor_new(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t iv[CRYPTO_BLOCK],
+		     struct f1_decryptor **ret)
+{
+	struct f1_decryptor *d;
+
+	if (!f1_cipher())
+		return -EIO;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->ctx = EVP_CIPHER_CTX_new();
+	if (!d->ctx) {
+		free(d);
+		return -ENOMEM;
+	}
+	if (EVP_DecryptInit_ex(d->ctx, f1_cipher(), NULL, key, iv) != 1 ||
+	    EVP_CIPHER_CTX_set_padding(d->ctx, 0) != 1) {
+		f1_decryptor_free(d);
+		return -EIO;
+	}
+	*ret = d;
+	return 0;
+}
+
+int f1_decryptor_update(struct f1_decryptor *d, const uint8_t *in, size_t n, uint8_t *out,
+			size_t *ret_len)
+{
+	return f1_update(d->ctx, in, n, out, ret_len);
+}
+
+void f1_decryptor_free(struct f1_decryptor *d)
+{
+	if (!d)
+		return;
+	EVP_CIPHER_CTX_free(d->ctx); /* wipes the key schedule */
+	free(d);
+}
+
 int f1_plain_size(const uint8_t key[CRYPTO_KEY_SIZE], const uint8_t last32[32], uint64_t e_size,
 		  uint64_t *ret_size)
 {

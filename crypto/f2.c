@@ -162,3 +162,13 @@ int f2_open_chunk(const uint8_t key[CRYPTO_KEY_SIZE], const struct f2_header *h,
 	f2_chunk_binding(h, i, nonce, aad);
 	return crypto_gcm_open(key, nonce, aad, F2_AAD_SIZE, ct, ct_len, out);
 }
+
+int f2_chunk_start(struct crypto_gcm *g, const struct f2_header *h, uint64_t i)
+{
+	uint8_t nonce[CRYPTO_GCM_NONCE_SIZE], aad[F2_AAD_SIZE];
+
+	if (i >= f2_chunk_count(h))
+		return -EINVAL;
+	f2_chunk_binding(h, i, nonce, aad);
+	return crypto_gcm_start(g, nonce, aad, F2_AAD_SIZE);
+}

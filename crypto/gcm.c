@@ -1,14 +1,16 @@
 /*
- * gcm.c - AES-256-GCM over one buffer: the one place that drives OpenSSL's
- * GCM, for the format-2 chunks of docs/formats.md (f2.c) and for the TPM's
- * sealed store of docs/tpm.md (tpm/tpm.c).
+ * gcm.c - AES-256-GCM: the one place that drives OpenSSL's GCM, for the
+ * format-2 chunks of docs/formats.md (f2.c) and for the TPM's sealed store
+ * of docs/tpm.md (tpm/tpm.c). One buffer at a time (seal, open), or a
+ * stream of messages under one key, fed in pieces (struct crypto_gcm).
  *
- * No locking: all state is in the caller's buffers; the cipher is fetched
- * once under pthread_once.
+ * No locking: all state is in the caller's buffers or its crypto_gcm; the
+ * cipher is fetched once under pthread_once.
  */
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
@@ -131,4 +133,82 @@ wipe:
 	if (err < 0)
 		crypto_wipe(out, plain_len);
 	return err;
+}
+
+struct crypto_gcm {
+	EVP_CIPHER_CTX *ctx; /* the key expanded; a nonce per message */
+};
+
+int crypto_gcm_new(const uint8_t key[CRYPTO_KEY_SIZE], struct crypto_gcm **ret)
+{
+	struct crypto_gcm *g;
+	int err = -ENOMEM;
+
+	if (!gcm_cipher())
+		return -EIO;
+	g = calloc(1, sizeof(*g));
+	if (!g)
+		goto fail;
+	g->ctx = EVP_CIPHER_CTX_new();
+	if (!g->ctx)
+		goto fail;
+	err = -EIO;
+	if (EVP_DecryptInit_ex(g->ctx, gcm_cipher(), NULL, NULL, NULL) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(g->ctx, EVP_CTRL_GCM_SET_IVLEN, CRYPTO_GCM_NONCE_SIZE, NULL) != 1 ||
+	    EVP_DecryptInit_ex(g->ctx, NULL, NULL, key, NULL) != 1)
+		goto fail;
+	*ret = g;
+	return 0;
+
+fail:
+	crypto_gcm_free(g);
+	return err;
+}
+
+int crypto_gcm_start(struct crypto_gcm *g, const uint8_t nonce[CRYPTO_GCM_NONCE_SIZE],
+		     const void *aad, size_t aad_len)
+{
+	int len;
+
+	if ((!aad && aad_len) || aad_len > INT_MAX)
+		return -EINVAL;
+	/* A new nonce under the key already set: no key expansion. */
+	if (EVP_DecryptInit_ex(g->ctx, NULL, NULL, NULL, nonce) != 1)
+		return -EIO;
+	if (aad_len && EVP_DecryptUpdate(g->ctx, NULL, &len, aad, (int)aad_len) != 1)
+		return -EIO;
+	return 0;
+}
+
+int crypto_gcm_update(struct crypto_gcm *g, const uint8_t *ct, size_t n, uint8_t *out)
+{
+	int len = 0;
+
+	if (!n)
+		return 0;
+	if (n > INT_MAX)
+		return -EINVAL;
+	/* GCM is a stream mode: every byte in gives one out, at once. */
+	if (EVP_DecryptUpdate(g->ctx, out, &len, ct, (int)n) != 1 || (size_t)len != n)
+		return -EIO;
+	return 0;
+}
+
+int crypto_gcm_finish(struct crypto_gcm *g, const uint8_t tag[CRYPTO_TAG_SIZE])
+{
+	uint8_t tail[16];
+	int len = 0;
+
+	if (EVP_CIPHER_CTX_ctrl(g->ctx, EVP_CTRL_GCM_SET_TAG, CRYPTO_TAG_SIZE, (void *)tag) != 1)
+		return -EIO;
+	/* Compares the tag in constant time; anything but 1 is a failed check. */
+	return EVP_DecryptFinal_ex(g->ctx, tail, &len) == 1 ? 0 : -EBADMSG;
+}
+
+void crypto_gcm_free(struct crypto_gcm *g)
+{
+	if (!g)
+		return;
+	EVP_CIPHER_CTX_free(g->ctx); /* cleanses the key schedule */
+	free(g);
 }

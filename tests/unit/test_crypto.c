@@ -757,6 +757,62 @@ static void test_gcm(void)
 			      n + CRYPTO_TAG_SIZE, out);
 	CHECK(err == -EBADMSG, "gcm: a shorter AAD gives -EBADMSG (%d)", err);
 
+	/* ---- streamed: one key, many messages, pieces of every size ---- */
+	{
+		struct crypto_gcm *g = NULL;
+		size_t split, bad_pieces = 0, bad_reuse = 0;
+
+		CHECK(unhex(nist_key, blob, sizeof(blob)) == 32 &&
+			      unhex(nist_iv, iv, sizeof(iv)) == 12,
+		      "gcm: the NIST key and nonce again");
+		memcpy(key, blob, sizeof(key));
+		err = crypto_gcm_new(key, &g);
+		CHECK(err == 0, "gcm: crypto_gcm_new (%d)", err);
+		/* The same opener for every message: only the nonce changes. */
+		for (split = 1; g && split <= 60; split++) {
+			size_t at, k;
+
+			memset(out, 0xaa, sizeof(out));
+			err = crypto_gcm_start(g, iv, a, 20);
+			for (at = 0; err == 0 && at < 60; at += k) {
+				k = 60 - at < split ? 60 - at : split;
+				err = crypto_gcm_update(g, want + at, k, out + at);
+			}
+			if (err == 0)
+				err = crypto_gcm_finish(g, want + 60);
+			if (err != 0 || memcmp(out, p, 60) != 0)
+				bad_pieces++;
+		}
+		CHECK(g && bad_pieces == 0,
+		      "gcm: the NIST vector opens in pieces of 1..60 bytes, one opener for all "
+		      "(%zu bad)",
+		      bad_pieces);
+		for (i = 0; g && i < 76 * 8; i++) {
+			memcpy(got, want, 76);
+			got[i / 8] ^= (uint8_t)(1u << (i % 8));
+			err = crypto_gcm_start(g, iv, a, 20);
+			if (err == 0)
+				err = crypto_gcm_update(g, got, 60, out);
+			if (err == 0)
+				err = crypto_gcm_finish(g, got + 60);
+			if (err != -EBADMSG)
+				bad_reuse++;
+		}
+		err = g ? crypto_gcm_start(g, iv, a, 19) : -1;
+		err = err ? err : crypto_gcm_update(g, want, 60, out);
+		err = err ? err : crypto_gcm_finish(g, want + 60);
+		CHECK(g && bad_reuse == 0 && err == -EBADMSG,
+		      "gcm: streamed, a flipped bit anywhere, or a shorter AAD, fails the tag "
+		      "(%zu bad; %d)",
+		      bad_reuse, err);
+		err = g ? crypto_gcm_start(g, iv, a, 20) : -1;
+		err = err ? err : crypto_gcm_update(g, want, 60, out);
+		err = err ? err : crypto_gcm_finish(g, want + 60);
+		CHECK(err == 0 && memcmp(out, p, 60) == 0,
+		      "gcm: after failures the same opener opens the vector again (%d)", err);
+		crypto_gcm_free(g);
+	}
+
 	/* ---- in place ---- */
 	memcpy(in, secret, n);
 	err = crypto_gcm_seal(key, iv, NULL, 0, in, n, in);
