@@ -31,7 +31,11 @@ enum range_mode {
 struct range {
 	uint64_t off;
 	size_t len;
-	uint8_t *buf;
+	uint8_t *buf; /* NULL: the bytes go to sink */
+	fetch_write_fn sink;
+	void *sink_arg;
+	size_t delivered; /* bytes sink has had, over all attempts */
+	int sink_err;
 	/* per attempt */
 	enum range_mode mode;
 	uint64_t pos; /* RANGE_FULL: offset of the next byte */
@@ -204,6 +208,26 @@ static int range_head(struct fetch_call *c)
 	}
 }
 
+/*
+ * The next len bytes of this attempt's answer: into the buffer, or to the
+ * sink, which never sees a byte twice when an attempt starts over.
+ */
+static int range_take(struct range *rg, const uint8_t *data, size_t len)
+{
+	if (rg->buf) {
+		memcpy(rg->buf + rg->got, data, len);
+	} else if (rg->got + len > rg->delivered) {
+		size_t seen = rg->delivered > rg->got ? rg->delivered - rg->got : 0;
+
+		rg->sink_err = rg->sink(rg->sink_arg, data + seen, len - seen);
+		if (rg->sink_err)
+			return rg->sink_err;
+		rg->delivered = rg->got + len;
+	}
+	rg->got += len;
+	return 0;
+}
+
 static int range_body(struct fetch_call *c, const uint8_t *data, size_t len)
 {
 	struct range *rg = c->ctx;
@@ -216,9 +240,8 @@ static int range_body(struct fetch_call *c, const uint8_t *data, size_t len)
 			c->why = "206 longer than its Content-Range";
 			return -EPROTO;
 		}
-		memcpy(rg->buf + rg->got, data, len);
-		rg->got += len;
-		return 0;
+		/* The sink's refusal is the caller's to tell: a clean stop here. */
+		return range_take(rg, data, len) ? FETCH_STOP : 0;
 	case RANGE_FULL:
 		skip = rg->pos < rg->off ? rg->off - rg->pos : 0;
 		if (skip >= len) {
@@ -229,8 +252,8 @@ static int range_body(struct fetch_call *c, const uint8_t *data, size_t len)
 		len -= (size_t)skip;
 		rg->pos += skip;
 		take = len < rg->want - rg->got ? len : rg->want - rg->got;
-		memcpy(rg->buf + rg->got, data, take);
-		rg->got += take;
+		if (range_take(rg, data, take))
+			return FETCH_STOP;
 		rg->pos += take;
 		/* The rest of the object is of no use: cut the transfer. */
 		return rg->got == rg->want ? FETCH_STOP : 0;
@@ -246,6 +269,9 @@ static int range_body(struct fetch_call *c, const uint8_t *data, size_t len)
 static int range_end(struct fetch_call *c)
 {
 	struct range *rg = c->ctx;
+
+	if (rg->sink_err)
+		return 0; /* the call returns it */
 
 	switch (rg->mode) {
 	case RANGE_PARTIAL:
@@ -276,38 +302,61 @@ static const struct fetch_body_ops range_ops = {
 	.end = range_end,
 };
 
-int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t off,
-		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total, char *why,
-		    size_t why_cap)
+/* A ranged GET into rg's buffer or sink. */
+static int cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3, struct range *rg,
+		     size_t *ret_len, uint64_t *ret_total, char *why, size_t why_cap)
 {
 	struct fetch_request req = {.method = "GET", .url = url, .s3 = s3};
-	struct range rg = {.off = off, .len = len, .buf = buf};
-	struct fetch_call c = {.f = f, .req = &req, .ops = &range_ops, .ctx = &rg};
+	struct fetch_call c = {.f = f, .req = &req, .ops = &range_ops, .ctx = rg};
 	char spec[48];
 	int r;
 
 	cdn_why_clear(why, why_cap);
-	if (!len) {
+	if (!rg->len) {
 		*ret_len = 0;
 		if (ret_total)
 			*ret_total = RANGE_UNKNOWN;
 		return 0;
 	}
-	if (!buf || off > UINT64_MAX - len)
+	if ((!rg->buf && !rg->sink) || rg->off > UINT64_MAX - rg->len)
 		return -EINVAL;
-	snprintf(spec, sizeof(spec), "%" PRIu64 "-%" PRIu64, off, off + len - 1);
+	snprintf(spec, sizeof(spec), "%" PRIu64 "-%" PRIu64, rg->off, rg->off + rg->len - 1);
 	c.range = spec;
 	r = fetch_run(&c);
 	if (r)
 		return r;
-	if (rg.mode == RANGE_OTHER && (c.status == 401 || c.status == 403))
-		return cdn_refused(f, "GET", url, c.status, rg.err, rg.err_len, why, why_cap);
-	if (rg.mode == RANGE_OTHER)
+	if (rg->sink_err)
+		return rg->sink_err;
+	if (rg->mode == RANGE_OTHER && (c.status == 401 || c.status == 403))
+		return cdn_refused(f, "GET", url, c.status, rg->err, rg->err_len, why, why_cap);
+	if (rg->mode == RANGE_OTHER)
 		return fetch_check_status(f, "GET", url, c.status, 0);
-	*ret_len = rg.got;
+	*ret_len = rg->got;
 	if (ret_total)
-		*ret_total = rg.total;
+		*ret_total = rg->total;
 	return 0;
+}
+
+int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t off,
+		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total, char *why,
+		    size_t why_cap)
+{
+	struct range rg = {.off = off, .len = len, .buf = buf};
+
+	if (!buf && len) {
+		cdn_why_clear(why, why_cap);
+		return -EINVAL;
+	}
+	return cdn_range(f, url, s3, &rg, ret_len, ret_total, why, why_cap);
+}
+
+int fetch_cdn_range_stream(struct fetch *f, const char *url, const struct fetch_s3 *s3,
+			   uint64_t off, size_t len, fetch_write_fn sink, void *arg,
+			   size_t *ret_len, char *why, size_t why_cap)
+{
+	struct range rg = {.off = off, .len = len, .sink = sink, .sink_arg = arg};
+
+	return cdn_range(f, url, s3, &rg, ret_len, NULL, why, why_cap);
 }
 
 int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t *ret_size,

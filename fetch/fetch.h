@@ -284,6 +284,15 @@ int fetch_api_register_chunk_hashes(struct fetch *f, const char *api_url, const 
 int fetch_cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t off,
 		    size_t len, uint8_t *buf, size_t *ret_len, uint64_t *ret_total, char *why,
 		    size_t why_cap);
+/*
+ * fetch_cdn_range, the bytes handed to sink as they arrive instead of
+ * copied into a buffer. A retry after a broken transfer gives sink only
+ * the bytes it has not had yet: sink sees each byte of the range once, in
+ * order, whatever the attempts. What sink returns is not logged here.
+ */
+int fetch_cdn_range_stream(struct fetch *f, const char *url, const struct fetch_s3 *s3,
+			   uint64_t off, size_t len, fetch_write_fn sink, void *arg,
+			   size_t *ret_len, char *why, size_t why_cap);
 /* Size of the object at url (HEAD, or a one-byte range; a refused HEAD's
  * reason comes from a one-byte GET, since a HEAD answer has no body). */
 int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, uint64_t *ret_size,

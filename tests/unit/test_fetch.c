@@ -567,6 +567,23 @@ static int ts_slice_ok(const uint8_t *buf, uint64_t off, size_t len)
 	return 1;
 }
 
+/* A stream's sink for the tests: the bytes in order, or a refusal past refuse_at. */
+struct sink_log {
+	uint8_t *buf;
+	size_t cap, got, refuse_at;
+};
+
+static int sink_take(void *arg, const uint8_t *data, size_t len)
+{
+	struct sink_log *sl = arg;
+
+	if ((sl->refuse_at && sl->got + len > sl->refuse_at) || len > sl->cap - sl->got)
+		return -EBADMSG;
+	memcpy(sl->buf + sl->got, data, len);
+	sl->got += len;
+	return 0;
+}
+
 /* ---- CDN refusals: each call its own reason ------------------------------ */
 
 #define REFUSAL_CALLS 25
@@ -715,6 +732,41 @@ static void test_odd_servers(void)
 	r = fetch_cdn_range(f, url, NULL, 777, 100000, buf, &got, &total, NULL, 0);
 	CHECK(r == 0 && got == 100000 && ts_slice_ok(buf, 777, got) && ts.requests == 2,
 	      "a short body is retried and then right (%d, %d requests)", r, ts.requests);
+
+	/* Streamed: each byte once, in order, whatever the attempts. */
+	{
+		struct sink_log sl = {.buf = buf, .cap = 100000};
+
+		ts_mode(TS_SHORT_ONCE);
+		r = fetch_cdn_range_stream(f, url, NULL, 777, 100000, sink_take, &sl, &got, NULL,
+					   0);
+		CHECK(r == 0 && got == 100000 && sl.got == 100000 &&
+			      ts_slice_ok(buf, 777, sl.got) && ts.requests == 2,
+		      "streamed, a short body is retried and the sink sees each byte once (%d, "
+		      "%zu, "
+		      "%d requests)",
+		      r, sl.got, ts.requests);
+		memset(&sl, 0, sizeof(sl));
+		sl.buf = buf;
+		sl.cap = 200000;
+		ts_mode(TS_IGNORE_RANGE);
+		r = fetch_cdn_range_stream(f, url, NULL, 123457, 200000, sink_take, &sl, &got, NULL,
+					   0);
+		CHECK(r == 0 && sl.got == 200000 && ts_slice_ok(buf, 123457, sl.got),
+		      "streamed, a 200 to a Range gives the sink the right slice (%d, %zu)", r,
+		      sl.got);
+		memset(&sl, 0, sizeof(sl));
+		sl.buf = buf;
+		sl.cap = 100000;
+		sl.refuse_at = 5000;
+		ts_mode(TS_SHORT_ONCE);
+		r = fetch_cdn_range_stream(f, url, NULL, 0, 100000, sink_take, &sl, &got, NULL, 0);
+		CHECK(r == -EBADMSG && ts.requests == 1 && sl.got <= 5000,
+		      "streamed, a sink's refusal ends the call with its error, not retried (%d, "
+		      "%d "
+		      "requests)",
+		      r, ts.requests);
+	}
 
 	ts_mode(TS_503_ONCE);
 	r = fetch_cdn_range(f, url, NULL, 0, 4096, buf, &got, &total, NULL, 0);
