@@ -55,6 +55,7 @@ struct format_file {
 };
 
 struct format_enc;
+struct format_dec;
 
 struct format_ops {
 	int id; /* 1, 2, ... as in the catalog and the API */
@@ -111,6 +112,19 @@ struct format_ops {
 	 */
 	int (*decrypt)(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
 		       uint8_t *const *out, size_t stride, char **ret_msg);
+	/*
+	 * Decrypts as decrypt does, with the span's bytes fed in order by
+	 * dec_update, in pieces of any size as they arrive, so that
+	 * they need no buffer of their own. dec_update returns 0 or the first
+	 * failure (-EBADMSG: bytes that fail their check; later pieces are
+	 * then ignored). dec_end returns 0 only when every byte of the span
+	 * came and passed (-EIO when some did not come; out then holds no
+	 * plaintext that failed its check), and frees d.
+	 */
+	int (*dec_new)(const struct format_file *ff, uint64_t off, size_t len, uint8_t *const *out,
+		       size_t stride, struct format_dec **ret);
+	int (*dec_update)(struct format_dec *d, const uint8_t *ct, size_t n);
+	int (*dec_end)(struct format_dec *d, char **ret_msg);
 	/* Wipes the key and frees ff; accepts NULL. */
 	void (*close)(struct format_file *ff);
 

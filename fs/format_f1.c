@@ -131,25 +131,107 @@ static void fmt1_span(const struct format_file *ff, uint64_t off, size_t len, ui
 	*ret_c1 = (j1 + 1) * CRYPTO_BLOCK;
 }
 
+/*
+ * A decryption of a plaintext range from its CBC blocks as they arrive:
+ * the span's first block is the IV, and each piece after it is cut where
+ * a slot ends, so that the blocks it completes go to one slot (off and
+ * stride are multiples of the block).
+ */
+struct format_dec {
+	const struct f1_file *f;
+	struct f1_decryptor *dec; /* once the IV is in */
+	uint8_t *const *out;
+	size_t stride;
+	uint64_t total; /* the range's bytes, rounded up to whole blocks */
+	uint8_t iv[CRYPTO_BLOCK];
+	size_t iv_got;
+	uint64_t in;   /* bytes after the IV taken */
+	uint64_t done; /* plaintext bytes written */
+	int err;
+};
+
+static int fmt1_dec_new(const struct format_file *ff, uint64_t off, size_t len, uint8_t *const *out,
+			size_t stride, struct format_dec **ret)
+{
+	struct format_dec *d = calloc(1, sizeof(*d));
+
+	if (!d)
+		return -ENOMEM;
+	d->f = (const struct f1_file *)ff;
+	d->out = out;
+	d->stride = stride;
+	d->total = (len + CRYPTO_BLOCK - 1) / CRYPTO_BLOCK * CRYPTO_BLOCK;
+	*ret = d;
+	return 0;
+}
+
+static int fmt1_dec_update(struct format_dec *d, const uint8_t *ct, size_t n)
+{
+	while (n && !d->err) {
+		uint64_t slot_end = (d->in / d->stride + 1) * d->stride;
+		size_t k, got = 0;
+
+		if (d->iv_got < CRYPTO_BLOCK) {
+			k = n < CRYPTO_BLOCK - d->iv_got ? n : CRYPTO_BLOCK - d->iv_got;
+			memcpy(d->iv + d->iv_got, ct, k);
+			d->iv_got += k;
+			if (d->iv_got == CRYPTO_BLOCK)
+				d->err = f1_decryptor_new(d->f->key, d->iv, &d->dec);
+		} else if (d->in >= d->total) {
+			d->err = -EPROTO; /* more bytes than the span has */
+			break;
+		} else {
+			if (slot_end > d->total)
+				slot_end = d->total;
+			k = n < slot_end - d->in ? n : (size_t)(slot_end - d->in);
+			/* What a held partial block and these bytes complete lands in this slot. */
+			d->err = f1_decryptor_update(
+				d->dec, ct, k, d->out[d->done / d->stride] + d->done % d->stride,
+				&got);
+			d->in += k;
+			d->done += got;
+		}
+		ct += k;
+		n -= k;
+	}
+	return d->err;
+}
+
+static int fmt1_dec_end(struct format_dec *d, char **ret_msg)
+{
+	int r = d->err;
+
+	if (r == 0 && (d->iv_got < CRYPTO_BLOCK || d->in < d->total)) {
+		r = -EIO;
+		if (asprintf(ret_msg, "its blocks came short (%llu of %llu bytes)",
+			     (unsigned long long)(d->iv_got + d->in),
+			     (unsigned long long)(CRYPTO_BLOCK + d->total)) < 0)
+			*ret_msg = NULL;
+	} else if (r == -EPROTO) {
+		if (asprintf(ret_msg, "more bytes came than its blocks hold") < 0)
+			*ret_msg = NULL;
+	} else if (r < 0) {
+		if (asprintf(ret_msg, "decrypting its blocks failed: %s", strerror(-r)) < 0)
+			*ret_msg = NULL;
+	}
+	f1_decryptor_free(d->dec);
+	free(d);
+	return r;
+}
+
 static int fmt1_decrypt(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
 			uint8_t *const *out, size_t stride, char **ret_msg)
 {
-	const struct f1_file *f = (const struct f1_file *)ff;
-	int r = 0;
+	struct format_dec *d;
+	uint64_t c0, c1;
+	int r;
 
-	for (size_t i = 0; r == 0 && (uint64_t)i * stride < len; i++) {
-		uint64_t q0 = off + (uint64_t)i * stride;
-		uint64_t q1 = q0 + stride < off + len ? q0 + stride : off + len;
-		uint64_t a = q0 / CRYPTO_BLOCK, b = (q1 + CRYPTO_BLOCK - 1) / CRYPTO_BLOCK;
-
-		r = f1_decrypt_blocks(f->key, ct + (a - off / CRYPTO_BLOCK) * CRYPTO_BLOCK,
-				      (size_t)(b - a) * CRYPTO_BLOCK + CRYPTO_BLOCK, out[i]);
-		if (r < 0 &&
-		    asprintf(ret_msg, "decrypting blocks %llu..%llu failed: %s",
-			     (unsigned long long)a, (unsigned long long)b, strerror(-r)) < 0)
-			*ret_msg = NULL;
-	}
-	return r;
+	fmt1_span(ff, off, len, &c0, &c1);
+	r = fmt1_dec_new(ff, off, len, out, stride, &d);
+	if (r < 0)
+		return r;
+	fmt1_dec_update(d, ct, (size_t)(c1 - c0));
+	return fmt1_dec_end(d, ret_msg);
 }
 
 static void fmt1_close(struct format_file *ff)
@@ -291,6 +373,9 @@ const struct format_ops format_f1 = {
 	.open = fmt1_open,
 	.span = fmt1_span,
 	.decrypt = fmt1_decrypt,
+	.dec_new = fmt1_dec_new,
+	.dec_update = fmt1_dec_update,
+	.dec_end = fmt1_dec_end,
 	.close = fmt1_close,
 	.small_size = fmt1_small,
 	.enc_new = fmt1_enc_new,

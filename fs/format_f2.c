@@ -133,48 +133,179 @@ static void fmt2_span(const struct format_file *ff, uint64_t off, size_t len, ui
 	*ret_c1 = f2_chunk_offset(h, c1) + f2_chunk_plain_len(h, c1) + CRYPTO_TAG_SIZE;
 }
 
+/*
+ * A decryption of a plaintext range from its chunks as they arrive: each
+ * chunk's ciphertext is opened into its place as it comes, its tag held
+ * until the chunk is whole. A chunk inside one slot is opened there; one
+ * that straddles slots or the range's ends goes through tmp.
+ */
+struct format_dec {
+	const struct f2_file *f;
+	struct crypto_gcm *g;
+	uint64_t off, end; /* the plaintext range */
+	uint8_t *const *out;
+	size_t stride;
+	uint64_t c, c_end; /* the chunk being received; one past the last */
+	size_t plen;	   /* its plaintext bytes */
+	size_t got;	   /* its bytes received: ciphertext, then tag */
+	uint8_t *dst;	   /* where its plaintext goes */
+	uint8_t *tmp;	   /* locked, one chunk */
+	uint8_t tag[CRYPTO_TAG_SIZE];
+	int err;
+};
+
+static int fmt2_dec_chunk(struct format_dec *d)
+{
+	const struct f2_header *h = &d->f->hdr;
+	uint64_t cs = f2_chunk_size(h), p0 = d->c * cs, p1;
+
+	d->plen = (size_t)f2_chunk_plain_len(h, d->c);
+	d->got = 0;
+	p1 = p0 + d->plen;
+	if (d->plen && p0 >= d->off && p1 <= d->end &&
+	    (p0 - d->off) / d->stride == (p1 - 1 - d->off) / d->stride) {
+		d->dst = d->out[(p0 - d->off) / d->stride] + (p0 - d->off) % d->stride;
+	} else {
+		if (!d->tmp && !(d->tmp = secmem_alloc(cs)))
+			return -ENOMEM;
+		d->dst = d->tmp;
+	}
+	return f2_chunk_start(d->g, h, d->c);
+}
+
+/* Chunk d->c is whole: checks its tag and moves on to the next. */
+static int fmt2_dec_chunk_done(struct format_dec *d)
+{
+	uint64_t p0 = d->c * f2_chunk_size(&d->f->hdr), p1 = p0 + d->plen;
+	int r = crypto_gcm_finish(d->g, d->tag);
+
+	if (r < 0) {
+		crypto_wipe(d->dst, d->plen);
+		return r;
+	}
+	for (uint64_t q = p0 > d->off ? p0 : d->off; d->dst == d->tmp && q < p1 && q < d->end;) {
+		uint64_t s = (q - d->off) / d->stride, s_end = d->off + (s + 1) * d->stride;
+		uint64_t to = s_end < p1 ? s_end : p1;
+
+		if (to > d->end)
+			to = d->end;
+		memcpy(d->out[s] + (q - d->off) % d->stride, d->tmp + (q - p0), to - q);
+		q = to;
+	}
+	if (++d->c < d->c_end)
+		return fmt2_dec_chunk(d);
+	return 0;
+}
+
+static int fmt2_dec_update(struct format_dec *d, const uint8_t *ct, size_t n)
+{
+	while (n && !d->err) {
+		size_t k;
+
+		if (d->c >= d->c_end) {
+			d->err = -EPROTO; /* more bytes than the span has */
+			break;
+		}
+		if (d->got < d->plen) {
+			k = n < d->plen - d->got ? n : d->plen - d->got;
+			d->err = crypto_gcm_update(d->g, ct, k, d->dst + d->got);
+		} else {
+			k = n < d->plen + CRYPTO_TAG_SIZE - d->got
+				    ? n
+				    : d->plen + CRYPTO_TAG_SIZE - d->got;
+			memcpy(d->tag + (d->got - d->plen), ct, k);
+		}
+		d->got += k;
+		ct += k;
+		n -= k;
+		if (!d->err && d->got == d->plen + CRYPTO_TAG_SIZE)
+			d->err = fmt2_dec_chunk_done(d);
+	}
+	return d->err;
+}
+
+static void fmt2_dec_free(struct format_dec *d)
+{
+	/* Plaintext of a chunk that did not pass stays nowhere. */
+	if (d->err && d->c < d->c_end && d->dst)
+		crypto_wipe(d->dst, d->got < d->plen ? d->got : d->plen);
+	crypto_gcm_free(d->g);
+	secmem_free(d->tmp);
+	free(d);
+}
+
+static int fmt2_dec_end(struct format_dec *d, char **ret_msg)
+{
+	unsigned long long c = d->c;
+	int r;
+
+	if (d->err == 0 && d->c < d->c_end) {
+		d->err = -EIO;
+		if (asprintf(ret_msg, "chunk %llu came short (%zu of %zu bytes)", c, d->got,
+			     d->plen + CRYPTO_TAG_SIZE) < 0)
+			*ret_msg = NULL;
+	} else if (d->err == -EBADMSG) {
+		if (asprintf(ret_msg,
+			     "chunk %llu fails its check (%s): tampered, truncated or not this "
+			     "file's",
+			     c, strerror(EBADMSG)) < 0)
+			*ret_msg = NULL;
+	} else if (d->err == -EPROTO) {
+		if (asprintf(ret_msg, "more bytes came than its chunks hold") < 0)
+			*ret_msg = NULL;
+	} else if (d->err < 0) {
+		if (asprintf(ret_msg, "chunk %llu cannot be decrypted: %s", c, strerror(-d->err)) <
+		    0)
+			*ret_msg = NULL;
+	}
+	r = d->err;
+	fmt2_dec_free(d);
+	return r;
+}
+
+static int fmt2_dec_new(const struct format_file *ff, uint64_t off, size_t len, uint8_t *const *out,
+			size_t stride, struct format_dec **ret)
+{
+	const struct f2_file *f = (const struct f2_file *)ff;
+	uint64_t cs = f2_chunk_size(&f->hdr);
+	struct format_dec *d;
+	int r;
+
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->f = f;
+	d->off = off;
+	d->end = off + len;
+	d->out = out;
+	d->stride = stride;
+	d->c = off / cs;
+	d->c_end = len ? (off + len - 1) / cs + 1 : d->c;
+	r = crypto_gcm_new(f->key, &d->g);
+	if (r == 0 && d->c < d->c_end)
+		r = fmt2_dec_chunk(d);
+	if (r < 0) {
+		d->err = r;
+		fmt2_dec_free(d);
+		return r;
+	}
+	*ret = d;
+	return 0;
+}
+
 static int fmt2_decrypt(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
 			uint8_t *const *out, size_t stride, char **ret_msg)
 {
-	const struct f2_file *f = (const struct f2_file *)ff;
-	const struct f2_header *h = &f->hdr;
-	uint64_t cs = f2_chunk_size(h), end = off + len, c0 = off / cs,
-		 base = f2_chunk_offset(h, c0);
-	uint8_t *tmp = NULL;
-	int r = 0;
+	struct format_dec *d;
+	uint64_t c0, c1;
+	int r;
 
-	for (uint64_t c = c0; r == 0 && c * cs < end; c++) {
-		uint64_t plen = f2_chunk_plain_len(h, c), p0 = c * cs, p1 = p0 + plen;
-		const uint8_t *cc = ct + (f2_chunk_offset(h, c) - base);
-
-		/* A chunk inside one slot decrypts in place; others go through tmp. */
-		if (plen && p0 >= off && p1 <= end &&
-		    (p0 - off) / stride == (p1 - 1 - off) / stride) {
-			r = f2_open_chunk(f->key, h, c, cc, plen + CRYPTO_TAG_SIZE,
-					  out[(p0 - off) / stride] + (p0 - off) % stride);
-		} else {
-			if (!tmp && !(tmp = secmem_alloc(cs)))
-				return -ENOMEM;
-			r = f2_open_chunk(f->key, h, c, cc, plen + CRYPTO_TAG_SIZE, tmp);
-			for (uint64_t q = p0 > off ? p0 : off; r == 0 && q < p1 && q < end;) {
-				uint64_t s = (q - off) / stride, s_end = off + (s + 1) * stride;
-				uint64_t to = s_end < p1 ? s_end : p1;
-
-				if (to > end)
-					to = end;
-				memcpy(out[s] + (q - off) % stride, tmp + (q - p0), to - q);
-				q = to;
-			}
-		}
-		if (r < 0 &&
-		    asprintf(ret_msg,
-			     "chunk %llu fails its check (%s): tampered, truncated or not this "
-			     "file's",
-			     (unsigned long long)c, strerror(-r)) < 0)
-			*ret_msg = NULL;
-	}
-	secmem_free(tmp);
-	return r;
+	fmt2_span(ff, off, len, &c0, &c1);
+	r = fmt2_dec_new(ff, off, len, out, stride, &d);
+	if (r < 0)
+		return r;
+	fmt2_dec_update(d, ct, len ? (size_t)(c1 - c0) : 0);
+	return fmt2_dec_end(d, ret_msg);
 }
 
 static void fmt2_close(struct format_file *ff)
@@ -289,6 +420,9 @@ const struct format_ops format_f2 = {
 	.open = fmt2_open,
 	.span = fmt2_span,
 	.decrypt = fmt2_decrypt,
+	.dec_new = fmt2_dec_new,
+	.dec_update = fmt2_dec_update,
+	.dec_end = fmt2_dec_end,
 	.close = fmt2_close,
 	.small_size = fmt2_small,
 	.enc_new = fmt2_enc_new,

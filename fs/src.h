@@ -41,6 +41,12 @@ struct src_blob {
 	const struct src_hashes *hashes; /* NULL: its bytes go up unchecked */
 };
 
+/*
+ * Receives a stream's bytes in order, each once, in pieces of any size;
+ * anything but 0 ends the stream, which returns it (fetch.h).
+ */
+typedef fetch_write_fn src_sink_fn;
+
 struct src;
 struct src_ops {
 	/*
@@ -50,6 +56,14 @@ struct src_ops {
 	 */
 	int (*read)(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
 		    uint8_t *buf);
+	/*
+	 * May be NULL: reads as read does, but hands the bytes to sink as
+	 * they come from below, so that they need no buffer of the caller's
+	 * (for the CDN, straight from libcurl's). 0, a negative errno as read
+	 * gives, or what sink returned.
+	 */
+	int (*stream)(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
+		      src_sink_fn sink, void *arg);
 	/* The size of b's big part into *ret_size; 0 or a negative errno. */
 	int (*size)(struct src *s, const struct src_blob *b, uint64_t *ret_size);
 	/*
@@ -69,6 +83,10 @@ static inline int src_read(struct src *s, const struct src_blob *b, uint64_t off
 {
 	return s->ops->read(s, b, off, len, buf);
 }
+
+/* The layer's stream; of a layer without one, its read into a buffer handed on at once. */
+int src_stream(struct src *s, const struct src_blob *b, uint64_t off, size_t len, src_sink_fn sink,
+	       void *arg);
 
 static inline int src_size(struct src *s, const struct src_blob *b, uint64_t *ret_size)
 {
@@ -105,7 +123,8 @@ int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **
 int src_hash_new(struct src *lower, struct src **ret);
 
 /*
- * Big parts in memory, by URL (tests). A put copies the bytes; a fault
+ * Big parts in memory, by URL (tests). A put copies the bytes; a stream
+ * hands them on in pieces of 1 to 16 KiB, as a CDN's would come; a fault
  * makes reads of url that touch [off, off + len) fail with err (0 clears
  * it) for the next count reads (-1: until cleared); reads, drops and
  * bytes served are counted.

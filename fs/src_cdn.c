@@ -16,16 +16,10 @@ struct src_cdn {
 	struct fetch *f;
 };
 
-static int cdn_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
-		    uint8_t *buf)
+/* What a range request gave, counted, and the CDN's refusal said. */
+static int cdn_result(const struct src_blob *b, uint64_t off, size_t len, int r, size_t got,
+		      uint64_t t0, const char *why)
 {
-	struct src_cdn *c = (struct src_cdn *)src;
-	uint64_t t0 = metrics_now();
-	char why[FETCH_CDN_WHY_MAX];
-	size_t got = 0;
-	int r;
-
-	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL, why, sizeof(why));
 	metrics_observe(METRICS_CDN_READ, t0);
 	metrics_count(METRICS_CDN_FETCHES, 1);
 	metrics_count(METRICS_CDN_BYTES, got);
@@ -42,6 +36,33 @@ static int cdn_read(struct src *src, const struct src_blob *b, uint64_t off, siz
 		return -EIO;
 	}
 	return 0;
+}
+
+static int cdn_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
+		    uint8_t *buf)
+{
+	struct src_cdn *c = (struct src_cdn *)src;
+	uint64_t t0 = metrics_now();
+	char why[FETCH_CDN_WHY_MAX];
+	size_t got = 0;
+	int r;
+
+	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL, why, sizeof(why));
+	return cdn_result(b, off, len, r, got, t0, why);
+}
+
+static int cdn_stream(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
+		      src_sink_fn sink, void *arg)
+{
+	struct src_cdn *c = (struct src_cdn *)src;
+	uint64_t t0 = metrics_now();
+	char why[FETCH_CDN_WHY_MAX];
+	size_t got = 0;
+	int r;
+
+	r = fetch_cdn_range_stream(c->f, b->url, b->s3, off, len, sink, arg, &got, why,
+				   sizeof(why));
+	return cdn_result(b, off, len, r, got, t0, why);
 }
 
 static int cdn_size(struct src *src, const struct src_blob *b, uint64_t *ret_size)
@@ -63,6 +84,7 @@ static void cdn_free(struct src *src)
 
 static const struct src_ops cdn_ops = {
 	.read = cdn_read,
+	.stream = cdn_stream,
 	.size = cdn_size,
 	.free = cdn_free,
 };
@@ -77,6 +99,29 @@ int src_cdn_new(struct fetch *f, struct src **ret)
 	c->f = f;
 	*ret = &c->src;
 	return 0;
+}
+
+static int src_stream_by_read(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
+			      src_sink_fn sink, void *arg)
+{
+	uint8_t *buf = malloc(len ? len : 1);
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	r = src_read(s, b, off, len, buf);
+	if (r == 0 && len)
+		r = sink(arg, buf, len);
+	free(buf);
+	return r;
+}
+
+int src_stream(struct src *s, const struct src_blob *b, uint64_t off, size_t len, src_sink_fn sink,
+	       void *arg)
+{
+	if (s->ops->stream)
+		return s->ops->stream(s, b, off, len, sink, arg);
+	return src_stream_by_read(s, b, off, len, sink, arg);
 }
 
 void src_free(struct src *s)

@@ -603,22 +603,61 @@ static void disk_queue(struct disk_src *d, struct disk_write *w)
 }
 
 /*
- * Reads [off, end) of a run of blocks i .. j - 1 that are not present
+ * Where a read's bytes go: into buf (the range's first byte at buf), or
+ * to sink in order, through tmp (DISK_TMP_SIZE bytes, taken at first use)
+ * for the bytes that come from the file or the writer's queue.
+ */
+struct disk_dest {
+	uint8_t *buf;
+	src_sink_fn sink;
+	void *arg;
+	uint64_t off; /* the range's start */
+	uint8_t *tmp;
+};
+
+/* Bytes [from, from + n) of the range, which are at data. */
+static int disk_give(struct disk_dest *o, uint64_t from, const uint8_t *data, size_t n)
+{
+	if (o->buf) {
+		memcpy(o->buf + (from - o->off), data, n);
+		return 0;
+	}
+	return o->sink(o->arg, data, n);
+}
+
+/* [from, to) of the range from the layer below, not kept. */
+static int disk_pass(struct disk_src *d, const struct src_blob *b, struct disk_dest *o,
+		     uint64_t from, uint64_t to)
+{
+	if (o->buf)
+		return src_read(d->lower, b, from, (size_t)(to - from), o->buf + (from - o->off));
+	return src_stream(d->lower, b, from, (size_t)(to - from), o->sink, o->arg);
+}
+
+/* Room to stage bytes on their way to a sink. */
+static uint8_t *disk_stage(struct disk_src *d, struct disk_dest *o)
+{
+	if (!o->tmp)
+		o->tmp = disk_tmp_get(d, DISK_TMP_SIZE);
+	return o->tmp;
+}
+
+/*
+ * Gives [from, to) of a run of blocks i .. j - 1 that are not present
  * (mine: the claimed ones, fetched whole and queued for the writer).
  */
 static int disk_read_missing(struct disk_src *d, struct disk_file *f, const struct src_blob *b,
-			     uint64_t off, uint64_t end, uint8_t *buf, uint64_t i, uint64_t j,
-			     const uint8_t *mine)
+			     struct disk_dest *o, uint64_t from, uint64_t to, uint64_t i,
+			     uint64_t j, const uint8_t *mine)
 {
 	uint64_t a = i * DISK_BLOCK, z = j * DISK_BLOCK < b->size ? j * DISK_BLOCK : b->size;
-	uint64_t from = a > off ? a : off, to = z < end ? z : end;
 	/* Claimed end blocks are fetched whole; another reader's only as far as asked. */
 	uint64_t start = mine[0] ? a : from, stop = mine[j - 1 - i] ? z : to;
 	struct disk_write *w = NULL;
 	int r;
 
 	if (!memchr(mine, 1, (size_t)(j - i)))
-		return src_read(d->lower, b, from, (size_t)(to - from), buf + (from - off));
+		return disk_pass(d, b, o, from, to);
 	/* Block i at the start of the buffer, whatever part of it the range begins in. */
 	w = calloc(1, sizeof(*w));
 	if (w) {
@@ -630,9 +669,11 @@ static int disk_read_missing(struct disk_src *d, struct disk_file *f, const stru
 		goto out;
 	}
 	r = src_read(d->lower, b, start, (size_t)(stop - start), w->data + (start - a));
+	/* Bytes the reader above refuses are not kept either. */
+	if (r == 0)
+		r = disk_give(o, from, w->data + (from - a), (size_t)(to - from));
 	if (r < 0)
 		goto out;
-	memcpy(buf + (from - off), w->data + (from - a), (size_t)(to - from));
 	w->f = f;
 	w->i = i;
 	w->n = j - i;
@@ -653,49 +694,95 @@ out:
 	return r;
 }
 
-static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
-		     uint8_t *buf)
+/* Gives [from, to) of present blocks from the file (from below where it fails). */
+static int disk_read_present(struct disk_src *d, struct disk_file *f, const struct src_blob *b,
+			     struct disk_dest *o, uint64_t from, uint64_t to)
 {
-	struct disk_src *d = (struct disk_src *)src;
+	int r = 0;
+
+	for (uint64_t at = from, n; r == 0 && at < to; at += n) {
+		uint8_t *dst = o->buf ? o->buf + (at - o->off) : disk_stage(d, o);
+
+		n = o->buf || to - at < DISK_TMP_SIZE ? to - at : DISK_TMP_SIZE;
+		if (!dst)
+			return -ENOMEM;
+		if (pread(f->fd, dst, (size_t)n, (off_t)at) != (ssize_t)n) {
+			r = disk_pass(d, b, o, at, at + n);
+			continue;
+		}
+		metrics_count(METRICS_DISK_HITS, 1);
+		metrics_count(METRICS_DISK_BYTES, n);
+		if (!o->buf)
+			r = o->sink(o->arg, dst, (size_t)n);
+	}
+	return r;
+}
+
+/*
+ * Gives [off, off + len) of b to o: from the file where present, from the
+ * writer's queue where queued, from below where missing (claimed blocks
+ * fetched whole and queued to be kept).
+ */
+static int disk_give_range(struct disk_src *d, const struct src_blob *b, uint64_t off, size_t len,
+			   struct disk_dest *o)
+{
 	uint64_t end = off + len, i, j, last;
 	uint8_t mine[DISK_RUN_MAX];
 	struct disk_file *f;
 	int r = 0;
 
 	if (!b->cache_id || !disk_id_ok(b->cache_id) || len == 0)
-		return src_read(d->lower, b, off, len, buf);
+		return disk_pass(d, b, o, off, end);
 	f = disk_get(d, b);
 	if (!f)
-		return src_read(d->lower, b, off, len, buf);
+		return disk_pass(d, b, o, off, end);
 	last = (end - 1) / DISK_BLOCK;
 	for (i = off / DISK_BLOCK; r == 0 && i <= last; i = j) {
 		uint64_t a = i * DISK_BLOCK, z, from, to;
 		int kind = disk_run(d, f, i, last, &j, mine);
+		uint8_t *dst;
 
-		if (kind == RUN_MISSING) {
-			r = disk_read_missing(d, f, b, off, end, buf, i, j, mine);
-			continue;
-		}
 		z = j * DISK_BLOCK < b->size ? j * DISK_BLOCK : b->size;
 		from = a > off ? a : off;
 		to = z < end ? z : end;
-		if (kind == RUN_QUEUED) {
-			/* Written (or dropped) meanwhile: look at the block again. */
-			if (!disk_copy_queued(d, f, i, from, to, buf + (from - off)))
-				j = i;
-			continue;
-		}
-		if (pread(f->fd, buf + (from - off), to - from, (off_t)from) !=
-		    (ssize_t)(to - from)) {
-			r = src_read(d->lower, b, from, to - from, buf + (from - off));
+		if (kind == RUN_MISSING) {
+			r = disk_read_missing(d, f, b, o, from, to, i, j, mine);
+		} else if (kind == RUN_PRESENT) {
+			r = disk_read_present(d, f, b, o, from, to);
 		} else {
-			metrics_count(METRICS_DISK_HITS, 1);
-			metrics_count(METRICS_DISK_BYTES, to - from);
+			dst = o->buf ? o->buf + (from - off) : disk_stage(d, o);
+			if (!dst)
+				r = -ENOMEM;
+			/* Written (or dropped) meanwhile: look at the block again. */
+			else if (!disk_copy_queued(d, f, i, from, to, dst))
+				j = i;
+			else if (!o->buf)
+				r = o->sink(o->arg, dst, (size_t)(to - from));
 		}
 	}
 	pthread_mutex_lock(&d->lock);
 	f->users--;
 	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
+		     uint8_t *buf)
+{
+	struct disk_dest o = {.buf = buf, .off = off};
+
+	return disk_give_range((struct disk_src *)src, b, off, len, &o);
+}
+
+static int disk_stream(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
+		       src_sink_fn sink, void *arg)
+{
+	struct disk_src *d = (struct disk_src *)src;
+	struct disk_dest o = {.sink = sink, .arg = arg, .off = off};
+	int r = disk_give_range(d, b, off, len, &o);
+
+	if (o.tmp)
+		disk_tmp_put(d, o.tmp, DISK_TMP_SIZE);
 	return r;
 }
 
@@ -766,6 +853,7 @@ static int disk_size(struct src *src, const struct src_blob *b, uint64_t *ret_si
 
 static const struct src_ops disk_ops = {
 	.read = disk_read,
+	.stream = disk_stream,
 	.size = disk_size,
 	.free = disk_free,
 	.drop = disk_drop,

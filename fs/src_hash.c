@@ -9,7 +9,9 @@
  * straddle a chunk boundary, fetch each chunk once. A kept slot is EMPTY
  * (list_id 0), LOADING (one reader fetches and checks it; readers of the
  * same chunk wait on h->loaded instead of fetching it again: read-ahead
- * workers ask for neighbouring ranges at once) or READY.
+ * workers ask for neighbouring ranges at once) or READY. Readers copy or
+ * stream a READY slot's bytes without the lock, holding it (readers): a
+ * held slot is not reused.
  *
  * Locking: h->lock guards the kept chunks; it is never held across a read
  * from below or a hash.
@@ -39,6 +41,7 @@ struct hash_kept {
 	uint64_t used;
 	int loading; /* its loader holds it; dropped: discarded when it arrives */
 	int dropped;
+	unsigned readers; /* handing its bytes on, without the lock */
 };
 
 struct src_hash {
@@ -50,19 +53,22 @@ struct src_hash {
 	uint64_t clock;
 };
 
+enum {
+	KEPT_READY, /* kept and held for the caller, who releases it */
+	KEPT_MINE,  /* claimed: the caller loads it (LOADING) */
+	KEPT_NONE   /* every slot busy: the caller reads the chunk on its own */
+};
+
 /*
- * Under h->lock. Copies what is kept of chunk c of list id into out and
- * returns NULL; or claims an EMPTY or least recently used READY slot for
- * the caller to load (LOADING) and returns it; or, when every slot is
- * loading, returns NULL with *ret_uncached set. Waits while another reader
- * loads the chunk.
+ * Under h->lock. Finds chunk c of list id kept with at least need bytes
+ * and holds it; or claims an EMPTY or least recently used READY slot that
+ * nobody holds. Waits while another reader loads the chunk.
  */
-static struct hash_kept *hash_kept_claim(struct src_hash *h, uint64_t id, uint64_t c, size_t from,
-					 size_t n, uint8_t *out, int *ret_uncached)
+static int hash_kept_claim(struct src_hash *h, uint64_t id, uint64_t c, size_t need,
+			   struct hash_kept **ret)
 {
 	struct hash_kept *victim;
 
-	*ret_uncached = 0;
 	for (;;) {
 		struct hash_kept *k = NULL;
 
@@ -73,11 +79,12 @@ static struct hash_kept *hash_kept_claim(struct src_hash *h, uint64_t id, uint64
 		if (!k)
 			break;
 		if (!k->loading) {
-			if (from + n > k->len)
+			if (need > k->len)
 				break; /* shorter than asked: read it anew below */
-			memcpy(out, k->data + from, n);
+			k->readers++;
 			k->used = ++h->clock;
-			return NULL;
+			*ret = k;
+			return KEPT_READY;
 		}
 		pthread_cond_wait(&h->loaded, &h->lock);
 	}
@@ -85,25 +92,28 @@ static struct hash_kept *hash_kept_claim(struct src_hash *h, uint64_t id, uint64
 	for (int i = 0; i < HASH_KEPT; i++) {
 		struct hash_kept *k = &h->kept[i];
 
-		if (!k->loading && (!victim || k->used < victim->used))
+		if (!k->loading && !k->readers && (!victim || k->used < victim->used))
 			victim = k;
 	}
 	/* A slot's buffer is allocated once and kept: a fresh megabyte faults in page by page. */
 	if (victim && !victim->data)
 		victim->data = malloc(HASH_KEPT_MAX);
-	if (!victim || !victim->data) {
-		*ret_uncached = 1;
-		return NULL;
-	}
+	if (!victim || !victim->data)
+		return KEPT_NONE;
 	victim->list_id = id;
 	victim->chunk = c;
 	victim->len = 0;
 	victim->loading = 1;
 	victim->dropped = 0;
-	return victim;
+	*ret = victim;
+	return KEPT_MINE;
 }
 
-/* Under h->lock: the loader's result (len bytes in k->data; failed: r < 0), waking the waiters. */
+/*
+ * Under h->lock: the loader's result (len bytes in k->data; failed:
+ * r < 0), waking the waiters. The loader holds the slot on (a reader) to
+ * hand its bytes on.
+ */
 static void hash_kept_finish(struct src_hash *h, struct hash_kept *k, int r, size_t len)
 {
 	if (r == 0 && !k->dropped) {
@@ -114,6 +124,7 @@ static void hash_kept_finish(struct src_hash *h, struct hash_kept *k, int r, siz
 	}
 	k->loading = 0;
 	k->dropped = 0;
+	k->readers++;
 	pthread_cond_broadcast(&h->loaded);
 }
 
@@ -156,17 +167,36 @@ static int hash_chunk(struct src_hash *h, const struct src_blob *b, uint64_t c, 
 	return 0;
 }
 
-static int hash_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
-		     uint8_t *buf)
+/* Bytes [from, from + n) of a range at off go to buf, or to sink in order. */
+struct hash_dest {
+	uint8_t *buf;
+	uint64_t off;
+	src_sink_fn sink;
+	void *arg;
+};
+
+static int hash_give(const struct hash_dest *o, uint64_t from, const uint8_t *data, size_t n)
 {
-	struct src_hash *h = (struct src_hash *)src;
+	if (o->buf) {
+		memcpy(o->buf + (from - o->off), data, n);
+		return 0;
+	}
+	return o->sink(o->arg, data, n);
+}
+
+/*
+ * Gives [off, off + len) of a blob with hashes to o, chunk by chunk, each
+ * checked whole before any of its bytes goes up: from a kept slot, or
+ * read into one (or into tmp when every slot is busy).
+ */
+static int hash_give_range(struct src_hash *h, const struct src_blob *b, uint64_t off, size_t len,
+			   const struct hash_dest *o)
+{
 	const struct src_hashes *hs = b->hashes;
-	uint8_t *tmp = NULL, *dst;
+	uint8_t *tmp = NULL;
 	uint64_t c, c1;
 	int r = 0;
 
-	if (!hs || len == 0)
-		return src_read(h->lower, b, off, len, buf);
 	if (!hs->chunk_size)
 		return -EIO;
 	c1 = (off + len - 1) / hs->chunk_size;
@@ -174,35 +204,65 @@ static int hash_read(struct src *src, const struct src_blob *b, uint64_t off, si
 		uint64_t a = c * hs->chunk_size, from = a > off ? a : off;
 		uint64_t to = a + hs->chunk_size < off + len ? a + hs->chunk_size : off + len;
 		struct hash_kept *slot = NULL;
-		int uncached = 1;
+		int kept = KEPT_NONE;
+		uint8_t *data;
 		size_t clen = 0;
 
 		if (hs->chunk_size <= HASH_KEPT_MAX) {
 			pthread_mutex_lock(&h->lock);
-			slot = hash_kept_claim(h, hs->id, c, (size_t)(from - a),
-					       (size_t)(to - from), buf + (from - off), &uncached);
+			kept = hash_kept_claim(h, hs->id, c, (size_t)(to - a), &slot);
 			pthread_mutex_unlock(&h->lock);
-			if (!slot && !uncached)
-				continue; /* it was kept, or another reader loaded it */
 		}
-		/* The chunk is read into its slot, the one copy kept for the next reads. */
-		dst = slot ? slot->data : tmp;
-		if (!dst && !(dst = tmp = malloc(hs->chunk_size)))
-			r = -ENOMEM;
+		if (kept == KEPT_READY) {
+			data = slot->data;
+		} else {
+			/* The chunk is read into its slot, the one copy kept for the next reads. */
+			data = slot ? slot->data : tmp;
+			if (!data && !(data = tmp = malloc(hs->chunk_size)))
+				r = -ENOMEM;
+			if (r == 0)
+				r = hash_chunk(h, b, c, data, &clen);
+			if (r == 0 && to - a > clen)
+				r = -EIO;
+			if (slot) {
+				pthread_mutex_lock(&h->lock);
+				hash_kept_finish(h, slot, r, clen);
+				pthread_mutex_unlock(&h->lock);
+			}
+		}
 		if (r == 0)
-			r = hash_chunk(h, b, c, dst, &clen);
-		if (r == 0 && to - a > clen)
-			r = -EIO;
-		if (r == 0)
-			memcpy(buf + (from - off), dst + (from - a), (size_t)(to - from));
+			r = hash_give(o, from, data + (from - a), (size_t)(to - from));
 		if (slot) {
 			pthread_mutex_lock(&h->lock);
-			hash_kept_finish(h, slot, r, clen);
+			slot->readers--;
 			pthread_mutex_unlock(&h->lock);
 		}
 	}
 	free(tmp);
 	return r;
+}
+
+static int hash_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
+		     uint8_t *buf)
+{
+	struct src_hash *h = (struct src_hash *)src;
+	struct hash_dest o = {.buf = buf, .off = off};
+
+	if (!b->hashes || len == 0)
+		return src_read(h->lower, b, off, len, buf);
+	return hash_give_range(h, b, off, len, &o);
+}
+
+/* A checked blob's bytes go up from the checked chunks, as read's do; others stream from below. */
+static int hash_stream(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
+		       src_sink_fn sink, void *arg)
+{
+	struct src_hash *h = (struct src_hash *)src;
+	struct hash_dest o = {.off = off, .sink = sink, .arg = arg};
+
+	if (!b->hashes || len == 0)
+		return src_stream(h->lower, b, off, len, sink, arg);
+	return hash_give_range(h, b, off, len, &o);
 }
 
 static int hash_size(struct src *src, const struct src_blob *b, uint64_t *ret_size)
@@ -245,6 +305,7 @@ static void hash_free(struct src *src)
 
 static const struct src_ops hash_ops = {
 	.read = hash_read,
+	.stream = hash_stream,
 	.size = hash_size,
 	.drop = hash_drop,
 	.free = hash_free,

@@ -80,6 +80,34 @@ static int mem_read(struct src *src, const struct src_blob *sb, uint64_t off, si
 	return r;
 }
 
+/*
+ * Hands the bytes on in pieces of 1 to 16 KiB, their sizes from a
+ * generator seeded by the offset, so that a test sees the same pieces
+ * each run and the layers above meet every way a piece may end.
+ */
+static int mem_stream(struct src *src, const struct src_blob *sb, uint64_t off, size_t len,
+		      src_sink_fn sink, void *arg)
+{
+	uint32_t seed = (uint32_t)(off * 2654435761u) | 1;
+	uint8_t *buf = malloc(len ? len : 1);
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	r = mem_read(src, sb, off, len, buf);
+	for (size_t at = 0, k; r == 0 && at < len; at += k) {
+		seed ^= seed << 13;
+		seed ^= seed >> 17;
+		seed ^= seed << 5;
+		k = 1 + seed % (16 * 1024);
+		if (k > len - at)
+			k = len - at;
+		r = sink(arg, buf + at, k);
+	}
+	free(buf);
+	return r;
+}
+
 static int mem_size(struct src *src, const struct src_blob *sb, uint64_t *ret_size)
 {
 	struct src_mem *m = (struct src_mem *)src;
@@ -123,6 +151,7 @@ static void mem_free(struct src *src)
 
 static const struct src_ops mem_ops = {
 	.read = mem_read,
+	.stream = mem_stream,
 	.size = mem_size,
 	.drop = mem_drop,
 	.free = mem_free,

@@ -9,13 +9,12 @@
  * Locking: st->lock guards the object table, every object's refs, opens
  * and prep state, and the job queue; it is never held across I/O or
  * decryption. The cache has its own lock (ucache.c), which st->lock is
- * never held with. st->buf_lock guards only the run-sized ciphertext
- * buffers. An object's prepared fields (url, blob, prefix, ff) are written
- * only by the thread that moved prep to LOADING and read only while prep is
- * READY and opens > 0; the last close closes a format-2 file (its key)
- * under st->lock. A handle's read-ahead state is guarded by its own
- * h->lock, an object's whole-file checksum by its o->sha_lock (hashing
- * happens under it, never under st->lock).
+ * never held with. An object's prepared fields (url, blob, prefix, ff) are
+ * written only by the thread that moved prep to LOADING and read only
+ * while prep is READY and opens > 0; the last close closes a format-2
+ * file (its key) under st->lock. A handle's read-ahead state is guarded by
+ * its own h->lock, an object's whole-file checksum by its o->sha_lock
+ * (hashing happens under it, never under st->lock).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -43,21 +42,6 @@
 #define STORE_MIN_UNITS 64	       /* 4 MiB: room for every thread's units */
 #define STORE_HASH_CHUNK (1024 * 1024) /* chunks of a whole-file check's own list */
 #define STORE_FAIL_HOLD_MS 1000	       /* a failed fill answers new reads at once for this long */
-/*
- * Ciphertext buffers of one run (STORE_RUN_MAX units, their tags or the
- * block before them, and slack), kept between fills: a fresh buffer of
- * this size is a new mapping whose every page faults in and is zeroed.
- */
-#define STORE_BUF_SIZE (STORE_RUN_MAX * STORE_UNIT + 8192)
-#define STORE_BUFS_KEPT 6
-/*
- * Buffers of that size in use at once, kept ones included: fills past it
- * wait for one, so that sixteen readers missing at once (each miss a 1 MiB
- * kernel request) do not each hold a megabyte of their own.
- */
-#define STORE_BUFS_MAX 10
-/* Smaller runs (a reader's own misses, many readers at once) get buffers of their size. */
-#define STORE_BUF_SMALL (4 * STORE_UNIT)
 
 enum {
 	PREP_NONE,
@@ -128,12 +112,6 @@ struct store {
 	size_t n_unchecked;
 
 	struct store_stats stats; /* atomic adds only, no lock */
-
-	pthread_mutex_t buf_lock; /* the run-sized buffers only */
-	pthread_cond_t buf_cond;
-	uint8_t *bufs[STORE_BUFS_KEPT];
-	unsigned n_bufs;
-	unsigned bufs_out; /* handed out, not yet put back */
 };
 
 struct store_file {
@@ -184,6 +162,62 @@ static int store_read_stream(struct store *st, struct store_obj *o, uint64_t off
 	return store_src_read(st, &o->blob, off + k - n, len - k, buf + k);
 }
 
+/* Where a streamed fill's bytes go: the format's decryptor, and a count. */
+struct store_sink {
+	const struct format_ops *fmt;
+	struct format_dec *dec;
+	size_t bytes;
+};
+
+static int store_sink_take(void *arg, const uint8_t *data, size_t len)
+{
+	struct store_sink *k = arg;
+
+	k->bytes += len;
+	return k->fmt->dec_update(k->dec, data, len);
+}
+
+/*
+ * Decrypts plaintext [p0, p1) of o into data from its ciphertext
+ * [c0, c1) as the sources hand it on (format.h, dec_new): the bytes are
+ * opened where they arrive, in libcurl's buffer or cache_dir's staging,
+ * with no fill buffer between. 0 or a negative errno: the decryptor's
+ * failure (*ret_opened set, with its message) before the sources'.
+ */
+static int store_fill_stream(struct store *st, struct store_obj *o, uint64_t p0, uint64_t p1,
+			     uint64_t c0, uint64_t c1, uint8_t *const *data, char **ret_msg,
+			     int *ret_opened)
+{
+	struct store_sink k = {.fmt = o->fmt};
+	size_t n = o->prefix_len, len = (size_t)(c1 - c0), pre = 0;
+	int r, rd;
+
+	r = o->fmt->dec_new(o->ff, p0, (size_t)(p1 - p0), data, STORE_UNIT, &k.dec);
+	if (r < 0)
+		return r;
+	if (c0 < n) {
+		pre = (size_t)(n - c0) < len ? (size_t)(n - c0) : len;
+		r = o->fmt->dec_update(k.dec, o->prefix + c0, pre);
+	}
+	if (r == 0 && pre < len)
+		r = src_stream(st->src, &o->blob, c0 + pre - n, len - pre, store_sink_take, &k);
+	if (pre < len) {
+		STORE_COUNT(st, fetches, 1);
+		if (r < 0)
+			STORE_COUNT(st, fetch_errors, 1);
+		STORE_COUNT(st, fetch_bytes, k.bytes);
+	}
+	rd = o->fmt->dec_end(k.dec, ret_msg);
+	*ret_opened = rd == -EBADMSG || rd == -EPROTO;
+	/* The sources' failure, unless the bytes that came failed first. */
+	if (r < 0 && !*ret_opened) {
+		free(*ret_msg);
+		*ret_msg = NULL;
+		return r;
+	}
+	return rd;
+}
+
 /* Makes the source layers forget what they keep of a stream range (a failed check). */
 static void store_drop_stream(struct store *st, struct store_obj *o, uint64_t off, size_t len)
 {
@@ -196,39 +230,6 @@ static void store_drop_stream(struct store *st, struct store_obj *o, uint64_t of
 		off = n;
 	}
 	src_drop(st->src, &o->blob, off - n, len);
-}
-
-/* A ciphertext buffer of at least len bytes; release it with store_buf_put. */
-static uint8_t *store_buf_get(struct store *st, size_t len)
-{
-	uint8_t *b = NULL;
-
-	if (len <= STORE_BUF_SMALL || len > STORE_BUF_SIZE)
-		return malloc(len);
-	pthread_mutex_lock(&st->buf_lock);
-	while (!st->n_bufs && st->bufs_out >= STORE_BUFS_MAX)
-		pthread_cond_wait(&st->buf_cond, &st->buf_lock);
-	b = st->n_bufs ? st->bufs[--st->n_bufs] : malloc(STORE_BUF_SIZE);
-	if (b)
-		st->bufs_out++;
-	pthread_mutex_unlock(&st->buf_lock);
-	return b;
-}
-
-/* Keeps a buffer of store_buf_get(len) for the next fill, or frees it. */
-static void store_buf_put(struct store *st, uint8_t *b, size_t len)
-{
-	if (b && len > STORE_BUF_SMALL && len <= STORE_BUF_SIZE) {
-		pthread_mutex_lock(&st->buf_lock);
-		st->bufs_out--;
-		if (st->n_bufs < STORE_BUFS_KEPT) {
-			st->bufs[st->n_bufs++] = b;
-			b = NULL;
-		}
-		pthread_cond_signal(&st->buf_cond);
-		pthread_mutex_unlock(&st->buf_lock);
-	}
-	free(b);
 }
 
 static void store_deadline(struct store *st, struct timespec *ts)
@@ -278,39 +279,26 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 	struct store_fill_ctx *ctx = arg;
 	struct store *st = ctx->st;
 	struct store_obj *o = ctx->o;
-	const struct format_ops *fmt = o->fmt;
 	uint64_t p0 = first * STORE_UNIT, p1, c0, c1;
-	uint8_t *buf;
-	int r;
+	int r = 0;
 
 	p1 = (first + n) * STORE_UNIT < o->size ? (first + n) * STORE_UNIT : o->size;
-	if (p0 >= p1) {
-		for (size_t i = 0; i < n; i++)
-			lens[i] = 0;
-		return 0;
-	}
-	fmt->span(o->ff, p0, (size_t)(p1 - p0), &c0, &c1);
-	buf = store_buf_get(st, (size_t)(c1 - c0));
-	if (!buf)
-		return -ENOMEM;
-	r = store_read_stream(st, o, c0, (size_t)(c1 - c0), buf);
-	for (int retried = 0;; retried = 1) {
+	if (p0 < p1)
+		o->fmt->span(o->ff, p0, (size_t)(p1 - p0), &c0, &c1);
+	for (int retried = 0; p0 < p1; retried = 1) {
 		char *msg = NULL;
 		int opened = 0;
 
-		/* -EBADMSG from the sources: their own check failed twice already. */
-		if (r == 0) {
-			r = fmt->decrypt(o->ff, p0, (size_t)(p1 - p0), buf, data, STORE_UNIT, &msg);
-			opened = r == -EBADMSG;
-		}
+		/* -EBADMSG from the sources (not opened): their own check failed twice already. */
+		r = store_fill_stream(st, o, p0, p1, c0, c1, data, &msg, &opened);
 		if (msg)
 			log_err("%s: %s%s", o->e.name, msg,
-				opened && !retried ? "; reading it again" : "");
+				opened && r == -EBADMSG && !retried ? "; reading it again" : "");
 		free(msg);
+		/* Bytes for another range (-EPROTO) are read once more too. */
 		if ((!opened && r != -EPROTO) || retried)
 			break;
 		store_drop_stream(st, o, c0, (size_t)(c1 - c0));
-		r = store_read_stream(st, o, c0, (size_t)(c1 - c0), buf);
 	}
 	for (size_t i = 0; i < n; i++) {
 		uint64_t q0 = (first + i) * STORE_UNIT;
@@ -319,7 +307,6 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 			  : o->size - q0 < STORE_UNIT ? (size_t)(o->size - q0)
 						      : STORE_UNIT;
 	}
-	store_buf_put(st, buf, (size_t)(c1 - c0));
 	return r == -EBADMSG ? r : store_reader_errno(r);
 }
 
@@ -1139,8 +1126,6 @@ int store_new(const struct config *c, struct src *src, struct keys *keys, struct
 	st->keys = keys;
 	st->timeout_s = c->io_timeout ? c->io_timeout : 1;
 	pthread_mutex_init(&st->lock, NULL);
-	pthread_mutex_init(&st->buf_lock, NULL);
-	pthread_cond_init(&st->buf_cond, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&st->cond, &ca);
@@ -1206,9 +1191,5 @@ void store_free(struct store *st)
 	pthread_cond_destroy(&st->cond);
 	pthread_cond_destroy(&st->reap_cond);
 	pthread_mutex_destroy(&st->lock);
-	while (st->n_bufs)
-		free(st->bufs[--st->n_bufs]);
-	pthread_mutex_destroy(&st->buf_lock);
-	pthread_cond_destroy(&st->buf_cond);
 	free(st);
 }

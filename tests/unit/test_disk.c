@@ -66,6 +66,39 @@ static int read_matches(struct src *s, uint64_t off, size_t len)
 	return ok;
 }
 
+/* A stream's receiver: the bytes in order, or a refusal after refuse_at bytes. */
+struct taker {
+	uint8_t *buf;
+	size_t got, pieces, refuse_at;
+};
+
+static int take(void *arg, const uint8_t *data, size_t len)
+{
+	struct taker *t = arg;
+
+	if (t->refuse_at && t->got + len > t->refuse_at)
+		return -EBADMSG;
+	memcpy(t->buf + t->got, data, len);
+	t->got += len;
+	t->pieces++;
+	return 0;
+}
+
+/* Streams [off, off + len) through s: whether it came whole and matches the blob. */
+static int stream_matches(struct src *s, uint64_t off, size_t len, size_t *ret_pieces)
+{
+	struct src_blob b = test_blob();
+	struct taker t = {.buf = malloc(len)};
+	int ok;
+
+	ok = t.buf && src_stream(s, &b, off, len, take, &t) == 0 && t.got == len &&
+	     memcmp(t.buf, blob_bytes + off, len) == 0;
+	if (ret_pieces)
+		*ret_pieces = t.pieces;
+	free(t.buf);
+	return ok;
+}
+
 struct reader {
 	struct src *s;
 	int first, ok;
@@ -109,8 +142,9 @@ int main(void)
 	struct src_blob b = test_blob();
 	struct reader rd[THREADS];
 	pthread_t th[THREADS];
+	size_t pieces;
 	uint64_t off;
-	int ok;
+	int ok, r;
 
 	blob_bytes = malloc(BLOB_SIZE);
 	CHECK(blob_bytes && crypto_random(blob_bytes, BLOB_SIZE) == 0, "a blob of random bytes");
@@ -200,6 +234,34 @@ int main(void)
 	disk = disk_over_mem(dir, 0, &mem);
 	CHECK(disk != NULL && !read_matches(disk, 0, BLOCK),
 	      "its blocks were forgotten, stored before the drop or not");
+	src_free(disk);
+
+	/* Streams: bytes handed on as they come, kept as reads keep them. */
+	remove_dir(dir);
+	strcpy(dir, DIR_TEMPLATE);
+	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+	disk = disk_over_mem(dir, 1, &mem);
+	{
+		struct taker t = {.buf = malloc(RUN), .refuse_at = 1};
+
+		r = disk ? src_stream(disk, &b, 2 * RUN, RUN, take, &t) : -1;
+		CHECK(r == -EBADMSG, "a stream whose receiver refuses ends with its error (%d)", r);
+		free(t.buf);
+	}
+	CHECK(disk != NULL && stream_matches(disk, 100, RUN, NULL),
+	      "a cold stream hands on the blob's bytes");
+	CHECK(disk != NULL && stream_matches(disk, RUN - BLOCK, RUN, NULL),
+	      "and one over blocks queued or kept by the last hands on the blob's bytes");
+	src_free(disk);
+	disk = disk_over_mem(dir, 0, &mem);
+	pieces = 0;
+	CHECK(disk != NULL && stream_matches(disk, 0, 2 * RUN - 100, &pieces) && pieces > 1,
+	      "from cache_dir alone, a stream hands on the kept bytes in pieces (%zu)", pieces);
+	src_mem_stats(mem, &ms);
+	CHECK(ms.reads == 0, "... and asks nothing of the layer below (%llu reads)",
+	      (unsigned long long)ms.reads);
+	CHECK(disk != NULL && !read_matches(disk, 2 * RUN + 2 * BLOCK, BLOCK),
+	      "the blocks of the refused stream were not kept");
 	src_free(disk);
 	remove_dir(dir);
 	free(blob_bytes);

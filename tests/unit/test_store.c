@@ -303,6 +303,173 @@ static int read_all(struct store_file *h, const struct model *m, size_t step)
 	return 0;
 }
 
+/* ---- format 2's decryption fed in pieces (format.h, dec_new) ----------------------------- */
+
+#define DEC_SLOT (64 * 1024)
+#define DEC_SLOTS 40
+
+/* Feeds ct in pieces of 1..max bytes; what dec_update first returned. */
+static int dec_feed(const struct format_ops *ops, struct format_dec *d, const uint8_t *ct,
+		    size_t len, uint64_t *x, size_t max)
+{
+	int r = 0;
+
+	for (size_t at = 0, k; at < len; at += k) {
+		*x ^= *x << 13;
+		*x ^= *x >> 7;
+		*x ^= *x << 17;
+		k = 1 + (size_t)(*x % max);
+		if (k > len - at)
+			k = len - at;
+		if (ops->dec_update(d, ct + at, k) < 0 && !r)
+			r = -1;
+	}
+	return r;
+}
+
+/*
+ * Random ranges of m, decrypted from its stream fed in random pieces
+ * (1..17 bytes, or 1..70000), compared with its plaintext: bad ranges.
+ */
+static size_t dec_pieces_bad(const struct format_ops *ops, struct format_file *ff, struct model *m,
+			     uint8_t **slots)
+{
+	uint64_t x = 88172645463325252ull, c0, c1;
+	struct format_dec *d;
+	size_t bad = 0;
+	char *msg = NULL;
+	int r;
+
+	for (int t = 0; t < 200; t++) {
+		uint64_t off, len;
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		off = (x % m->size) & ~(uint64_t)15;
+		len = (x >> 24) % ((uint64_t)DEC_SLOT * DEC_SLOTS - DEC_SLOT) + 1;
+		if (len > m->size - off)
+			len = m->size - off;
+		ops->span(ff, off, (size_t)len, &c0, &c1);
+		r = ops->dec_new(ff, off, (size_t)len, slots, DEC_SLOT, &d);
+		if (r == 0 &&
+		    dec_feed(ops, d, m->stream + c0, (size_t)(c1 - c0), &x, t % 2 ? 17 : 70000) < 0)
+			bad++;
+		if (r < 0 || ops->dec_end(d, &msg) != 0)
+			bad++;
+		free(msg);
+		msg = NULL;
+		for (uint64_t q = 0; q < len; q += DEC_SLOT)
+			if (memcmp(slots[q / DEC_SLOT], m->plain + off + q,
+				   len - q < DEC_SLOT ? (size_t)(len - q) : DEC_SLOT) != 0)
+				bad++;
+	}
+	return bad;
+}
+
+static void test_f1_pieces(struct model *m, const uint8_t *key)
+{
+	const struct format_ops *ops = &format_f1;
+	struct format_file *ff = NULL;
+	uint8_t *slots[DEC_SLOTS];
+	size_t bad;
+	char *msg = NULL;
+	int r;
+
+	r = ops->open(key, m->stream + m->stream_len - 32, m->stream_len, NULL, &ff, &msg);
+	CHECK(r == 0 && ff->size == m->size, "format 1: %s opens (%d)", m->name, r);
+	free(msg);
+	if (r < 0)
+		return;
+	for (int i = 0; i < DEC_SLOTS; i++)
+		slots[i] = malloc(DEC_SLOT);
+	bad = dec_pieces_bad(ops, ff, m, slots);
+	CHECK(bad == 0,
+	      "format 1: 200 random ranges of %s, fed in pieces of 1..17 and 1..70000 bytes, "
+	      "decrypt to the plaintext (%zu bad)",
+	      m->name, bad);
+	for (int i = 0; i < DEC_SLOTS; i++)
+		free(slots[i]);
+	ops->close(ff);
+}
+
+static void test_f2_pieces(struct model *m, const uint8_t *key)
+{
+	const struct format_ops *ops = &format_f2;
+	struct format_file *ff = NULL;
+	uint8_t *slots[DEC_SLOTS], *ct;
+	struct format_dec *d;
+	uint64_t x = 88172645463325252ull, c0, c1;
+	size_t bad, wiped_bad = 0;
+	char *msg = NULL;
+	int r;
+
+	r = ops->open(key, m->stream, m->stream_len, NULL, &ff, &msg);
+	CHECK(r == 0, "format 2: %s opens (%d)", m->name, r);
+	free(msg);
+	msg = NULL;
+	if (r < 0)
+		return;
+	for (int i = 0; i < DEC_SLOTS; i++)
+		slots[i] = malloc(DEC_SLOT);
+	bad = dec_pieces_bad(ops, ff, m, slots);
+	CHECK(bad == 0,
+	      "format 2: 200 random ranges of %s, fed in pieces of 1..17 and 1..70000 bytes, "
+	      "decrypt to the plaintext (%zu bad)",
+	      m->name, bad);
+
+	/* A flipped byte in the third chunk: refused there, its plaintext wiped. */
+	ops->span(ff, 0, DEC_SLOT, &c0, &c1);
+	ct = malloc((size_t)(c1 - c0));
+	memcpy(ct, m->stream + c0, (size_t)(c1 - c0));
+	ct[2 * (4096 + CRYPTO_TAG_SIZE) + 100] ^= 1;
+	for (int i = 0; i < DEC_SLOTS; i++)
+		memset(slots[i], 0xaa, DEC_SLOT);
+	r = ops->dec_new(ff, 0, DEC_SLOT, slots, DEC_SLOT, &d);
+	if (r == 0)
+		r = dec_feed(ops, d, ct, (size_t)(c1 - c0), &x, 3000);
+	CHECK(r == -1, "format 2: a flipped byte makes dec_update fail");
+	r = ops->dec_end(d, &msg);
+	for (size_t i = 2 * 4096; i < 3 * 4096; i++)
+		if (slots[0][i] != 0)
+			wiped_bad++;
+	CHECK(r == -EBADMSG && msg && strstr(msg, "chunk 2 fails its check") && wiped_bad == 0 &&
+		      memcmp(slots[0], m->plain, 2 * 4096) == 0,
+	      "format 2: ... dec_end says chunk 2 fails its check (%d, %s); its 4 KiB wiped, "
+	      "the chunks before it good",
+	      r, msg ? msg : "no message");
+	free(msg);
+	msg = NULL;
+
+	/* Cut short in the middle of a chunk: -EIO, nothing of that chunk left. */
+	memset(slots[0], 0xaa, DEC_SLOT);
+	r = ops->dec_new(ff, 0, DEC_SLOT, slots, DEC_SLOT, &d);
+	if (r == 0)
+		r = ops->dec_update(d, m->stream + F2_HEADER_SIZE, 4096 + CRYPTO_TAG_SIZE + 2000);
+	r = r ? r : ops->dec_end(d, &msg);
+	wiped_bad = 0;
+	for (size_t i = 4096; i < 4096 + 2000; i++)
+		if (slots[0][i] != 0)
+			wiped_bad++;
+	CHECK(r == -EIO && msg && wiped_bad == 0,
+	      "format 2: a range cut short is -EIO (%d, %s), its unchecked plaintext wiped", r,
+	      msg ? msg : "no message");
+	free(msg);
+	msg = NULL;
+
+	/* More bytes than the range's chunks: -EPROTO. */
+	r = ops->dec_new(ff, 0, 4096, slots, DEC_SLOT, &d);
+	if (r == 0)
+		r = ops->dec_update(d, m->stream + F2_HEADER_SIZE, 4096 + CRYPTO_TAG_SIZE + 1);
+	r = ops->dec_end(d, &msg);
+	CHECK(r == -EPROTO && msg, "format 2: bytes past the range's chunks are -EPROTO (%d)", r);
+	free(msg);
+	free(ct);
+	for (int i = 0; i < DEC_SLOTS; i++)
+		free(slots[i]);
+	ops->close(ff);
+}
+
 /* ---- threads ------------------------------------------------------------------------- */
 
 struct reader {
@@ -392,6 +559,8 @@ int main(void)
 	memcpy(m[6].e.sha256, m[5].e.sha256, 32);
 	CHECK(make_model(&m[7], &keys, &fm[7], mem, "bare.onnx", 1, 100000, 0) == 0,
 	      "a legacy format-1 model with neither");
+	test_f1_pieces(&m[0], keys.rkey);
+	test_f2_pieces(&m[1], fm[1].doc.wrapped);
 	r = store_new(&c, src, &keys.k, &st);
 	CHECK(r == 0, "store_new over src_mem and a fake key source");
 	if (r < 0)
