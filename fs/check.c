@@ -59,8 +59,8 @@ int check_whole(struct src *src, const struct src_blob *b, const struct format_f
 			uint8_t *out[1] = {plain};
 
 			fmt->span(ff, p, (size_t)(p_next - p), &c0, &c1);
-			r = fmt->decrypt(ff, p, (size_t)(p_next - p), win + (c0 - w0), out, cap,
-					 &msg);
+			r = format_decrypt(ff, p, (size_t)(p_next - p), win + (c0 - w0), out, cap,
+					   &msg);
 			if (r < 0) {
 				*ret_msg = msg;
 				break;

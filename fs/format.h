@@ -105,16 +105,11 @@ struct format_ops {
 	void (*span)(const struct format_file *ff, uint64_t off, size_t len, uint64_t *ret_c0,
 		     uint64_t *ret_c1);
 	/*
-	 * Decrypts plaintext [off, off + len) from ct (the span's bytes) into
-	 * out: bytes [off + i * stride, off + (i + 1) * stride) go to out[i],
-	 * each with room for stride bytes (a multiple of CRYPTO_BLOCK and, for
-	 * the last one, for len rounded up to CRYPTO_BLOCK).
-	 */
-	int (*decrypt)(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
-		       uint8_t *const *out, size_t stride, char **ret_msg);
-	/*
-	 * Decrypts as decrypt does, with the span's bytes fed in order by
-	 * dec_update, in pieces of any size as they arrive, so that
+	 * Decrypts plaintext [off, off + len) into out: bytes
+	 * [off + i * stride, off + (i + 1) * stride) go to out[i], each with
+	 * room for stride bytes (a multiple of CRYPTO_BLOCK and, for the last
+	 * one, for len rounded up to CRYPTO_BLOCK), from the span's bytes fed
+	 * in order by dec_update, in pieces of any size as they arrive, so that
 	 * they need no buffer of their own. dec_update returns 0 or the first
 	 * failure (-EBADMSG: bytes that fail their check; later pieces are
 	 * then ignored). dec_end returns 0 only when every byte of the span
@@ -158,6 +153,10 @@ const struct format_ops *format_get(int id);
 
 /* The format whose magic begins b; format 1 (which has none) otherwise. */
 const struct format_ops *format_detect(const uint8_t *b, size_t n);
+
+/* dec_new, dec_update and dec_end over ct, the whole span in one buffer. */
+int format_decrypt(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
+		   uint8_t *const *out, size_t stride, char **ret_msg);
 
 static inline void format_close(struct format_file *ff)
 {

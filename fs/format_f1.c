@@ -219,21 +219,6 @@ static int fmt1_dec_end(struct format_dec *d, char **ret_msg)
 	return r;
 }
 
-static int fmt1_decrypt(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
-			uint8_t *const *out, size_t stride, char **ret_msg)
-{
-	struct format_dec *d;
-	uint64_t c0, c1;
-	int r;
-
-	fmt1_span(ff, off, len, &c0, &c1);
-	r = fmt1_dec_new(ff, off, len, out, stride, &d);
-	if (r < 0)
-		return r;
-	fmt1_dec_update(d, ct, (size_t)(c1 - c0));
-	return fmt1_dec_end(d, ret_msg);
-}
-
 static void fmt1_close(struct format_file *ff)
 {
 	struct f1_file *f = (struct f1_file *)ff;
@@ -372,7 +357,6 @@ const struct format_ops format_f1 = {
 	.head = fmt1_head,
 	.open = fmt1_open,
 	.span = fmt1_span,
-	.decrypt = fmt1_decrypt,
 	.dec_new = fmt1_dec_new,
 	.dec_update = fmt1_dec_update,
 	.dec_end = fmt1_dec_end,

@@ -293,21 +293,6 @@ static int fmt2_dec_new(const struct format_file *ff, uint64_t off, size_t len, 
 	return 0;
 }
 
-static int fmt2_decrypt(const struct format_file *ff, uint64_t off, size_t len, const uint8_t *ct,
-			uint8_t *const *out, size_t stride, char **ret_msg)
-{
-	struct format_dec *d;
-	uint64_t c0, c1;
-	int r;
-
-	fmt2_span(ff, off, len, &c0, &c1);
-	r = fmt2_dec_new(ff, off, len, out, stride, &d);
-	if (r < 0)
-		return r;
-	fmt2_dec_update(d, ct, len ? (size_t)(c1 - c0) : 0);
-	return fmt2_dec_end(d, ret_msg);
-}
-
 static void fmt2_close(struct format_file *ff)
 {
 	struct f2_file *f = (struct f2_file *)ff;
@@ -419,7 +404,6 @@ const struct format_ops format_f2 = {
 	.head = fmt2_head,
 	.open = fmt2_open,
 	.span = fmt2_span,
-	.decrypt = fmt2_decrypt,
 	.dec_new = fmt2_dec_new,
 	.dec_update = fmt2_dec_update,
 	.dec_end = fmt2_dec_end,

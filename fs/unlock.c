@@ -339,7 +339,7 @@ static int unlock_fill(struct unlock_run *run)
 	r = unlock_pread_full(run, c0, run->cbuf, (size_t)(c1 - c0));
 	if (r < 0)
 		return r;
-	r = run->fmt->decrypt(run->ff, run->plain_done, n, run->cbuf, out, run->plain_cap, &msg);
+	r = format_decrypt(run->ff, run->plain_done, n, run->cbuf, out, run->plain_cap, &msg);
 	if (r < 0) {
 		unlock_run_fail(run,
 				"%s: %s: the archive is damaged, or not the one its key is for",
