@@ -57,10 +57,10 @@ struct src_ops {
 	int (*read)(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
 		    uint8_t *buf);
 	/*
-	 * May be NULL: reads as read does, but hands the bytes to sink as
-	 * they come from below, so that they need no buffer of the caller's
-	 * (for the CDN, straight from libcurl's). 0, a negative errno as read
-	 * gives, or what sink returned.
+	 * Reads as read does, but hands the bytes to sink as they come from
+	 * below, so that they need no buffer of the caller's (for the CDN,
+	 * straight from libcurl's). 0, a negative errno as read gives, or
+	 * what sink returned.
 	 */
 	int (*stream)(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
 		      src_sink_fn sink, void *arg);
@@ -84,9 +84,11 @@ static inline int src_read(struct src *s, const struct src_blob *b, uint64_t off
 	return s->ops->read(s, b, off, len, buf);
 }
 
-/* The layer's stream; of a layer without one, its read into a buffer handed on at once. */
-int src_stream(struct src *s, const struct src_blob *b, uint64_t off, size_t len, src_sink_fn sink,
-	       void *arg);
+static inline int src_stream(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
+			     src_sink_fn sink, void *arg)
+{
+	return s->ops->stream(s, b, off, len, sink, arg);
+}
 
 static inline int src_size(struct src *s, const struct src_blob *b, uint64_t *ret_size)
 {

@@ -101,29 +101,6 @@ int src_cdn_new(struct fetch *f, struct src **ret)
 	return 0;
 }
 
-static int src_stream_by_read(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
-			      src_sink_fn sink, void *arg)
-{
-	uint8_t *buf = malloc(len ? len : 1);
-	int r;
-
-	if (!buf)
-		return -ENOMEM;
-	r = src_read(s, b, off, len, buf);
-	if (r == 0 && len)
-		r = sink(arg, buf, len);
-	free(buf);
-	return r;
-}
-
-int src_stream(struct src *s, const struct src_blob *b, uint64_t off, size_t len, src_sink_fn sink,
-	       void *arg)
-{
-	if (s->ops->stream)
-		return s->ops->stream(s, b, off, len, sink, arg);
-	return src_stream_by_read(s, b, off, len, sink, arg);
-}
-
 void src_free(struct src *s)
 {
 	if (s)
