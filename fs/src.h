@@ -114,6 +114,12 @@ int src_cdn_new(struct fetch *f, struct src **ret);
  * Blobs without a cache_id pass through.
  */
 int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **ret);
+/*
+ * Tests: while held, the writer thread leaves what is queued in its queue
+ * (readers copy those blocks from there; at most 4 runs may wait), until
+ * released or the layer is freed.
+ */
+void src_disk_hold_writer(struct src *s, int hold);
 
 /*
  * Checks every range of a blob with hashes against them, over lower

@@ -111,6 +111,7 @@ struct disk_src {
 	 */
 	uint64_t ticket_next, ticket_serving;
 	int stop;
+	int held;		   /* tests: the writer leaves the queue alone until released */
 	pthread_cond_t queue_cond; /* the writer: work or stop; readers: room */
 	pthread_t writer;
 	int has_writer;
@@ -547,7 +548,7 @@ static void *disk_writer(void *arg)
 	for (;;) {
 		struct disk_write *w;
 
-		while (!d->queue && !d->stop)
+		while ((!d->queue || d->held) && !d->stop)
 			pthread_cond_wait(&d->queue_cond, &d->lock);
 		if (!d->queue)
 			break;
@@ -860,6 +861,16 @@ static const struct src_ops disk_ops = {
 };
 
 /* Counts what an earlier run left in dir, so cache_max holds across restarts. */
+void src_disk_hold_writer(struct src *s, int hold)
+{
+	struct disk_src *d = (struct disk_src *)s;
+
+	pthread_mutex_lock(&d->lock);
+	d->held = hold;
+	pthread_cond_broadcast(&d->queue_cond);
+	pthread_mutex_unlock(&d->lock);
+}
+
 static void disk_scan(struct disk_src *d)
 {
 	struct dirent *de;

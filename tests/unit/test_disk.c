@@ -3,7 +3,8 @@
  * is the big part's bytes and serves them again without the layer below,
  * a block shared by readers at once comes from below once, a failed read
  * keeps nothing, and dropped bytes are not served again from the disk,
- * whether the writer had stored them yet or not.
+ * whether the writer had stored them yet or not; blocks waiting for the
+ * writer are served from its queue; streams hand the same bytes on.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -234,6 +235,34 @@ int main(void)
 	disk = disk_over_mem(dir, 0, &mem);
 	CHECK(disk != NULL && !read_matches(disk, 0, BLOCK),
 	      "its blocks were forgotten, stored before the drop or not");
+	src_free(disk);
+
+	/* Blocks waiting for the writer are served from its queue, to reads and streams. */
+	remove_dir(dir);
+	strcpy(dir, DIR_TEMPLATE);
+	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+	disk = disk_over_mem(dir, 1, &mem);
+	if (disk)
+		src_disk_hold_writer(disk, 1);
+	CHECK(disk != NULL && read_matches(disk, 0, RUN), "a run read while the writer is held");
+	src_mem_stats(mem, &ms);
+	CHECK(disk != NULL && read_matches(disk, BLOCK + 7, 2 * BLOCK) &&
+		      stream_matches(disk, 3 * BLOCK - 5, 2 * BLOCK, NULL),
+	      "its queued blocks read and stream back from the queue");
+	{
+		struct src_mem_stats ms_q;
+
+		src_mem_stats(mem, &ms_q);
+		CHECK(ms_q.reads == ms.reads,
+		      "... with nothing asked of the layer below (%llu reads)",
+		      (unsigned long long)(ms_q.reads - ms.reads));
+	}
+	if (disk)
+		src_disk_hold_writer(disk, 0);
+	src_free(disk); /* the writer writes what is queued */
+	disk = disk_over_mem(dir, 0, &mem);
+	CHECK(disk != NULL && read_matches(disk, 0, RUN),
+	      "once released, the writer kept them: cache_dir alone serves the run");
 	src_free(disk);
 
 	/* Streams: bytes handed on as they come, kept as reads keep them. */
