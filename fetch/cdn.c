@@ -1,10 +1,11 @@
 /*
  * cdn.c - the big parts on the CDN: ranged GETs written straight into the
- * caller's buffer (a 206 is checked against its Content-Range; a 200 whose
- * server ignored the range is sliced while it streams and cut off once the
- * slice is in), object sizes, and streamed PUTs; each request optionally
- * signed for S3 by libcurl. It keeps no state: a refusal's reason goes
- * to the call's own caller.
+ * caller's buffer or handed to its receiver as they arrive (a retry gives
+ * the receiver only what it has not had; a 206 is checked against its
+ * Content-Range; a 200 whose server ignored the range is sliced while it
+ * streams and cut off once the slice is in), object sizes, and streamed
+ * PUTs; each request optionally signed for S3 by libcurl. It keeps no
+ * state: a refusal's reason goes to the call's own caller.
  */
 #include <errno.h>
 #include <inttypes.h>
