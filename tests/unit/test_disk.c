@@ -135,6 +135,14 @@ static void remove_dir(const char *dir)
 	rmdir(dir);
 }
 
+/* Empties and removes dir, then makes a new one in its place (dir holds DIR_TEMPLATE's size). */
+static void fresh_dir(char *dir)
+{
+	remove_dir(dir);
+	strcpy(dir, DIR_TEMPLATE);
+	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+}
+
 int main(void)
 {
 	char dir[] = DIR_TEMPLATE;
@@ -178,9 +186,7 @@ int main(void)
 	src_drop(disk, &b, BLOCK + 5, 10);
 	CHECK(!read_matches(disk, BLOCK, BLOCK), "a dropped block is not served from the disk");
 	src_free(disk);
-	remove_dir(dir);
-	strcpy(dir, DIR_TEMPLATE);
-	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+	fresh_dir(dir);
 
 	/* Readers at once whose runs share blocks: each block fetched about once. */
 	disk = disk_over_mem(dir, 1, &mem);
@@ -225,9 +231,7 @@ int main(void)
 
 	/* A drop right after the read that queued the blocks: not kept either way. */
 	src_free(disk);
-	remove_dir(dir);
-	strcpy(dir, DIR_TEMPLATE);
-	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+	fresh_dir(dir);
 	disk = disk_over_mem(dir, 1, &mem);
 	CHECK(disk != NULL && read_matches(disk, 0, RUN), "a run read and queued for the writer");
 	src_drop(disk, &b, 0, RUN);
@@ -238,9 +242,7 @@ int main(void)
 	src_free(disk);
 
 	/* Blocks waiting for the writer are served from its queue, to reads and streams. */
-	remove_dir(dir);
-	strcpy(dir, DIR_TEMPLATE);
-	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+	fresh_dir(dir);
 	disk = disk_over_mem(dir, 1, &mem);
 	if (disk)
 		src_disk_hold_writer(disk, 1);
@@ -266,9 +268,7 @@ int main(void)
 	src_free(disk);
 
 	/* Streams: bytes handed on as they come, kept as reads keep them. */
-	remove_dir(dir);
-	strcpy(dir, DIR_TEMPLATE);
-	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
+	fresh_dir(dir);
 	disk = disk_over_mem(dir, 1, &mem);
 	{
 		struct taker t = {.buf = malloc(RUN), .refuse_at = 1};
