@@ -219,16 +219,18 @@ int fetch_status_errno(long status)
 	return -EIO;
 }
 
-int fetch_check_status(struct fetch *f, const char *method, const char *url, long status,
-		       int quiet_404)
+int fetch_check_status(struct fetch *f, const char *method, const char *url, long status, int quiet)
 {
 	char u[512];
 	int r = fetch_status_errno(status);
 
 	if (r) {
 		fetch_url_for_log(url, u, sizeof(u));
-		fetch_logf(f, quiet_404 && status == 404 ? LOG_DEBUG : LOG_ERR, "%s %s: HTTP %ld",
-			   method, u, status);
+		fetch_logf(f,
+			   quiet == FETCH_QUIET_ALL || (quiet == FETCH_QUIET_404 && status == 404)
+				   ? LOG_DEBUG
+				   : LOG_ERR,
+			   "%s %s: HTTP %ld", method, u, status);
 	}
 	if (r == -EIO) {
 		/* EIO alone would read "Input/output error". */

@@ -50,6 +50,9 @@
  */
 const char *fetch_strerror(int err);
 
+/* Copies url without userinfo, query and fragment: what a log or a message may show. */
+void fetch_url_for_log(const char *url, char *out, size_t cap);
+
 /* Log callback; priority is a syslog LOG_* value. */
 typedef void (*fetch_log_fn)(int priority, const char *msg);
 
@@ -269,7 +272,9 @@ int fetch_api_register_chunk_hashes(struct fetch *f, const char *api_url, const 
  * SignatureDoesNotMatch: ..." (printable ASCII, cut to why_cap) on
  * -EKEYREJECTED and "" on any other result, so concurrent calls never see
  * each other's. The refusal is logged here at debug only: the caller says
- * it once, with its context.
+ * it once, with its context. So is every other failure of the reads
+ * below (fetch_cdn_range, fetch_cdn_range_stream, fetch_cdn_size), whose
+ * words fetch_strerror gives; fetch_cdn_put logs its own.
  */
 #define FETCH_CDN_WHY_MAX 256 /* room for any reason a call gives */
 

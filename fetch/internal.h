@@ -77,13 +77,14 @@ void fetch_logf(struct fetch *f, int priority, const char *fmt, ...)
 
 /*
  * Maps a status to 0 or -errno like fetch_status_errno() and logs the
- * failure once (at debug for an expected 404 when quiet_404).
+ * failure once: at error, or at debug for an expected 404
+ * (FETCH_QUIET_404) or for a caller that says every failure itself
+ * (FETCH_QUIET_ALL). Its words stay for fetch_strerror.
  */
+#define FETCH_QUIET_404 1
+#define FETCH_QUIET_ALL 2
 int fetch_check_status(struct fetch *f, const char *method, const char *url, long status,
-		       int quiet_404);
-
-/* Copies url without userinfo, query and fragment, for logs. */
-void fetch_url_for_log(const char *url, char *out, size_t cap);
+		       int quiet);
 
 /* The per-call timeout currently in force. */
 unsigned fetch_timeout_ms(struct fetch *f);

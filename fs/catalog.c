@@ -22,6 +22,7 @@
 #include "fs/atomic.h"
 #include "fs/catalog.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 #include "fs/names.h"
 
 #define CATALOG_MAX_ENTRIES 100000
@@ -455,6 +456,7 @@ static void catalog_complete(struct catalog *cat, struct catalog_list *l,
 	for (size_t i = 0; i < l->n; i++) {
 		struct catalog_entry *e = &l->e[i];
 		const struct catalog_entry *p = prev ? catalog_find(prev, e->name) : NULL;
+		char *msg = NULL;
 		int r = 0;
 
 		/* big_size, when missing, is read at open. */
@@ -471,12 +473,13 @@ static void catalog_complete(struct catalog *cat, struct catalog_list *l,
 			e->big_size = p->big_size;
 			e->has_size = 1;
 		} else {
-			r = cat->probe(cat->probe_ctx, e);
+			r = cat->probe(cat->probe_ctx, e, &msg);
 		}
 		if (r < 0) {
 			log_warn("catalog: %s left out: its size cannot be derived from the big "
 				 "part (%s)",
-				 e->name, strerror(-r));
+				 e->name, msg_or(msg, r));
+			free(msg);
 			catalog_entry_clear(e);
 			continue;
 		}

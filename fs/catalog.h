@@ -42,10 +42,11 @@ struct catalog_list {
 
 /*
  * Fills in what the API did not say (size, big_size, and the format for
- * names from `models`) from the big part. 0 or a negative errno; entries
- * it cannot complete are left out of the list.
+ * names from `models`) from the big part. 0 or a negative errno with
+ * *ret_msg (msg.h) saying why; entries it cannot complete are left out of
+ * the list, and the catalog logs why.
  */
-typedef int (*catalog_probe_fn)(void *ctx, struct catalog_entry *e);
+typedef int (*catalog_probe_fn)(void *ctx, struct catalog_entry *e, char **ret_msg);
 
 struct catalog;
 int catalog_new(const struct config *c, struct session *s, catalog_probe_fn probe, void *probe_ctx,

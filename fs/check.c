@@ -11,6 +11,7 @@
 
 #include "crypto/crypto.h"
 #include "fs/check.h"
+#include "fs/msg.h"
 
 int check_whole(struct src *src, const struct src_blob *b, const struct format_file *ff,
 		const uint8_t *prefix, size_t prefix_len, const uint8_t want[32],
@@ -36,11 +37,11 @@ int check_whole(struct src *src, const struct src_blob *b, const struct format_f
 		size_t n = big - a < chunk_size ? (size_t)(big - a) : chunk_size;
 		char *msg = NULL;
 
-		r = src_read(src, b, a, n, win + wlen);
+		r = src_read(src, b, a, n, win + wlen, &msg);
 		if (r < 0) {
-			if (asprintf(ret_msg, "reading it whole for its sha256 check: %s",
-				     strerror(-r)) < 0)
-				*ret_msg = NULL;
+			msg_set(ret_msg, "reading it whole for its sha256 check: %s",
+				msg_or(msg, r));
+			free(msg);
 			break;
 		}
 		crypto_sha256(win + wlen, n, list + 32 * c);
@@ -77,9 +78,8 @@ int check_whole(struct src *src, const struct src_blob *b, const struct format_f
 		w0 = nc0;
 	}
 	if (r == 0 && p != size) {
-		if (asprintf(ret_msg, "its parts decrypt to %llu of %llu bytes",
-			     (unsigned long long)p, (unsigned long long)size) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "its parts decrypt to %llu of %llu bytes", (unsigned long long)p,
+			(unsigned long long)size);
 		r = -EBADMSG;
 	}
 	if (r == 0) {

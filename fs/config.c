@@ -21,6 +21,7 @@
 #include "crypto/crypto.h"
 #include "fs/config.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 
 #define CONFIG_LINE_MAX 4096
 #define CONFIG_FILE_MAX (1024 * 1024)
@@ -98,19 +99,6 @@ static const struct config_key config_keys[] = {
 #undef K
 #define CONFIG_NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
 
-static char *config_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *config_fmt(const char *fmt, ...)
-{
-	va_list ap;
-	char *s = NULL;
-
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	return s;
-}
-
 static void config_fail(char **ret_msg, const char *where, const char *key, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 static void config_fail(char **ret_msg, const char *where, const char *key, const char *fmt, ...)
@@ -125,7 +113,7 @@ static void config_fail(char **ret_msg, const char *where, const char *key, cons
 	if (vasprintf(&detail, fmt, ap) < 0)
 		detail = NULL;
 	va_end(ap);
-	*ret_msg = config_fmt("%s: %s: %s", where, key, detail ? detail : "invalid");
+	*ret_msg = msg_fmt("%s: %s: %s", where, key, detail ? detail : "invalid");
 	free(detail);
 }
 
@@ -492,12 +480,12 @@ int config_set(struct config *c, const char *key, const char *value, const char 
 
 			free(*ret_msg);
 			if (near)
-				*ret_msg = config_fmt("%s: unknown key '%s'; did you mean %s?",
-						      where, key, near);
+				*ret_msg = msg_fmt("%s: unknown key '%s'; did you mean %s?", where,
+						   key, near);
 			else
-				*ret_msg = config_fmt("%s: unknown key '%s' (azaionfs(8) lists the "
-						      "keys)",
-						      where, key);
+				*ret_msg = msg_fmt("%s: unknown key '%s' (azaionfs(8) lists the "
+						   "keys)",
+						   where, key);
 		}
 		return -ENOENT;
 	}
@@ -581,8 +569,8 @@ int config_load_file(struct config *c, const char *path, char **ret_msg)
 	if (!f) {
 		r = -errno;
 		if (ret_msg)
-			*ret_msg = config_fmt("%s: cannot read the configuration: %s", path,
-					      strerror(errno));
+			*ret_msg = msg_fmt("%s: cannot read the configuration: %s", path,
+					   strerror(errno));
 		return r;
 	}
 	while (fgets(line, sizeof(line), f)) {
@@ -594,13 +582,13 @@ int config_load_file(struct config *c, const char *path, char **ret_msg)
 		snprintf(where, sizeof(where), "%s:%u", path, lineno);
 		if (total > CONFIG_FILE_MAX || (len > CONFIG_LINE_MAX && line[len - 1] != '\n')) {
 			if (ret_msg)
-				*ret_msg = config_fmt("%s: line too long", where);
+				*ret_msg = msg_fmt("%s: line too long", where);
 			r = -EINVAL;
 			goto out_file;
 		}
 		if (memchr(line, '\0', len) != NULL && strlen(line) != len) {
 			if (ret_msg)
-				*ret_msg = config_fmt("%s: NUL byte in the line", where);
+				*ret_msg = msg_fmt("%s: NUL byte in the line", where);
 			r = -EINVAL;
 			goto out_file;
 		}
@@ -610,8 +598,8 @@ int config_load_file(struct config *c, const char *path, char **ret_msg)
 		eq = strchr(s, '=');
 		if (!eq) {
 			if (ret_msg)
-				*ret_msg = config_fmt("%s: expected 'key = value', got '%.64s'",
-						      where, s);
+				*ret_msg = msg_fmt("%s: expected 'key = value', got '%.64s'", where,
+						   s);
 			r = -EINVAL;
 			goto out_file;
 		}
@@ -624,7 +612,7 @@ int config_load_file(struct config *c, const char *path, char **ret_msg)
 	if (ferror(f)) {
 		r = -EIO;
 		if (ret_msg)
-			*ret_msg = config_fmt("%s: read error", path);
+			*ret_msg = msg_fmt("%s: read error", path);
 	}
 out_file:
 	fclose(f);
@@ -689,18 +677,18 @@ static int config_check_listen(const char *key, const char *listen, int public, 
 	if (strncmp(listen, "unix:", 5) == 0)
 		return 0;
 	if (!colon || colon == listen || !isdigit((unsigned char)colon[1])) {
-		*ret_msg = config_fmt("%s: expected HOST:PORT or unix:PATH, got '%s'", key, listen);
+		*ret_msg = msg_fmt("%s: expected HOST:PORT or unix:PATH, got '%s'", key, listen);
 		return -EINVAL;
 	}
 	r = config_listen_loopback(listen);
 	if (r < 0) {
-		*ret_msg = config_fmt("%s: '%s' does not resolve to an address", key, listen);
+		*ret_msg = msg_fmt("%s: '%s' does not resolve to an address", key, listen);
 		return -EINVAL;
 	}
 	if (!public && !r) {
-		*ret_msg = config_fmt("%s: '%s' is not (or not only) a loopback address; set "
-				      "rest_public = true, with rest_token_file, to listen on it",
-				      key, listen);
+		*ret_msg = msg_fmt("%s: '%s' is not (or not only) a loopback address; set "
+				   "rest_public = true, with rest_token_file, to listen on it",
+				   key, listen);
 		return -EINVAL;
 	}
 	return 0;
@@ -722,24 +710,24 @@ int config_check(const struct config *c, char **ret_msg)
 	    config_check_listen("metrics_listen", c->metrics_listen, c->rest_public, ret_msg) < 0)
 		return -EINVAL;
 	if (c->rest_public && !c->rest_token_file) {
-		*ret_msg = config_fmt("rest_public: a public side endpoint needs rest_token_file "
-				      "(a 0600 file with the bearer token its callers send)");
+		*ret_msg = msg_fmt("rest_public: a public side endpoint needs rest_token_file "
+				   "(a 0600 file with the bearer token its callers send)");
 		return -EINVAL;
 	}
 	if (c->memory_cache < (4ULL << 20)) {
-		*ret_msg = config_fmt("memory_cache: at least 4M is needed");
+		*ret_msg = msg_fmt("memory_cache: at least 4M is needed");
 		return -EINVAL;
 	}
 	if (c->io_timeout == 0) {
-		*ret_msg = config_fmt("io_timeout: must be at least 1 second");
+		*ret_msg = msg_fmt("io_timeout: must be at least 1 second");
 		return -EINVAL;
 	}
 	if (c->s3_access_key && !c->s3_secret_key_file) {
-		*ret_msg = config_fmt("s3_secret_key_file: required with s3_access_key");
+		*ret_msg = msg_fmt("s3_secret_key_file: required with s3_access_key");
 		return -EINVAL;
 	}
 	if (strchr(c->folder, '/') || !strcmp(c->folder, ".") || !strcmp(c->folder, "..")) {
-		*ret_msg = config_fmt("folder: '%s' is not a folder name", c->folder);
+		*ret_msg = msg_fmt("folder: '%s' is not a folder name", c->folder);
 		return -EINVAL;
 	}
 	return 0;
@@ -756,30 +744,30 @@ int config_read_secret_file(const char *path, int must_be_private, char **ret, s
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		r = -errno;
-		*ret_msg = config_fmt("%s: %s", path, strerror(errno));
+		*ret_msg = msg_fmt("%s: %s", path, strerror(errno));
 		return r;
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		*ret_msg = config_fmt("%s: not a regular file", path);
+		*ret_msg = msg_fmt("%s: not a regular file", path);
 		r = -EINVAL;
 		goto out_fd;
 	}
 	if (must_be_private && (st.st_mode & 077)) {
-		*ret_msg = config_fmt("%s: mode %03o lets others read it; chmod 600 it", path,
-				      (unsigned)(st.st_mode & 0777));
+		*ret_msg = msg_fmt("%s: mode %03o lets others read it; chmod 600 it", path,
+				   (unsigned)(st.st_mode & 0777));
 		r = -EACCES;
 		goto out_fd;
 	}
 	if (st.st_size > CONFIG_SECRET_MAX) {
-		*ret_msg = config_fmt("%s: larger than %d bytes", path, CONFIG_SECRET_MAX);
+		*ret_msg = msg_fmt("%s: larger than %d bytes", path, CONFIG_SECRET_MAX);
 		r = -EFBIG;
 		goto out_fd;
 	}
 	buf = secmem_alloc((size_t)st.st_size + 1);
 	if (!buf) {
 		r = -errno;
-		*ret_msg = config_fmt("%s: cannot lock memory for a secret: %s", path,
-				      strerror(errno));
+		*ret_msg =
+			msg_fmt("%s: cannot lock memory for a secret: %s", path, strerror(errno));
 		goto out_fd;
 	}
 	while (len < (size_t)st.st_size) {
@@ -789,7 +777,7 @@ int config_read_secret_file(const char *path, int must_be_private, char **ret, s
 			continue;
 		if (n <= 0) {
 			r = n < 0 ? -errno : -EIO;
-			*ret_msg = config_fmt("%s: read error", path);
+			*ret_msg = msg_fmt("%s: read error", path);
 			goto out_buf;
 		}
 		len += (size_t)n;
@@ -822,7 +810,7 @@ int config_resource_key(const struct config *c, uint8_t key[CRYPTO_KEY_SIZE], ch
 	}
 	r = config_read_secret_file(c->legacy_resource_secret_file, 1, &secret, &len, &msg);
 	if (r < 0) {
-		*ret_msg = config_fmt("legacy_resource_secret_file: %s", msg ? msg : strerror(-r));
+		*ret_msg = msg_fmt("legacy_resource_secret_file: %s", msg ? msg : strerror(-r));
 		free(msg);
 		return r;
 	}
@@ -848,8 +836,7 @@ int config_read_credentials(const char *path, char **ret_email, char **ret_passw
 			continue;
 		eq = strchr(line, '=');
 		if (!eq) {
-			*ret_msg =
-				config_fmt("%s: expected 'email = ...' or 'password = ...'", path);
+			*ret_msg = msg_fmt("%s: expected 'email = ...' or 'password = ...'", path);
 			r = -EINVAL;
 			goto out;
 		}
@@ -861,7 +848,7 @@ int config_read_credentials(const char *path, char **ret_email, char **ret_passw
 		else if (!strcmp(key, "password"))
 			slot = &password;
 		else {
-			*ret_msg = config_fmt("%s: unknown key '%s'", path, key);
+			*ret_msg = msg_fmt("%s: unknown key '%s'", path, key);
 			r = -EINVAL;
 			goto out;
 		}
@@ -870,12 +857,12 @@ int config_read_credentials(const char *path, char **ret_email, char **ret_passw
 		*slot = secmem_strndup(value, strlen(value));
 		if (!*slot) {
 			r = -ENOMEM;
-			*ret_msg = config_fmt("%s: cannot lock memory for a secret", path);
+			*ret_msg = msg_fmt("%s: cannot lock memory for a secret", path);
 			goto out;
 		}
 	}
 	if (!email || !password || !*email || !*password) {
-		*ret_msg = config_fmt("%s: needs both 'email = ...' and 'password = ...'", path);
+		*ret_msg = msg_fmt("%s: needs both 'email = ...' and 'password = ...'", path);
 		r = -EINVAL;
 		goto out;
 	}

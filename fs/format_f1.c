@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "fs/format.h"
+#include "fs/msg.h"
 
 #define F1_STEP (1024 * 1024) /* plaintext per encryptor update */
 
@@ -51,25 +52,20 @@ static int fmt1_open(const uint8_t *key, const uint8_t *head, uint64_t cipher_si
 
 	if (cipher_size % CRYPTO_BLOCK || cipher_size < 32) {
 		if (hint && hint->prefix_len) {
-			if (asprintf(ret_msg,
-				     "a small part of %zu bytes does not fit a big part of %llu "
-				     "bytes",
-				     hint->prefix_len,
-				     (unsigned long long)(cipher_size - hint->prefix_len)) < 0)
-				*ret_msg = NULL;
+			msg_set(ret_msg,
+				"a small part of %zu bytes does not fit a big part of %llu "
+				"bytes",
+				hint->prefix_len,
+				(unsigned long long)(cipher_size - hint->prefix_len));
 			return -EIO;
 		}
-		if (asprintf(ret_msg, "%llu bytes are not a whole number of AES blocks",
-			     (unsigned long long)cipher_size) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "%llu bytes are not a whole number of AES blocks",
+			(unsigned long long)cipher_size);
 		return -EBADMSG;
 	}
 	if (hint && hint->prefix_len && hint->prefix_len != f1_small_size(cipher_size)) {
-		if (asprintf(ret_msg,
-			     "a small part of %zu bytes does not fit a big part of %llu bytes",
-			     hint->prefix_len,
-			     (unsigned long long)(cipher_size - hint->prefix_len)) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "a small part of %zu bytes does not fit a big part of %llu bytes",
+			hint->prefix_len, (unsigned long long)(cipher_size - hint->prefix_len));
 		return -EIO;
 	}
 	if (hint && hint->has_size) {
@@ -77,29 +73,26 @@ static int fmt1_open(const uint8_t *key, const uint8_t *head, uint64_t cipher_si
 
 		size = hint->size;
 		if (f1_cipher_size(size) != cipher_size) {
-			if (asprintf(ret_msg, "the catalog's size %llu does not match its parts",
-				     (unsigned long long)size) < 0)
-				*ret_msg = NULL;
+			msg_set(ret_msg, "the catalog's size %llu does not match its parts",
+				(unsigned long long)size);
 			return -EIO;
 		}
 		/* A key check: about 255 wrong keys in 256 fail it. */
 		if (key && head &&
 		    (f1_plain_size(key, head, cipher_size, &padded) < 0 || padded != size)) {
-			if (asprintf(
-				    ret_msg,
-				    "it does not decrypt to the catalog's size %llu with this "
-				    "device's format-1 resource key: the resource_secret differs "
-				    "from the publisher's (legacy_resource_secret_file, or the one "
-				    "sealed in the TPM), or the big part's end is damaged",
-				    (unsigned long long)size) < 0)
-				*ret_msg = NULL;
+			msg_set(ret_msg,
+				"it does not decrypt to the catalog's size %llu with this device's "
+				"format-1 resource key: the resource_secret differs from the "
+				"publisher's (legacy_resource_secret_file, or the one sealed in "
+				"the "
+				"TPM), or the big part's end is damaged",
+				(unsigned long long)size);
 			return -EIO;
 		}
 	} else {
 		r = key && head ? f1_plain_size(key, head, cipher_size, &size) : -EINVAL;
 		if (r < 0) {
-			if (asprintf(ret_msg, "cannot derive its size: %s", strerror(-r)) < 0)
-				*ret_msg = NULL;
+			msg_set(ret_msg, "cannot derive its size: %s", strerror(-r));
 			return r;
 		}
 	}
@@ -203,16 +196,13 @@ static int fmt1_dec_end(struct format_dec *d, char **ret_msg)
 
 	if (r == 0 && (d->iv_got < CRYPTO_BLOCK || d->in < d->total)) {
 		r = -EIO;
-		if (asprintf(ret_msg, "its blocks came short (%llu of %llu bytes)",
-			     (unsigned long long)(d->iv_got + d->in),
-			     (unsigned long long)(CRYPTO_BLOCK + d->total)) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "its blocks came short (%llu of %llu bytes)",
+			(unsigned long long)(d->iv_got + d->in),
+			(unsigned long long)(CRYPTO_BLOCK + d->total));
 	} else if (r == -EPROTO) {
-		if (asprintf(ret_msg, "more bytes came than its blocks hold") < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "more bytes came than its blocks hold");
 	} else if (r < 0) {
-		if (asprintf(ret_msg, "decrypting its blocks failed: %s", strerror(-r)) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "decrypting its blocks failed: %s", strerror(-r));
 	}
 	f1_decryptor_free(d->dec);
 	free(d);

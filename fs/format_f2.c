@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "fs/format.h"
+#include "fs/msg.h"
 
 struct f2_file {
 	struct format_file ff;
@@ -84,24 +85,20 @@ static int fmt2_open(const uint8_t *key, const uint8_t *head, uint64_t cipher_si
 
 	r = f2_header_parse(head, &h);
 	if (r < 0) {
-		if (asprintf(ret_msg, "cannot read its header: %s", strerror(-r)) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "cannot read its header: %s", strerror(-r));
 		return r;
 	}
 	crypto_hex(h.file_id, F2_FILE_ID_SIZE, file_id);
 	if (hint && hint->file_id && strcasecmp(file_id, hint->file_id) != 0) {
-		if (asprintf(ret_msg, "the key is for file %s, the big part is file %s",
-			     hint->file_id, file_id) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "the key is for file %s, the big part is file %s", hint->file_id,
+			file_id);
 		return -EBADMSG;
 	}
 	if ((hint && hint->has_size && h.size != hint->size) || f2_big_size(&h) != cipher_size) {
-		if (asprintf(ret_msg,
-			     "the header's sizes do not match the catalog's or the big part's "
-			     "(%llu bytes, the header says %llu)",
-			     (unsigned long long)cipher_size,
-			     (unsigned long long)f2_big_size(&h)) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg,
+			"the header's sizes do not match the catalog's or the big part's "
+			"(%llu bytes, the header says %llu)",
+			(unsigned long long)cipher_size, (unsigned long long)f2_big_size(&h));
 		return -EBADMSG;
 	}
 	f = calloc(1, sizeof(*f));
@@ -241,22 +238,17 @@ static int fmt2_dec_end(struct format_dec *d, char **ret_msg)
 
 	if (d->err == 0 && d->c < d->c_end) {
 		d->err = -EIO;
-		if (asprintf(ret_msg, "chunk %llu came short (%zu of %zu bytes)", c, d->got,
-			     d->plen + CRYPTO_TAG_SIZE) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "chunk %llu came short (%zu of %zu bytes)", c, d->got,
+			d->plen + CRYPTO_TAG_SIZE);
 	} else if (d->err == -EBADMSG) {
-		if (asprintf(ret_msg,
-			     "chunk %llu fails its check (%s): tampered, truncated or not this "
-			     "file's",
-			     c, strerror(EBADMSG)) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg,
+			"chunk %llu fails its check (%s): tampered, truncated or not this "
+			"file's",
+			c, strerror(EBADMSG));
 	} else if (d->err == -EPROTO) {
-		if (asprintf(ret_msg, "more bytes came than its chunks hold") < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "more bytes came than its chunks hold");
 	} else if (d->err < 0) {
-		if (asprintf(ret_msg, "chunk %llu cannot be decrypted: %s", c, strerror(-d->err)) <
-		    0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "chunk %llu cannot be decrypted: %s", c, strerror(-d->err));
 	}
 	r = d->err;
 	fmt2_dec_free(d);

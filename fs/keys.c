@@ -30,6 +30,7 @@
 #include "fs/atomic.h"
 #include "fs/keys.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 
 #define KEYS_DOC_MAX (64 * 1024)  /* a kept key document, read back */
 #define KEYS_DIR "keys"		  /* under state_dir */
@@ -42,19 +43,6 @@ struct keys_real {
 	struct session *s;
 	struct device *d;
 };
-
-static char *keys_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *keys_fmt(const char *fmt, ...)
-{
-	va_list ap;
-	char *m = NULL;
-
-	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
-	va_end(ap);
-	return m;
-}
 
 int keys_resource_key(const struct config *c, struct device *d, uint8_t *key, char **ret_msg)
 {
@@ -75,11 +63,10 @@ int keys_resource_key(const struct config *c, struct device *d, uint8_t *key, ch
 	 * garbage that no check catches (the chunk hashes cover ciphertext).
 	 */
 	if (r == -ENOKEY && !c->legacy_resource_secret_file) {
-		*ret_msg =
-			keys_fmt("format 1: the TPM's sealed store, which holds this device's "
-				 "resource_secret, does not unseal (a PCR change?): log in again "
-				 "(azaionctl login) to re-enrol, or set "
-				 "legacy_resource_secret_file");
+		*ret_msg = msg_fmt("format 1: the TPM's sealed store, which holds this device's "
+				   "resource_secret, does not unseal (a PCR change?): log in again "
+				   "(azaionctl login) to re-enrol, or set "
+				   "legacy_resource_secret_file");
 		return -EACCES;
 	}
 	if (r < 0 && r != -ENOENT && r != -ENOKEY)
@@ -329,10 +316,10 @@ static int real_small_part(struct keys *kk, const char *name, uint8_t **ret, siz
 	}
 	free(path);
 	if (r == -ENOKEY)
-		*ret_msg = keys_fmt("not logged in (no credentials): its small part is out of "
-				    "reach");
+		*ret_msg = msg_fmt("not logged in (no credentials): its small part is out of "
+				   "reach");
 	else if (r < 0)
-		*ret_msg = keys_fmt("cannot get its small part: %s", log_strerror(r));
+		*ret_msg = msg_fmt("cannot get its small part: %s", log_strerror(r));
 	return r;
 }
 
@@ -346,7 +333,7 @@ static int real_key_doc(struct keys *kk, const char *name, struct keys_doc *ret,
 
 	r = k->d ? device_id(k->d, id, sizeof(id)) : -ENODEV;
 	if (r < 0) {
-		*ret_msg = keys_fmt("format 2 needs an enrolled TPM device, and this one is not");
+		*ret_msg = msg_fmt("format 2 needs an enrolled TPM device, and this one is not");
 		return -EACCES;
 	}
 	r = session_device_key(k->s, k->c->folder, name, id, &doc);
@@ -363,11 +350,11 @@ static int real_key_doc(struct keys *kk, const char *name, struct keys_doc *ret,
 		}
 	}
 	if (r < 0) {
-		*ret_msg = keys_fmt("cannot get its key for device %s: %s", id, log_strerror(r));
+		*ret_msg = msg_fmt("cannot get its key for device %s: %s", id, log_strerror(r));
 		return r;
 	}
 	if (keys_parse_doc(doc, kd.file_id, kd.wrapped, sizeof(kd.wrapped), &kd.wrapped_len) < 0) {
-		*ret_msg = keys_fmt("the %s key document is malformed", kd.kept ? "kept" : "API's");
+		*ret_msg = msg_fmt("the %s key document is malformed", kd.kept ? "kept" : "API's");
 		r = -EBADMSG;
 		goto out;
 	}
@@ -426,8 +413,7 @@ static int real_chunk_hashes(struct keys *kk, const char *name, uint32_t *ret_ch
 	free(buf);
 	free(path);
 	if (r < 0 && r != -ENOENT)
-		*ret_msg =
-			keys_fmt("cannot get its chunk hashes from the API: %s", log_strerror(r));
+		*ret_msg = msg_fmt("cannot get its chunk hashes from the API: %s", log_strerror(r));
 	return r;
 }
 
@@ -440,11 +426,11 @@ static int real_unwrap(struct keys *kk, const struct keys_doc *doc, uint8_t *key
 	r = k->d ? device_unwrap(k->d, doc->wrapped, doc->wrapped_len, key, CRYPTO_KEY_SIZE, &klen)
 		 : -ENODEV;
 	if (r == 0 && klen != CRYPTO_KEY_SIZE) {
-		*ret_msg = keys_fmt("the unwrapped key has %zu bytes", klen);
+		*ret_msg = msg_fmt("the unwrapped key has %zu bytes", klen);
 		return -EIO;
 	}
 	if (r < 0)
-		*ret_msg = keys_fmt("the TPM cannot unwrap its key: %s", strerror(-r));
+		*ret_msg = msg_fmt("the TPM cannot unwrap its key: %s", strerror(-r));
 	return r;
 }
 

@@ -23,11 +23,14 @@
  *   again here, so releasing a handle nobody knows does nothing.
  *
  * Locking: ops->lock guards the node tables, the handle table and the
- * foreign handles; it is never held across a catalog or store call that
- * does I/O. Node records are never freed before ops_free, so a record's
+ * foreign handles, and a handle's last logged failure; it is never held
+ * across a catalog or store call that does I/O. Node records are never freed before ops_free, so a record's
  * name may be read without the lock. A handle is used without the lock
  * between open and release: the kernel sends no release while a read of
  * that handle is in flight.
+ *
+ * This is the read path's edge for the kernel: a failed open or read is
+ * logged here, once, with the store's words for it (msg.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +44,7 @@
 #include "fs/journal.h"
 #include "fs/log.h"
 #include "fs/metrics.h"
+#include "fs/msg.h"
 #include "fs/ops.h"
 
 #define OPS_ROOT 1
@@ -49,6 +53,7 @@
 #define OPS_BUCKETS 1024 /* of each node table */
 #define OPS_ID_MAX 0x7fffffffffffffffull
 #define OPS_SLOTS_MAX (OPS_FH_SLOT_MASK + 1ull)
+#define OPS_READ_LOG_MS 10000 /* a handle's same failure is logged again after this long */
 
 struct ops_inode {
 	char *name;
@@ -70,6 +75,8 @@ struct ops_handle {
 	struct store_file *f;	/* OPS_FILE; NULL when reads fail with err */
 	struct catalog_list *l; /* OPS_DIR: one snapshot per directory stream */
 	int err;
+	int logged_err; /* the last failed read logged, under ops->lock */
+	int64_t logged_ms;
 	uint64_t fh;		 /* foreign: the dead worker's value */
 	struct ops_handle *next; /* foreign: the list */
 };
@@ -418,13 +425,17 @@ static int ops_open_entry(struct ops *ops, fuse_ino_t ino, struct store_file **r
 	struct catalog_list *l;
 	const struct catalog_entry *e;
 	uint64_t version;
+	char *msg = NULL;
 	int r;
 
 	r = ops_entry(ops, ino, &l, &e);
 	if (r < 0)
 		return r;
 	version = ops_entry_version(e);
-	r = store_open(ops->o.st, e, ret);
+	r = store_open(ops->o.st, e, ret, &msg);
+	if (r < 0)
+		log_err("%s: %s", e->name, msg_or(msg, r));
+	free(msg);
 	catalog_put(ops->o.cat, l);
 	if (r < 0)
 		return r;
@@ -764,7 +775,7 @@ static void ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 }
 
 /* The open file fh names, reopening a dead worker's handle on first use. */
-static int ops_file(struct ops *ops, fuse_ino_t ino, uint64_t fh, struct store_file **ret)
+static int ops_file(struct ops *ops, fuse_ino_t ino, uint64_t fh, struct ops_handle **ret)
 {
 	struct ops_handle *h = ops_handle_find(ops, ino, fh, OPS_FILE);
 	int r;
@@ -776,25 +787,58 @@ static int ops_file(struct ops *ops, fuse_ino_t ino, uint64_t fh, struct store_f
 	}
 	if (!h->f)
 		return h->err;
-	*ret = h->f;
+	*ret = h;
 	return 0;
+}
+
+/*
+ * Logs a failed read of h. The kernel retries a failed read-ahead page by
+ * page, so one handle's same failure is logged again only after
+ * OPS_READ_LOG_MS.
+ */
+static void ops_read_failed(struct ops *ops, fuse_ino_t ino, struct ops_handle *h, int r,
+			    const char *msg)
+{
+	struct ops_inode *in;
+	struct timespec ts;
+	int64_t now;
+	int again;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	pthread_mutex_lock(&ops->lock);
+	again = h->logged_err == r && now - h->logged_ms < OPS_READ_LOG_MS;
+	if (!again) {
+		h->logged_err = r;
+		h->logged_ms = now;
+	}
+	in = ops_by_ino_locked(ops, ino);
+	pthread_mutex_unlock(&ops->lock);
+	if (!again)
+		log_err("%s: %s", in ? in->name : "?", msg_or(msg, r));
 }
 
 static void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	uint64_t t0 = metrics_now();
-	struct store_file *f = NULL;
+	struct ops *ops = ops_of(req);
+	struct ops_handle *h = NULL;
 	struct store_read rd;
+	char *msg = NULL;
 	int r;
 
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	r = ops_file(ops_of(req), ino, fi->fh, &f);
-	if (r == 0)
-		r = store_read(f, (uint64_t)off, size, &rd);
+	r = ops_file(ops, ino, fi->fh, &h);
+	if (r == 0) {
+		r = store_read(h->f, (uint64_t)off, size, &rd, &msg);
+		if (r < 0)
+			ops_read_failed(ops, ino, h, r, msg);
+		free(msg);
+	}
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		metrics_observe(METRICS_FUSE_READ, t0);

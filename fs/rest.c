@@ -54,6 +54,7 @@
 #include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/metrics.h"
+#include "fs/msg.h"
 #include "fs/names.h"
 #include "fs/publish.h"
 #include "fs/rest.h"
@@ -526,17 +527,19 @@ static ssize_t rest_load_read(void *cls, uint64_t pos, char *buf, size_t max)
 	struct rest_load *ld = cls;
 	struct store_read rd;
 	size_t done = 0;
+	char *msg = NULL;
 	int e;
 
 	if (pos >= ld->size)
 		return MHD_CONTENT_READER_END_OF_STREAM;
 	if (rest_stopping(ld->r))
 		return MHD_CONTENT_READER_END_WITH_ERROR;
-	e = store_read(ld->h, pos, max, &rd);
+	e = store_read(ld->h, pos, max, &rd, &msg);
 	if (e < 0 || rd.len == 0) {
 		/* The status line is gone: the client sees a short body. */
 		log_err("load %s: reading at %llu failed: %s", ld->name, (unsigned long long)pos,
-			e < 0 ? strerror(-e) : "no data");
+			e < 0 ? msg_or(msg, e) : "no data");
+		free(msg);
 		if (e == 0)
 			store_read_release(&rd);
 		REST_COUNT(ld->r, load_errors, 1);
@@ -559,7 +562,10 @@ static void rest_load_free(void *cls)
 	free(ld);
 }
 
-/* The status and words for a store error before the first byte. */
+/*
+ * The status for a store error before the first byte, and the words when
+ * the store gave none.
+ */
 static unsigned rest_load_status(int e, const char **why)
 {
 	switch (e) {
@@ -580,42 +586,12 @@ static unsigned rest_load_status(int e, const char **why)
 		*why = log_strerror(e);
 		return MHD_HTTP_BAD_GATEWAY;
 	case -EIO:
-		*why = "the CDN or the API failed, or the data failed its check (see the "
-		       "daemon's log)";
+		*why = "the CDN or the API failed, or the data failed its check";
 		return MHD_HTTP_BAD_GATEWAY;
 	default:
 		*why = strerror(-e);
 		return MHD_HTTP_INTERNAL_SERVER_ERROR;
 	}
-}
-
-/*
- * The CDN's reason for refusing name's big part, for F2's answer. The store
- * hands up only -EKEYREJECTED (the refused read may have been another
- * request's, or read-ahead's), so this request asks for one byte of the same
- * object, at the address and with the keys the store reads with
- * (session_cdn), and answers with its own refusal. "" when that byte is not
- * refused.
- */
-static void rest_cdn_refusal(struct rest *r, const char *name, char *why, size_t why_cap)
-{
-	char *ef = NULL, *en = NULL, *url = NULL;
-	struct session_cdn cdn;
-	uint8_t one;
-	size_t got;
-
-	*why = '\0';
-	if (session_cdn(r->d.s, &cdn) < 0)
-		return;
-	ef = names_url_escape(r->d.c->folder);
-	en = names_url_escape(name);
-	if (!ef || !en || asprintf(&url, "%s/%s/%s.big", cdn.url, ef, en) < 0)
-		url = NULL;
-	if (url)
-		fetch_cdn_range(r->d.f, url, cdn.s3, 0, 1, &one, &got, NULL, why, why_cap);
-	free(url);
-	free(en);
-	free(ef);
 }
 
 static enum MHD_Result rest_load(struct rest *r, struct rest_req *q, struct MHD_Connection *conn)
@@ -626,6 +602,7 @@ static enum MHD_Result rest_load(struct rest *r, struct rest_req *q, struct MHD_
 	struct MHD_Response *resp;
 	struct rest_load *ld;
 	struct store_read rd;
+	char *msg = NULL;
 	unsigned status;
 	json_t *doc;
 	int err;
@@ -672,27 +649,19 @@ static enum MHD_Result rest_load(struct rest *r, struct rest_req *q, struct MHD_
 		goto fail;
 	}
 	ld->size = e->size;
-	err = store_open(r->d.st, e, &ld->h);
+	err = store_open(r->d.st, e, &ld->h, &msg);
 	catalog_put(r->d.cat, l);
 	/* The first bytes too, so that a failure still gets a status of its own. */
 	if (err == 0 && ld->size > 0) {
-		err = store_read(ld->h, 0, STORE_UNIT, &rd);
+		err = store_read(ld->h, 0, STORE_UNIT, &rd, &msg);
 		if (err == 0)
 			store_read_release(&rd);
 	}
 	if (err < 0) {
+		/* The store's words: the CDN's refusal, the failed check, the timeout. */
 		status = rest_load_status(err, &why);
-		if (err == -EKEYREJECTED) {
-			char reason[160];
-
-			rest_cdn_refusal(r, ld->name, reason, sizeof(reason));
-			snprintf(q->detail, sizeof(q->detail),
-				 "%.64s: %s%s%s%s; check the CDN's keys (s3_access_key, "
-				 "s3_secret_key_file or cdn.yaml) and the clock",
-				 ld->name, why, *reason ? " (" : "", reason, *reason ? ")" : "");
-		} else {
-			snprintf(q->detail, sizeof(q->detail), "%.200s: %s", ld->name, why);
-		}
+		snprintf(q->detail, sizeof(q->detail), "%.64s: %.440s", ld->name, msg ? msg : why);
+		free(msg);
 		goto fail;
 	}
 	json_decref(doc);
@@ -707,7 +676,8 @@ static enum MHD_Result rest_load(struct rest *r, struct rest_req *q, struct MHD_
 fail:
 	json_decref(doc);
 	REST_COUNT(r, load_errors, 1);
-	log_info("load %s: %u %s", ld->name, status, q->detail);
+	/* A failure of the CDN, the API or the data is the operator's; a bad request the caller's. */
+	log_msg(status >= 500 ? LOG_ERR : LOG_INFO, "load %s: %u %s", ld->name, status, q->detail);
 	store_close(ld->h);
 	free(ld);
 	return rest_detail(r, conn, status, "%s", q->detail);

@@ -11,6 +11,13 @@
  * Each layer is created over the one below and owns it: src_free frees the
  * whole stack. Only ciphertext passes through a source; the layers know
  * nothing of formats, keys or plaintext, and nothing above them.
+ *
+ * Errors are 0 or a negative errno. On a failure, the layer that knows
+ * why puts it in words into *ret_msg (msg.h: malloc()ed, the caller's to
+ * free and to log once; NULL on entry, and left NULL when strerror says
+ * it all). The layers log only at debug, apart from what no caller sees:
+ * a range that failed its check and was read again, a cache_dir that
+ * cannot be written.
  */
 #ifndef AZAION_SRC_H
 #define AZAION_SRC_H
@@ -54,18 +61,18 @@ struct src_ops {
 	 * 0 or a negative errno; a short answer is -EIO, an answer for other
 	 * bytes -EPROTO. Called from many threads at once.
 	 */
-	int (*read)(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
-		    uint8_t *buf);
+	int (*read)(struct src *s, const struct src_blob *b, uint64_t off, size_t len, uint8_t *buf,
+		    char **ret_msg);
 	/*
 	 * Reads as read does, but hands the bytes to sink as they come from
 	 * below, so that they need no buffer of the caller's (for the CDN,
 	 * straight from libcurl's). 0, a negative errno as read gives, or
-	 * what sink returned.
+	 * what sink returned (with no message: the receiver knows why).
 	 */
 	int (*stream)(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
-		      src_sink_fn sink, void *arg);
+		      src_sink_fn sink, void *arg, char **ret_msg);
 	/* The size of b's big part into *ret_size; 0 or a negative errno. */
-	int (*size)(struct src *s, const struct src_blob *b, uint64_t *ret_size);
+	int (*size)(struct src *s, const struct src_blob *b, uint64_t *ret_size, char **ret_msg);
 	/*
 	 * May be NULL: forgets what this layer and the ones below keep of
 	 * [off, off + len) of b, after those bytes failed their check.
@@ -79,20 +86,21 @@ struct src {
 };
 
 static inline int src_read(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
-			   uint8_t *buf)
+			   uint8_t *buf, char **ret_msg)
 {
-	return s->ops->read(s, b, off, len, buf);
+	return s->ops->read(s, b, off, len, buf, ret_msg);
 }
 
 static inline int src_stream(struct src *s, const struct src_blob *b, uint64_t off, size_t len,
-			     src_sink_fn sink, void *arg)
+			     src_sink_fn sink, void *arg, char **ret_msg)
 {
-	return s->ops->stream(s, b, off, len, sink, arg);
+	return s->ops->stream(s, b, off, len, sink, arg, ret_msg);
 }
 
-static inline int src_size(struct src *s, const struct src_blob *b, uint64_t *ret_size)
+static inline int src_size(struct src *s, const struct src_blob *b, uint64_t *ret_size,
+			   char **ret_msg)
 {
-	return s->ops->size(s, b, ret_size);
+	return s->ops->size(s, b, ret_size, ret_msg);
 }
 
 static inline void src_drop(struct src *s, const struct src_blob *b, uint64_t off, size_t len)
@@ -125,8 +133,9 @@ void src_disk_hold_writer(struct src *s, int hold);
  * Checks every range of a blob with hashes against them, over lower
  * (which it then owns): whole chunks are read and checked, the last few
  * kept for the next reads. A chunk that fails is dropped from the layers
- * below and read once more (from the CDN, when cache_dir held it); a
- * second failure is -EBADMSG, logged with the blob's URL.
+ * below and read once more (from the CDN, when cache_dir held it), which
+ * is logged; a second failure is -EBADMSG, its message naming the blob's
+ * URL and the chunk.
  */
 int src_hash_new(struct src *lower, struct src **ret);
 

@@ -614,6 +614,7 @@ struct disk_dest {
 	void *arg;
 	uint64_t off; /* the range's start */
 	uint8_t *tmp;
+	char **msg; /* the caller's, for the layer below's words */
 };
 
 /* Bytes [from, from + n) of the range, which are at data. */
@@ -631,8 +632,9 @@ static int disk_pass(struct disk_src *d, const struct src_blob *b, struct disk_d
 		     uint64_t from, uint64_t to)
 {
 	if (o->buf)
-		return src_read(d->lower, b, from, (size_t)(to - from), o->buf + (from - o->off));
-	return src_stream(d->lower, b, from, (size_t)(to - from), o->sink, o->arg);
+		return src_read(d->lower, b, from, (size_t)(to - from), o->buf + (from - o->off),
+				o->msg);
+	return src_stream(d->lower, b, from, (size_t)(to - from), o->sink, o->arg, o->msg);
 }
 
 /* Room to stage bytes on their way to a sink. */
@@ -669,7 +671,7 @@ static int disk_read_missing(struct disk_src *d, struct disk_file *f, const stru
 		r = -ENOMEM;
 		goto out;
 	}
-	r = src_read(d->lower, b, start, (size_t)(stop - start), w->data + (start - a));
+	r = src_read(d->lower, b, start, (size_t)(stop - start), w->data + (start - a), o->msg);
 	/* Bytes the reader above refuses are not kept either. */
 	if (r == 0)
 		r = disk_give(o, from, w->data + (from - a), (size_t)(to - from));
@@ -768,18 +770,18 @@ static int disk_give_range(struct disk_src *d, const struct src_blob *b, uint64_
 }
 
 static int disk_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
-		     uint8_t *buf)
+		     uint8_t *buf, char **ret_msg)
 {
-	struct disk_dest o = {.buf = buf, .off = off};
+	struct disk_dest o = {.buf = buf, .off = off, .msg = ret_msg};
 
 	return disk_give_range((struct disk_src *)src, b, off, len, &o);
 }
 
 static int disk_stream(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
-		       src_sink_fn sink, void *arg)
+		       src_sink_fn sink, void *arg, char **ret_msg)
 {
 	struct disk_src *d = (struct disk_src *)src;
-	struct disk_dest o = {.sink = sink, .arg = arg, .off = off};
+	struct disk_dest o = {.sink = sink, .arg = arg, .off = off, .msg = ret_msg};
 	int r = disk_give_range(d, b, off, len, &o);
 
 	if (o.tmp)
@@ -845,11 +847,11 @@ static void disk_free(struct src *src)
 	free(d);
 }
 
-static int disk_size(struct src *src, const struct src_blob *b, uint64_t *ret_size)
+static int disk_size(struct src *src, const struct src_blob *b, uint64_t *ret_size, char **ret_msg)
 {
 	struct disk_src *d = (struct disk_src *)src;
 
-	return src_size(d->lower, b, ret_size);
+	return src_size(d->lower, b, ret_size, ret_msg);
 }
 
 static const struct src_ops disk_ops = {

@@ -23,6 +23,7 @@
 
 #include "crypto/crypto.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 #include "fs/src.h"
 
 /*
@@ -136,31 +137,39 @@ static int hash_matches(const struct src_hashes *hs, uint64_t c, const uint8_t *
 	return crypto_memcmp(d, hs->sha256 + 32 * c, 32) == 0;
 }
 
-/* Reads chunk c of b whole into buf and checks it, once more after a failure. */
+/*
+ * Reads chunk c of b whole into buf and checks it, once more after a
+ * failure: the first is an event no caller sees (the read goes on), so it
+ * is logged here; the second is the caller's to tell.
+ */
 static int hash_chunk(struct src_hash *h, const struct src_blob *b, uint64_t c, uint8_t *buf,
-		      size_t *ret_len)
+		      size_t *ret_len, char **ret_msg)
 {
 	const struct src_hashes *hs = b->hashes;
 	uint64_t a = c * hs->chunk_size;
 	size_t len = b->size - a < hs->chunk_size ? (size_t)(b->size - a) : hs->chunk_size;
 	int r;
 
-	if (c >= hs->count)
+	if (c >= hs->count) {
+		msg_set(ret_msg, "%s: chunk %llu is past the %zu of its chunk-hash list", b->url,
+			(unsigned long long)c, hs->count);
 		return -EIO;
+	}
 	for (int retried = 0;; retried = 1) {
-		r = src_read(h->lower, b, a, len, buf);
+		r = src_read(h->lower, b, a, len, buf, ret_msg);
 		if (r < 0)
 			return r;
 		if (hash_matches(hs, c, buf, len))
 			break;
 		if (retried) {
-			log_err("%s: chunk %llu of the big part fails its SHA-256 again: tampered "
+			msg_set(ret_msg,
+				"%s: chunk %llu of the big part fails its SHA-256 again: tampered "
 				"at the source",
 				b->url, (unsigned long long)c);
 			return -EBADMSG;
 		}
-		log_err("%s: chunk %llu of the big part fails its SHA-256; reading it again",
-			b->url, (unsigned long long)c);
+		log_warn("%s: chunk %llu of the big part fails its SHA-256; reading it again",
+			 b->url, (unsigned long long)c);
 		src_drop(h->lower, b, a, len);
 	}
 	*ret_len = len;
@@ -173,6 +182,7 @@ struct hash_dest {
 	uint64_t off;
 	src_sink_fn sink;
 	void *arg;
+	char **msg; /* the caller's */
 };
 
 static int hash_give(const struct hash_dest *o, uint64_t from, const uint8_t *data, size_t n)
@@ -197,8 +207,10 @@ static int hash_give_range(struct src_hash *h, const struct src_blob *b, uint64_
 	uint64_t c, c1;
 	int r = 0;
 
-	if (!hs->chunk_size)
+	if (!hs->chunk_size) {
+		msg_set(o->msg, "%s: its chunk-hash list has chunks of 0 bytes", b->url);
 		return -EIO;
+	}
 	c1 = (off + len - 1) / hs->chunk_size;
 	for (c = off / hs->chunk_size; r == 0 && c <= c1; c++) {
 		uint64_t a = c * hs->chunk_size, from = a > off ? a : off;
@@ -221,9 +233,12 @@ static int hash_give_range(struct src_hash *h, const struct src_blob *b, uint64_
 			if (!data && !(data = tmp = malloc(hs->chunk_size)))
 				r = -ENOMEM;
 			if (r == 0)
-				r = hash_chunk(h, b, c, data, &clen);
-			if (r == 0 && to - a > clen)
+				r = hash_chunk(h, b, c, data, &clen, o->msg);
+			if (r == 0 && to - a > clen) {
+				msg_set(o->msg, "%s: chunk %llu is shorter than the range read",
+					b->url, (unsigned long long)c);
 				r = -EIO;
+			}
 			if (slot) {
 				pthread_mutex_lock(&h->lock);
 				hash_kept_finish(h, slot, r, clen);
@@ -243,31 +258,31 @@ static int hash_give_range(struct src_hash *h, const struct src_blob *b, uint64_
 }
 
 static int hash_read(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
-		     uint8_t *buf)
+		     uint8_t *buf, char **ret_msg)
 {
 	struct src_hash *h = (struct src_hash *)src;
-	struct hash_dest o = {.buf = buf, .off = off};
+	struct hash_dest o = {.buf = buf, .off = off, .msg = ret_msg};
 
 	if (!b->hashes || len == 0)
-		return src_read(h->lower, b, off, len, buf);
+		return src_read(h->lower, b, off, len, buf, ret_msg);
 	return hash_give_range(h, b, off, len, &o);
 }
 
 /* A checked blob's bytes go up from the checked chunks, as read's do; others stream from below. */
 static int hash_stream(struct src *src, const struct src_blob *b, uint64_t off, size_t len,
-		       src_sink_fn sink, void *arg)
+		       src_sink_fn sink, void *arg, char **ret_msg)
 {
 	struct src_hash *h = (struct src_hash *)src;
-	struct hash_dest o = {.off = off, .sink = sink, .arg = arg};
+	struct hash_dest o = {.off = off, .sink = sink, .arg = arg, .msg = ret_msg};
 
 	if (!b->hashes || len == 0)
-		return src_stream(h->lower, b, off, len, sink, arg);
+		return src_stream(h->lower, b, off, len, sink, arg, ret_msg);
 	return hash_give_range(h, b, off, len, &o);
 }
 
-static int hash_size(struct src *src, const struct src_blob *b, uint64_t *ret_size)
+static int hash_size(struct src *src, const struct src_blob *b, uint64_t *ret_size, char **ret_msg)
 {
-	return src_size(((struct src_hash *)src)->lower, b, ret_size);
+	return src_size(((struct src_hash *)src)->lower, b, ret_size, ret_msg);
 }
 
 static void hash_drop(struct src *src, const struct src_blob *b, uint64_t off, size_t len)

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fs/msg.h"
 #include "fs/src.h"
 
 struct mem_blob {
@@ -43,7 +44,7 @@ static struct mem_blob *mem_find(struct src_mem *m, const char *url)
 }
 
 static int mem_read(struct src *src, const struct src_blob *sb, uint64_t off, size_t len,
-		    uint8_t *buf)
+		    uint8_t *buf, char **ret_msg)
 {
 	struct src_mem *m = (struct src_mem *)src;
 	struct mem_blob *b;
@@ -77,6 +78,9 @@ static int mem_read(struct src *src, const struct src_blob *sb, uint64_t off, si
 	if (r < 0)
 		m->stats.failures++;
 	pthread_mutex_unlock(&m->lock);
+	if (r < 0)
+		msg_set(ret_msg, "%s: the memory source failed %zu bytes at %llu: %s", sb->url, len,
+			(unsigned long long)off, strerror(-r));
 	return r;
 }
 
@@ -86,7 +90,7 @@ static int mem_read(struct src *src, const struct src_blob *sb, uint64_t off, si
  * each run and the layers above meet every way a piece may end.
  */
 static int mem_stream(struct src *src, const struct src_blob *sb, uint64_t off, size_t len,
-		      src_sink_fn sink, void *arg)
+		      src_sink_fn sink, void *arg, char **ret_msg)
 {
 	uint32_t seed = (uint32_t)(off * 2654435761u) | 1;
 	uint8_t *buf = malloc(len ? len : 1);
@@ -94,7 +98,7 @@ static int mem_stream(struct src *src, const struct src_blob *sb, uint64_t off, 
 
 	if (!buf)
 		return -ENOMEM;
-	r = mem_read(src, sb, off, len, buf);
+	r = mem_read(src, sb, off, len, buf, ret_msg);
 	for (size_t at = 0, k; r == 0 && at < len; at += k) {
 		seed ^= seed << 13;
 		seed ^= seed >> 17;
@@ -108,7 +112,7 @@ static int mem_stream(struct src *src, const struct src_blob *sb, uint64_t off, 
 	return r;
 }
 
-static int mem_size(struct src *src, const struct src_blob *sb, uint64_t *ret_size)
+static int mem_size(struct src *src, const struct src_blob *sb, uint64_t *ret_size, char **ret_msg)
 {
 	struct src_mem *m = (struct src_mem *)src;
 	struct mem_blob *b;
@@ -121,6 +125,8 @@ static int mem_size(struct src *src, const struct src_blob *sb, uint64_t *ret_si
 		r = 0;
 	}
 	pthread_mutex_unlock(&m->lock);
+	if (r < 0)
+		msg_set(ret_msg, "%s: not in the memory source", sb->url);
 	return r;
 }
 

@@ -27,6 +27,7 @@
 #include "fs/check.h"
 #include "fs/format.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 #include "fs/names.h"
 #include "fs/probe.h"
 #include "fs/store.h"
@@ -77,6 +78,9 @@ struct store_obj {
 
 	/* the last failed fill, under the cache's lock (ucache.h) */
 	struct ucache_fail fail;
+	/* and its words (for readers that waited for it), under st->lock */
+	char *fail_msg;
+	int64_t fail_msg_ms;
 };
 
 struct store_job {
@@ -123,10 +127,11 @@ struct store_file {
 	uint64_t ra_until; /* read-ahead issued up to here */
 };
 
-/* What a fill of the cache needs: the object and its store. */
+/* What a fill of the cache needs: the object and its store; what it gives back on failure. */
 struct store_fill_ctx {
 	struct store *st;
 	struct store_obj *o;
+	char *msg;
 };
 
 /* ---- small functions ----------------------------------------------------------------- */
@@ -135,9 +140,9 @@ struct store_fill_ctx {
 
 /* The source layers' read, counted for /metrics. */
 static int store_src_read(struct store *st, const struct src_blob *b, uint64_t off, size_t len,
-			  uint8_t *buf)
+			  uint8_t *buf, char **ret_msg)
 {
-	int r = src_read(st->src, b, off, len, buf);
+	int r = src_read(st->src, b, off, len, buf, ret_msg);
 
 	STORE_COUNT(st, fetches, 1);
 	if (r < 0)
@@ -149,7 +154,7 @@ static int store_src_read(struct store *st, const struct src_blob *b, uint64_t o
 
 /* Reads [off, off + len) of o's ciphertext stream: its prefix, then the big part. */
 static int store_read_stream(struct store *st, struct store_obj *o, uint64_t off, size_t len,
-			     uint8_t *buf)
+			     uint8_t *buf, char **ret_msg)
 {
 	size_t n = o->prefix_len, k = 0;
 
@@ -159,7 +164,7 @@ static int store_read_stream(struct store *st, struct store_obj *o, uint64_t off
 	}
 	if (k == len)
 		return 0;
-	return store_src_read(st, &o->blob, off + k - n, len - k, buf + k);
+	return store_src_read(st, &o->blob, off + k - n, len - k, buf + k, ret_msg);
 }
 
 /* Where a streamed fill's bytes go: the format's decryptor, and a count. */
@@ -181,8 +186,8 @@ static int store_sink_take(void *arg, const uint8_t *data, size_t len)
  * Decrypts plaintext [p0, p1) of o into data from its ciphertext
  * [c0, c1) as the sources hand it on (format.h, dec_new): the bytes are
  * opened where they arrive, in libcurl's buffer or cache_dir's staging,
- * with no fill buffer between. 0 or a negative errno: the decryptor's
- * failure (*ret_opened set, with its message) before the sources'.
+ * with no fill buffer between. 0 or a negative errno with *ret_msg: the
+ * decryptor's failure (*ret_opened set) before the sources'.
  */
 static int store_fill_stream(struct store *st, struct store_obj *o, uint64_t p0, uint64_t p1,
 			     uint64_t c0, uint64_t c1, uint8_t *const *data, char **ret_msg,
@@ -190,6 +195,7 @@ static int store_fill_stream(struct store *st, struct store_obj *o, uint64_t p0,
 {
 	struct store_sink k = {.fmt = o->fmt};
 	size_t n = o->prefix_len, len = (size_t)(c1 - c0), pre = 0;
+	char *src_msg = NULL;
 	int r, rd;
 
 	r = o->fmt->dec_new(o->ff, p0, (size_t)(p1 - p0), data, STORE_UNIT, &k.dec);
@@ -200,7 +206,8 @@ static int store_fill_stream(struct store *st, struct store_obj *o, uint64_t p0,
 		r = o->fmt->dec_update(k.dec, o->prefix + c0, pre);
 	}
 	if (r == 0 && pre < len)
-		r = src_stream(st->src, &o->blob, c0 + pre - n, len - pre, store_sink_take, &k);
+		r = src_stream(st->src, &o->blob, c0 + pre - n, len - pre, store_sink_take, &k,
+			       &src_msg);
 	if (pre < len) {
 		STORE_COUNT(st, fetches, 1);
 		if (r < 0)
@@ -212,9 +219,10 @@ static int store_fill_stream(struct store *st, struct store_obj *o, uint64_t p0,
 	/* The sources' failure, unless the bytes that came failed first. */
 	if (r < 0 && !*ret_opened) {
 		free(*ret_msg);
-		*ret_msg = NULL;
+		*ret_msg = src_msg;
 		return r;
 	}
+	free(src_msg);
 	return rd;
 }
 
@@ -230,6 +238,14 @@ static void store_drop_stream(struct store *st, struct store_obj *o, uint64_t of
 		off = n;
 	}
 	src_drop(st->src, &o->blob, off - n, len);
+}
+
+static int64_t store_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void store_deadline(struct store *st, struct timespec *ts)
@@ -268,11 +284,31 @@ static char *store_big_url(const char *base, const char *folder, const char *nam
 /* ---- decryption: filling units --------------------------------------------------- */
 
 /*
+ * Keeps a failed fill's words: for the reader whose fill it was, and on
+ * the object for the readers that waited for it.
+ */
+static void store_fill_failed(struct store_fill_ctx *ctx, const char *msg, int r)
+{
+	struct store *st = ctx->st;
+	struct store_obj *o = ctx->o;
+	char *copy = strdup(msg_or(msg, r));
+
+	free(ctx->msg);
+	ctx->msg = copy ? strdup(copy) : NULL;
+	pthread_mutex_lock(&st->lock);
+	free(o->fail_msg);
+	o->fail_msg = copy;
+	o->fail_msg_ms = store_now_ms();
+	pthread_mutex_unlock(&st->lock);
+}
+
+/*
  * ucache_fill_fn: reads the ciphertext that units first .. first + n - 1
  * need and decrypts it into them. A range that fails its check (a flipped
  * bit on the way or in cache_dir, an answer for other bytes) may not
  * repeat: what the disk cache holds of it is forgotten and it is read once
- * more. No plaintext of a failed check is ever kept.
+ * more (an event logged here). No plaintext of a failed check is ever
+ * kept. A fill that fails leaves its words in ctx and on the object.
  */
 static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data, size_t *lens)
 {
@@ -287,18 +323,23 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 		o->fmt->span(o->ff, p0, (size_t)(p1 - p0), &c0, &c1);
 	for (int retried = 0; p0 < p1; retried = 1) {
 		char *msg = NULL;
-		int opened = 0;
+		int opened = 0, again;
 
 		/* -EBADMSG from the sources (not opened): their own check failed twice already. */
 		r = store_fill_stream(st, o, p0, p1, c0, c1, data, &msg, &opened);
-		if (msg)
-			log_err("%s: %s%s", o->e.name, msg,
-				opened && r == -EBADMSG && !retried ? "; reading it again" : "");
-		free(msg);
 		/* Bytes for another range (-EPROTO) are read once more too. */
-		if ((!opened && r != -EPROTO) || retried)
-			break;
-		store_drop_stream(st, o, c0, (size_t)(c1 - c0));
+		again = r < 0 && (opened || r == -EPROTO) && !retried;
+		if (again) {
+			/* An event no caller sees: the read goes on. */
+			log_warn("%s: %s; reading it again", o->e.name, msg_or(msg, r));
+			free(msg);
+			store_drop_stream(st, o, c0, (size_t)(c1 - c0));
+			continue;
+		}
+		if (r < 0)
+			store_fill_failed(ctx, msg, r);
+		free(msg);
+		break;
 	}
 	for (size_t i = 0; i < n; i++) {
 		uint64_t q0 = (first + i) * STORE_UNIT;
@@ -312,22 +353,40 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 
 /*
  * Takes units first .. first + n - 1 of o from the cache, filling the
- * missing ones, until deadline.
+ * missing ones, until deadline. On failure *ret_msg says why: this
+ * reader's fill's words, or those of the fill it waited for.
  */
 static int store_units_get(struct store *st, struct store_obj *o, uint64_t first, size_t n,
-			   struct ucache_unit **u, const struct timespec *deadline)
+			   struct ucache_unit **u, const struct timespec *deadline, char **ret_msg)
 {
-	struct store_fill_ctx ctx = {st, o};
+	struct store_fill_ctx ctx = {st, o, NULL};
+	int64_t start = store_now_ms();
+	char *msg = NULL;
 	int r;
 
 	r = ucache_get(st->cache, o->id, first, n, u, store_fill, &ctx, &o->fail, deadline);
+	if (r < 0 && ctx.msg) {
+		msg = ctx.msg;
+		ctx.msg = NULL;
+	} else if (r < 0 && r != -ENOBUFS) {
+		pthread_mutex_lock(&st->lock);
+		/* A failure held from before this read (ucache.h) is still the one it gets. */
+		if (o->fail_msg && o->fail_msg_ms >= start - STORE_FAIL_HOLD_MS)
+			msg = strdup(o->fail_msg);
+		pthread_mutex_unlock(&st->lock);
+	}
+	free(ctx.msg);
 	if (r == -EBADMSG)
-		r = -EIO; /* bytes that failed their check, logged by the fill */
-	if (r == -ETIMEDOUT || r == -ENOBUFS) {
-		log_err("%s: no answer within io_timeout (%u s)%s", o->e.name, st->timeout_s,
+		r = -EIO; /* bytes that failed their check */
+	if ((r == -ETIMEDOUT && !msg) || r == -ENOBUFS) {
+		msg_set(&msg, "no answer within io_timeout (%u s)%s", st->timeout_s,
 			r == -ENOBUFS ? "; the plaintext cache is full" : "");
 		r = -ETIMEDOUT;
 	}
+	if (ret_msg)
+		*ret_msg = msg;
+	else
+		free(msg);
 	return r;
 }
 
@@ -350,6 +409,7 @@ static void store_obj_unprepare(struct store_obj *o)
 static void store_obj_free(struct store_obj *o)
 {
 	store_obj_unprepare(o);
+	free(o->fail_msg);
 	free(o->e.name);
 	free(o->e.updated);
 	free(o->url);
@@ -407,14 +467,6 @@ static void store_obj_open_locked(struct store_obj *o)
 	o->idle_ms = 0;
 }
 
-static int64_t store_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * Under st->lock: one user fewer. After the last one a file's own key
  * (format 2; docs/tpm.md) stays key_ttl seconds, for a reopening to need
@@ -434,17 +486,17 @@ static void store_obj_close_locked(struct store *st, struct store_obj *o)
 }
 
 /* The big part's URL and size, and the CDN's keys, into o. */
-static int store_obj_locate(struct store *st, struct store_obj *o)
+static int store_obj_locate(struct store *st, struct store_obj *o, char **ret_msg)
 {
 	const struct fetch_s3 *s3 = NULL;
 	const char *base = NULL;
+	char *msg = NULL;
 	int r;
 
 	r = st->keys->ops->cdn(st->keys, &base, &s3);
 	if (r < 0) {
-		log_err("%s: no CDN address: cdn_url is not set and cdn.yaml is not known "
-			"(not logged in)",
-			o->e.name);
+		msg_set(ret_msg, "no CDN address: cdn_url is not set and cdn.yaml is not known "
+				 "(not logged in)");
 		return -EACCES;
 	}
 	if (!o->url) {
@@ -457,10 +509,10 @@ static int store_obj_locate(struct store *st, struct store_obj *o)
 	o->blob.size = o->e.big_size;
 	o->blob.cache_id = NULL;
 	if (!o->blob.size) {
-		r = src_size(st->src, &o->blob, &o->blob.size);
+		r = src_size(st->src, &o->blob, &o->blob.size, &msg);
 		if (r < 0) {
-			log_err("%s: the size of its big part is unknown: %s", o->e.name,
-				strerror(-r));
+			msg_set(ret_msg, "the size of its big part is unknown: %s", msg_or(msg, r));
+			free(msg);
 			return store_reader_errno(r);
 		}
 	}
@@ -573,7 +625,7 @@ int store_unchecked(struct store *st, char ***ret, size_t *ret_n)
  * the check yields then checks every later read, from the CDN or
  * cache_dir, against the bytes that were checked whole.
  */
-static int store_check_whole(struct store *st, struct store_obj *o)
+static int store_check_whole(struct store *st, struct store_obj *o, char **ret_msg)
 {
 	struct src_blob b = o->blob;
 	uint8_t *list = NULL;
@@ -587,8 +639,7 @@ static int store_check_whole(struct store *st, struct store_obj *o)
 	STORE_COUNT(st, fetches, count);
 	STORE_COUNT(st, fetch_bytes, r == 0 ? b.size : 0);
 	if (r < 0) {
-		log_err("%s: %s", o->e.name, msg ? msg : strerror(-r));
-		free(msg);
+		*ret_msg = msg;
 		return r == -ENOMEM ? r : -EIO;
 	}
 	o->hash_list = list;
@@ -608,7 +659,7 @@ static int store_check_whole(struct store *st, struct store_obj *o)
  * checks the file whole or marks it unchecked; a failure to get the list
  * is an error, not a file without one.
  */
-static int store_obj_hashes(struct store *st, struct store_obj *o)
+static int store_obj_hashes(struct store *st, struct store_obj *o, char **ret_msg)
 {
 	uint8_t *list = NULL;
 	uint32_t cs = 0;
@@ -627,16 +678,18 @@ static int store_obj_hashes(struct store *st, struct store_obj *o)
 		 * connection, a 5xx) must not get the file served with a weaker
 		 * check than its list gives. The open fails; the next one asks again.
 		 */
-		log_err("%s: cannot get its chunk hashes from the API (%s); not served until they "
+		msg_set(ret_msg,
+			"cannot get its chunk hashes from the API (%s); not served until they "
 			"arrive: check the API's reachability and open it again",
-			o->e.name, msg ? msg : strerror(-r));
+			msg_or(msg, r));
 		free(msg);
 		return store_reader_errno(r) == -ETIMEDOUT ? -ETIMEDOUT : -EIO;
 	}
 	if (!cs || count != (o->blob.size + cs - 1) / cs) {
-		log_err("%s: the API's chunk-hash list (%zu chunks of %u bytes) does not cover its "
+		msg_set(ret_msg,
+			"the API's chunk-hash list (%zu chunks of %u bytes) does not cover its "
 			"big part of %llu bytes",
-			o->e.name, count, cs, (unsigned long long)o->blob.size);
+			count, cs, (unsigned long long)o->blob.size);
 		free(list);
 		return -EIO;
 	}
@@ -649,8 +702,11 @@ static int store_obj_hashes(struct store *st, struct store_obj *o)
 	return 0;
 }
 
-/* Key material, head and format file of o: what every read of it needs. */
-static int store_prepare(struct store *st, struct store_obj *o)
+/*
+ * Key material, head and format file of o: what every read of it needs.
+ * On failure *ret_msg says why.
+ */
+static int store_prepare(struct store *st, struct store_obj *o, char **ret_msg)
 {
 	struct format_key fk = {0};
 	struct store_unlock unlock = {.k = st->keys, .fmt = o->fmt, .fk = &fk};
@@ -663,21 +719,18 @@ static int store_prepare(struct store *st, struct store_obj *o)
 	int r, threaded = 0, whole = 0;
 
 	if (!o->fmt) {
-		log_err("%s: format %d is not one this build reads", o->e.name, o->e.format);
+		msg_set(ret_msg, "format %d is not one this build reads", o->e.format);
 		return -EIO;
 	}
-	r = store_obj_locate(st, o);
+	r = store_obj_locate(st, o, ret_msg);
 	if (r < 0)
 		return r;
-	r = o->fmt->key_material(st->keys, o->e.name, &fk, &msg);
-	if (r < 0) {
-		log_err("%s: %s", o->e.name, msg ? msg : strerror(-r));
-		free(msg);
+	r = o->fmt->key_material(st->keys, o->e.name, &fk, ret_msg);
+	if (r < 0)
 		return r == -ENOKEY ? -EACCES : store_reader_errno(r);
-	}
 	store_obj_cache_id(st, o, fk.mark, fk.mark_len);
 	if (o->fmt->chunk_hashes) {
-		whole = store_obj_hashes(st, o);
+		whole = store_obj_hashes(st, o, ret_msg);
 		if (whole < 0) {
 			r = whole;
 			goto out;
@@ -703,13 +756,14 @@ static int store_prepare(struct store *st, struct store_obj *o)
 		store_unlock_main(&unlock);
 	/* A head that fails a check is read once more, as chunks are (store_fill). */
 	for (int retried = 0;; retried = 1) {
+		char *src_msg = NULL;
+
 		r = head_len && head_off + head_len > e_size ? -EIO : 0;
 		if (r == 0 && head_len)
-			r = store_read_stream(st, o, head_off, head_len, head);
+			r = store_read_stream(st, o, head_off, head_len, head, &src_msg);
 		if (r < 0) {
-			log_err("%s: cannot read its header: %s%s", o->e.name, strerror(-r),
-				(r == -EBADMSG || r == -EPROTO) && !retried ? "; reading it again"
-									    : "");
+			msg = msg_fmt("cannot read its header: %s", msg_or(src_msg, r));
+			free(src_msg);
 		} else {
 			if (threaded) {
 				pthread_join(unlocker, NULL);
@@ -718,29 +772,30 @@ static int store_prepare(struct store *st, struct store_obj *o)
 			if (unlock.r < 0)
 				break;
 			r = o->fmt->open(fk.key, head, e_size, &hint, &o->ff, &msg);
-			if (r < 0) {
-				log_err("%s: %s%s", o->e.name, msg ? msg : strerror(-r),
-					r == -EBADMSG && !retried ? "; reading it again" : "");
-				free(msg);
-				msg = NULL;
-			}
 		}
 		if (r == 0 || retried || (r != -EBADMSG && r != -EPROTO))
 			break;
+		/* An event no caller sees: the open goes on. */
+		log_warn("%s: %s; reading it again", o->e.name, msg_or(msg, r));
+		free(msg);
+		msg = NULL;
 		store_drop_stream(st, o, head_off, head_len);
 	}
 	if (threaded)
 		pthread_join(unlocker, NULL);
 	if (r == 0 && unlock.r < 0) {
 		r = unlock.r;
-		log_err("%s: %s", o->e.name, unlock.msg ? unlock.msg : strerror(-r));
+		msg = unlock.msg;
+		unlock.msg = NULL;
 	}
 	if (r < 0) {
+		*ret_msg = msg;
+		msg = NULL;
 		r = store_reader_errno(r);
 		goto out;
 	}
 	if (whole && o->e.has_sha256)
-		r = store_check_whole(st, o);
+		r = store_check_whole(st, o, ret_msg);
 	else if (whole)
 		store_mark_unchecked(st, o->e.name);
 	if (r < 0)
@@ -750,6 +805,7 @@ out:
 	if (r < 0)
 		store_obj_unprepare(o);
 	free(unlock.msg);
+	free(msg);
 	free(head);
 	format_key_clear(&fk);
 	return r;
@@ -757,11 +813,13 @@ out:
 
 /* ---- handles and reads --------------------------------------------------------- */
 
-int store_open(struct store *st, const struct catalog_entry *e, struct store_file **ret)
+int store_open(struct store *st, const struct catalog_entry *e, struct store_file **ret,
+	       char **ret_msg)
 {
 	struct store_file *h;
 	struct store_obj *o;
 	struct timespec dl;
+	char *msg = NULL;
 	int r;
 
 	h = calloc(1, sizeof(*h));
@@ -782,7 +840,10 @@ int store_open(struct store *st, const struct catalog_entry *e, struct store_fil
 	}
 	while (o->prep == PREP_LOADING) {
 		if (pthread_cond_timedwait(&st->cond, &st->lock, &dl) == ETIMEDOUT) {
-			log_err("%s: opening took longer than io_timeout", e->name);
+			msg_set(&msg,
+				"opening took longer than io_timeout (%u s): another open of it "
+				"still waits for the API, the TPM or the CDN",
+				st->timeout_s);
 			store_obj_put_locked(o);
 			pthread_mutex_unlock(&st->lock);
 			r = -ETIMEDOUT;
@@ -792,7 +853,7 @@ int store_open(struct store *st, const struct catalog_entry *e, struct store_fil
 	if (o->prep == PREP_NONE) {
 		o->prep = PREP_LOADING;
 		pthread_mutex_unlock(&st->lock);
-		r = store_prepare(st, o);
+		r = store_prepare(st, o, &msg);
 		pthread_mutex_lock(&st->lock);
 		o->prep = r == 0 ? PREP_READY : PREP_NONE;
 		pthread_cond_broadcast(&st->cond);
@@ -812,6 +873,10 @@ int store_open(struct store *st, const struct catalog_entry *e, struct store_fil
 err:
 	STORE_COUNT(st, opens, 1);
 	STORE_COUNT(st, open_errors, 1);
+	if (ret_msg)
+		*ret_msg = msg;
+	else
+		free(msg);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 	return r;
@@ -920,7 +985,8 @@ static void store_readahead(struct store_file *h, uint64_t off, size_t len)
 	}
 }
 
-int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret)
+int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret,
+	       char **ret_msg)
 {
 	struct store *st = h->st;
 	struct store_obj *o = h->o;
@@ -951,7 +1017,7 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 	store_readahead(h, off, len);
 	store_deadline(st, &dl);
 	STORE_COUNT(st, reads, 1);
-	r = store_units_get(st, o, first, n, u, &dl);
+	r = store_units_get(st, o, first, n, u, &dl, ret_msg);
 	if (r < 0) {
 		STORE_COUNT(st, read_errors, 1);
 		free(u);
@@ -1024,7 +1090,7 @@ static void *store_worker(void *arg)
 		st->n_jobs--;
 		pthread_mutex_unlock(&st->lock);
 		if (j->first * STORE_UNIT < j->o->size) {
-			struct store_fill_ctx ctx = {st, j->o};
+			struct store_fill_ctx ctx = {st, j->o, NULL};
 			uint64_t n = j->n;
 
 			if ((j->first + n - 1) * STORE_UNIT >= j->o->size)
@@ -1035,6 +1101,10 @@ static void *store_worker(void *arg)
 			 */
 			ucache_prefetch(st->cache, j->o->id, j->first, (size_t)n, store_fill, &ctx,
 					NULL);
+			/* Its words stay on the object, for a reader that needs those bytes. */
+			if (ctx.msg)
+				log_debug("%s: read-ahead failed: %s", j->o->e.name, ctx.msg);
+			free(ctx.msg);
 		}
 		pthread_mutex_lock(&st->lock);
 		store_obj_close_locked(st, j->o);
@@ -1087,7 +1157,7 @@ int store_start(struct store *st)
 
 /* ---- probing the big part for the catalog ------------------------------------------- */
 
-int store_probe(void *arg, struct catalog_entry *e)
+int store_probe(void *arg, struct catalog_entry *e, char **ret_msg)
 {
 	struct store *st = arg;
 	const struct fetch_s3 *s3 = NULL;
@@ -1096,12 +1166,15 @@ int store_probe(void *arg, struct catalog_entry *e)
 	int r;
 
 	r = st->keys->ops->cdn(st->keys, &base, &s3);
-	if (r < 0)
+	if (r < 0) {
+		msg_set(ret_msg, "no CDN address: cdn_url is not set and cdn.yaml is not known "
+				 "(not logged in)");
 		return r;
+	}
 	url = store_big_url(base, st->c->folder, e->name);
 	if (!url)
 		return -ENOMEM;
-	r = probe_entry(st->src, st->keys, url, s3, e);
+	r = probe_entry(st->src, st->keys, url, s3, e, ret_msg);
 	free(url);
 	return r;
 }

@@ -18,7 +18,10 @@
  * a small pool of workers. Every call is bounded by io_timeout.
  *
  * Errors are 0 or a negative errno fit for a reader: -EIO, -EACCES,
- * -ENOENT, -ETIMEDOUT (the cause logged once).
+ * -ENOENT, -ETIMEDOUT, -EKEYREJECTED (the CDN refused), with *ret_msg
+ * (msg.h) saying why in an operator's words: the caller logs it once or
+ * sends it back. The store itself logs only what no caller sees: a range
+ * read again after a failed check, a file served unchecked.
  */
 #ifndef AZAION_STORE_H
 #define AZAION_STORE_H
@@ -51,14 +54,15 @@ int store_start(struct store *st);
 void store_free(struct store *st);
 
 /* catalog_probe_fn: derives format, size and big_size from the big part. */
-int store_probe(void *st, struct catalog_entry *e);
+int store_probe(void *st, struct catalog_entry *e, char **ret_msg);
 
 struct store_file;
 /*
  * Opens a file of the catalog: fetches what the read needs (small part,
  * header, content key) once per file version.
  */
-int store_open(struct store *st, const struct catalog_entry *e, struct store_file **ret);
+int store_open(struct store *st, const struct catalog_entry *e, struct store_file **ret,
+	       char **ret_msg);
 void store_close(struct store_file *h);
 
 /* What store_read hands back: iov points into the plaintext cache. */
@@ -99,7 +103,8 @@ void store_stats(struct store *st, struct store_stats *ret);
 int store_unchecked(struct store *st, char ***ret, size_t *ret_n);
 
 /* Reads up to len bytes at off; release the result with store_read_release. */
-int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret);
+int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read *ret,
+	       char **ret_msg);
 void store_read_release(struct store_read *r);
 
 #endif

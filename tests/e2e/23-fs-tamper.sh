@@ -111,6 +111,30 @@ u = json.loads(sys.argv[1])["unchecked"]
 assert u == [sys.argv[2]], u' "$st" "$L"
 umount_ok "$W/m1" "$pid"
 
+# ---- damage in the first 64 KiB: POST /load answers 502 with the cause, logged once
+# (without cache_dir, whose default under state_dir holds the first reads' bytes)
+for n in "$N1" "$N2"; do xor9 "$CDN_ROOT/$F/$n.big" 100; done
+fs_conf "$W/nocache.conf" "cdn_url=$NGINX_URL" "folder=$F" "state_dir=$W/state" \
+	"tpm=auto" "tpm_tcti=$TPM_TCTI" "tpm_wait=5" "io_timeout=5" "rest_listen=127.0.0.1:$PORT" \
+	"cache_max=0"
+fs_mount "$W/m1b" "$W/nocache.conf"
+pid=$FS_PID
+for n in "$N1" "$N2"; do
+	code=$(curl -sS -o "$W/$n.load" -w '%{http_code}' -X POST \
+		-H 'Content-Type: application/json' -d "{\"filename\": \"$n\", \"folder\": \"$F\"}" \
+		"http://127.0.0.1:$PORT/load/$n" 2>/dev/null)
+	check_eq "$n damaged at its start: POST /load is 502 ($(head -c 300 "$W/$n.load"))" "$code" 502
+done
+check "  format 1: the detail names the chunk and its SHA-256" \
+	grep -q "$N1.big: chunk 0 of the big part fails its SHA-256 again" "$W/$N1.load"
+check "  format 2: the detail names the chunk and its check" \
+	grep -q "$N2: chunk 0 fails its check" "$W/$N2.load"
+check_eq "  format 1: the failure is logged once" \
+	"$(grep -c "chunk 0 of the big part fails its SHA-256 again" "$W/m1b.log")" 1
+check_eq "  format 2: the failure is logged once (and the first try, read again, as a warning)" \
+	"$(grep "chunk 0 fails its check (.*): tampered" "$W/m1b.log" | grep -vc "reading it again")" 1
+umount_ok "$W/m1b" "$pid"
+
 # ---- a range tampered in cache_dir: dropped, fetched again from the CDN
 for n in "$N1" "$N2"; do cp "$W/$n.big.orig" "$CDN_ROOT/$F/$n.big"; done
 fs_mount "$W/m2" "$W/cache.conf"

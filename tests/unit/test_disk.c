@@ -62,7 +62,8 @@ static int read_matches(struct src *s, uint64_t off, size_t len)
 	uint8_t *buf = malloc(len);
 	int ok;
 
-	ok = buf && src_read(s, &b, off, len, buf) == 0 && memcmp(buf, blob_bytes + off, len) == 0;
+	ok = buf && src_read(s, &b, off, len, buf, NULL) == 0 &&
+	     memcmp(buf, blob_bytes + off, len) == 0;
 	free(buf);
 	return ok;
 }
@@ -92,7 +93,7 @@ static int stream_matches(struct src *s, uint64_t off, size_t len, size_t *ret_p
 	struct taker t = {.buf = malloc(len)};
 	int ok;
 
-	ok = t.buf && src_stream(s, &b, off, len, take, &t) == 0 && t.got == len &&
+	ok = t.buf && src_stream(s, &b, off, len, take, &t, NULL) == 0 && t.got == len &&
 	     memcmp(t.buf, blob_bytes + off, len) == 0;
 	if (ret_pieces)
 		*ret_pieces = t.pieces;
@@ -221,10 +222,10 @@ int main(void)
 
 		b2.cache_id = "fedcba9876543210fedcba9876543210"; /* nothing of it kept */
 		b2.url = URL;
-		CHECK(src_read(disk, &b2, off, sizeof(small), small) == -EIO,
+		CHECK(src_read(disk, &b2, off, sizeof(small), small, NULL) == -EIO,
 		      "its error comes up as it is");
 		CHECK(src_mem_fault(mem, URL, 0, 0, 0, 0) == 0, "the layer below works again");
-		CHECK(src_read(disk, &b2, off, sizeof(small), small) == 0 &&
+		CHECK(src_read(disk, &b2, off, sizeof(small), small, NULL) == 0 &&
 			      memcmp(small, blob_bytes + off, sizeof(small)) == 0,
 		      "the same read then works: the failed blocks were not left claimed");
 	}
@@ -273,7 +274,7 @@ int main(void)
 	{
 		struct taker t = {.buf = malloc(RUN), .refuse_at = 1};
 
-		r = disk ? src_stream(disk, &b, 2 * RUN, RUN, take, &t) : -1;
+		r = disk ? src_stream(disk, &b, 2 * RUN, RUN, take, &t, NULL) : -1;
 		CHECK(r == -EBADMSG, "a stream whose receiver refuses ends with its error (%d)", r);
 		free(t.buf);
 	}

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "fs/format.h"
 #include "fs/keys.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 #include "fs/src.h"
 #include "fs/store.h"
 #include "tests/unit/check.h"
@@ -264,15 +266,39 @@ static void model_free(struct model *m)
 	free(m->stream);
 }
 
+/*
+ * The words of this thread's last failed open or read (msg.h), for the
+ * checks that look at them; "" after a success, "(none)" for a failure
+ * that came without any.
+ */
+static __thread char last_msg[512];
+
+static void keep_msg(int r, char *msg)
+{
+	snprintf(last_msg, sizeof(last_msg), "%s", r == 0 ? "" : msg ? msg : "(none)");
+	free(msg);
+}
+
+static int t_open(struct store *st, const struct catalog_entry *e, struct store_file **ret)
+{
+	char *msg = NULL;
+	int r = store_open(st, e, ret, &msg);
+
+	keep_msg(r, msg);
+	return r;
+}
+
 /* Reads [off, off + len) of h and compares it with want: 0, or the read's error. */
 static int read_cmp(struct store_file *h, uint64_t off, size_t len, const uint8_t *want,
 		    size_t *ret_got)
 {
 	struct store_read rd;
+	char *msg = NULL;
 	size_t at = 0;
 	int r, same = 1;
 
-	r = store_read(h, off, len, &rd);
+	r = store_read(h, off, len, &rd, &msg);
+	keep_msg(r, msg);
 	if (r < 0)
 		return r;
 	for (int i = 0; i < rd.iovcnt; i++) {
@@ -495,7 +521,7 @@ static void *reader_main(void *arg)
 		len = (size_t)(x >> 20) % (300 * 1024) + 1;
 		if (len > m->size - off)
 			len = (size_t)(m->size - off);
-		if (store_open(rd->st, &m->e, &h) < 0 ||
+		if (t_open(rd->st, &m->e, &h) < 0 ||
 		    read_cmp(h, off, len, m->plain + off, NULL) < 0)
 			rd->bad++;
 		store_close(h);
@@ -567,7 +593,7 @@ int main(void)
 	for (int i = 0; i < 4; i++) {
 		pe = m[i].e;
 		pe.format = 0;
-		r = store_probe(st, &pe);
+		r = store_probe(st, &pe, NULL);
 		CHECK(r == 0 && pe.format == m[i].format && pe.has_size && pe.size == m[i].size &&
 			      pe.big_size == m[i].stream_len - m[i].small_len,
 		      "probe of %s: format %d, %zu bytes (r=%d, format %d, size %llu)", m[i].name,
@@ -576,7 +602,7 @@ int main(void)
 
 	/* Whole reads, in odd steps, of every model. */
 	for (int i = 0; i < 4; i++) {
-		r = store_open(st, &m[i].e, &h);
+		r = t_open(st, &m[i].e, &h);
 		CHECK(r == 0, "open %s", m[i].name);
 		if (r == 0)
 			CHECK(read_all(h, &m[i], 100003) == 0,
@@ -590,7 +616,7 @@ int main(void)
 	}
 
 	/* Hits: the same bytes again come from the cache, not the source. */
-	r = store_open(st, &m[1].e, &h);
+	r = t_open(st, &m[1].e, &h);
 	CHECK(r == 0 && read_cmp(h, 4096, 100000, m[1].plain + 4096, NULL) == 0, "a read");
 	src_mem_stats(mem, &ms);
 	store_stats(st, &ss);
@@ -605,7 +631,7 @@ int main(void)
 	h = NULL;
 
 	/* Eviction: 6 MiB through a 4 MiB cache leaves its start out. */
-	r = store_open(st, &m[2].e, &h);
+	r = t_open(st, &m[2].e, &h);
 	CHECK(r == 0 && read_all(h, &m[2], 1 << 20) == 0, "6 MiB read through a 4 MiB cache");
 	src_mem_stats(mem, &ms);
 	CHECK(read_cmp(h, 0, 4096, m[2].plain, NULL) == 0, "its first bytes read again");
@@ -615,13 +641,17 @@ int main(void)
 	h = NULL;
 
 	/* Failures: a source that fails, then recovers; a tampered chunk. */
-	r = store_open(st, &m[1].e, &h);
+	r = t_open(st, &m[1].e, &h);
 	CHECK(r == 0, "open two.onnx again");
 	src_mem_fault(mem, m[1].url, 0, 1 << 30, -EIO, -1);
 	r = read_cmp(h, 700000, 4096, m[1].plain + 700000, NULL);
 	CHECK(r == -EIO, "a read the source fails is EIO (%d)", r);
+	CHECK(strstr(last_msg, "the memory source failed") != NULL,
+	      "... and its message is the source's words (%s)", last_msg);
 	r = read_cmp(h, 650000, 4096, m[1].plain + 650000, NULL);
 	CHECK(r == -EIO, "a read right after a failed fill fails at once (%d)", r);
+	CHECK(strstr(last_msg, "the memory source failed") != NULL,
+	      "... with the failed fill's words (%s)", last_msg);
 	src_mem_fault(mem, m[1].url, 0, 0, 0, 0);
 	usleep(1100 * 1000);
 	CHECK(read_cmp(h, 700000, 4096, m[1].plain + 700000, NULL) == 0,
@@ -635,6 +665,8 @@ int main(void)
 	r = read_cmp(h, 5 * 4096 + 1, 10, m[1].plain + 5 * 4096 + 1, NULL);
 	src_mem_stats(mem, &ms2);
 	CHECK(r == -EIO, "a chunk that fails its tag is EIO (%d)", r);
+	CHECK(strstr(last_msg, "chunk 5 fails its check") != NULL,
+	      "... its message names the chunk (%s)", last_msg);
 	CHECK(ms2.drops == ms.drops + 1 && ms2.reads == ms.reads + 2,
 	      "it was dropped from the lower layers and read once more (%llu drops, %llu reads)",
 	      (unsigned long long)(ms2.drops - ms.drops),
@@ -647,8 +679,8 @@ int main(void)
 	/* A format-2 key lives while the file is open, and is unwrapped again after. */
 	usleep(1100 * 1000);
 	keys.unwraps = 0;
-	r = store_open(st, &m[1].e, &h);
-	r = r ? r : store_open(st, &m[1].e, &h2);
+	r = t_open(st, &m[1].e, &h);
+	r = r ? r : t_open(st, &m[1].e, &h2);
 	CHECK(r == 0 && keys.unwraps == 1, "two opens of a closed format-2 file unwrap once (%d)",
 	      keys.unwraps);
 	store_close(h);
@@ -656,14 +688,14 @@ int main(void)
 	      "the other handle still reads (the tampered chunk came back whole)");
 	store_close(h2);
 	h = h2 = NULL;
-	r = store_open(st, &m[1].e, &h);
+	r = t_open(st, &m[1].e, &h);
 	CHECK(r == 0 && keys.unwraps == 2, "after the last close the key is unwrapped anew");
 	store_close(h);
 	h = NULL;
 
 	/* Read-ahead: a sequential reader gets what it has not asked for yet. */
 	CHECK(store_start(st) == 0, "the read-ahead workers start");
-	r = store_open(st, &m[2].e, &h);
+	r = t_open(st, &m[2].e, &h);
 	src_mem_stats(mem, &ms);
 	for (uint64_t off = 0; r == 0 && off < 512 * 1024; off += 128 * 1024)
 		r = read_cmp(h, off, 128 * 1024, m[2].plain + off, NULL);
@@ -702,16 +734,16 @@ int main(void)
 			r = store_start(st2);
 		CHECK(r == 0, "a store with key_ttl = 2 s starts");
 		u0 = keys.unwraps;
-		r = r ? r : store_open(st2, &m[1].e, &h);
+		r = r ? r : t_open(st2, &m[1].e, &h);
 		store_close(h);
-		r = r ? r : store_open(st2, &m[1].e, &h);
+		r = r ? r : t_open(st2, &m[1].e, &h);
 		CHECK(r == 0 && keys.unwraps == u0 + 1 &&
 			      read_cmp(h, 0, 4096, m[1].plain, NULL) == 0,
 		      "a reopening within key_ttl needs no unwrap (%d)", keys.unwraps - u0);
 		store_close(h);
 		h = NULL;
 		usleep(3500 * 1000);
-		r = store_open(st2, &m[1].e, &h);
+		r = t_open(st2, &m[1].e, &h);
 		CHECK(r == 0 && keys.unwraps == u0 + 2,
 		      "after key_ttl the key is gone: unwrapped anew");
 		store_close(h);
@@ -741,7 +773,7 @@ int main(void)
 	}
 
 	/* Chunk hashes: every range is checked before it is decrypted. */
-	r = store_open(st, &m[4].e, &h);
+	r = t_open(st, &m[4].e, &h);
 	CHECK(r == 0 && read_all(h, &m[4], 70000) == 0, "a listed model reads back whole");
 	store_close(h);
 	h = NULL;
@@ -749,13 +781,15 @@ int main(void)
 	pe.updated = "v2"; /* a new version: nothing of it in the cache */
 	tamper(mem, &m[4], 5 * TEST_HASH_CHUNK + 100);
 	src_mem_stats(mem, &ms);
-	r = store_open(st, &pe, &h);
+	r = t_open(st, &pe, &h);
 	CHECK(r == 0, "the tampered model opens (its head is intact)");
 	got = 0;
 	r = r ? r : read_cmp(h, 0, 5 * TEST_HASH_CHUNK - 4096, m[4].plain, &got);
 	CHECK(r == 0, "the bytes before the tampered chunk read and match the original");
 	r = read_cmp(h, 5 * TEST_HASH_CHUNK, 4096, m[4].plain + 5 * TEST_HASH_CHUNK, NULL);
 	CHECK(r == -EIO, "the tampered chunk is EIO (%d)", r);
+	CHECK(strstr(last_msg, "chunk 5 of the big part fails its SHA-256 again") != NULL,
+	      "... its message names the chunk and the check (%s)", last_msg);
 	src_mem_stats(mem, &ms2);
 	CHECK(ms2.drops > ms.drops, "the failed chunk was dropped below and read again");
 	untamper(mem, &m[4], 5 * TEST_HASH_CHUNK + 100);
@@ -769,23 +803,25 @@ int main(void)
 	fm[4].hashes_errno = -ECONNRESET;
 	pe = m[4].e;
 	pe.updated = "v3";
-	r = store_open(st, &pe, &h);
+	r = t_open(st, &pe, &h);
 	CHECK(r == -EIO, "a listed model whose list cannot be fetched does not open (%d)", r);
+	CHECK(strstr(last_msg, "cannot get its chunk hashes from the API") != NULL,
+	      "... and says so (%s)", last_msg);
 	h = NULL;
 	fm[4].hashes_errno = -ETIMEDOUT;
 	pe.updated = "v4";
-	r = store_open(st, &pe, &h);
+	r = t_open(st, &pe, &h);
 	CHECK(r == -ETIMEDOUT, "... and a timed-out list is ETIMEDOUT (%d)", r);
 	h = NULL;
 	fm[4].hashes_errno = 0;
 	pe.updated = "v5";
-	r = store_open(st, &pe, &h);
+	r = t_open(st, &pe, &h);
 	CHECK(r == 0 && read_all(h, &m[4], 70000) == 0, "once the list arrives, it reads whole");
 	store_close(h);
 	h = NULL;
 
 	/* No list, a catalog sha256: checked whole before the first byte. */
-	r = store_open(st, &m[5].e, &h);
+	r = t_open(st, &m[5].e, &h);
 	CHECK(r == 0 && read_all(h, &m[5], 65536) == 0,
 	      "a legacy model whose sha256 matches opens and reads");
 	tamper(mem, &m[5], 200000);
@@ -795,15 +831,16 @@ int main(void)
 	store_close(h);
 	h = NULL;
 	pe.updated = "v2";
-	r = store_open(st, &pe, &h);
+	r = t_open(st, &pe, &h);
 	CHECK(r == -EIO, "tampered, it no longer opens: the whole check fails (%d)", r);
+	CHECK(strstr(last_msg, "sha256") != NULL, "... and says so (%s)", last_msg);
 	untamper(mem, &m[5], 200000);
-	r = store_open(st, &m[6].e, &h);
+	r = t_open(st, &m[6].e, &h);
 	CHECK(r == -EIO, "a model whose sha256 differs does not open (%d)", r);
 	h = NULL;
 
 	/* Neither: served unchecked, and said so. */
-	r = store_open(st, &m[7].e, &h);
+	r = t_open(st, &m[7].e, &h);
 	CHECK(r == 0 && read_all(h, &m[7], 65536) == 0, "a model with neither reads");
 	store_close(h);
 	h = NULL;
@@ -828,16 +865,19 @@ int main(void)
 	pe.has_size = 1; /* the catalog's size: no padding needed for the size itself */
 	pe.size = m[7].size;
 	pe.updated = "another-key";
-	r = store_open(st, &pe, &h);
+	r = t_open(st, &pe, &h);
 	CHECK(r == -EIO, "a format-1 model with a wrong resource key does not open (%d)", r);
+	CHECK(strcmp(last_msg, "(none)") != 0 && *last_msg, "... and says why (%s)", last_msg);
 	h = NULL;
 	keys.rkey[0] ^= 0x5a;
 
 	/* A source with no such big part. */
 	pe = m[0].e;
 	pe.name = "absent.onnx";
-	r = store_open(st, &pe, &h);
+	r = t_open(st, &pe, &h);
 	CHECK(r < 0, "a model the source does not have does not open (%d)", r);
+	CHECK(strstr(last_msg, "absent.onnx.big: not in the memory source") != NULL,
+	      "... and its message names the big part (%s)", last_msg);
 
 	store_free(st);
 	for (int i = 0; i < 8; i++) {
