@@ -67,8 +67,10 @@ struct fetch {
  */
 #define FETCH_WHY_MAX 400
 #define FETCH_WHY_ANY_MS 60000
+#define FETCH_WHY_LOGGED 1 /* why_err of a line fetch_logf kept from a quiet thread */
 static __thread int why_err;
 static __thread char why_msg[FETCH_WHY_MAX];
+static __thread int quiet_thread; /* fetch_quiet */
 static __thread char why_out[FETCH_WHY_MAX];
 static pthread_mutex_t why_lock = PTHREAD_MUTEX_INITIALIZER;
 static int why_any_err;
@@ -92,9 +94,17 @@ static void why_set(int err, const char *msg)
 	pthread_mutex_unlock(&why_lock);
 }
 
+int fetch_quiet(int on)
+{
+	int was = quiet_thread;
+
+	quiet_thread = on;
+	return was;
+}
+
 const char *fetch_strerror(int err)
 {
-	if (err < 0 && err == why_err)
+	if (err < 0 && (err == why_err || why_err == FETCH_WHY_LOGGED))
 		return why_msg;
 	if (err == -EHOSTUNREACH || err == -ETIMEDOUT) {
 		int found = 0;
@@ -116,12 +126,21 @@ void fetch_logf(struct fetch *f, int priority, const char *fmt, ...)
 	char msg[768];
 	va_list ap;
 
-	if (!f || !f->log)
+	if (priority >= LOG_DEBUG && (!f || !f->log))
 		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	f->log(priority, msg);
+	/* A quiet thread's caller says it: the words stay for fetch_strerror. */
+	if (quiet_thread && priority < LOG_DEBUG) {
+		if (why_err == 0 || why_err == FETCH_WHY_LOGGED) {
+			why_err = FETCH_WHY_LOGGED;
+			snprintf(why_msg, sizeof(why_msg), "%.*s", (int)sizeof(why_msg) - 1, msg);
+		}
+		priority = LOG_DEBUG;
+	}
+	if (f && f->log)
+		f->log(priority, msg);
 }
 
 void fetch_url_for_log(const char *url, char *out, size_t cap)

@@ -50,6 +50,16 @@
  */
 const char *fetch_strerror(int err);
 
+/*
+ * on = 1: from now on this thread's calls log their failures at debug
+ * only, and fetch_strerror gives their words (the last line that would
+ * have been logged, when no better words were set): for a caller that
+ * says each failure itself, once (the read path's key source, whose words
+ * go up to the edge that answers the reader). Returns the setting before,
+ * to restore it.
+ */
+int fetch_quiet(int on);
+
 /* Copies url without userinfo, query and fragment: what a log or a message may show. */
 void fetch_url_for_log(const char *url, char *out, size_t cap);
 

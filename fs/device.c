@@ -31,6 +31,7 @@
 #include "fs/atomic.h"
 #include "fs/device.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 #include "tpm/tpm.h"
 
 #define DEVICE_ID_MAX 128
@@ -959,18 +960,18 @@ int device_id(struct device *d, char *buf, size_t cap)
 }
 
 int device_unwrap(struct device *d, const uint8_t *wrapped, size_t len, uint8_t *key, size_t cap,
-		  size_t *ret_len)
+		  size_t *ret_len, char **ret_msg)
 {
 	int r;
 
 	if (!d->tpm) {
-		log_err("format-2 files need a TPM (%s)", d->reason);
+		msg_set(ret_msg, "format-2 files need a TPM (%s)", d->reason);
 		return -EACCES;
 	}
 	r = tpm_unwrap(d->tpm, wrapped, len, key, cap, ret_len);
 	if (r == 0)
 		return 0;
-	log_err("TPM: the content key does not unwrap: %s", tpm_last_error(d->tpm));
+	msg_set(ret_msg, "TPM: the content key does not unwrap: %s", tpm_last_error(d->tpm));
 	if (r == -EBADMSG)
 		return -EIO;
 	if (r == -EACCES || r == -ESTALE) {

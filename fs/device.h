@@ -64,10 +64,11 @@ int device_id(struct device *d, char *buf, size_t cap);
 /*
  * Unwraps a format-2 content key into key (locked memory of the caller).
  * -EACCES when the TPM cannot (none, PCR mismatch, another TPM's blobs),
- * -EIO when the wrapped key is not for this device key.
+ * -EIO when the wrapped key is not for this device key; *ret_msg (msg.h)
+ * says which, with the TPM's words.
  */
 int device_unwrap(struct device *d, const uint8_t *wrapped, size_t len, uint8_t *key, size_t cap,
-		  size_t *ret_len);
+		  size_t *ret_len, char **ret_msg);
 
 /*
  * The legacy resource_secret the sealed store held (format 1), copied

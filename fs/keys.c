@@ -293,12 +293,15 @@ static int real_small_part(struct keys *kk, const char *name, uint8_t **ret, siz
 			   char **ret_msg)
 {
 	struct keys_real *k = (struct keys_real *)kk;
-	char *small_name = NULL, *path = NULL;
-	int r;
+	char *small_name = NULL, *path = NULL, *msg = NULL;
+	int r, quiet;
 
 	if (asprintf(&small_name, "%s.small", name) < 0)
 		return -ENOMEM;
-	r = session_get_resource(k->s, k->c->folder, small_name, ret, ret_len);
+	/* The failed call's words go up with the message, for the edge to log once. */
+	quiet = fetch_quiet(1);
+	r = session_get_resource(k->s, k->c->folder, small_name, ret, ret_len, &msg);
+	fetch_quiet(quiet);
 	free(small_name);
 	path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "small");
 	if (r == 0 && path)
@@ -319,7 +322,8 @@ static int real_small_part(struct keys *kk, const char *name, uint8_t **ret, siz
 		*ret_msg = msg_fmt("not logged in (no credentials): its small part is out of "
 				   "reach");
 	else if (r < 0)
-		*ret_msg = msg_fmt("cannot get its small part: %s", log_strerror(r));
+		*ret_msg = msg_fmt("cannot get its small part: %s", msg ? msg : log_strerror(r));
+	free(msg);
 	return r;
 }
 
@@ -329,14 +333,16 @@ static int real_key_doc(struct keys *kk, const char *name, struct keys_doc *ret,
 	struct keys_doc kd = {0};
 	json_t *doc = NULL;
 	char id[160];
-	int r;
+	int r, quiet;
 
 	r = k->d ? device_id(k->d, id, sizeof(id)) : -ENODEV;
 	if (r < 0) {
 		*ret_msg = msg_fmt("format 2 needs an enrolled TPM device, and this one is not");
 		return -EACCES;
 	}
+	quiet = fetch_quiet(1);
 	r = session_device_key(k->s, k->c->folder, name, id, &doc);
+	fetch_quiet(quiet);
 	if (r == -ENOENT)
 		keys_doc_forget(k, name, id);
 	if (r < 0 && r != -ENOENT && r != -EACCES) {
@@ -373,9 +379,11 @@ static int real_chunk_hashes(struct keys *kk, const char *name, uint32_t *ret_ch
 	char *path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "hashes");
 	uint8_t *buf = NULL;
 	size_t len = 0;
-	int r;
+	int r, quiet;
 
+	quiet = fetch_quiet(1);
 	r = session_chunk_hashes(k->s, k->c->folder, name, ret_chunk_size, ret_sha256, ret_count);
+	fetch_quiet(quiet);
 	/*
 	 * Kept beside the small part, as 4 bytes of chunk size (little-endian)
 	 * and the hashes: without them a format-1 file is not served at all.
@@ -421,16 +429,19 @@ static int real_unwrap(struct keys *kk, const struct keys_doc *doc, uint8_t *key
 {
 	struct keys_real *k = (struct keys_real *)kk;
 	size_t klen = 0;
+	char *msg = NULL;
 	int r;
 
-	r = k->d ? device_unwrap(k->d, doc->wrapped, doc->wrapped_len, key, CRYPTO_KEY_SIZE, &klen)
+	r = k->d ? device_unwrap(k->d, doc->wrapped, doc->wrapped_len, key, CRYPTO_KEY_SIZE, &klen,
+				 &msg)
 		 : -ENODEV;
 	if (r == 0 && klen != CRYPTO_KEY_SIZE) {
 		*ret_msg = msg_fmt("the unwrapped key has %zu bytes", klen);
 		return -EIO;
 	}
 	if (r < 0)
-		*ret_msg = msg_fmt("the TPM cannot unwrap its key: %s", strerror(-r));
+		*ret_msg = msg_fmt("the TPM cannot unwrap its key: %s", msg_or(msg, r));
+	free(msg);
 	return r;
 }
 

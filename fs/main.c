@@ -46,6 +46,7 @@
 #include "fs/keys.h"
 #include "fs/log.h"
 #include "fs/metrics.h"
+#include "fs/msg.h"
 #include "fs/ops.h"
 #include "fs/rest.h"
 #include "fs/serve.h"
@@ -915,21 +916,18 @@ static int main_check_login(const struct config *c, struct catalog *cat, int had
 /*
  * Composes the read path (store.h): the CDN, cache_dir over it when set,
  * the chunk-hash check over those, the key source, and the store over all.
+ * On failure *ret_msg says why.
  */
 static int main_read_path(const struct config *c, struct fetch *f, struct session *s,
-			  struct device *d, struct store **ret)
+			  struct device *d, struct store **ret, char **ret_msg)
 {
 	struct src *src = NULL, *disk = NULL;
 	struct keys *keys = NULL;
-	char *msg = NULL;
 	int r;
 
-	r = keys_new(c, s, d, &keys, &msg);
-	if (r < 0) {
-		log_err("%s", msg ? msg : strerror(-r));
-		free(msg);
+	r = keys_new(c, s, d, &keys, ret_msg);
+	if (r < 0)
 		return r;
-	}
 	r = src_cdn_new(f, &src);
 	if (r < 0) {
 		keys_free(keys);
@@ -950,7 +948,7 @@ static int main_read_path(const struct config *c, struct fetch *f, struct sessio
 		keys_free(keys);
 		return r;
 	}
-	return store_new(c, disk, keys, ret);
+	return store_new(c, disk, keys, ret, ret_msg);
 }
 
 /*
@@ -1035,7 +1033,7 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	struct session *s = NULL;
 	struct device *d = NULL;
 	struct ops *ops = NULL;
-	char dev[32];
+	char dev[32], *msg = NULL;
 	size_t init_len;
 	int r, rc = 1, login, had_creds, had_init = 0, replayed = 0, stopped;
 	enum serve_end end;
@@ -1081,9 +1079,10 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	login = device_login(d);
 	if (session_logged_in(s))
 		device_enroll_if_needed(d);
-	r = main_read_path(c, f, s, d, &ms->st);
+	r = main_read_path(c, f, s, d, &ms->st, &msg);
 	if (r < 0) {
-		log_err("cannot set up the read path: %s", strerror(-r));
+		log_err("cannot set up the read path: %s", msg_or(msg, r));
+		free(msg);
 		goto out_device;
 	}
 	r = catalog_new(c, s, store_probe, ms->st, &ms->cat);

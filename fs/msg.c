@@ -8,6 +8,7 @@
 
 #include "fs/msg.h"
 
+static char *msg_vfmt(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 static char *msg_vfmt(const char *fmt, va_list ap)
 {
 	char *m = NULL;

@@ -20,6 +20,7 @@
 #include "crypto/crypto.h"
 #include "fs/hw.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 #include "fs/metrics.h"
 #include "fs/session.h"
 
@@ -643,6 +644,7 @@ struct session_resource_ctx {
 	const char *name;
 	uint8_t *out;
 	size_t len;
+	char *msg; /* why the answer is not one */
 };
 
 static int session_resource_fn(struct session *s, const char *token, const struct session_creds *cr,
@@ -659,8 +661,8 @@ static int session_resource_fn(struct session *s, const char *token, const struc
 	if (r < 0)
 		return r;
 	if (buf.len < 32 || buf.len % CRYPTO_BLOCK) {
-		log_err("%s/%s: the API's answer of %zu bytes is not a CBC message", rc->folder,
-			rc->name, buf.len);
+		msg_set(&rc->msg, "%s/%s: the API's answer of %zu bytes is not a CBC message",
+			rc->folder, rc->name, buf.len);
 		r = -EIO;
 		goto out;
 	}
@@ -671,7 +673,8 @@ static int session_resource_fn(struct session *s, const char *token, const struc
 	}
 	r = f1_decrypt(cr->api_key, buf.data, buf.len, out, &len);
 	if (r < 0) {
-		log_err("%s/%s does not decrypt with this device's api_key (credentials or "
+		msg_set(&rc->msg,
+			"%s/%s does not decrypt with this device's api_key (credentials or "
 			"hardware string differ from the ones the API knows)",
 			rc->folder, rc->name);
 		secmem_free(out);
@@ -687,7 +690,7 @@ out:
 }
 
 int session_get_resource(struct session *s, const char *folder, const char *name, uint8_t **ret,
-			 size_t *ret_len)
+			 size_t *ret_len, char **ret_msg)
 {
 	struct session_resource_ctx rc = {.folder = folder, .name = name};
 	int r;
@@ -695,6 +698,11 @@ int session_get_resource(struct session *s, const char *folder, const char *name
 	r = session_call(s, session_resource_fn, &rc);
 	if (r == -EKEYREJECTED)
 		r = -EACCES;
+	if (r < 0 && ret_msg) {
+		*ret_msg = rc.msg;
+		rc.msg = NULL;
+	}
+	free(rc.msg);
 	if (r < 0)
 		return r;
 	*ret = rc.out;

@@ -44,12 +44,14 @@ const char *session_hardware(struct session *s);
 int session_credentials_blob(struct session *s, char **ret, size_t *ret_len);
 
 /*
- * A format-1 resource of folder (small part, cdn.yaml): fetched with the
- * password and hardware string and decrypted with api_key. *ret is locked
- * memory (secmem_free).
+ * A format-1 resource of folder (a small part): fetched with the password
+ * and hardware string and decrypted with api_key. *ret is locked memory
+ * (secmem_free). An answer that is not one (not a CBC message, another
+ * device's) is -EIO or -EACCES with *ret_msg (msg.h; may be NULL) saying
+ * so; a failed call's words are fetch_strerror's.
  */
 int session_get_resource(struct session *s, const char *folder, const char *name, uint8_t **ret,
-			 size_t *ret_len);
+			 size_t *ret_len, char **ret_msg);
 /* GET /resources/list/{folder}. */
 int session_list(struct session *s, const char *folder, json_t **ret);
 /* GET /resources/key/{folder}/{name} with X-Device-Id. */

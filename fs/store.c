@@ -1181,7 +1181,8 @@ int store_probe(void *arg, struct catalog_entry *e, char **ret_msg)
 
 /* ---- the store ------------------------------------------------------------------------ */
 
-int store_new(const struct config *c, struct src *src, struct keys *keys, struct store **ret)
+int store_new(const struct config *c, struct src *src, struct keys *keys, struct store **ret,
+	      char **ret_msg)
 {
 	pthread_condattr_t ca;
 	struct store *st;
@@ -1212,7 +1213,8 @@ int store_new(const struct config *c, struct src *src, struct keys *keys, struct
 	r = ucache_new(c->memory_cache, STORE_MIN_UNITS, STORE_RUN_MAX, STORE_FAIL_HOLD_MS,
 		       &st->cache);
 	if (r < 0) {
-		log_err("memory_cache: cannot lock %zu MiB of memory: %s (RLIMIT_MEMLOCK?)",
+		msg_set(ret_msg,
+			"memory_cache: cannot lock %zu MiB of memory: %s (RLIMIT_MEMLOCK?)",
 			(n_units < STORE_MIN_UNITS ? STORE_MIN_UNITS : n_units) * STORE_UNIT >> 20,
 			strerror(-r));
 		goto err;

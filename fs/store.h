@@ -45,9 +45,11 @@ struct store;
 /*
  * A store over the source stack src and the key source keys, which it
  * owns from here on (also when this fails); c must outlive it. The
- * plaintext cache takes memory_cache bytes of locked memory.
+ * plaintext cache takes memory_cache bytes of locked memory; when they
+ * cannot be locked, *ret_msg (may be NULL) says so.
  */
-int store_new(const struct config *c, struct src *src, struct keys *keys, struct store **ret);
+int store_new(const struct config *c, struct src *src, struct keys *keys, struct store **ret,
+	      char **ret_msg);
 /* Starts the read-ahead workers (after daemonising). */
 int store_start(struct store *st);
 /* Stops the workers and frees everything; no file may be open. */

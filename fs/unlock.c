@@ -35,6 +35,7 @@
 #include "fs/format.h"
 #include "fs/keys.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 #include "fs/unlock.h"
 
 #define UNLOCK_STEP (1024 * 1024) /* plaintext decrypted at a time, at least */
@@ -459,12 +460,14 @@ static int unlock_keys_unwrap(struct keys *k, const struct keys_doc *doc, uint8_
 	size_t klen = 0;
 	int r;
 
-	r = device_unwrap(u->d, doc->wrapped, doc->wrapped_len, key, CRYPTO_KEY_SIZE, &klen);
+	char *msg = NULL;
+
+	r = device_unwrap(u->d, doc->wrapped, doc->wrapped_len, key, CRYPTO_KEY_SIZE, &klen, &msg);
 	if (r == 0 && klen != CRYPTO_KEY_SIZE)
 		r = -EIO;
-	if (r < 0 &&
-	    asprintf(ret_msg, "the TPM cannot unwrap the archive's key: %s", strerror(-r)) < 0)
-		*ret_msg = NULL;
+	if (r < 0)
+		msg_set(ret_msg, "the TPM cannot unwrap the archive's key: %s", msg_or(msg, r));
+	free(msg);
 	return r;
 }
 

@@ -82,7 +82,12 @@ check_eq "API and CDN down: format 1 $C1 reads (small part and chunk hashes in s
 	"$(sha_of "$W/mnt/$C1" 2>&1)" "$(sha_of "$W/plain/$C1")"
 check "  the log says the kept small part served" \
 	grep -q "$C1: the API is out of reach.*small part kept in state_dir" "$W/mnt.log"
+check_eq "  served from what was kept: no error logged for them" \
+	"$(grep -E "$C1|$C2" "$W/mnt.log" | grep -c '\[error\]')" 0
 expect_fail "API and CDN down" "$U2"
+# The key source's API call is quiet; its words reach the open's one line.
+check_eq "  the failed open is logged once, with the failed call's words" \
+	"$(grep "$U2" "$W/mnt.log" | grep '\[error\]' | grep -c "connection refused\|closed the connection\|timed out")" 1
 fs_umount "$W/mnt" "$pid"
 fp_clear API
 fp_clear CDN

@@ -840,6 +840,30 @@ static void test_closed_port(void)
 	t0 = now_s() - t0;
 	CHECK(r == -EHOSTUNREACH && t0 < 2.0 * time_scale(),
 	      "a closed port: -EHOSTUNREACH quickly (%d, %.2f s)", r, t0);
+	CHECK(strstr(fetch_strerror(r), "connection refused") != NULL, "... its words say so (%s)",
+	      fetch_strerror(r));
+	/* The read path's CDN reads leave the logging to their caller; other calls log. */
+	{
+		int e0 = errors_logged(), e1, e2, was;
+		char api[128], *tok = NULL;
+		time_t exp = 0;
+
+		snprintf(api, sizeof(api), "http://127.0.0.1:%d", ntohs(sa.sin_port));
+		e1 = errors_logged();
+		CHECK(e1 == e0, "a failed CDN read logs no error itself (%d)", e1 - e0);
+		r = fetch_api_login(f, api, "a@b.c", "pw", &tok, &exp);
+		e1 = errors_logged();
+		CHECK(r < 0 && e1 == e0 + 1, "a failed API call logs its error once (%d, %d)", r,
+		      e1 - e0);
+		was = fetch_quiet(1);
+		r = fetch_api_login(f, api, "a@b.c", "pw", &tok, &exp);
+		CHECK(fetch_quiet(was) == 1, "fetch_quiet gives back the setting before");
+		e2 = errors_logged();
+		CHECK(r < 0 && e2 == e1, "on a quiet thread it logs no error (%d, %d)", r, e2 - e1);
+		CHECK(strstr(fetch_strerror(r), "connection refused") != NULL,
+		      "... and fetch_strerror has its words (%s)", fetch_strerror(r));
+		free(tok);
+	}
 out:
 	if (fd >= 0)
 		close(fd);

@@ -584,7 +584,7 @@ int main(void)
 	CHECK(make_model(&m[7], &keys, &fm[7], mem, "bare.onnx", 1, 100000, 0) == 0,
 	      "a legacy format-1 model with neither");
 	test_dec_pieces(&m[0], keys.rkey, &m[1], fm[1].doc.wrapped);
-	r = store_new(&c, src, &keys.k, &st);
+	r = store_new(&c, src, &keys.k, &st, NULL);
 	CHECK(r == 0, "store_new over src_mem and a fake key source");
 	if (r < 0)
 		return check_done();
@@ -729,7 +729,7 @@ int main(void)
 		if (r == 0)
 			r = src_mem_put(mem2, m[1].url, m[1].stream, m[1].stream_len);
 		if (r == 0)
-			r = store_new(&c, mem2, &keys.k, &st2);
+			r = store_new(&c, mem2, &keys.k, &st2, NULL);
 		if (r == 0)
 			r = store_start(st2);
 		CHECK(r == 0, "a store with key_ttl = 2 s starts");
