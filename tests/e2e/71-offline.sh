@@ -4,7 +4,9 @@
 #    cache_dir (ciphertext); models never read fail cleanly within io_timeout;
 #  - API down as well: both formats still read (format 2's key document
 #    and format 1's small part and chunk hashes kept in state_dir, the big
-#    parts in cache_dir);
+#    parts in cache_dir), and say so without an error; a model never read
+#    fails with one line, the failed call's words in it;
+#  - the API failing the key document alone: the open's one line says so;
 #  - kill -9 during reads: with auto_unmount the mount goes away by itself,
 #    without it umount clears the dead mount; a restart serves again, no
 #    process or mount is left, and no plaintext reached the disk;
@@ -85,8 +87,8 @@ check "  the log says the kept small part served" \
 check_eq "  served from what was kept: no error logged for them" \
 	"$(grep -E "$C1|$C2" "$W/mnt.log" | grep -c '\[error\]')" 0
 expect_fail "API and CDN down" "$U2"
-# The key source's API call is quiet; its words reach the open's one line.
-check_eq "  the failed open is logged once, with the failed call's words" \
+# The failed CDN read's words reach the read's one line.
+check_eq "  the failed read is logged once, with the failed call's words" \
 	"$(grep "$U2" "$W/mnt.log" | grep '\[error\]' | grep -c "connection refused\|closed the connection\|timed out")" 1
 fs_umount "$W/mnt" "$pid"
 fp_clear API
@@ -94,6 +96,18 @@ fp_clear CDN
 check "the kept key documents and small parts are 0600 files" \
 	test -z "$(find "$W/state" -type f -perm /077)" -a -n "$(ls "$W/state/keys" 2>/dev/null)" \
 	-a -n "$(ls "$W/state/small" 2>/dev/null)"
+
+# ---- the API fails the key document's request alone (the login works)
+rm -f "$W/state/keys/"*
+fp_fault API '{"kind": "status", "status": 503, "count": -1, "path": "/resources/key/"}'
+fs_mount "$W/mnt" "$W/conf"
+pid=$FS_PID
+expect_fail "the API answers 503 to the key document" "$U2"
+# The key source's API call is quiet: its words reach the open's one line.
+check_eq "  the failed open is logged once, with the API's words" \
+	"$(grep "$U2" "$W/mnt.log" | grep '\[error\]' | grep -c 'HTTP 503')" 1
+fs_umount "$W/mnt" "$pid"
+fp_clear API
 
 # ---- kill -9 during reads
 # kill9 OPT: mounts (OPT: extra -o), starts readers, kills the daemon.
