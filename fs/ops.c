@@ -24,10 +24,10 @@
  *
  * Locking: ops->lock guards the node tables, the handle table and the
  * foreign handles, and a handle's last logged failure; it is never held
- * across a catalog or store call that does I/O. Node records are never freed before ops_free, so a record's
- * name may be read without the lock. A handle is used without the lock
- * between open and release: the kernel sends no release while a read of
- * that handle is in flight.
+ * across a catalog or store call that does I/O. Node records are never
+ * freed before ops_free, so a record's name may be read without the lock.
+ * A handle is used without the lock between open and release: the kernel
+ * sends no release while a read of that handle is in flight.
  *
  * This is the read path's edge for the kernel: a failed open or read is
  * logged here, once, with the store's words for it (msg.h).
