@@ -670,8 +670,10 @@ static int store_obj_hashes(struct store *st, struct store_obj *o, char **ret_ms
 	if (!st->keys->ops->chunk_hashes)
 		return 1;
 	r = st->keys->ops->chunk_hashes(st->keys, o->e.name, &cs, &list, &count, &msg);
-	if (r == -ENOENT)
+	if (r == -ENOENT) {
+		free(msg);
 		return 1;
+	}
 	if (r < 0) {
 		/*
 		 * Never a downgrade: whoever can break this one call (a reset

@@ -219,11 +219,15 @@ int main(void)
 	{
 		struct src_blob b2 = b;
 		uint8_t small[64];
+		char *msg = NULL;
 
 		b2.cache_id = "fedcba9876543210fedcba9876543210"; /* nothing of it kept */
 		b2.url = URL;
-		CHECK(src_read(disk, &b2, off, sizeof(small), small, NULL) == -EIO,
+		CHECK(src_read(disk, &b2, off, sizeof(small), small, &msg) == -EIO,
 		      "its error comes up as it is");
+		CHECK(msg && strstr(msg, "the memory source failed"),
+		      "... with the words of the layer below (%s)", msg ? msg : "none");
+		free(msg);
 		CHECK(src_mem_fault(mem, URL, 0, 0, 0, 0) == 0, "the layer below works again");
 		CHECK(src_read(disk, &b2, off, sizeof(small), small, NULL) == 0 &&
 			      memcmp(small, blob_bytes + off, sizeof(small)) == 0,
