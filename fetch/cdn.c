@@ -323,7 +323,6 @@ static int cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3
 		return -EINVAL;
 	snprintf(spec, sizeof(spec), "%" PRIu64 "-%" PRIu64, rg->off, rg->off + rg->len - 1);
 	c.range = spec;
-	c.quiet = 1;
 	r = fetch_run(&c);
 	if (r)
 		return r;
@@ -332,7 +331,7 @@ static int cdn_range(struct fetch *f, const char *url, const struct fetch_s3 *s3
 	if (rg->mode == RANGE_OTHER && (c.status == 401 || c.status == 403))
 		return cdn_refused(f, "GET", url, c.status, rg->err, rg->err_len, why, why_cap);
 	if (rg->mode == RANGE_OTHER)
-		return fetch_check_status(f, "GET", url, c.status, FETCH_QUIET_ALL);
+		return fetch_check_status(f, "GET", url, c.status, 0);
 	*ret_len = rg->got;
 	if (ret_total)
 		*ret_total = rg->total;
@@ -365,7 +364,7 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, 
 		   char *why, size_t why_cap)
 {
 	struct fetch_request req = {.method = "HEAD", .url = url, .s3 = s3};
-	struct fetch_call c = {.f = f, .req = &req, .quiet = 1};
+	struct fetch_call c = {.f = f, .req = &req};
 	uint64_t total = RANGE_UNKNOWN;
 	uint8_t one;
 	size_t got;
@@ -385,7 +384,7 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, 
 		return r < 0 ? r : cdn_refused(f, "HEAD", url, c.status, NULL, 0, why, why_cap);
 	}
 	if (!(c.status >= 200 && c.status < 300) && c.status != 405 && c.status != 501)
-		return fetch_check_status(f, "HEAD", url, c.status, FETCH_QUIET_ALL);
+		return fetch_check_status(f, "HEAD", url, c.status, 0);
 	/* No usable HEAD: the size comes with a one-byte range. */
 	r = fetch_cdn_range(f, url, s3, 0, 1, &one, &got, &total, why, why_cap);
 	if (r)
@@ -394,7 +393,7 @@ int fetch_cdn_size(struct fetch *f, const char *url, const struct fetch_s3 *s3, 
 		char u[512];
 
 		fetch_url_for_log(url, u, sizeof(u));
-		fetch_logf(f, LOG_DEBUG, "GET %s: the server does not tell the object's size", u);
+		fetch_logf(f, LOG_ERR, "GET %s: the server does not tell the object's size", u);
 		return -EPROTO;
 	}
 	*ret_size = total;

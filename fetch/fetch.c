@@ -238,18 +238,16 @@ int fetch_status_errno(long status)
 	return -EIO;
 }
 
-int fetch_check_status(struct fetch *f, const char *method, const char *url, long status, int quiet)
+int fetch_check_status(struct fetch *f, const char *method, const char *url, long status,
+		       int quiet_404)
 {
 	char u[512];
 	int r = fetch_status_errno(status);
 
 	if (r) {
 		fetch_url_for_log(url, u, sizeof(u));
-		fetch_logf(f,
-			   quiet == FETCH_QUIET_ALL || (quiet == FETCH_QUIET_404 && status == 404)
-				   ? LOG_DEBUG
-				   : LOG_ERR,
-			   "%s %s: HTTP %ld", method, u, status);
+		fetch_logf(f, quiet_404 && status == 404 ? LOG_DEBUG : LOG_ERR, "%s %s: HTTP %ld",
+			   method, u, status);
 	}
 	if (r == -EIO) {
 		/* EIO alone would read "Input/output error". */
@@ -945,7 +943,7 @@ int fetch_run(struct fetch_call *c)
 	char cause[FETCH_WHY_MAX];
 	char u[512];
 	unsigned attempt;
-	int r, prio = c->quiet ? LOG_DEBUG : LOG_ERR;
+	int r;
 
 	why_err = 0;
 	fetch_url_for_log(req->url, u, sizeof(u));
@@ -974,7 +972,7 @@ int fetch_run(struct fetch_call *c)
 			snprintf(cause, sizeof(cause), "timed out after %.0f s%s%.300s%s",
 				 (double)(now_ms() - start) / 1000.0, *last ? " (" : "", last,
 				 *last ? ")" : "");
-			fetch_logf(f, prio, "%s %s: %s", method, u, cause);
+			fetch_logf(f, LOG_ERR, "%s %s: %s", method, u, cause);
 			r = -ETIMEDOUT;
 			why_set(r, cause);
 			break;
@@ -1061,7 +1059,7 @@ int fetch_run(struct fetch_call *c)
 					 attempt + 1, (double)(now_ms() - start) / 1000.0);
 			}
 			if (r < 0) {
-				fetch_logf(f, prio, "%s %s: %s", method, u, cause);
+				fetch_logf(f, LOG_ERR, "%s %s: %s", method, u, cause);
 				why_set(r, cause);
 			}
 			break;

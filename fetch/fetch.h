@@ -282,9 +282,8 @@ int fetch_api_register_chunk_hashes(struct fetch *f, const char *api_url, const 
  * SignatureDoesNotMatch: ..." (printable ASCII, cut to why_cap) on
  * -EKEYREJECTED and "" on any other result, so concurrent calls never see
  * each other's. The refusal is logged here at debug only: the caller says
- * it once, with its context. So is every other failure of the reads
- * below (fetch_cdn_range, fetch_cdn_range_stream, fetch_cdn_size), whose
- * words fetch_strerror gives; fetch_cdn_put logs its own.
+ * it once, with its context. Other failures are logged as every call's
+ * are (at debug on a thread made quiet by fetch_quiet).
  */
 #define FETCH_CDN_WHY_MAX 256 /* room for any reason a call gives */
 

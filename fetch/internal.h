@@ -50,7 +50,6 @@ struct fetch_call {
 	const struct fetch_hooks *hooks;
 	const char *range;    /* CURLOPT_RANGE, "a-b" */
 	unsigned low_speed_s; /* 0: the default stall bound */
-	int quiet;	      /* a final failure is logged at debug */
 
 	/* Written by the engine for the hooks, per attempt. */
 	long status;
@@ -77,14 +76,10 @@ void fetch_logf(struct fetch *f, int priority, const char *fmt, ...)
 
 /*
  * Maps a status to 0 or -errno like fetch_status_errno() and logs the
- * failure once: at error, or at debug for an expected 404
- * (FETCH_QUIET_404) or for a caller that says every failure itself
- * (FETCH_QUIET_ALL). Its words stay for fetch_strerror.
+ * failure once (at debug for an expected 404 when quiet_404).
  */
-#define FETCH_QUIET_404 1
-#define FETCH_QUIET_ALL 2
 int fetch_check_status(struct fetch *f, const char *method, const char *url, long status,
-		       int quiet);
+		       int quiet_404);
 
 /* The per-call timeout currently in force. */
 unsigned fetch_timeout_ms(struct fetch *f);

@@ -3,7 +3,8 @@
  * CDN. Retries, timeouts and the CDN's keys are fetch's; this layer only
  * insists on an answer of exactly the bytes asked for, and puts every
  * failure into words for its caller: the CDN's reason for a refusal, the
- * failed call's words (fetch_strerror) for the rest.
+ * failed call's words (fetch_strerror) for the rest. Its calls run quiet
+ * (fetch_quiet): the edge that answers the reader logs those words once.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -73,9 +74,11 @@ static int cdn_read(struct src *src, const struct src_blob *b, uint64_t off, siz
 	uint64_t t0 = metrics_now();
 	char why[FETCH_CDN_WHY_MAX];
 	size_t got = 0;
-	int r;
+	int r, quiet;
 
+	quiet = fetch_quiet(1);
 	r = fetch_cdn_range(c->f, b->url, b->s3, off, len, buf, &got, NULL, why, sizeof(why));
+	fetch_quiet(quiet);
 	return cdn_result(b, off, len, r, got, t0, why, ret_msg);
 }
 
@@ -103,10 +106,12 @@ static int cdn_stream(struct src *src, const struct src_blob *b, uint64_t off, s
 	uint64_t t0 = metrics_now();
 	char why[FETCH_CDN_WHY_MAX];
 	size_t got = 0;
-	int r;
+	int r, quiet;
 
+	quiet = fetch_quiet(1);
 	r = fetch_cdn_range_stream(c->f, b->url, b->s3, off, len, cdn_sink_take, &k, &got, why,
 				   sizeof(why));
+	fetch_quiet(quiet);
 	/* The receiver's refusal is its own to tell. */
 	return cdn_result(b, off, len, r, got, t0, why, k.refused ? NULL : ret_msg);
 }
@@ -115,9 +120,11 @@ static int cdn_size(struct src *src, const struct src_blob *b, uint64_t *ret_siz
 {
 	struct src_cdn *c = (struct src_cdn *)src;
 	char why[FETCH_CDN_WHY_MAX];
-	int r;
+	int r, quiet;
 
+	quiet = fetch_quiet(1);
 	r = fetch_cdn_size(c->f, b->url, b->s3, ret_size, why, sizeof(why));
+	fetch_quiet(quiet);
 	if (r == -EPROTO) {
 		char url[512];
 

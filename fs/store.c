@@ -127,11 +127,10 @@ struct store_file {
 	uint64_t ra_until; /* read-ahead issued up to here */
 };
 
-/* What a fill of the cache needs: the object and its store; what it gives back on failure. */
+/* What a fill of the cache needs: the object and its store. */
 struct store_fill_ctx {
 	struct store *st;
 	struct store_obj *o;
-	char *msg;
 };
 
 /* ---- small functions ----------------------------------------------------------------- */
@@ -270,31 +269,41 @@ static int store_reader_errno(int r)
 	}
 }
 
-static char *store_big_url(const char *base, const char *folder, const char *name)
+/* The URL of name's big part (malloc()ed) and the CDN's keys, from the key source. */
+static int store_big_url(struct store *st, const char *name, char **ret_url,
+			 const struct fetch_s3 **ret_s3, char **ret_msg)
 {
-	char *ef = names_url_escape(folder), *en = names_url_escape(name), *url = NULL;
+	char *ef, *en, *url = NULL;
+	const char *base = NULL;
+	int r;
 
+	r = st->keys->ops->cdn(st->keys, &base, ret_s3);
+	if (r < 0) {
+		msg_set(ret_msg, "no CDN address: cdn_url is not set and cdn.yaml is not known "
+				 "(not logged in)");
+		return -EACCES;
+	}
+	ef = names_url_escape(st->c->folder);
+	en = names_url_escape(name);
 	if (ef && en && asprintf(&url, "%s/%s/%s.big", base, ef, en) < 0)
 		url = NULL;
 	free(ef);
 	free(en);
-	return url;
+	*ret_url = url;
+	return url ? 0 : -ENOMEM;
 }
 
 /* ---- decryption: filling units --------------------------------------------------- */
 
 /*
- * Keeps a failed fill's words: for the reader whose fill it was, and on
- * the object for the readers that waited for it.
+ * Keeps a failed fill's words on the object, for the reader whose fill it
+ * was and the readers that waited for it (read-ahead's too).
  */
-static void store_fill_failed(struct store_fill_ctx *ctx, const char *msg, int r)
+static void store_fill_failed(struct store *st, struct store_obj *o, const char *msg, int r)
 {
-	struct store *st = ctx->st;
-	struct store_obj *o = ctx->o;
 	char *copy = strdup(msg_or(msg, r));
 
-	free(ctx->msg);
-	ctx->msg = copy ? strdup(copy) : NULL;
+	log_debug("%s: a fill failed: %s", o->e.name, msg_or(msg, r));
 	pthread_mutex_lock(&st->lock);
 	free(o->fail_msg);
 	o->fail_msg = copy;
@@ -308,7 +317,7 @@ static void store_fill_failed(struct store_fill_ctx *ctx, const char *msg, int r
  * bit on the way or in cache_dir, an answer for other bytes) may not
  * repeat: what the disk cache holds of it is forgotten and it is read once
  * more (an event logged here). No plaintext of a failed check is ever
- * kept. A fill that fails leaves its words in ctx and on the object.
+ * kept. A fill that fails leaves its words on the object.
  */
 static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data, size_t *lens)
 {
@@ -337,7 +346,7 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 			continue;
 		}
 		if (r < 0)
-			store_fill_failed(ctx, msg, r);
+			store_fill_failed(st, o, msg, r);
 		free(msg);
 		break;
 	}
@@ -359,23 +368,19 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 static int store_units_get(struct store *st, struct store_obj *o, uint64_t first, size_t n,
 			   struct ucache_unit **u, const struct timespec *deadline, char **ret_msg)
 {
-	struct store_fill_ctx ctx = {st, o, NULL};
+	struct store_fill_ctx ctx = {st, o};
 	int64_t start = store_now_ms();
 	char *msg = NULL;
 	int r;
 
 	r = ucache_get(st->cache, o->id, first, n, u, store_fill, &ctx, &o->fail, deadline);
-	if (r < 0 && ctx.msg) {
-		msg = ctx.msg;
-		ctx.msg = NULL;
-	} else if (r < 0 && r != -ENOBUFS) {
+	if (r < 0 && r != -ENOBUFS) {
 		pthread_mutex_lock(&st->lock);
-		/* A failure held from before this read (ucache.h) is still the one it gets. */
+		/* Its own fill's, or one it waited for, or one held from just before (ucache.h). */
 		if (o->fail_msg && o->fail_msg_ms >= start - STORE_FAIL_HOLD_MS)
 			msg = strdup(o->fail_msg);
 		pthread_mutex_unlock(&st->lock);
 	}
-	free(ctx.msg);
 	if (r == -EBADMSG)
 		r = -EIO; /* bytes that failed their check */
 	if ((r == -ETIMEDOUT && !msg) || r == -ENOBUFS) {
@@ -489,21 +494,15 @@ static void store_obj_close_locked(struct store *st, struct store_obj *o)
 static int store_obj_locate(struct store *st, struct store_obj *o, char **ret_msg)
 {
 	const struct fetch_s3 *s3 = NULL;
-	const char *base = NULL;
-	char *msg = NULL;
+	char *msg = NULL, *url;
 	int r;
 
-	r = st->keys->ops->cdn(st->keys, &base, &s3);
-	if (r < 0) {
-		msg_set(ret_msg, "no CDN address: cdn_url is not set and cdn.yaml is not known "
-				 "(not logged in)");
-		return -EACCES;
-	}
-	if (!o->url) {
-		o->url = store_big_url(base, st->c->folder, o->e.name);
-		if (!o->url)
-			return -ENOMEM;
-	}
+	r = store_big_url(st, o->e.name, &url, &s3, ret_msg);
+	if (r < 0)
+		return r;
+	/* Nobody reads it while the object is being prepared. */
+	free(o->url);
+	o->url = url;
 	o->blob.url = o->url;
 	o->blob.s3 = s3;
 	o->blob.size = o->e.big_size;
@@ -1092,7 +1091,7 @@ static void *store_worker(void *arg)
 		st->n_jobs--;
 		pthread_mutex_unlock(&st->lock);
 		if (j->first * STORE_UNIT < j->o->size) {
-			struct store_fill_ctx ctx = {st, j->o, NULL};
+			struct store_fill_ctx ctx = {st, j->o};
 			uint64_t n = j->n;
 
 			if ((j->first + n - 1) * STORE_UNIT >= j->o->size)
@@ -1103,10 +1102,6 @@ static void *store_worker(void *arg)
 			 */
 			ucache_prefetch(st->cache, j->o->id, j->first, (size_t)n, store_fill, &ctx,
 					NULL);
-			/* Its words stay on the object, for a reader that needs those bytes. */
-			if (ctx.msg)
-				log_debug("%s: read-ahead failed: %s", j->o->e.name, ctx.msg);
-			free(ctx.msg);
 		}
 		pthread_mutex_lock(&st->lock);
 		store_obj_close_locked(st, j->o);
@@ -1163,19 +1158,12 @@ int store_probe(void *arg, struct catalog_entry *e, char **ret_msg)
 {
 	struct store *st = arg;
 	const struct fetch_s3 *s3 = NULL;
-	const char *base;
 	char *url;
 	int r;
 
-	r = st->keys->ops->cdn(st->keys, &base, &s3);
-	if (r < 0) {
-		msg_set(ret_msg, "no CDN address: cdn_url is not set and cdn.yaml is not known "
-				 "(not logged in)");
+	r = store_big_url(st, e->name, &url, &s3, ret_msg);
+	if (r < 0)
 		return r;
-	}
-	url = store_big_url(base, st->c->folder, e->name);
-	if (!url)
-		return -ENOMEM;
 	r = probe_entry(st->src, st->keys, url, s3, e, ret_msg);
 	free(url);
 	return r;

@@ -171,7 +171,7 @@ check "daemon, the CDN closes mid-transfer: its log says after how many bytes" \
 	grep -qE "GET ${CDN_URL//./\\.}/$F/.*: 127\.0\.0\.1:[0-9]+ closed the connection after 1000 of [0-9]+ bytes" \
 	"$W/m-mid.log"
 # The store hands the failed call's words up and the FUSE edge logs them:
-# one failure, one line (not one from the HTTP client and one from the read).
+# one failure, one line, from the mount (the HTTP client logs it at debug).
 check_eq "daemon, the CDN closes mid-transfer: the failed read is logged once" \
 	"$(grep -c "closed the connection after 1000 of" "$W/m-mid.log")" 1
 fs_umount "$W/m-mid" "$pid"
