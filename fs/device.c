@@ -688,7 +688,7 @@ static int device_register(struct device *d, const char *pem)
 		goto out;
 	}
 	if (r < 0) {
-		device_enrol_failed(d, r, "POST /devices/challenge failed", strerror(-r));
+		device_enrol_failed(d, r, "POST /devices/challenge failed", log_strerror(r));
 		goto out;
 	}
 	if (!json_object_get(ch, "challenge_id") ||
@@ -718,7 +718,7 @@ static int device_register(struct device *d, const char *pem)
 		goto out;
 	}
 	if (r < 0) {
-		device_enrol_failed(d, r, "POST /devices failed", strerror(-r));
+		device_enrol_failed(d, r, "POST /devices failed", log_strerror(r));
 		goto out;
 	}
 	r = device_write_id(d, id);

@@ -293,14 +293,12 @@ static int real_small_part(struct keys *kk, const char *name, uint8_t **ret, siz
 {
 	struct keys_real *k = (struct keys_real *)kk;
 	char *small_name = NULL, *path = NULL, *msg = NULL;
-	int r, quiet;
+	int r;
 
 	if (asprintf(&small_name, "%s.small", name) < 0)
 		return -ENOMEM;
 	/* The failed call's words go up with the message, for the edge to log once. */
-	quiet = fetch_quiet(1);
 	r = session_get_resource(k->s, k->c->folder, small_name, ret, ret_len, &msg);
-	fetch_quiet(quiet);
 	free(small_name);
 	path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "small");
 	if (r == 0 && path)
@@ -332,16 +330,14 @@ static int real_key_doc(struct keys *kk, const char *name, struct keys_doc *ret,
 	struct keys_doc kd = {0};
 	json_t *doc = NULL;
 	char id[160];
-	int r, quiet;
+	int r;
 
 	r = k->d ? device_id(k->d, id, sizeof(id)) : -ENODEV;
 	if (r < 0) {
 		*ret_msg = msg_fmt("format 2 needs an enrolled TPM device, and this one is not");
 		return -EACCES;
 	}
-	quiet = fetch_quiet(1);
 	r = session_device_key(k->s, k->c->folder, name, id, &doc);
-	fetch_quiet(quiet);
 	if (r == -ENOENT)
 		keys_doc_forget(k, name, id);
 	if (r < 0 && r != -ENOENT && r != -EACCES) {
@@ -378,11 +374,9 @@ static int real_chunk_hashes(struct keys *kk, const char *name, uint32_t *ret_ch
 	char *path = keys_kept_path(k, KEYS_SMALL_DIR, name, NULL, "hashes");
 	uint8_t *buf = NULL;
 	size_t len = 0;
-	int r, quiet;
+	int r;
 
-	quiet = fetch_quiet(1);
 	r = session_chunk_hashes(k->s, k->c->folder, name, ret_chunk_size, ret_sha256, ret_count);
-	fetch_quiet(quiet);
 	/*
 	 * Kept beside the small part, as 4 bytes of chunk size (little-endian)
 	 * and the hashes: without them a format-1 file is not served at all.

@@ -877,9 +877,10 @@ static int main_fuse_args(const struct main_opts *o, struct fuse_args *args)
  * does an API out of reach with no saved catalog, since the mount would
  * be an empty folder. With a saved catalog it is an offline start. The
  * TPM's sealed credentials refused mount too: azaionctl login, through
- * the endpoint, replaces them.
+ * the endpoint, replaces them. why: the login's words, logged here once.
  */
-static int main_check_login(const struct config *c, struct catalog *cat, int had_creds, int login)
+static int main_check_login(const struct config *c, struct catalog *cat, int had_creds, int login,
+			    const char *why)
 {
 	struct catalog_list *l;
 	size_t n;
@@ -904,12 +905,12 @@ static int main_check_login(const struct config *c, struct catalog *cat, int had
 		log_err("cannot reach the API at %s (%s) and state_dir %s holds no saved catalog: "
 			"the mount would be an empty folder; check api_url, the network and "
 			"ca_file, and mount again",
-			c->api_url, log_strerror(login), c->state_dir);
+			c->api_url, why, c->state_dir);
 		return login;
 	}
 	log_warn("offline start: the API at %s is out of reach (%s); serving the saved catalog "
 		 "(%zu files), with the keys kept in state_dir, until it is back",
-		 c->api_url, log_strerror(login), n);
+		 c->api_url, why, n);
 	return 0;
 }
 
@@ -1036,6 +1037,7 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	char dev[32], *msg = NULL;
 	size_t init_len;
 	int r, rc = 1, login, had_creds, had_init = 0, replayed = 0, stopped;
+	char login_why[400];
 	enum serve_end end;
 
 	ms->foreground = o->foreground;
@@ -1077,6 +1079,8 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 		goto out_session;
 	had_creds = session_has_credentials(s);
 	login = device_login(d);
+	/* The login's words, before the calls below replace this thread's (session.h). */
+	snprintf(login_why, sizeof(login_why), "%s", log_strerror(login));
 	if (session_logged_in(s))
 		device_enroll_if_needed(d);
 	r = main_read_path(c, f, s, d, &ms->st, &msg);
@@ -1094,7 +1098,7 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	 * Readers wait on a restarted worker: it serves what it has, and the
 	 * refusal that would stop a first start is only logged.
 	 */
-	if (main_check_login(c, ms->cat, had_creds, login) < 0 && !ms->resumed)
+	if (main_check_login(c, ms->cat, had_creds, login, login_why) < 0 && !ms->resumed)
 		goto out_catalog;
 
 	/*

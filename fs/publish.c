@@ -369,7 +369,7 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 	struct publish_result res;
 	uint8_t digest[32];
 	char *body = NULL, *url = NULL, *escaped = NULL, *ef = NULL;
-	int r;
+	int r, quiet;
 
 	if (!names_valid(req->name)) {
 		*ret_msg = strdup("the name must be 1 to 255 bytes, without '/', and not . or ..");
@@ -422,8 +422,11 @@ int publish_model(const struct publish_req *req, const struct publish_target *t,
 			pub_fail(&s, r, "out of memory");
 			goto out;
 		}
+		/* Quiet: the message below carries the failed call's words (publish.h). */
+		quiet = fetch_quiet(1);
 		r = fetch_cdn_put(t->fetch, url, cdn.s3, pub_big_read, &s, s.big_size, why,
 				  sizeof(why));
+		fetch_quiet(quiet);
 		if (r < 0) {
 			pub_fail(&s, r, "uploading the big part to %s failed: %s%s%s%s", url,
 				 log_strerror(r), *why ? " (the CDN says: " : "", why,

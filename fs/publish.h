@@ -54,7 +54,8 @@ struct publish_result {
  * registers the chunk hashes and uploads the small part (format 1,
  * docs/trust.md section 4), or registers the key. A failure at any step
  * stops there, so a small part never exists without its list.
- * On error *ret_msg gets a malloc()ed line saying what failed.
+ * On error *ret_msg gets a malloc()ed line saying what failed, with the
+ * failed call's words; the failure is not logged here: the caller says it.
  */
 int publish_model(const struct publish_req *req, const struct publish_target *t,
 		  struct publish_result *ret, char **ret_msg);

@@ -477,6 +477,9 @@ static enum MHD_Result rest_login(struct rest *r, struct rest_req *q, struct MHD
 				   "email and password must be 1 to 1024 characters");
 	}
 	if (e < 0) {
+		/* The one line for this failure: unlock_login leaves it to its caller. */
+		log_warn("login to %s with the given credentials failed: %s", r->d.c->api_url,
+			 log_strerror(e));
 		REST_COUNT(r, login_errors, 1);
 		if (e == -EACCES)
 			return rest_detail(r, conn, MHD_HTTP_UNAUTHORIZED,
@@ -822,7 +825,7 @@ static int rest_api_reachable(struct rest *r)
 	};
 	struct fetch_response resp = {0};
 	time_t now = time(NULL);
-	int ok;
+	int ok, e, quiet;
 
 	pthread_mutex_lock(&r->lock);
 	if (r->api_checked && now - r->api_checked < REST_API_PROBE_S) {
@@ -831,8 +834,16 @@ static int rest_api_reachable(struct rest *r)
 		return ok;
 	}
 	pthread_mutex_unlock(&r->lock);
-	/* Any HTTP answer means reachable; only the transport can fail here. */
-	ok = fetch_request(r->d.f, &req, &resp) == 0;
+	/*
+	 * Any HTTP answer means reachable; only the transport can fail here.
+	 * Quiet: the answer's "api" says it, and /status may be polled often.
+	 */
+	quiet = fetch_quiet(1);
+	e = fetch_request(r->d.f, &req, &resp);
+	fetch_quiet(quiet);
+	if (e < 0)
+		log_debug("the API probe failed: %s", log_strerror(e));
+	ok = e == 0;
 	fetch_response_free(&resp);
 	pthread_mutex_lock(&r->lock);
 	r->api_checked = now;

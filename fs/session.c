@@ -463,7 +463,7 @@ static int session_do_login(struct session *s, int force, unsigned seen_gen, int
 	struct session_creds *cr;
 	char *tok = NULL;
 	time_t exp = 0;
-	int r;
+	int r, quiet;
 
 	pthread_mutex_lock(&s->lock);
 	while (s->logging_in)
@@ -482,6 +482,7 @@ static int session_do_login(struct session *s, int force, unsigned seen_gen, int
 	with_yaml = with_yaml || !s->cdn_cur;
 	pthread_mutex_unlock(&s->lock);
 
+	quiet = fetch_quiet(1);
 	r = fetch_api_login(s->f, s->c->api_url, cr->email, cr->password, &tok, &exp);
 	if (r == 0)
 		r = session_lock_token(&tok);
@@ -490,8 +491,10 @@ static int session_do_login(struct session *s, int force, unsigned seen_gen, int
 		if (with_yaml)
 			session_fetch_cdn_yaml(s, tok, cr);
 	} else {
-		log_warn("login to %s failed: %s", s->c->api_url, log_strerror(r));
+		/* The caller says it, with these words (session.h). */
+		log_debug("login to %s failed: %s", s->c->api_url, log_strerror(r));
 	}
+	fetch_quiet(quiet);
 
 	pthread_mutex_lock(&s->lock);
 	s->logging_in = 0;
@@ -608,16 +611,19 @@ static int session_token(struct session *s, char **ret_tok, struct session_creds
 typedef int (*session_fn)(struct session *s, const char *token, const struct session_creds *cr,
 			  void *ctx);
 
-/* Runs fn with a token; on -EACCES logs in again once and retries. */
+/*
+ * Runs fn with a token; on -EACCES logs in again once and retries. Quiet:
+ * the caller says a failure (session.h).
+ */
 static int session_call(struct session *s, session_fn fn, void *ctx)
 {
 	struct session_creds *cr;
 	unsigned gen;
 	char *tok;
-	int r, attempt;
-
+	int r, attempt, quiet;
 	uint64_t t0 = metrics_now();
 
+	quiet = fetch_quiet(1);
 	for (attempt = 0;; attempt++) {
 		r = session_token(s, &tok, &cr, &gen);
 		if (r < 0)
@@ -632,6 +638,7 @@ static int session_call(struct session *s, session_fn fn, void *ctx)
 		if (r < 0)
 			break;
 	}
+	fetch_quiet(quiet);
 	metrics_observe(METRICS_API_CALL, t0);
 	/* An absent resource or catalog is an answer, not a failure. */
 	if (r < 0 && r != -ENOENT)

@@ -7,6 +7,12 @@
  * log in again once and retry when the API answers 401/403 (-EACCES).
  * Thread-safe. Errors are 0 or a negative errno; -ENOKEY means no
  * credentials are known.
+ *
+ * A failed call or login is not logged here (debug only): its API calls
+ * run quiet (fetch_quiet), and the caller, which knows what the call was
+ * for, says it once with the failure's words, log_strerror(r) on the same
+ * thread right after the call (docs/architecture.md, errors and messages).
+ * cdn.yaml, fetched in the background of a login, logs its own failures.
  */
 #ifndef AZAION_SESSION_H
 #define AZAION_SESSION_H

@@ -144,22 +144,28 @@ static void unlock_run_fail(struct unlock_run *run, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* An errno as a reader would want to see it in F5's "error". */
+/*
+ * An API call's errno as a reader would want to see it in F5's "error",
+ * with the failed call's words (this thread's, right after the call).
+ */
 static const char *unlock_cause(int r)
 {
+	static __thread char words[UNLOCK_ERR_MAX];
+
 	switch (r) {
 	case -EACCES:
 		return "the API refused the credentials";
-	case -EHOSTUNREACH:
-		return "the API is unreachable";
-	case -ETIMEDOUT:
-		return "the API did not answer in time";
 	case -ENOENT:
 		return "the API does not know it";
 	case -ENOKEY:
 		return "no credentials";
+	case -EHOSTUNREACH:
+	case -ETIMEDOUT:
+		snprintf(words, sizeof(words), "the API is out of reach: %s", log_strerror(r));
+		return words;
 	default:
-		return strerror(-r);
+		snprintf(words, sizeof(words), "the API failed: %s", log_strerror(r));
+		return words;
 	}
 }
 
@@ -168,17 +174,17 @@ int unlock_login(const struct config *c, struct fetch *f, struct session *s, str
 {
 	char *tok = NULL;
 	time_t exp = 0;
-	int r;
+	int r, quiet;
 
 	if (!email || !password || !*email || !*password || strlen(email) > UNLOCK_FIELD_MAX ||
 	    strlen(password) > UNLOCK_FIELD_MAX)
 		return -EINVAL;
+	/* The caller says a failure, with log_strerror's words (unlock.h). */
+	quiet = fetch_quiet(1);
 	r = fetch_api_login(f, c->api_url, email, password, &tok, &exp);
-	if (r < 0) {
-		log_warn("login to %s with the given credentials failed: %s", c->api_url,
-			 log_strerror(r));
+	fetch_quiet(quiet);
+	if (r < 0)
 		return r;
-	}
 	crypto_wipe(tok, strlen(tok));
 	free(tok);
 	r = session_set_credentials(s, email, password);
@@ -235,7 +241,7 @@ static int unlock_check_images(struct unlock *u, json_t **ret_present, char *mis
 {
 	json_t *present = json_array();
 	char ref[UNLOCK_REF_MAX];
-	int r, result = 0;
+	int r, quiet, result = 0;
 
 	if (!present)
 		return -ENOMEM;
@@ -248,7 +254,10 @@ static int unlock_check_images(struct unlock *u, json_t **ret_present, char *mis
 	}
 	for (char **p = u->c->images; p && *p; p++) {
 		unlock_ref(u->c, *p, ref, sizeof(ref));
+		/* Quiet: the caller says a failure (log_strerror). */
+		quiet = fetch_quiet(1);
 		r = fetch_docker_image_exists(u->f, u->c->docker_socket, ref);
+		fetch_quiet(quiet);
 		if (r == 0) {
 			json_array_append_new(present, json_string(ref));
 		} else if (r == -ENOENT) {
@@ -578,7 +587,7 @@ static void unlock_load(struct unlock_run *run)
 			unlock_fail(u, "dockerd refused the archive: %s", message);
 		else
 			unlock_fail(u, "loading into dockerd at %s failed: %s", u->c->docker_socket,
-				    strerror(-r));
+				    log_strerror(r));
 		goto out;
 	}
 	if (!run->eof) {
@@ -599,7 +608,7 @@ static void unlock_load(struct unlock_run *run)
 		goto out;
 	}
 	if (r < 0) {
-		unlock_fail(u, "cannot list dockerd's images: %s", strerror(-r));
+		unlock_fail(u, "cannot list dockerd's images: %s", log_strerror(r));
 		goto out;
 	}
 	unlock_set_images(u, present);
@@ -618,6 +627,8 @@ static void *unlock_thread(void *arg)
 	ssize_t n;
 	int r;
 
+	/* Every failure ends in one unlock_fail, with the failed call's words. */
+	fetch_quiet(1);
 	r = unlock_login(u->c, u->f, u->s, u->d, u->email, u->password);
 	secmem_free(u->email);
 	secmem_free(u->password);

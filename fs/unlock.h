@@ -44,7 +44,8 @@ const char *unlock_state_name(enum unlock_state st);
  * them in the session (locked memory), logs in, fetches cdn.yaml, and on a
  * TPM device enrols it when it is not yet. 0, -EINVAL (an empty or
  * oversized field), -EACCES (refused) or the transport's errno (the API
- * unreachable). Credentials are never logged.
+ * unreachable). Credentials are never logged, nor is a failure: the
+ * caller says it once, with log_strerror(r)'s words on the same thread.
  */
 int unlock_login(const struct config *c, struct fetch *f, struct session *s, struct device *d,
 		 const char *email, const char *password);

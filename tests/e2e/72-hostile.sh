@@ -104,7 +104,7 @@ check_eq "  the last good list stays" "$(listing)" "$want"
 sys.stdout.write("{\"resources\": [" + ",".join(["{\"name\": \"big%07d.onnx\", \"format\": 1, \"size\": 1}" % i for i in range(1000000)]) + "]}")' >"$W/big.json"
 fp_fault API "{\"kind\": \"body\", \"count\": -1, \"first\": true, \"path\": \"/resources/list/\", \"file\": \"$W/big.json\"}"
 check "a $(($(stat -c %s "$W/big.json") >> 20)) MiB catalog is refused" \
-	wait_for 15 grep -q "resources/list/$F: the answer is larger than this call accepts" "$W/mnt.log"
+	wait_for 15 grep -q "catalog: cannot list $F: .*the answer is larger than this call accepts" "$W/mnt.log"
 check_eq "  the last good list stays" "$(listing)" "$want"
 hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
 check "  and was not buffered: peak RSS ${hwm} KiB under 48 MiB" test "$hwm" -lt $((48 * 1024))

@@ -95,17 +95,25 @@ for c in "${cases[@]}"; do
 	check_eq "azaionctl, $name: not 'No route to host'" "$(grep -c 'No route to host' "$W/$name.ctl")" 0
 	fs_mount "$W/m-$name" "$W/$name.conf"
 	pid=$FS_PID
-	wait_for 15 grep -qE "login to .* failed: $re" "$W/m-$name.log"
-	check "daemon, $name: its log says /login to ... failed: $re/" \
-		grep -qE "login to .* failed: $re" "$W/m-$name.log"
+	wait_for 15 grep -q "offline start: the API at" "$W/m-$name.log"
+	check "daemon, $name: an offline start, said with /$re/" \
+		grep -qE "offline start: the API at .* is out of reach \($re" "$W/m-$name.log"
+	# Said once: not by fetch, the session and the start each (the login's
+	# callers own its message).
+	check_eq "daemon, $name: the failure is one line of the log ($(grep -E "$re" "$W/m-$name.log" | head -3))" \
+		"$(grep -E "$re" "$W/m-$name.log" | grep -cv '\[debug\]')" 1
 	check_eq "daemon, $name: not 'No route to host'" \
 		"$(grep -c 'No route to host' "$W/m-$name.log")" 0
-	check "daemon, $name: an offline start, said so" grep -q "offline start: the API at" "$W/m-$name.log"
 	# The side endpoint's answer (F1 login through the daemon) carries the same words.
 	wait_for 10 test -S "$W/rest-$name.sock"
+	said=$(grep -E "$re" "$W/m-$name.log" | grep -cv '\[debug\]')
 	"$AZ_CTL" -c "$W/$name.conf" login >"$W/$name.login" 2>&1
 	check "side endpoint, $name: the login's detail says /$re/ ($(head -c 300 "$W/$name.login"))" \
 		grep -qE "$re" "$W/$name.login"
+	check "daemon, $name: the side endpoint's failed login, logged with /$re/" \
+		grep -qE "login to .* with the given credentials failed: $re" "$W/m-$name.log"
+	check_eq "daemon, $name: ... in one more line" \
+		"$(grep -E "$re" "$W/m-$name.log" | grep -cv '\[debug\]')" $((said + 1))
 	fs_umount "$W/m-$name" "$pid"
 done
 
