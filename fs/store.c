@@ -1,20 +1,18 @@
 /*
  * store.c - the read path's objects and read-ahead (see store.h): one
- * object per file version, opened once through its format's key material
- * and head, filled into the plaintext cache (ucache) by decrypting what the
- * source stack (src) gives, and read ahead by a small pool of workers.
+ * object per file version, prepared once (prep.h: its key material, head
+ * and checks), filled into the plaintext cache (ucache) by decrypting what
+ * the source stack (src) gives, and read ahead by a small pool of workers.
  * Nothing here knows a format: each object reaches its own through its
  * table (format.h).
  *
  * Locking: st->lock guards the object table, every object's refs, opens
  * and prep state, and the job queue; it is never held across I/O or
  * decryption. The cache has its own lock (ucache.c), which st->lock is
- * never held with. An object's prepared fields (url, blob, prefix, ff) are
- * written only by the thread that moved prep to LOADING and read only
- * while prep is READY and opens > 0; the last close closes a format-2
- * file (its key) under st->lock. A handle's read-ahead state is guarded by
- * its own h->lock, an object's whole-file checksum by its o->sha_lock
- * (hashing happens under it, never under st->lock).
+ * never held with. An object's prepared file (o->pf) is written only by
+ * the thread that moved prep to LOADING and read only while prep is READY
+ * and opens > 0; the last close closes a format-2 file (its key) under
+ * st->lock. A handle's read-ahead state is guarded by its own h->lock.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -23,12 +21,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "crypto/crypto.h"
-#include "fs/check.h"
 #include "fs/format.h"
 #include "fs/log.h"
 #include "fs/msg.h"
-#include "fs/names.h"
+#include "fs/prep.h"
 #include "fs/probe.h"
 #include "fs/store.h"
 #include "fs/ucache.h"
@@ -40,9 +36,8 @@
 #define STORE_WORKERS 4
 #define STORE_JOBS_MAX 64
 #define STORE_READ_MAX (16u * 1024 * 1024)
-#define STORE_MIN_UNITS 64	       /* 4 MiB: room for every thread's units */
-#define STORE_HASH_CHUNK (1024 * 1024) /* chunks of a whole-file check's own list */
-#define STORE_FAIL_HOLD_MS 1000	       /* a failed fill answers new reads at once for this long */
+#define STORE_MIN_UNITS 64	/* 4 MiB: room for every thread's units */
+#define STORE_FAIL_HOLD_MS 1000 /* a failed fill answers new reads at once for this long */
 
 enum {
 	PREP_NONE,
@@ -58,20 +53,8 @@ struct store_obj {
 	int prep;
 	uint64_t id;
 	struct catalog_entry e; /* own copy */
-	const struct format_ops *fmt;
-
-	/* prepared (see the locking rules above) */
-	char *url;
-	char cache_id[33];
-	struct src_blob blob;
-	uint64_t size;	 /* plaintext */
-	uint8_t *prefix; /* the stream's bytes before the big part (format 1's small part) */
-	size_t prefix_len;
-	struct format_file *ff; /* the opened file: its key, while prepared */
-
-	/* a format without tags: its big part's chunk hashes (docs/trust.md section 4) */
-	struct src_hashes hashes;
-	uint8_t *hash_list; /* hashes.sha256, malloc()ed; NULL: none */
+	/* prepared (prep.h; see the locking rules above) */
+	struct prep_file pf;
 
 	/* when the last user of a prepared file key left (monotonic ms); 0: in use */
 	int64_t idle_ms;
@@ -91,9 +74,7 @@ struct store_job {
 };
 
 struct store {
-	const struct config *c;
-	struct src *src;
-	struct keys *keys;
+	struct prep_env env; /* the configuration, the source stack, the key source */
 	struct ucache *cache;
 	size_t n_units;
 	uint64_t ra_max;
@@ -137,35 +118,6 @@ struct store_fill_ctx {
 
 #define STORE_COUNT(st, field, n) __atomic_fetch_add(&(st)->stats.field, (n), __ATOMIC_RELAXED)
 
-/* The source layers' read, counted for /metrics. */
-static int store_src_read(struct store *st, const struct src_blob *b, uint64_t off, size_t len,
-			  uint8_t *buf, char **ret_msg)
-{
-	int r = src_read(st->src, b, off, len, buf, ret_msg);
-
-	STORE_COUNT(st, fetches, 1);
-	if (r < 0)
-		STORE_COUNT(st, fetch_errors, 1);
-	else
-		STORE_COUNT(st, fetch_bytes, len);
-	return r;
-}
-
-/* Reads [off, off + len) of o's ciphertext stream: its prefix, then the big part. */
-static int store_read_stream(struct store *st, struct store_obj *o, uint64_t off, size_t len,
-			     uint8_t *buf, char **ret_msg)
-{
-	size_t n = o->prefix_len, k = 0;
-
-	if (off < n) {
-		k = (size_t)(n - off) < len ? (size_t)(n - off) : len;
-		memcpy(buf, o->prefix + off, k);
-	}
-	if (k == len)
-		return 0;
-	return store_src_read(st, &o->blob, off + k - n, len - k, buf + k, ret_msg);
-}
-
 /* Where a streamed fill's bytes go: the format's decryptor, and a count. */
 struct store_sink {
 	const struct format_ops *fmt;
@@ -192,28 +144,28 @@ static int store_fill_stream(struct store *st, struct store_obj *o, uint64_t p0,
 			     uint64_t c0, uint64_t c1, uint8_t *const *data, char **ret_msg,
 			     int *ret_opened)
 {
-	struct store_sink k = {.fmt = o->fmt};
-	size_t n = o->prefix_len, len = (size_t)(c1 - c0), pre = 0;
+	struct store_sink k = {.fmt = o->pf.fmt};
+	size_t n = o->pf.prefix_len, len = (size_t)(c1 - c0), pre = 0;
 	char *src_msg = NULL;
 	int r, rd;
 
-	r = o->fmt->dec_new(o->ff, p0, (size_t)(p1 - p0), data, STORE_UNIT, &k.dec);
+	r = o->pf.fmt->dec_new(o->pf.ff, p0, (size_t)(p1 - p0), data, STORE_UNIT, &k.dec);
 	if (r < 0)
 		return r;
 	if (c0 < n) {
 		pre = (size_t)(n - c0) < len ? (size_t)(n - c0) : len;
-		r = o->fmt->dec_update(k.dec, o->prefix + c0, pre);
+		r = o->pf.fmt->dec_update(k.dec, o->pf.prefix + c0, pre);
 	}
 	if (r == 0 && pre < len)
-		r = src_stream(st->src, &o->blob, c0 + pre - n, len - pre, store_sink_take, &k,
-			       &src_msg);
+		r = src_stream(st->env.src, &o->pf.blob, c0 + pre - n, len - pre, store_sink_take,
+			       &k, &src_msg);
 	if (pre < len) {
 		STORE_COUNT(st, fetches, 1);
 		if (r < 0)
 			STORE_COUNT(st, fetch_errors, 1);
 		STORE_COUNT(st, fetch_bytes, k.bytes);
 	}
-	rd = o->fmt->dec_end(k.dec, ret_msg);
+	rd = o->pf.fmt->dec_end(k.dec, ret_msg);
 	*ret_opened = rd == -EBADMSG || rd == -EPROTO;
 	/* The sources' failure, unless the bytes that came failed first. */
 	if (r < 0 && !*ret_opened) {
@@ -223,20 +175,6 @@ static int store_fill_stream(struct store *st, struct store_obj *o, uint64_t p0,
 	}
 	free(src_msg);
 	return rd;
-}
-
-/* Makes the source layers forget what they keep of a stream range (a failed check). */
-static void store_drop_stream(struct store *st, struct store_obj *o, uint64_t off, size_t len)
-{
-	uint64_t n = o->prefix_len;
-
-	if (off + len <= n)
-		return;
-	if (off < n) {
-		len -= (size_t)(n - off);
-		off = n;
-	}
-	src_drop(st->src, &o->blob, off - n, len);
 }
 
 static int64_t store_now_ms(void)
@@ -251,46 +189,6 @@ static void store_deadline(struct store *st, struct timespec *ts)
 {
 	clock_gettime(CLOCK_MONOTONIC, ts);
 	ts->tv_sec += st->timeout_s;
-}
-
-/* A lower layer's errno as a reader should see it. */
-static int store_reader_errno(int r)
-{
-	switch (r) {
-	case 0:
-	case -EACCES:
-	case -ENOENT:
-	case -ETIMEDOUT:
-	case -ENOMEM:
-	case -EKEYREJECTED: /* the CDN refused: not a login matter (fetch.h) */
-		return r;
-	default:
-		return -EIO;
-	}
-}
-
-/* The URL of name's big part (malloc()ed) and the CDN's keys, from the key source. */
-static int store_big_url(struct store *st, const char *name, char **ret_url,
-			 const struct fetch_s3 **ret_s3, char **ret_msg)
-{
-	char *ef, *en, *url = NULL;
-	const char *base = NULL;
-	int r;
-
-	r = st->keys->ops->cdn(st->keys, &base, ret_s3);
-	if (r < 0) {
-		msg_set(ret_msg, "no CDN address: cdn_url is not set and cdn.yaml is not known "
-				 "(not logged in)");
-		return -EACCES;
-	}
-	ef = names_url_escape(st->c->folder);
-	en = names_url_escape(name);
-	if (ef && en && asprintf(&url, "%s/%s/%s.big", base, ef, en) < 0)
-		url = NULL;
-	free(ef);
-	free(en);
-	*ret_url = url;
-	return url ? 0 : -ENOMEM;
 }
 
 /* ---- decryption: filling units --------------------------------------------------- */
@@ -327,9 +225,9 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 	uint64_t p0 = first * STORE_UNIT, p1, c0, c1;
 	int r = 0;
 
-	p1 = (first + n) * STORE_UNIT < o->size ? (first + n) * STORE_UNIT : o->size;
+	p1 = (first + n) * STORE_UNIT < o->pf.size ? (first + n) * STORE_UNIT : o->pf.size;
 	if (p0 < p1)
-		o->fmt->span(o->ff, p0, (size_t)(p1 - p0), &c0, &c1);
+		o->pf.fmt->span(o->pf.ff, p0, (size_t)(p1 - p0), &c0, &c1);
 	for (int retried = 0; p0 < p1; retried = 1) {
 		char *msg = NULL;
 		int opened = 0, again;
@@ -342,7 +240,7 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 			/* An event no caller sees: the read goes on. */
 			log_warn("%s: %s; reading it again", o->e.name, msg_or(msg, r));
 			free(msg);
-			store_drop_stream(st, o, c0, (size_t)(c1 - c0));
+			prep_drop_stream(&st->env, &o->pf, c0, (size_t)(c1 - c0));
 			continue;
 		}
 		if (r < 0)
@@ -353,11 +251,11 @@ static int store_fill(void *arg, uint64_t first, size_t n, uint8_t *const *data,
 	for (size_t i = 0; i < n; i++) {
 		uint64_t q0 = (first + i) * STORE_UNIT;
 
-		lens[i] = q0 >= o->size		      ? 0
-			  : o->size - q0 < STORE_UNIT ? (size_t)(o->size - q0)
-						      : STORE_UNIT;
+		lens[i] = q0 >= o->pf.size		 ? 0
+			  : o->pf.size - q0 < STORE_UNIT ? (size_t)(o->pf.size - q0)
+							 : STORE_UNIT;
 	}
-	return r == -EBADMSG ? r : store_reader_errno(r);
+	return r == -EBADMSG ? r : prep_reader_errno(r);
 }
 
 /*
@@ -400,24 +298,16 @@ static int store_units_get(struct store *st, struct store_obj *o, uint64_t first
 /* Under st->lock, or with the object out of every other thread's reach. */
 static void store_obj_unprepare(struct store_obj *o)
 {
-	format_close(o->ff);
-	o->ff = NULL;
-	free(o->hash_list);
-	o->hash_list = NULL;
-	o->blob.hashes = NULL;
-	secmem_free(o->prefix);
-	o->prefix = NULL;
-	o->prefix_len = 0;
+	prep_close(&o->pf);
 	o->prep = PREP_NONE;
 }
 
 static void store_obj_free(struct store_obj *o)
 {
-	store_obj_unprepare(o);
+	prep_free(&o->pf);
 	free(o->fail_msg);
 	free(o->e.name);
 	free(o->e.updated);
-	free(o->url);
 	free(o);
 }
 
@@ -452,12 +342,13 @@ static struct store_obj *store_obj_get_locked(struct store *st, const struct cat
 	o->e = *e;
 	o->e.name = strdup(e->name);
 	o->e.updated = e->updated ? strdup(e->updated) : NULL;
-	o->fmt = format_get(e->format);
+	o->pf.fmt = format_get(e->format);
 	if (!o->e.name || (e->updated && !o->e.updated)) {
 		store_obj_free(o);
 		return NULL;
 	}
 	o->id = ++st->next_id;
+	o->pf.id = o->id;
 	o->refs = 2; /* the table's and the caller's */
 	o->in_table = 1;
 	o->next = st->objs;
@@ -481,90 +372,13 @@ static void store_obj_open_locked(struct store_obj *o)
  */
 static void store_obj_close_locked(struct store *st, struct store_obj *o)
 {
-	if (--o->opens > 0 || !o->fmt || !o->fmt->file_key || o->prep != PREP_READY)
+	if (--o->opens > 0 || !o->pf.fmt || !o->pf.fmt->file_key || o->prep != PREP_READY)
 		return;
-	if (st->c->key_ttl == 0 || !st->has_reaper) {
+	if (st->env.c->key_ttl == 0 || !st->has_reaper) {
 		store_obj_unprepare(o);
 		return;
 	}
 	o->idle_ms = store_now_ms();
-}
-
-/* The big part's URL and size, and the CDN's keys, into o. */
-static int store_obj_locate(struct store *st, struct store_obj *o, char **ret_msg)
-{
-	const struct fetch_s3 *s3 = NULL;
-	char *msg = NULL, *url;
-	int r;
-
-	r = store_big_url(st, o->e.name, &url, &s3, ret_msg);
-	if (r < 0)
-		return r;
-	/* Nobody reads it while the object is being prepared. */
-	free(o->url);
-	o->url = url;
-	o->blob.url = o->url;
-	o->blob.s3 = s3;
-	o->blob.size = o->e.big_size;
-	o->blob.cache_id = NULL;
-	if (!o->blob.size) {
-		r = src_size(st->src, &o->blob, &o->blob.size, &msg);
-		if (r < 0) {
-			msg_set(ret_msg, "the size of its big part is unknown: %s", msg_or(msg, r));
-			free(msg);
-			return store_reader_errno(r);
-		}
-	}
-	return 0;
-}
-
-/*
- * Names the big part's blocks in cache_dir. Not by URL, so that the cache
- * still serves when the CDN's address changes or it is down; the format's
- * mark (format 1's small part, whose IV is random; format 2's file_id)
- * makes every publication's name new.
- */
-static void store_obj_cache_id(struct store *st, struct store_obj *o, const void *mark,
-			       size_t mark_len)
-{
-	struct crypto_sha256 *h = crypto_sha256_new();
-	uint8_t d[32];
-	char size[24];
-
-	if (!h) {
-		o->blob.cache_id = NULL;
-		return;
-	}
-	snprintf(size, sizeof(size), "%llu", (unsigned long long)o->blob.size);
-	crypto_sha256_update(h, st->c->folder, strlen(st->c->folder) + 1);
-	crypto_sha256_update(h, o->e.name, strlen(o->e.name) + 1);
-	crypto_sha256_update(h, size, strlen(size) + 1);
-	crypto_sha256_update(h, mark, mark_len);
-	crypto_sha256_final(h, d);
-	crypto_sha256_free(h);
-	crypto_hex(d, 16, o->cache_id);
-	o->blob.cache_id = o->cache_id;
-}
-
-/*
- * The key source's slow step (the TPM's unwrap) takes as long as the
- * head's CDN read; each runs in its own thread at open, so that the first
- * byte waits for the slower only.
- */
-struct store_unlock {
-	struct keys *k;
-	const struct format_ops *fmt;
-	struct format_key *fk;
-	char *msg;
-	int r;
-};
-
-static void *store_unlock_main(void *arg)
-{
-	struct store_unlock *u = arg;
-
-	u->r = u->fmt->key_unlock(u->k, u->fk, &u->msg);
-	return NULL;
 }
 
 /* Records name among the files served without any check (GET /status), once. */
@@ -617,198 +431,18 @@ int store_unchecked(struct store *st, char ***ret, size_t *ret_n)
 	return 0;
 }
 
-/*
- * A format without tags, no chunk hashes from the API, a sha256 in the
- * catalog (a legacy resource, docs/trust.md section 4): checked whole
- * before its first byte is served (check.h); the list of its chunks that
- * the check yields then checks every later read, from the CDN or
- * cache_dir, against the bytes that were checked whole.
- */
-static int store_check_whole(struct store *st, struct store_obj *o, char **ret_msg)
-{
-	struct src_blob b = o->blob;
-	uint8_t *list = NULL;
-	size_t count = 0;
-	char *msg = NULL;
-	int r;
-
-	b.hashes = NULL;
-	r = check_whole(st->src, &b, o->ff, o->prefix, o->prefix_len, o->e.sha256, STORE_HASH_CHUNK,
-			&list, &count, &msg);
-	STORE_COUNT(st, fetches, count);
-	STORE_COUNT(st, fetch_bytes, r == 0 ? b.size : 0);
-	if (r < 0) {
-		*ret_msg = msg;
-		return r == -ENOMEM ? r : -EIO;
-	}
-	o->hash_list = list;
-	o->hashes.id = o->id;
-	o->hashes.chunk_size = STORE_HASH_CHUNK;
-	o->hashes.sha256 = o->hash_list;
-	o->hashes.count = count;
-	o->blob.hashes = &o->hashes;
-	log_debug("%s: checked whole against the catalog's sha256", o->e.name);
-	return 0;
-}
-
-/*
- * A format without tags: the API's chunk hashes for o's big part, set on
- * its blob, so that the source stack checks every range (docs/trust.md
- * section 4). 1 when the API holds none (404), after which the caller
- * checks the file whole or marks it unchecked; a failure to get the list
- * is an error, not a file without one.
- */
-static int store_obj_hashes(struct store *st, struct store_obj *o, char **ret_msg)
-{
-	uint8_t *list = NULL;
-	uint32_t cs = 0;
-	size_t count = 0;
-	char *msg = NULL;
-	int r;
-
-	if (!st->keys->ops->chunk_hashes)
-		return 1;
-	r = st->keys->ops->chunk_hashes(st->keys, o->e.name, &cs, &list, &count, &msg);
-	if (r == -ENOENT) {
-		free(msg);
-		return 1;
-	}
-	if (r < 0) {
-		/*
-		 * Never a downgrade: whoever can break this one call (a reset
-		 * connection, a 5xx) must not get the file served with a weaker
-		 * check than its list gives. The open fails; the next one asks again.
-		 */
-		msg_set(ret_msg,
-			"cannot get its chunk hashes from the API (%s); not served until they "
-			"arrive: check the API's reachability and open it again",
-			msg_or(msg, r));
-		free(msg);
-		return store_reader_errno(r) == -ETIMEDOUT ? -ETIMEDOUT : -EIO;
-	}
-	if (!cs || count != (o->blob.size + cs - 1) / cs) {
-		msg_set(ret_msg,
-			"the API's chunk-hash list (%zu chunks of %u bytes) does not cover its "
-			"big part of %llu bytes",
-			count, cs, (unsigned long long)o->blob.size);
-		free(list);
-		return -EIO;
-	}
-	o->hash_list = list;
-	o->hashes.id = o->id;
-	o->hashes.chunk_size = cs;
-	o->hashes.sha256 = list;
-	o->hashes.count = count;
-	o->blob.hashes = &o->hashes;
-	return 0;
-}
-
-/*
- * Key material, head and format file of o: what every read of it needs.
- * On failure *ret_msg says why.
- */
+/* Prepares o (prep.h), counting its reads and recording a file served unchecked. */
 static int store_prepare(struct store *st, struct store_obj *o, char **ret_msg)
 {
-	struct format_key fk = {0};
-	struct store_unlock unlock = {.k = st->keys, .fmt = o->fmt, .fk = &fk};
-	struct format_hint hint = {0};
-	uint8_t *head = NULL;
-	uint64_t head_off, e_size;
-	size_t head_len;
-	pthread_t unlocker;
-	char *msg = NULL;
-	int r, threaded = 0, whole = 0;
+	struct prep_counts n = {0};
+	int r;
 
-	if (!o->fmt) {
-		msg_set(ret_msg, "format %d is not one this build reads", o->e.format);
-		return -EIO;
-	}
-	r = store_obj_locate(st, o, ret_msg);
-	if (r < 0)
-		return r;
-	r = o->fmt->key_material(st->keys, o->e.name, &fk, ret_msg);
-	if (r < 0)
-		return r == -ENOKEY ? -EACCES : store_reader_errno(r);
-	store_obj_cache_id(st, o, fk.mark, fk.mark_len);
-	if (o->fmt->chunk_hashes) {
-		whole = store_obj_hashes(st, o, ret_msg);
-		if (whole < 0) {
-			r = whole;
-			goto out;
-		}
-	}
-	/* The prefix moves into o: the stream reads need it. */
-	o->prefix = fk.prefix;
-	o->prefix_len = fk.prefix_len;
-	fk.prefix = NULL;
-	e_size = o->prefix_len + o->blob.size;
-	hint.has_size = o->e.has_size;
-	hint.size = o->e.size;
-	hint.prefix_len = o->prefix_len;
-	hint.file_id = fk.file_id[0] ? fk.file_id : NULL;
-	o->fmt->head(e_size, &hint, &head_off, &head_len);
-	head = head_len ? malloc(head_len) : NULL;
-	if (head_len && !head) {
-		r = -ENOMEM;
-		goto out;
-	}
-	threaded = pthread_create(&unlocker, NULL, store_unlock_main, &unlock) == 0;
-	if (!threaded)
-		store_unlock_main(&unlock);
-	/* A head that fails a check is read once more, as chunks are (store_fill). */
-	for (int retried = 0;; retried = 1) {
-		char *src_msg = NULL;
-
-		r = head_len && head_off + head_len > e_size ? -EIO : 0;
-		if (r == 0 && head_len)
-			r = store_read_stream(st, o, head_off, head_len, head, &src_msg);
-		if (r < 0) {
-			msg = msg_fmt("cannot read its header: %s", msg_or(src_msg, r));
-			free(src_msg);
-		} else {
-			if (threaded) {
-				pthread_join(unlocker, NULL);
-				threaded = 0;
-			}
-			if (unlock.r < 0)
-				break;
-			r = o->fmt->open(fk.key, head, e_size, &hint, &o->ff, &msg);
-		}
-		if (r == 0 || retried || (r != -EBADMSG && r != -EPROTO))
-			break;
-		/* An event no caller sees: the open goes on. */
-		log_warn("%s: %s; reading it again", o->e.name, msg_or(msg, r));
-		free(msg);
-		msg = NULL;
-		store_drop_stream(st, o, head_off, head_len);
-	}
-	if (threaded)
-		pthread_join(unlocker, NULL);
-	if (r == 0 && unlock.r < 0) {
-		r = unlock.r;
-		msg = unlock.msg;
-		unlock.msg = NULL;
-	}
-	if (r < 0) {
-		*ret_msg = msg;
-		msg = NULL;
-		r = store_reader_errno(r);
-		goto out;
-	}
-	if (whole && o->e.has_sha256)
-		r = store_check_whole(st, o, ret_msg);
-	else if (whole)
+	r = prep_open(&st->env, &o->e, &o->pf, &n, ret_msg);
+	STORE_COUNT(st, fetches, n.fetches);
+	STORE_COUNT(st, fetch_bytes, n.fetch_bytes);
+	STORE_COUNT(st, fetch_errors, n.fetch_errors);
+	if (r == 0 && o->pf.unchecked)
 		store_mark_unchecked(st, o->e.name);
-	if (r < 0)
-		goto out;
-	o->size = o->ff->size;
-out:
-	if (r < 0)
-		store_obj_unprepare(o);
-	free(unlock.msg);
-	free(msg);
-	free(head);
-	format_key_clear(&fk);
 	return r;
 }
 
@@ -939,7 +573,7 @@ static int store_queue_job(struct store *st, struct store_obj *o, uint64_t first
 static void store_readahead(struct store_file *h, uint64_t off, size_t len)
 {
 	struct store *st = h->st;
-	uint64_t end = off + len, size = h->o->size, win, target, from, cap;
+	uint64_t end = off + len, size = h->o->pf.size, win, target, from, cap;
 	unsigned readers = __atomic_load_n(&st->n_handles, __ATOMIC_RELAXED);
 	int seq;
 
@@ -999,10 +633,10 @@ int store_read(struct store_file *h, uint64_t off, size_t len, struct store_read
 
 	memset(ret, 0, sizeof(*ret));
 	ret->st = st;
-	if (off >= o->size || len == 0)
+	if (off >= o->pf.size || len == 0)
 		return 0;
-	if (len > o->size - off)
-		len = (size_t)(o->size - off);
+	if (len > o->pf.size - off)
+		len = (size_t)(o->pf.size - off);
 	if (len > STORE_READ_MAX)
 		len = STORE_READ_MAX;
 	first = off / STORE_UNIT;
@@ -1090,12 +724,12 @@ static void *store_worker(void *arg)
 			st->jobs_tail = NULL;
 		st->n_jobs--;
 		pthread_mutex_unlock(&st->lock);
-		if (j->first * STORE_UNIT < j->o->size) {
+		if (j->first * STORE_UNIT < j->o->pf.size) {
 			struct store_fill_ctx ctx = {st, j->o};
 			uint64_t n = j->n;
 
-			if ((j->first + n - 1) * STORE_UNIT >= j->o->size)
-				n = (j->o->size - 1) / STORE_UNIT - j->first + 1;
+			if ((j->first + n - 1) * STORE_UNIT >= j->o->pf.size)
+				n = (j->o->pf.size - 1) / STORE_UNIT - j->first + 1;
 			/*
 			 * A failed read-ahead does not hold the object failed: a reader
 			 * before a damaged chunk still gets its bytes (docs/trust.md).
@@ -1120,7 +754,7 @@ static void *store_reaper(void *arg)
 
 	pthread_mutex_lock(&st->lock);
 	while (!st->stop) {
-		int64_t now = store_now_ms(), ttl_ms = (int64_t)st->c->key_ttl * 1000;
+		int64_t now = store_now_ms(), ttl_ms = (int64_t)st->env.c->key_ttl * 1000;
 
 		for (struct store_obj *o = st->objs; o; o = o->next)
 			if (o->idle_ms && !o->opens && o->prep == PREP_READY &&
@@ -1138,7 +772,7 @@ static void *store_reaper(void *arg)
 
 int store_start(struct store *st)
 {
-	if (st->c->key_ttl && pthread_create(&st->reaper, NULL, store_reaper, st) == 0)
+	if (st->env.c->key_ttl && pthread_create(&st->reaper, NULL, store_reaper, st) == 0)
 		st->has_reaper = 1;
 	for (unsigned i = 0; i < STORE_WORKERS; i++) {
 		int r = pthread_create(&st->workers[i], NULL, store_worker, st);
@@ -1161,10 +795,10 @@ int store_probe(void *arg, struct catalog_entry *e, char **ret_msg)
 	char *url;
 	int r;
 
-	r = store_big_url(st, e->name, &url, &s3, ret_msg);
+	r = prep_big_url(&st->env, e->name, &url, &s3, ret_msg);
 	if (r < 0)
 		return r;
-	r = probe_entry(st->src, st->keys, url, s3, e, ret_msg);
+	r = probe_entry(st->env.src, st->env.keys, url, s3, e, ret_msg);
 	free(url);
 	return r;
 }
@@ -1185,9 +819,9 @@ int store_new(const struct config *c, struct src *src, struct keys *keys, struct
 		keys_free(keys);
 		return -ENOMEM;
 	}
-	st->c = c;
-	st->src = src;
-	st->keys = keys;
+	st->env.c = c;
+	st->env.src = src;
+	st->env.keys = keys;
 	st->timeout_s = c->io_timeout ? c->io_timeout : 1;
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_condattr_init(&ca);
@@ -1251,8 +885,8 @@ void store_free(struct store *st)
 	while (st->n_unchecked)
 		free(st->unchecked[--st->n_unchecked]);
 	free(st->unchecked);
-	src_free(st->src);
-	keys_free(st->keys);
+	src_free(st->env.src);
+	keys_free(st->env.keys);
 	pthread_cond_destroy(&st->cond);
 	pthread_cond_destroy(&st->reap_cond);
 	pthread_mutex_destroy(&st->lock);

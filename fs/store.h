@@ -5,6 +5,7 @@
  *     -> src_disk (cache_dir, optional)              src.h
  *       -> src_hash (format 1's chunk hashes)        src.h
  *         -> the store: objects, read-ahead          here
+ *              each object prepared at first open    prep.h
  *              decryption by each file's format      format.h
  *              keys from a key source                keys.h
  *              plaintext units in the cache          ucache.h
