@@ -26,6 +26,7 @@
 #include "fs/hw.h"
 #include "fs/keys.h"
 #include "fs/log.h"
+#include "fs/msg.h"
 #include "fs/names.h"
 #include "fs/publish.h"
 #include "fs/session.h"
@@ -256,15 +257,18 @@ static int ctl_session(struct ctl *ctl, struct fetch **ret_fetch, struct session
 	};
 	struct fetch *f = NULL;
 	struct session *s = NULL;
+	char *msg = NULL;
 	int r;
 
 	r = fetch_new(&fo, &f);
 	if (r < 0)
 		return ctl_error("cannot set up HTTP: %s", strerror(-r));
-	r = session_new(ctl->config, f, &s);
+	r = session_new(ctl->config, f, &s, &msg);
 	if (r < 0) {
 		fetch_free(f);
-		return ctl_error("cannot start a session: %s", strerror(-r));
+		r = ctl_error("%s", msg_or(msg, r));
+		free(msg);
+		return r;
 	}
 	r = session_login(s);
 	if (r < 0) {
@@ -813,7 +817,7 @@ static int ctl_enroll(struct ctl *ctl)
 		.max_retries = 5,
 		.log = ctl_fetch_log,
 	};
-	char *email = NULL, *password = NULL, id[160], reason[512];
+	char *email = NULL, *password = NULL, *msg = NULL, id[160], reason[512];
 	struct session *s = NULL;
 	struct device *d = NULL;
 	struct fetch *f = NULL;
@@ -824,9 +828,10 @@ static int ctl_enroll(struct ctl *ctl)
 	r = fetch_new(&fo, &f);
 	if (r < 0)
 		return ctl_error("cannot set up HTTP: %s", strerror(-r));
-	r = session_new(ctl->config, f, &s);
+	r = session_new(ctl->config, f, &s, &msg);
 	if (r < 0) {
-		ctl_error("cannot start a session: %s", strerror(-r));
+		ctl_error("%s", msg_or(msg, r));
+		free(msg);
 		goto out;
 	}
 	if (session_has_credentials(s)) {

@@ -1067,8 +1067,12 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 		log_err("cannot set up HTTP: %s", strerror(-r));
 		goto out;
 	}
-	if (session_new(c, f, &s) < 0)
+	r = session_new(c, f, &s, &msg);
+	if (r < 0) {
+		log_err("%s", msg_or(msg, r));
+		free(msg);
 		goto out_fetch;
+	}
 	/*
 	 * The TPM first: tpm = required without one stops here, before any
 	 * network I/O; an enrolled device unseals the credentials it logs in

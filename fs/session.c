@@ -119,20 +119,20 @@ static char *session_trim(char *s, char *end)
 	return s;
 }
 
-static int session_read_credentials(struct session *s)
+static int session_read_credentials(struct session *s, char **ret_msg)
 {
 	char *email = NULL, *password = NULL, *msg = NULL;
 	int r;
 
 	r = config_read_credentials(s->c->credentials, &email, &password, &msg);
 	if (r < 0) {
-		log_err("credentials: %s", msg ? msg : strerror(-r));
+		msg_set(ret_msg, "credentials: %s", msg_or(msg, r));
 		free(msg);
 		return r;
 	}
 	r = session_creds_new(s->hw, email, password, &s->creds);
 	if (r < 0)
-		log_err("credentials: %s", strerror(-r));
+		msg_set(ret_msg, "credentials: %s", strerror(-r));
 	secmem_free(email);
 	secmem_free(password);
 	return r;
@@ -180,16 +180,17 @@ static char *session_base_url(const char *u)
 
 /*
  * Refuses a URL that would carry the password or the token in the clear
- * (docs/trust.md 5), naming the setting; before any connection to it.
+ * (docs/trust.md 5), naming the setting in *ret_msg; before any
+ * connection to it.
  */
-static int session_check_url(const char *what, const char *url)
+static int session_check_url(const char *what, const char *url, char **ret_msg)
 {
 	char *why = NULL;
 	int r;
 
 	r = fetch_url_allowed(url, &why);
 	if (r < 0)
-		log_err("%s: %s", what, why ? why : strerror(-r));
+		msg_set(ret_msg, "%s: %s", what, msg_or(why, r));
 	free(why);
 	return r;
 }
@@ -235,9 +236,14 @@ static int session_cdn_update(struct session *s, const struct session_cdn_yaml *
 			goto err_nomem;
 	} else if (yaml_url) {
 		/* The token and S3 keys would follow this host: the same rule as cdn_url. */
-		r = session_check_url("cdn.yaml host", yaml_url);
+		char *msg = NULL;
+
+		r = session_check_url("cdn.yaml host", yaml_url, &msg);
 		if (r < 0) {
-			log_err("cdn.yaml: its host is not used; the CDN stays as it was");
+			/* Background work of a login: no caller to say it. */
+			log_err("%s; the host is not used, the CDN stays as it was",
+				msg_or(msg, r));
+			free(msg);
 			free(yaml_url);
 			free(sn);
 			return r;
@@ -290,7 +296,7 @@ err_nomem:
 	return -ENOMEM;
 }
 
-int session_new(const struct config *c, struct fetch *f, struct session **ret)
+int session_new(const struct config *c, struct fetch *f, struct session **ret, char **ret_msg)
 {
 	struct session *s;
 	size_t len;
@@ -304,20 +310,20 @@ int session_new(const struct config *c, struct fetch *f, struct session **ret)
 	s->f = f;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
-	r = session_check_url("api_url", c->api_url);
+	r = session_check_url("api_url", c->api_url, ret_msg);
 	if (r == 0 && c->cdn_url)
-		r = session_check_url("cdn_url", c->cdn_url);
+		r = session_check_url("cdn_url", c->cdn_url, ret_msg);
 	if (r < 0)
 		goto err;
 	r = hw_string(c->hardware_id, &s->hw);
 	if (r < 0) {
-		log_err("hardware string: %s", strerror(-r));
+		msg_set(ret_msg, "hardware string: %s", strerror(-r));
 		goto err;
 	}
 	if (c->s3_secret_key_file) {
 		r = config_read_secret_file(c->s3_secret_key_file, 1, &s->conf_secret, &len, &msg);
 		if (r < 0) {
-			log_err("s3_secret_key_file: %s", msg ? msg : strerror(-r));
+			msg_set(ret_msg, "s3_secret_key_file: %s", msg_or(msg, r));
 			free(msg);
 			goto err;
 		}
@@ -327,7 +333,7 @@ int session_new(const struct config *c, struct fetch *f, struct session **ret)
 			s->conf_secret[--len] = '\0';
 	}
 	if (c->credentials) {
-		r = session_read_credentials(s);
+		r = session_read_credentials(s, ret_msg);
 		if (r < 0)
 			goto err;
 	}
@@ -769,6 +775,7 @@ int session_device_key(struct session *s, const char *folder, const char *name,
 struct session_fragment_ctx {
 	uint8_t *out;
 	size_t len;
+	char *msg; /* why the answer is not one */
 };
 
 #define SESSION_FRAGMENT_MAX 4096
@@ -784,7 +791,8 @@ static int session_fragment_fn(struct session *s, const char *token, const struc
 	if (r < 0)
 		return r;
 	if (buf.len == 0 || buf.len > SESSION_FRAGMENT_MAX) {
-		log_err("key fragment: an answer of %zu bytes", buf.len);
+		msg_set(&fc->msg, "the API's key fragment is %zu bytes, not 1 to %d", buf.len,
+			SESSION_FRAGMENT_MAX);
 		r = -EPROTO;
 		goto out;
 	}
@@ -800,14 +808,19 @@ out:
 	return r;
 }
 
-int session_key_fragment(struct session *s, uint8_t **ret, size_t *ret_len)
+int session_key_fragment(struct session *s, uint8_t **ret, size_t *ret_len, char **ret_msg)
 {
 	struct session_fragment_ctx fc = {0};
 	int r;
 
 	r = session_call(s, session_fragment_fn, &fc);
-	if (r < 0)
+	if (r < 0) {
+		if (ret_msg)
+			*ret_msg = fc.msg;
+		else
+			free(fc.msg);
 		return r;
+	}
 	*ret = fc.out;
 	*ret_len = fc.len;
 	return 0;

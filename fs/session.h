@@ -28,9 +28,12 @@ struct session;
 
 /*
  * Reads the credentials file (when configured), the S3 secret and the
- * hardware string. Does no network I/O. c and f must outlive the session.
+ * hardware string, and refuses an api_url or cdn_url that would carry
+ * secrets in the clear. Does no network I/O. c and f must outlive the
+ * session. On failure *ret_msg (msg.h; may be NULL) says what to fix,
+ * naming the setting.
  */
-int session_new(const struct config *c, struct fetch *f, struct session **ret);
+int session_new(const struct config *c, struct fetch *f, struct session **ret, char **ret_msg);
 void session_free(struct session *s);
 
 /* Replaces the credentials (e.g. from the side endpoint) and logs in. */
@@ -63,8 +66,12 @@ int session_list(struct session *s, const char *folder, json_t **ret);
 /* GET /resources/key/{folder}/{name} with X-Device-Id. */
 int session_device_key(struct session *s, const char *folder, const char *name,
 		       const char *device_id, json_t **ret);
-/* GET /binary-split/key-fragment (Docker unlock, format 1); *ret is secmem_free()d. */
-int session_key_fragment(struct session *s, uint8_t **ret, size_t *ret_len);
+/*
+ * GET /binary-split/key-fragment (Docker unlock, format 1); *ret is
+ * secmem_free()d. An answer that is not one is -EPROTO with *ret_msg
+ * (msg.h; may be NULL) saying so.
+ */
+int session_key_fragment(struct session *s, uint8_t **ret, size_t *ret_len, char **ret_msg);
 /*
  * Attested enrolment (docs/trust.md 1): POST /devices/challenge with evidence
  * (the session adds "hardware"), then POST /devices with the proof.

@@ -398,14 +398,15 @@ static int unlock_keys_archive(struct keys *k, uint8_t *key, char **ret_msg)
 {
 	struct unlock *u = ((struct unlock_keys *)k)->u;
 	uint8_t *frag = NULL;
+	char *msg = NULL;
 	size_t flen;
 	int r;
 
-	r = session_key_fragment(u->s, &frag, &flen);
+	r = session_key_fragment(u->s, &frag, &flen, &msg);
 	if (r < 0) {
-		if (asprintf(ret_msg, "cannot get the key fragment from the API: %s",
-			     unlock_cause(r)) < 0)
-			*ret_msg = NULL;
+		msg_set(ret_msg, "cannot get the key fragment from the API: %s",
+			msg ? msg : unlock_cause(r));
+		free(msg);
 		return r;
 	}
 	f1_archive_key(frag, flen, key);

@@ -159,6 +159,27 @@ check_eq "daemon, not logged in: no 'Required key not available'" \
 	"$(grep -c 'Required key not available' "$W/m-nologin.log" "$W/nologin.ctl" | awk -F: '{s += $2} END {print s}')" 0
 fs_umount "$W/m-nologin" "$pid"
 
+# ---- a credentials file others can read: refused before any connection,
+# in one line that names the file and the fix (the session's words, said
+# once by the command or the start: not also 'cannot start a session')
+cp "$W/creds" "$W/creds644"
+chmod 644 "$W/creds644"
+conf "$W/c644.conf" "credentials=$W/creds644" "cdn_url=$NGINX_URL"
+want="credentials: $W/creds644: mode 644 lets others read it; chmod 600 it"
+"$AZ_CTL" -c "$W/c644.conf" publish --name "$A" "$W/$A" >"$W/c644.ctl" 2>&1
+rc=$?
+check "azaionctl, credentials mode 644: fails (rc $rc)" test "$rc" -ne 0
+check "azaionctl, credentials mode 644: says '$want' ($(head -c 300 "$W/c644.ctl"))" \
+	grep -qF "$want" "$W/c644.ctl"
+check_eq "azaionctl, credentials mode 644: in one line" "$(grep -c . "$W/c644.ctl")" 1
+mkdir -p "$W/m-c644"
+timeout 60 "$AZ_DAEMON" azaion "$W/m-c644" -f -o "config=$W/c644.conf" >"$W/m-c644.log" 2>&1
+rc=$?
+check "daemon, credentials mode 644: does not start (rc $rc)" test "$rc" -ne 0 -a "$rc" -ne 124
+check "daemon, credentials mode 644: says '$want'" grep -qF "$want" "$W/m-c644.log"
+check_eq "daemon, credentials mode 644: said once" "$(grep -cF "$W/creds644" "$W/m-c644.log")" 1
+check_eq "daemon, credentials mode 644: nothing mounted" "$(grep -c " $W/m-c644 " /proc/mounts)" 0
+
 # ---- a CDN that closes mid-transfer (a proxy in front of nginx)
 fp_start CDN "$NGINX_URL"
 conf "$W/pub.conf" "cdn_url=$CDN_URL"
