@@ -515,7 +515,8 @@ static int unlock_open(struct unlock_run *run)
 	if (r == 0)
 		r = run->fmt->key_unlock(&keys.k, &fk, &msg);
 	if (r < 0) {
-		unlock_fail(u, "%s", msg ? msg : unlock_cause(r));
+		/* The API's failures come with words; what comes without is not the API's. */
+		unlock_fail(u, "%s", msg_or(msg, r));
 		goto out;
 	}
 	hint.file_id = fk.file_id[0] ? fk.file_id : NULL;
