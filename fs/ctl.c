@@ -831,7 +831,6 @@ static int ctl_enroll(struct ctl *ctl)
 	r = session_new(ctl->config, f, &s, &msg);
 	if (r < 0) {
 		ctl_error("%s", msg_or(msg, r));
-		free(msg);
 		goto out;
 	}
 	if (session_has_credentials(s)) {
@@ -862,27 +861,22 @@ static int ctl_enroll(struct ctl *ctl)
 	/* A TPM wait says what it waits for (tpm/) even without -v. */
 	if (!ctl->verbose)
 		log_set_level(LOG_WARNING);
-	r = device_new(ctl->config, s, &d);
+	r = device_new(ctl->config, s, &d, &msg);
 	if (!ctl->verbose)
 		log_set_level(LOG_CRIT);
-	if (r == -EINTR) {
-		ctl_error("enroll: stopped while waiting for the TPM at %s", ctl->config->tpm_tcti);
-		goto out;
-	}
 	if (r < 0) {
-		ctl_error("enroll: no TPM at %s", ctl->config->tpm_tcti);
+		ctl_error("enroll: %s", msg_or(msg, r));
 		goto out;
 	}
 	if (!strcmp(device_status(d, reason, sizeof(reason)), "absent")) {
 		ctl_error("enroll: %s", reason);
 		goto out;
 	}
-	r = device_enroll(d);
+	r = device_enroll(d, &msg);
 	if (r == 0)
 		r = device_id(d, id, sizeof(id));
 	if (r < 0) {
-		device_status(d, reason, sizeof(reason));
-		ctl_error("enroll failed: %s", *reason ? reason : strerror(-r));
+		ctl_error("enroll failed: %s", msg_or(msg, r));
 		goto out;
 	}
 	if (ctl->json)
@@ -891,6 +885,7 @@ static int ctl_enroll(struct ctl *ctl)
 		printf("enrolled: device %s, keys in %s\n", id, ctl->config->state_dir);
 	rc = 0;
 out:
+	free(msg);
 	device_free(d);
 	session_free(s);
 	fetch_free(f);

@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@
 #include "tpm/tpm.h"
 
 #define DEVICE_ID_MAX 128
+#define DEVICE_ID_MAX_TEXT "128"
 #define DEVICE_SEALED_MAX (16 * 1024) /* largest sealed content unsealed */
 #define DEVICE_SECRET_MAX 4096	      /* largest resource_secret sealed */
 #define DEVICE_FIX "a new login re-enrols the device"
@@ -155,16 +157,12 @@ static int device_write_id(struct device *d, const char *id)
 {
 	char line[DEVICE_ID_MAX + 2];
 	size_t n = strlen(id);
-	int r;
 
 	if (n == 0 || n > DEVICE_ID_MAX)
 		return -EPROTO;
 	memcpy(line, id, n);
 	line[n] = '\n';
-	r = atomic_write_file(d->id_path, 0600, line, n + 1, NULL, NULL);
-	if (r < 0)
-		log_err("cannot write %s: %s", d->id_path, strerror(-r));
-	return r;
+	return atomic_write_file(d->id_path, 0600, line, n + 1, NULL, NULL);
 }
 
 static void device_drop_unsealed_locked(struct device *d)
@@ -371,7 +369,7 @@ static int device_tpm_open(struct tpm_opts *o, struct tpm **ret)
 	return r;
 }
 
-int device_new(const struct config *c, struct session *s, struct device **ret)
+int device_new(const struct config *c, struct session *s, struct device **ret, char **ret_msg)
 {
 	struct tpm_opts o = {0};
 	struct device *d;
@@ -400,7 +398,7 @@ int device_new(const struct config *c, struct session *s, struct device **ret)
 	if (c->tpm_owner_auth_file) {
 		r = config_read_secret_file(c->tpm_owner_auth_file, 1, &auth, &auth_len, &msg);
 		if (r < 0) {
-			log_err("tpm_owner_auth_file: %s", msg ? msg : strerror(-r));
+			msg_set(ret_msg, "tpm_owner_auth_file: %s", msg_or(msg, r));
 			free(msg);
 			goto err;
 		}
@@ -421,12 +419,11 @@ int device_new(const struct config *c, struct session *s, struct device **ret)
 
 		d->tpm = NULL;
 		if (r == -EINTR) {
-			log_err("stopped while waiting for the TPM at %s: not starting",
-				c->tpm_tcti);
+			msg_set(ret_msg, "stopped while waiting for the TPM at %s", c->tpm_tcti);
 			goto err;
 		}
 		if (c->tpm == CONFIG_TPM_REQUIRED) {
-			log_err("tpm = required, but no TPM answers at %s: not starting (%s)",
+			msg_set(ret_msg, "tpm = required, but no TPM answers at %s (%s)",
 				c->tpm_tcti, why);
 			r = -ENODEV;
 			goto err;
@@ -646,14 +643,18 @@ static json_t *device_proof(const struct tpm_attest *a, json_t *challenge_id, co
 	return p;
 }
 
-/* Logs and records a failed enrolment step; returns r. */
-static int device_enrol_failed(struct device *d, int r, const char *what, const char *why)
+/*
+ * Records a failed enrolment step in the status and gives the caller its
+ * words (WHAT: WHY) to say; returns r.
+ */
+static int device_enrol_failed(struct device *d, int r, const char *what, const char *why,
+			       char **ret_msg)
 {
 	char msg[512];
 
 	snprintf(msg, sizeof(msg), "enrolment: %s: %s", what, why);
-	log_err("TPM: %s", msg);
 	device_set_status(d, "error", msg);
+	msg_set(ret_msg, "%s: %s", what, why);
 	return r;
 }
 
@@ -662,7 +663,7 @@ static int device_enrol_failed(struct device *d, int r, const char *what, const 
  * challenge, proof, device id. A refusal (-EPERM) names the API's reason;
  * the next login starts again from a new challenge.
  */
-static int device_register(struct device *d, const char *pem)
+static int device_register(struct device *d, const char *pem, char **ret_msg)
 {
 	struct tpm_attest *a = NULL;
 	json_t *ev = NULL, *ch = NULL, *proof = NULL;
@@ -673,7 +674,8 @@ static int device_register(struct device *d, const char *pem)
 
 	r = tpm_attest_new(d->tpm, &a);
 	if (r < 0) {
-		device_enrol_failed(d, r, "this TPM cannot attest its key", tpm_last_error(d->tpm));
+		device_enrol_failed(d, r, "this TPM cannot attest its key", tpm_last_error(d->tpm),
+				    ret_msg);
 		goto out;
 	}
 	ev = device_evidence(a);
@@ -684,11 +686,12 @@ static int device_register(struct device *d, const char *pem)
 	r = session_device_challenge(d->s, ev, &ch, &detail);
 	if (r == -EPERM) {
 		device_enrol_failed(d, r, "the API refused this TPM's EK certificate or AK",
-				    detail ? detail : "no reason given");
+				    detail ? detail : "no reason given", ret_msg);
 		goto out;
 	}
 	if (r < 0) {
-		device_enrol_failed(d, r, "POST /devices/challenge failed", log_strerror(r));
+		device_enrol_failed(d, r, "POST /devices/challenge failed", log_strerror(r),
+				    ret_msg);
 		goto out;
 	}
 	if (!json_object_get(ch, "challenge_id") ||
@@ -697,12 +700,14 @@ static int device_register(struct device *d, const char *pem)
 	    json_get_b64(ch, "nonce", &nonce, &nonce_len) < 0) {
 		r = device_enrol_failed(d, -EPROTO, "the API's challenge",
 					"lacks challenge_id, credential_blob, encrypted_secret "
-					"or nonce (base64)");
+					"or nonce (base64)",
+					ret_msg);
 		goto out;
 	}
 	r = tpm_attest_prove(d->tpm, a, blob, blob_len, sec, sec_len, nonce, nonce_len);
 	if (r < 0) {
-		device_enrol_failed(d, r, "answering the API's challenge", tpm_last_error(d->tpm));
+		device_enrol_failed(d, r, "answering the API's challenge", tpm_last_error(d->tpm),
+				    ret_msg);
 		goto out;
 	}
 	proof = device_proof(a, json_object_get(ch, "challenge_id"), pem);
@@ -714,15 +719,23 @@ static int device_register(struct device *d, const char *pem)
 	json_wipe_member(proof, "secret");
 	if (r == -EPERM) {
 		device_enrol_failed(d, r, "the API refused the proof (POST /devices)",
-				    detail ? detail : "no reason given");
+				    detail ? detail : "no reason given", ret_msg);
 		goto out;
 	}
 	if (r < 0) {
-		device_enrol_failed(d, r, "POST /devices failed", log_strerror(r));
+		device_enrol_failed(d, r, "POST /devices failed", log_strerror(r), ret_msg);
 		goto out;
 	}
 	r = device_write_id(d, id);
-	if (r == 0) {
+	if (r == -EPROTO) {
+		device_enrol_failed(d, r, "the API's device id",
+				    "empty, or longer than " DEVICE_ID_MAX_TEXT " bytes", ret_msg);
+	} else if (r < 0) {
+		char what[PATH_MAX + 32];
+
+		snprintf(what, sizeof(what), "cannot write %s", d->id_path);
+		device_enrol_failed(d, r, what, strerror(-r), ret_msg);
+	} else {
 		pthread_mutex_lock(&d->lock);
 		snprintf(d->id, sizeof(d->id), "%s", id);
 		device_stamp_of(d->id_path, &d->id_stamp);
@@ -744,7 +757,7 @@ out:
 }
 
 /* The legacy resource_secret to seal: the configured file's, else the one unsealed. */
-static int device_secret_to_seal(struct device *d, char **ret, size_t *ret_len)
+static int device_secret_to_seal(struct device *d, char **ret, size_t *ret_len, char **ret_msg)
 {
 	char *secret = NULL, *msg = NULL;
 	size_t len = 0;
@@ -756,8 +769,8 @@ static int device_secret_to_seal(struct device *d, char **ret, size_t *ret_len)
 		r = config_read_secret_file(d->c->legacy_resource_secret_file, 1, &secret, &len,
 					    &msg);
 		if (r < 0) {
-			log_err("TPM: enrolment needs legacy_resource_secret_file: %s",
-				msg ? msg : strerror(-r));
+			device_enrol_failed(d, r, "legacy_resource_secret_file", msg_or(msg, r),
+					    ret_msg);
 			free(msg);
 			return r;
 		}
@@ -765,10 +778,13 @@ static int device_secret_to_seal(struct device *d, char **ret, size_t *ret_len)
 		while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
 			len--;
 		if (len > DEVICE_SECRET_MAX) {
+			char why[64];
+
 			secmem_free(secret);
-			log_err("TPM: legacy_resource_secret_file holds more than %d bytes",
-				DEVICE_SECRET_MAX);
-			return -E2BIG;
+			snprintf(why, sizeof(why), "it holds more than %d bytes",
+				 DEVICE_SECRET_MAX);
+			return device_enrol_failed(d, -E2BIG, "legacy_resource_secret_file", why,
+						   ret_msg);
 		}
 		*ret = secret;
 		*ret_len = len;
@@ -789,14 +805,14 @@ static int device_secret_to_seal(struct device *d, char **ret, size_t *ret_len)
 }
 
 /* A new device key and sealed store, then POST /devices. d->busy is held. */
-static int device_do_enroll(struct device *d, const char *creds, size_t clen)
+static int device_do_enroll(struct device *d, const char *creds, size_t clen, char **ret_msg)
 {
 	char *rs = NULL, *pem = NULL;
 	uint8_t *packed = NULL, digest[32];
 	size_t rlen = 0, plen = 0;
 	int r;
 
-	r = device_secret_to_seal(d, &rs, &rlen);
+	r = device_secret_to_seal(d, &rs, &rlen, ret_msg);
 	if (r < 0)
 		return r;
 	r = device_pack(creds, clen, rs, rlen, &packed, &plen);
@@ -804,8 +820,8 @@ static int device_do_enroll(struct device *d, const char *creds, size_t clen)
 		goto out;
 	r = tpm_enroll(d->tpm, packed, plen, &pem);
 	if (r < 0) {
-		log_err("TPM: enrolment failed: %s", tpm_last_error(d->tpm));
-		device_set_status(d, "error", tpm_last_error(d->tpm));
+		device_enrol_failed(d, r, "cannot make the device key and sealed store",
+				    tpm_last_error(d->tpm), ret_msg);
 		goto out;
 	}
 	crypto_sha256(creds, clen, digest);
@@ -825,7 +841,7 @@ static int device_do_enroll(struct device *d, const char *creds, size_t clen)
 	pthread_mutex_unlock(&d->lock);
 	crypto_wipe(digest, sizeof(digest));
 	unlink(d->id_path);
-	r = device_register(d, pem);
+	r = device_register(d, pem, ret_msg);
 out:
 	free(pem);
 	secmem_free(packed);
@@ -833,7 +849,7 @@ out:
 	return r;
 }
 
-static int device_enroll_common(struct device *d, int force)
+static int device_enroll_common(struct device *d, int force, char **ret_msg)
 {
 	char *blob = NULL, *pem = NULL;
 	uint8_t digest[32];
@@ -880,7 +896,7 @@ static int device_enroll_common(struct device *d, int force)
 		log_info("TPM: enrolment waits for credentials (a login)");
 		goto out;
 	}
-	r = device_do_enroll(d, blob, len);
+	r = device_do_enroll(d, blob, len, ret_msg);
 out:
 	free(pem);
 	secmem_free(blob);
@@ -890,14 +906,14 @@ out:
 	return r;
 }
 
-int device_enroll_if_needed(struct device *d)
+int device_enroll_if_needed(struct device *d, char **ret_msg)
 {
-	return device_enroll_common(d, 0);
+	return device_enroll_common(d, 0, ret_msg);
 }
 
-int device_enroll(struct device *d)
+int device_enroll(struct device *d, char **ret_msg)
 {
-	return device_enroll_common(d, 1);
+	return device_enroll_common(d, 1, ret_msg);
 }
 
 /* ---- use -------------------------------------------------------------------- */

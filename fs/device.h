@@ -25,12 +25,14 @@ struct device;
 /*
  * Opens the TPM as the configuration says and, when the device is
  * enrolled, loads its key and unseals the store into locked memory (no
- * network I/O). -ENODEV (one line logged) only when tpm = required and no
- * TPM answers; any other trouble leaves a device without a working TPM,
- * with the reason in device_status(). Under tpm = auto a TPM that is
- * plainly absent is given up at once (tpm_open's quick mode).
+ * network I/O). Fails, with *ret_msg (msg.h) for the caller to say, only
+ * when tpm = required and no TPM answers (-ENODEV), the TPM wait was
+ * stopped by a signal (-EINTR), or tpm_owner_auth_file cannot be read;
+ * any other trouble leaves a device without a working TPM, with the
+ * reason in device_status(). Under tpm = auto a TPM that is plainly
+ * absent is given up at once (tpm_open's quick mode).
  */
-int device_new(const struct config *c, struct session *s, struct device **ret);
+int device_new(const struct config *c, struct session *s, struct device **ret, char **ret_msg);
 void device_free(struct device *d);
 
 /*
@@ -47,12 +49,15 @@ int device_login(struct device *d);
  * it is not enrolled, or its sealed store no longer unseals (re-enrolment
  * after a PCR change), or the session's credentials differ from the sealed
  * ones. Registers an enrolled key that has no device id yet. 0 when
- * nothing was needed; -EBUSY while another enrolment runs.
+ * nothing was needed; -ENODEV without a TPM; -EBUSY while another
+ * enrolment runs. A failed step is in device_status() ("error") and in
+ * *ret_msg (msg.h, "WHAT: WHY") for the caller to say; nothing is logged
+ * above debug but the enrolment's progress.
  */
-int device_enroll_if_needed(struct device *d);
+int device_enroll_if_needed(struct device *d, char **ret_msg);
 
 /* The same, unconditionally: a new device key and sealed store (azaionctl enroll). */
-int device_enroll(struct device *d);
+int device_enroll(struct device *d, char **ret_msg);
 
 /*
  * The device id into buf (cap bytes); -ENOENT when not enrolled or

@@ -915,6 +915,20 @@ static int main_check_login(const struct config *c, struct catalog *cat, int had
 }
 
 /*
+ * Enrols the device at start when it needs it (device.h), and says a
+ * failed step once: the device records it for /status, the log is ours.
+ */
+static void main_enroll(struct device *d)
+{
+	char *msg = NULL;
+	int r = device_enroll_if_needed(d, &msg);
+
+	if (r < 0 && r != -ENODEV && r != -EBUSY)
+		log_err("TPM: enrolment: %s", msg_or(msg, r));
+	free(msg);
+}
+
+/*
  * Composes the read path (store.h): the CDN, cache_dir over it when set,
  * the chunk-hash check over those, the key source, and the store over all.
  * On failure *ret_msg says why.
@@ -1079,14 +1093,18 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	 * with (unattended start). A failed login does not stop the mount:
 	 * reads then fail with the cause logged.
 	 */
-	if (device_new(c, s, &d) < 0)
+	r = device_new(c, s, &d, &msg);
+	if (r < 0) {
+		log_err("%s: not starting", msg_or(msg, r));
+		free(msg);
 		goto out_session;
+	}
 	had_creds = session_has_credentials(s);
 	login = device_login(d);
 	/* The login's words, before the calls below replace this thread's (session.h). */
 	snprintf(login_why, sizeof(login_why), "%s", log_strerror(login));
 	if (session_logged_in(s))
-		device_enroll_if_needed(d);
+		main_enroll(d);
 	r = main_read_path(c, f, s, d, &ms->st, &msg);
 	if (r < 0) {
 		log_err("cannot set up the read path: %s", msg_or(msg, r));

@@ -192,10 +192,12 @@ int unlock_login(const struct config *c, struct fetch *f, struct session *s, str
 		return r;
 	/* "error" too: a login is how a device whose PCRs changed re-enrols. */
 	if (d && strcmp(device_status(d, NULL, 0), "absent") != 0) {
-		int e = device_enroll_if_needed(d);
+		char *msg = NULL;
+		int e = device_enroll_if_needed(d, &msg);
 
-		if (e < 0 && e != -EBUSY)
-			log_warn("logged in, but enrolling the device failed: %s", strerror(-e));
+		if (e < 0 && e != -EBUSY && e != -ENODEV)
+			log_warn("logged in, but enrolling the device failed: %s", msg_or(msg, e));
+		free(msg);
 	}
 	return 0;
 }

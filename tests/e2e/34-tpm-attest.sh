@@ -106,6 +106,8 @@ f1_login >/dev/null
 check "no EK certificate: no device id" test ! -e "$W/state-raw/device_id"
 check "the log says there is no EK certificate" grep -q "no EK certificate in the TPM's NV" "$W/mnt.log"
 check "and how to provision one" grep -q "swtpm_setup --create-ek-cert" "$W/mnt.log"
+check_eq "in one line of the log, the login's ($(grep -m1 "no EK certificate" "$W/mnt.log"))" \
+	"$(grep -v '\[debug\]' "$W/mnt.log" | grep -c "no EK certificate in the TPM's NV") $(grep -c "logged in, but enrolling the device failed: this TPM cannot attest its key: .*no EK certificate" "$W/mnt.log")" "1 1"
 check_eq "GET /status says tpm: error" "$(status)" error
 fs_umount "$W/mnt" "$pid"
 kill -TERM "$raw_pid" 2>/dev/null
@@ -123,6 +125,8 @@ f1_login >/dev/null
 check "an untrusted EK certificate: no device id" test ! -e "$W/state-u/device_id"
 check "the log carries the API's 403 reason" \
 	grep -q "the API refused this TPM's EK certificate or AK: the EK certificate does not chain to a trusted TPM manufacturer CA" "$W/mnt.log"
+check_eq "in one line of the log" \
+	"$(grep -v '\[debug\]' "$W/mnt.log" | grep -c "does not chain to a trusted TPM manufacturer CA")" 1
 check_eq "GET /status says tpm: error" "$(status)" error
 fs_umount "$W/mnt" "$pid"
 

@@ -305,5 +305,24 @@ rc=$?
 check "azaionctl enroll: exits 1 (got $rc) saying it stopped" \
 	sh -c "[ $rc = 1 ] && grep -q 'enroll: stopped while waiting for the TPM' '$W/enroll.log'"
 
+# ---- tpm_owner_auth_file that cannot be read: its words, said once, not "no TPM"
+conf "$W/auth.conf" "tpm=auto" "tpm_owner_auth_file=$W/no-such-auth" \
+	"state_dir=$W/state-auth" "cdn_url=$NGINX_URL"
+"$AZ_CTL" -c "$W/auth.conf" enroll </dev/null >"$W/auth-enroll.log" 2>&1
+rc=$?
+check "azaionctl enroll, unreadable tpm_owner_auth_file: exits 1 (got $rc)" test "$rc" = 1
+check_eq "azaionctl enroll: one line naming the file ($(head -c 300 "$W/auth-enroll.log"))" \
+	"$(grep -c "tpm_owner_auth_file: .*no-such-auth" "$W/auth-enroll.log") $(grep -c . "$W/auth-enroll.log")" "1 1"
+check_eq "azaionctl enroll: not blamed on a missing TPM" "$(grep -c 'no TPM' "$W/auth-enroll.log")" 0
+mkdir -p "$W/m-auth"
+"$AZ_DAEMON" azaion "$W/m-auth" -f -o "config=$W/auth.conf" >"$W/m-auth.log" 2>&1 &
+pid=$!
+FS_PIDS+=("$pid")
+check "daemon, unreadable tpm_owner_auth_file: does not start" wait_for 10 fs_gone "$pid"
+check_eq "daemon: says it in one line, with the file and 'not starting' ($(grep -v '\[debug\]' "$W/m-auth.log" | grep -m1 tpm_owner))" \
+	"$(grep -v '\[debug\]' "$W/m-auth.log" | grep -c "tpm_owner_auth_file: .*no-such-auth.*: not starting")" 1
+check_eq "daemon: and nowhere else" "$(grep -v '\[debug\]' "$W/m-auth.log" | grep -c 'no-such-auth')" 1
+check "daemon: nothing mounted at m-auth" sh -c "! grep -q ' $W/m-auth ' /proc/mounts"
+
 fs_no_leftovers
 done_testing

@@ -108,7 +108,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	fuzz_set(c, "docker_socket", path);
 	snprintf(path, sizeof(path), "%s/state", dir);
 	if (mkdir(path, 0700) < 0 || fetch_new(&fo, &f) < 0 || session_new(c, f, &s, NULL) < 0 ||
-	    device_new(c, s, &d) < 0 || keys_new(c, s, d, &keys, &msg) < 0 ||
+	    device_new(c, s, &d, NULL) < 0 || keys_new(c, s, d, &keys, &msg) < 0 ||
 	    src_cdn_new(f, &src) < 0 || store_new(c, src, keys, &st, NULL) < 0 ||
 	    catalog_new(c, s, store_probe, st, &cat) < 0)
 		abort();
