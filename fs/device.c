@@ -265,8 +265,9 @@ static int device_unpack(const uint8_t *buf, size_t len, char **ret_email, char 
 /*
  * Load and unseal: on success the unsealed credentials wait in d for
  * device_login, the resource secret is kept, and the status is ok. On
- * failure the status is error with the reason. Runs with d->busy set or
- * before any other thread exists.
+ * failure the status is error with the reason, which the caller says
+ * (device_unseal_failed). Runs with d->busy set or before any other
+ * thread exists.
  */
 static int device_unseal(struct device *d)
 {
@@ -277,11 +278,14 @@ static int device_unseal(struct device *d)
 
 	r = tpm_load(d->tpm);
 	if (r < 0) {
-		log_err("TPM: cannot load the device key: %s", tpm_last_error(d->tpm));
+		char why[512];
+
+		snprintf(why, sizeof(why), "cannot load the device key: %s",
+			 tpm_last_error(d->tpm));
 		pthread_mutex_lock(&d->lock);
 		d->loaded = 0;
 		d->sealed_ok = 0;
-		device_status_locked(d, "error", tpm_last_error(d->tpm));
+		device_status_locked(d, "error", why);
 		pthread_mutex_unlock(&d->lock);
 		return r;
 	}
@@ -293,19 +297,22 @@ static int device_unseal(struct device *d)
 		return -ENOMEM;
 	r = tpm_unseal(d->tpm, buf, DEVICE_SEALED_MAX, &len);
 	if (r < 0) {
-		log_err("TPM: cannot unseal the stored credentials: %s", tpm_last_error(d->tpm));
+		char why[512];
+
+		snprintf(why, sizeof(why), "cannot unseal the stored credentials: %s",
+			 tpm_last_error(d->tpm));
 		pthread_mutex_lock(&d->lock);
 		d->sealed_ok = 0;
-		device_status_locked(d, "error", tpm_last_error(d->tpm));
+		device_status_locked(d, "error", why);
 		pthread_mutex_unlock(&d->lock);
 		goto out;
 	}
 	r = device_unpack(buf, len, &email, &password, &rs, &rlen, digest);
 	if (r < 0) {
-		log_err("TPM: the sealed store holds no credentials this program wrote");
 		pthread_mutex_lock(&d->lock);
 		d->sealed_ok = 0;
-		device_status_locked(d, "error", "the sealed store is not in the expected form");
+		device_status_locked(d, "error",
+				     "the sealed store holds no credentials this program wrote");
 		pthread_mutex_unlock(&d->lock);
 		goto out;
 	}
@@ -927,7 +934,7 @@ int device_enroll(struct device *d, char **ret_msg)
 static void device_refresh(struct device *d)
 {
 	struct device_stamp now = {0};
-	int changed, creds_sealed, has_creds;
+	int r, changed, creds_sealed, has_creds;
 
 	if (device_stamp_of(d->id_path, &now) < 0)
 		return;
@@ -939,7 +946,15 @@ static void device_refresh(struct device *d)
 	if (!changed)
 		return;
 	log_info("TPM: %s changed: another process enrolled this device; reloading", d->id_path);
-	device_unseal(d);
+	r = device_unseal(d);
+	if (r < 0) {
+		char reason[sizeof(d->reason)];
+
+		/* A reload in the background: nobody else to say it. */
+		if (strcmp(device_status(d, reason, sizeof(reason)), "error") != 0)
+			snprintf(reason, sizeof(reason), "%s", strerror(-r));
+		log_err("TPM: reloading: %s", reason);
+	}
 	pthread_mutex_lock(&d->lock);
 	device_read_id_locked(d);
 	creds_sealed = d->creds_sealed;

@@ -29,7 +29,8 @@ struct device;
  * when tpm = required and no TPM answers (-ENODEV), the TPM wait was
  * stopped by a signal (-EINTR), or tpm_owner_auth_file cannot be read;
  * any other trouble leaves a device without a working TPM, with the
- * reason in device_status(). Under tpm = auto a TPM that is plainly
+ * reason in device_status() for the caller to say (a sealed store that
+ * does not load or unseal: "error"). Under tpm = auto a TPM that is plainly
  * absent is given up at once (tpm_open's quick mode).
  */
 int device_new(const struct config *c, struct session *s, struct device **ret, char **ret_msg);

@@ -1051,7 +1051,7 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 	char dev[32], *msg = NULL;
 	size_t init_len;
 	int r, rc = 1, login, had_creds, had_init = 0, replayed = 0, stopped;
-	char login_why[400];
+	char login_why[400], tpm_why[512];
 	enum serve_end end;
 
 	ms->foreground = o->foreground;
@@ -1099,6 +1099,9 @@ static int main_serve(struct main_opts *o, struct config *c, struct fuse_args *a
 		free(msg);
 		goto out_session;
 	}
+	/* A sealed store that did not load or unseal: the start goes on without it. */
+	if (!strcmp(device_status(d, tpm_why, sizeof(tpm_why)), "error"))
+		log_err("TPM: %s", tpm_why);
 	had_creds = session_has_credentials(s);
 	login = device_login(d);
 	/* The login's words, before the calls below replace this thread's (session.h). */

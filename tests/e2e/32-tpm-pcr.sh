@@ -76,6 +76,8 @@ check "start: the log says the PCR policy does not hold" \
 	grep -q "the PCR policy does not hold, the boot state changed since enrolment" "$W/mnt.log"
 check "and that a new login re-enrols the device" \
 	grep -q "unseal.*a new login re-enrols the device" "$W/mnt.log"
+check_eq "said once, by the start ($(grep -m1 'cannot unseal' "$W/mnt.log"))" \
+	"$(grep -v '\[debug\]' "$W/mnt.log" | grep -c 'TPM: cannot unseal the stored credentials: .*boot state changed')" 1
 [ -S "$W/rest.sock" ] && check_eq "GET /status says tpm: error" "$(status)" error
 check "format-2 reads fail with EACCES and return nothing" reads_refused
 
@@ -84,6 +86,8 @@ out=$(printf 'email = %s\npassword = %s\n' "$API_EMAIL" "$API_PASSWORD" |
 	"$AZ_CTL" -c "$W/auto.conf" enroll 2>&1)
 rc=$?
 check_eq "azaionctl enroll succeeds ($out)" "$rc" 0
+check_eq "and says only that it enrolled (the old store's failure is what it mends)" \
+	"$(printf '%s\n' "$out" | grep -vc '^enrolled: device ')" 0
 id2=$(cat "$W/state/device_id")
 check "it enrolled a new device key ($id1 -> $id2)" test "$id2" != "$id1"
 check "the running daemon picks the new enrolment up and every model reads" \
