@@ -263,11 +263,30 @@ static int device_unpack(const uint8_t *buf, size_t len, char **ret_email, char 
 }
 
 /*
+ * A sealed store that did not load or unseal: the status is error with
+ * WHAT: WHY (the start or device_refresh says it). Returns r.
+ */
+static int device_unseal_failed(struct device *d, int r, int unloaded, const char *what,
+				const char *why)
+{
+	char reason[512];
+
+	snprintf(reason, sizeof(reason), "%s: %s", what, why);
+	pthread_mutex_lock(&d->lock);
+	if (unloaded)
+		d->loaded = 0;
+	d->sealed_ok = 0;
+	device_status_locked(d, "error", reason);
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+/*
  * Load and unseal: on success the unsealed credentials wait in d for
  * device_login, the resource secret is kept, and the status is ok. On
  * failure the status is error with the reason, which the caller says
- * (device_unseal_failed). Runs with d->busy set or before any other
- * thread exists.
+ * (main.c at start, device_refresh on a reload). Runs with d->busy set
+ * or before any other thread exists.
  */
 static int device_unseal(struct device *d)
 {
@@ -277,43 +296,26 @@ static int device_unseal(struct device *d)
 	int r;
 
 	r = tpm_load(d->tpm);
-	if (r < 0) {
-		char why[512];
-
-		snprintf(why, sizeof(why), "cannot load the device key: %s",
-			 tpm_last_error(d->tpm));
-		pthread_mutex_lock(&d->lock);
-		d->loaded = 0;
-		d->sealed_ok = 0;
-		device_status_locked(d, "error", why);
-		pthread_mutex_unlock(&d->lock);
-		return r;
-	}
+	if (r < 0)
+		return device_unseal_failed(d, r, 1, "cannot load the device key",
+					    tpm_last_error(d->tpm));
 	pthread_mutex_lock(&d->lock);
 	d->loaded = 1;
 	pthread_mutex_unlock(&d->lock);
 	buf = secmem_alloc(DEVICE_SEALED_MAX);
 	if (!buf)
-		return -ENOMEM;
+		return device_unseal_failed(d, -ENOMEM, 0, "cannot unseal the stored credentials",
+					    "no locked memory for them (memlock limit)");
 	r = tpm_unseal(d->tpm, buf, DEVICE_SEALED_MAX, &len);
 	if (r < 0) {
-		char why[512];
-
-		snprintf(why, sizeof(why), "cannot unseal the stored credentials: %s",
-			 tpm_last_error(d->tpm));
-		pthread_mutex_lock(&d->lock);
-		d->sealed_ok = 0;
-		device_status_locked(d, "error", why);
-		pthread_mutex_unlock(&d->lock);
+		device_unseal_failed(d, r, 0, "cannot unseal the stored credentials",
+				     tpm_last_error(d->tpm));
 		goto out;
 	}
 	r = device_unpack(buf, len, &email, &password, &rs, &rlen, digest);
 	if (r < 0) {
-		pthread_mutex_lock(&d->lock);
-		d->sealed_ok = 0;
-		device_status_locked(d, "error",
-				     "the sealed store holds no credentials this program wrote");
-		pthread_mutex_unlock(&d->lock);
+		device_unseal_failed(d, r, 0, "cannot unseal the stored credentials",
+				     "the sealed store holds none this program wrote");
 		goto out;
 	}
 	pthread_mutex_lock(&d->lock);
@@ -934,7 +936,7 @@ int device_enroll(struct device *d, char **ret_msg)
 static void device_refresh(struct device *d)
 {
 	struct device_stamp now = {0};
-	int r, changed, creds_sealed, has_creds;
+	int changed, creds_sealed, has_creds;
 
 	if (device_stamp_of(d->id_path, &now) < 0)
 		return;
@@ -946,13 +948,11 @@ static void device_refresh(struct device *d)
 	if (!changed)
 		return;
 	log_info("TPM: %s changed: another process enrolled this device; reloading", d->id_path);
-	r = device_unseal(d);
-	if (r < 0) {
+	if (device_unseal(d) < 0) {
 		char reason[sizeof(d->reason)];
 
 		/* A reload in the background: nobody else to say it. */
-		if (strcmp(device_status(d, reason, sizeof(reason)), "error") != 0)
-			snprintf(reason, sizeof(reason), "%s", strerror(-r));
+		device_status(d, reason, sizeof(reason));
 		log_err("TPM: reloading: %s", reason);
 	}
 	pthread_mutex_lock(&d->lock);
