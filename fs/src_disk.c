@@ -18,6 +18,13 @@
  * cached blocks happen without it too (pread and pwrite on blocks that the
  * map already or not yet marks). An evicted file's names are unlinked
  * after the lock is dropped.
+ *
+ * The writer thread writes whole pages with O_DIRECT: no copy into the
+ * page cache on the reader's cores, and no page cache taken from the
+ * inference for ciphertext. For a while after a reader waited for room in
+ * the queue (the disk is behind the CDN), and always on a file system that
+ * refuses O_DIRECT, it writes through the page cache (docs/architecture.md,
+ * src_disk.c).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -45,6 +52,7 @@
  * room for a 1 MiB run and the blocks its ends reach into.
  */
 #define DISK_TMP_SIZE (18 * DISK_BLOCK)
+#define DISK_ALIGN 4096 /* O_DIRECT: buffers, offsets and lengths in whole pages */
 #define DISK_RUN_MAX 64 /* blocks per request to the layer below (4 MiB) */
 /*
  * Runs waiting for the writer at most; a reader that would queue one
@@ -53,6 +61,15 @@
  */
 #define DISK_QUEUE_MAX 4
 #define DISK_TMP_KEPT (DISK_QUEUE_MAX + 2)
+/*
+ * A reader that waited this long for room in the queue (a direct write of
+ * a run takes a few milliseconds on an SSD, tens on an SD card) finds the
+ * disk behind the CDN; the writer then goes through the page cache for
+ * DISK_BEHIND_NS: a direct write now and then, not one per run, while the
+ * disk cannot keep up.
+ */
+#define DISK_BEHIND_WAIT_NS 5000000ull
+#define DISK_BEHIND_NS 100000000ull
 
 /*
  * A block's byte in a file's map. Only MISSING and PRESENT are ever
@@ -72,7 +89,8 @@ enum {
 struct disk_file {
 	struct disk_file *next;
 	char id[DISK_ID_LEN + 1];
-	int fd; /* -1: not open */
+	int fd;	       /* -1: not open */
+	int direct_fd; /* the same data file, O_DIRECT; -1: not open or not supported */
 	int map_fd;
 	uint8_t *map;
 	uint64_t nblocks;
@@ -98,6 +116,7 @@ struct disk_src {
 	 * again only after a write has worked in between.
 	 */
 	int failing;
+	int buffered; /* O_DIRECT writes were refused: through the page cache only (atomic) */
 	uint8_t *tmp[DISK_TMP_KEPT]; /* kept staging buffers, under lock */
 	unsigned n_tmp;
 
@@ -111,7 +130,12 @@ struct disk_src {
 	 */
 	uint64_t ticket_next, ticket_serving;
 	int stop;
-	int held;		   /* tests: the writer leaves the queue alone until released */
+	int held; /* tests: the writer leaves the queue alone until released */
+	/*
+	 * Until then (CLOCK_MONOTONIC, ns) the writer writes through the page
+	 * cache: a reader waited for room, so the disk is behind the CDN.
+	 */
+	uint64_t buffered_until;
 	pthread_cond_t queue_cond; /* the writer: work or stop; readers: room */
 	pthread_t writer;
 	int has_writer;
@@ -131,17 +155,31 @@ struct disk_write {
 	uint8_t mine[DISK_RUN_MAX];
 };
 
+static uint64_t disk_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static uint8_t *disk_tmp_get(struct disk_src *d, size_t len)
 {
 	uint8_t *t = NULL;
 
-	if (len > DISK_TMP_SIZE)
-		return malloc(len);
-	pthread_mutex_lock(&d->lock);
-	if (d->n_tmp)
-		t = d->tmp[--d->n_tmp];
-	pthread_mutex_unlock(&d->lock);
-	return t ? t : malloc(DISK_TMP_SIZE);
+	if (len <= DISK_TMP_SIZE) {
+		pthread_mutex_lock(&d->lock);
+		if (d->n_tmp)
+			t = d->tmp[--d->n_tmp];
+		pthread_mutex_unlock(&d->lock);
+		if (t)
+			return t;
+		len = DISK_TMP_SIZE;
+	}
+	/* Page-aligned, as O_DIRECT writes want. */
+	if (posix_memalign((void **)&t, DISK_ALIGN, len))
+		return NULL;
+	return t;
 }
 
 /* Under d->lock: keeps t for the next staging, or frees it. */
@@ -197,10 +235,12 @@ static void disk_file_close(struct disk_file *f)
 {
 	if (f->fd >= 0)
 		close(f->fd);
+	if (f->direct_fd >= 0)
+		close(f->direct_fd);
 	if (f->map_fd >= 0)
 		close(f->map_fd);
 	free(f->map);
-	f->fd = f->map_fd = -1;
+	f->fd = f->direct_fd = f->map_fd = -1;
 	f->map = NULL;
 }
 
@@ -232,6 +272,9 @@ static int disk_file_open(struct disk_src *d, struct disk_file *f, uint64_t size
 	}
 	f->fd = open(dp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	f->map_fd = open(mp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	/* A file system without O_DIRECT refuses it here, or at the first write. */
+	if (f->fd >= 0)
+		f->direct_fd = open(dp, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
 	f->map = calloc(nblocks ? nblocks : 1, 1);
 	if (f->fd < 0 || f->map_fd < 0 || !f->map || fstat(f->fd, &sd) < 0 ||
 	    fstat(f->map_fd, &sm) < 0) {
@@ -270,7 +313,7 @@ static struct disk_file *disk_file_new(struct disk_src *d, const char *id)
 	if (!f)
 		return NULL;
 	memcpy(f->id, id, DISK_ID_LEN + 1);
-	f->fd = f->map_fd = -1;
+	f->fd = f->direct_fd = f->map_fd = -1;
 	f->next = d->files;
 	d->files = f;
 	d->n_files++;
@@ -393,11 +436,48 @@ static void disk_unclaim_locked(struct disk_file *f, uint64_t b0, uint64_t b1, c
 }
 
 /*
+ * Writes len bytes at off of f's data: when direct_ok, the whole pages
+ * straight to the disk (O_DIRECT) while the file system takes that; the
+ * rest through the page cache. 0, or -1 with errno.
+ */
+static int disk_write_data(struct disk_src *d, struct disk_file *f, const uint8_t *data, size_t len,
+			   uint64_t off, int direct_ok)
+{
+	size_t direct = 0;
+	ssize_t n;
+
+	if (direct_ok && f->direct_fd >= 0 && !__atomic_load_n(&d->buffered, __ATOMIC_RELAXED) &&
+	    (uintptr_t)data % DISK_ALIGN == 0) {
+		direct = len - len % DISK_ALIGN;
+		n = direct ? pwrite(f->direct_fd, data, direct, (off_t)off) : 0;
+		if (n < 0 && errno == EINVAL) {
+			/* Opened, but its writes refused: this file system takes none. */
+			__atomic_store_n(&d->buffered, 1, __ATOMIC_RELAXED);
+			direct = 0;
+		} else if (n != (ssize_t)direct) {
+			if (n >= 0)
+				errno = ENOSPC;
+			return -1;
+		}
+	}
+	if (len > direct) {
+		n = pwrite(f->fd, data + direct, len - direct, (off_t)(off + direct));
+		if (n != (ssize_t)(len - direct)) {
+			if (n >= 0)
+				errno = ENOSPC;
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/*
  * Keeps blocks b0 .. b1 - 1 (claimed by this reader; len bytes at data)
  * when there is room; they are present or missing again after it.
+ * direct_ok: as disk_write_data.
  */
 static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uint64_t b1,
-		       const uint8_t *data, size_t len)
+		       const uint8_t *data, size_t len, int direct_ok)
 {
 	char(*gone)[DISK_ID_LEN + 1] = NULL;
 	/* The map's bytes to write: a copy, as other readers claim blocks meanwhile. */
@@ -422,7 +502,7 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 	free(gone);
 	if (!fits)
 		return;
-	if (pwrite(f->fd, data, len, (off_t)(b0 * DISK_BLOCK)) != (ssize_t)len) {
+	if (disk_write_data(d, f, data, len, b0 * DISK_BLOCK, direct_ok) < 0) {
 		disk_fail(d, "writing", f->id, "data", errno ? errno : ENOSPC);
 		pthread_mutex_lock(&d->lock);
 		d->total -= add;
@@ -517,7 +597,7 @@ static int disk_copy_queued(struct disk_src *d, struct disk_file *f, uint64_t i,
 }
 
 /* The writer's work: keeps the claimed blocks of w. */
-static void disk_write_run(struct disk_src *d, struct disk_write *w)
+static void disk_write_run(struct disk_src *d, struct disk_write *w, int direct_ok)
 {
 	for (uint64_t k = 0; k < w->n;) {
 		uint64_t e = k, a, z;
@@ -530,7 +610,8 @@ static void disk_write_run(struct disk_src *d, struct disk_write *w)
 			e++;
 		a = (w->i + k) * DISK_BLOCK;
 		z = (w->i + e) * DISK_BLOCK < w->size ? (w->i + e) * DISK_BLOCK : w->size;
-		disk_store(d, w->f, w->i + k, w->i + e, w->data + k * DISK_BLOCK, (size_t)(z - a));
+		disk_store(d, w->f, w->i + k, w->i + e, w->data + k * DISK_BLOCK, (size_t)(z - a),
+			   direct_ok);
 		k = e;
 	}
 }
@@ -543,6 +624,7 @@ static void disk_write_run(struct disk_src *d, struct disk_write *w)
 static void *disk_writer(void *arg)
 {
 	struct disk_src *d = arg;
+	int direct_ok;
 
 	pthread_mutex_lock(&d->lock);
 	for (;;) {
@@ -552,10 +634,16 @@ static void *disk_writer(void *arg)
 			pthread_cond_wait(&d->queue_cond, &d->lock);
 		if (!d->queue)
 			break;
-		/* It stays queued while written: readers copy its blocks until then. */
+		/*
+		 * It stays queued while written: readers copy its blocks until
+		 * then. While the disk is behind, the page cache takes the runs
+		 * at memory speed, so that a disk slower than the CDN holds the
+		 * read up no more than buffered writes would.
+		 */
 		w = d->queue;
+		direct_ok = disk_now_ns() >= d->buffered_until;
 		pthread_mutex_unlock(&d->lock);
-		disk_write_run(d, w);
+		disk_write_run(d, w, direct_ok);
 		pthread_mutex_lock(&d->lock);
 		d->queue = w->next;
 		if (!d->queue)
@@ -576,18 +664,23 @@ static void *disk_writer(void *arg)
  */
 static void disk_queue(struct disk_src *d, struct disk_write *w)
 {
-	uint64_t ticket;
+	uint64_t ticket, full_since = 0, now;
 
 	if (!d->has_writer) {
-		disk_write_run(d, w);
+		disk_write_run(d, w, 1);
 		disk_tmp_put(d, w->data, w->data_len);
 		free(w);
 		return;
 	}
 	pthread_mutex_lock(&d->lock);
 	ticket = d->ticket_next++;
-	while (d->queued >= DISK_QUEUE_MAX || ticket != d->ticket_serving)
+	while (d->queued >= DISK_QUEUE_MAX || ticket != d->ticket_serving) {
+		if (d->queued >= DISK_QUEUE_MAX && !full_since)
+			full_since = disk_now_ns();
 		pthread_cond_wait(&d->queue_cond, &d->lock);
+	}
+	if (full_since && (now = disk_now_ns()) - full_since > DISK_BEHIND_WAIT_NS)
+		d->buffered_until = now + DISK_BEHIND_NS;
 	d->ticket_serving++;
 	w->f->users++;
 	d->queued++;

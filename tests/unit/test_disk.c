@@ -8,10 +8,13 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "crypto/crypto.h"
@@ -22,6 +25,8 @@
 #define BLOB_SIZE (3 * 1024 * 1024 + 1234)
 #define BLOCK (64 * 1024)
 #define RUN (1024 * 1024 + 16) /* a format-2 fill: never on a block */
+#define ALIGNED_RUN (1024 * 1024)
+#define HALF_RUN (ALIGNED_RUN / 2) /* runs that share no block: none is read back from the disk */
 #define THREADS 4
 #define DIR_TEMPLATE "/tmp/test_disk.XXXXXX"
 
@@ -120,6 +125,15 @@ static void *reader_main(void *arg)
 	return NULL;
 }
 
+/* Reads run first of HALF_RUN bytes. */
+static void *fifth_main(void *arg)
+{
+	struct reader *r = arg;
+
+	r->ok = read_matches(r->s, (uint64_t)r->first * HALF_RUN, HALF_RUN);
+	return NULL;
+}
+
 static void remove_dir(const char *dir)
 {
 	DIR *d = opendir(dir);
@@ -134,6 +148,73 @@ static void remove_dir(const char *dir)
 	if (d)
 		closedir(d);
 	rmdir(dir);
+}
+
+/* Whether dir's file system takes an O_DIRECT write of a page. */
+static int takes_direct(const char *dir)
+{
+	char p[512];
+	void *page = NULL;
+	int fd, ok = 0;
+
+	snprintf(p, sizeof(p), "%s/direct-probe", dir);
+	fd = open(p, O_WRONLY | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+	if (fd >= 0 && posix_memalign(&page, 4096, 4096) == 0) {
+		memset(page, 0, 4096);
+		ok = pwrite(fd, page, 4096, 0) == 4096;
+	}
+	free(page);
+	if (fd >= 0)
+		close(fd);
+	unlink(p);
+	return ok;
+}
+
+/*
+ * Pages [from, to) of the test blob's data file in dir (to -1: to its
+ * end): how many there are (*ret_pages) and how many are in the page cache
+ * (-1: unknown). Callers leave the first block out: valgrind reads the
+ * first bytes of every file that is mapped, which pulls them into the page
+ * cache.
+ */
+#define FIRST_PAGE (BLOCK / 4096)
+static long pages_cached(const char *dir, long from, long to, long *ret_pages)
+{
+	struct src_blob b = test_blob();
+	char p[512];
+	struct stat st;
+	unsigned char *vec = NULL;
+	void *map = MAP_FAILED;
+	long pages = 0, n = -1;
+	int fd;
+
+	snprintf(p, sizeof(p), "%s/%s.data", dir, b.cache_id);
+	fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0 || st.st_size <= BLOCK)
+		goto out;
+	pages = (st.st_size + 4095) / 4096;
+	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	vec = malloc((size_t)pages);
+	if (map == MAP_FAILED || !vec || mincore(map, (size_t)st.st_size, vec) < 0)
+		goto out;
+	if (to < 0 || to > pages)
+		to = pages;
+	n = 0;
+	for (long i = from; i < to; i++)
+		n += vec[i] & 1;
+out:
+	if (map != MAP_FAILED)
+		munmap(map, (size_t)st.st_size);
+	free(vec);
+	if (fd >= 0)
+		close(fd);
+	*ret_pages = (to < 0 ? pages : to) - from;
+	return n;
+}
+
+static long data_pages_cached(const char *dir, long *ret_pages)
+{
+	return pages_cached(dir, FIRST_PAGE, -1, ret_pages);
 }
 
 /* Empties and removes dir, then makes a new one in its place (dir holds DIR_TEMPLATE's size). */
@@ -174,6 +255,39 @@ int main(void)
 	      (unsigned long long)ms.read_bytes, BLOB_SIZE);
 	src_free(disk); /* the writer finishes what is queued */
 
+	/*
+	 * The writer's runs go to the disk with O_DIRECT: only the blob's
+	 * last, partial page through the page cache. One run per layer, so
+	 * that the writer never finds its queue full (it would then take the
+	 * page cache, on purpose), and runs that share no block, so that
+	 * none is read back through the page cache.
+	 */
+	fresh_dir(dir);
+	ok = 1;
+	for (off = 0; off < BLOB_SIZE; off += ALIGNED_RUN) {
+		disk = disk_over_mem(dir, 1, &mem);
+		ok &= disk &&
+		      read_matches(disk, off,
+				   off + ALIGNED_RUN <= BLOB_SIZE ? ALIGNED_RUN
+								  : BLOB_SIZE - (size_t)off);
+		src_free(disk);
+	}
+	CHECK(ok, "the blob read a run per layer");
+	{
+		long pages, cached = data_pages_cached(dir, &pages);
+
+		if (takes_direct(dir))
+			CHECK(cached >= 0 && cached <= 1,
+			      "its blocks went to the disk with O_DIRECT, not through the page "
+			      "cache (%ld of %ld pages cached)",
+			      cached, pages);
+		else
+			CHECK(cached == pages,
+			      "%s takes no O_DIRECT: its blocks were written through the page "
+			      "cache (%ld pages cached)",
+			      dir, cached);
+	}
+
 	/* Kept: a new layer serves it all with nothing below. */
 	disk = disk_over_mem(dir, 0, &mem);
 	CHECK(disk != NULL, "src_disk again, over an empty src_mem");
@@ -188,6 +302,44 @@ int main(void)
 	CHECK(!read_matches(disk, BLOCK, BLOCK), "a dropped block is not served from the disk");
 	src_free(disk);
 	fresh_dir(dir);
+
+	/*
+	 * A reader that waits for room in the queue finds the disk behind:
+	 * the writer's next runs go through the page cache. Runs of 512 KiB:
+	 * four wait for the held writer, a fifth reader waits for room.
+	 */
+	if (takes_direct(dir)) {
+		struct reader fifth = {.first = 4};
+		long pages, run0, run2;
+		pthread_t t5;
+
+		fresh_dir(dir);
+		disk = disk_over_mem(dir, 1, &mem);
+		CHECK(disk != NULL, "src_disk with a held writer");
+		src_disk_hold_writer(disk, 1);
+		ok = 1;
+		for (off = 0; off < 4 * HALF_RUN; off += HALF_RUN)
+			ok &= read_matches(disk, off, HALF_RUN);
+		CHECK(ok, "four runs queued while the writer is held");
+		fifth.s = disk;
+		CHECK(pthread_create(&t5, NULL, fifth_main, &fifth) == 0, "a fifth reader started");
+		usleep(50 * 1000); /* it waits for room meanwhile */
+		src_disk_hold_writer(disk, 0);
+		pthread_join(t5, NULL);
+		CHECK(fifth.ok, "the fifth reader got its bytes once the writer went on");
+		src_free(disk);
+		run0 = pages_cached(dir, FIRST_PAGE, HALF_RUN / 4096, &pages);
+		CHECK(run0 == 0,
+		      "the run written before the wait went to the disk directly (%ld "
+		      "of %ld pages cached)",
+		      run0, pages);
+		run2 = pages_cached(dir, 2 * HALF_RUN / 4096, 3 * HALF_RUN / 4096, &pages);
+		CHECK(run2 == pages,
+		      "a run written after the reader waited went through the page cache (%ld of "
+		      "%ld pages cached)",
+		      run2, pages);
+		fresh_dir(dir);
+	}
 
 	/* Readers at once whose runs share blocks: each block fetched about once. */
 	disk = disk_over_mem(dir, 1, &mem);
