@@ -119,6 +119,21 @@ static int device_stamp_eq(const struct device_stamp *a, const struct device_sta
 	       a->mtime.tv_nsec == b->mtime.tv_nsec && a->size == b->size;
 }
 
+/*
+ * A device id goes into the X-Device-Id header of every key request and
+ * into the log: 1 to DEVICE_ID_MAX visible ASCII characters, no spaces,
+ * no line breaks (docs/resource-api.md).
+ */
+static int device_id_valid(const char *id, size_t n)
+{
+	if (n == 0 || n > DEVICE_ID_MAX)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)id[i] < 0x21 || (unsigned char)id[i] > 0x7e)
+			return 0;
+	return 1;
+}
+
 /* Reads state_dir/device_id into d->id and records its stamp; under d->lock. */
 static int device_read_id_locked(struct device *d)
 {
@@ -144,7 +159,7 @@ static int device_read_id_locked(struct device *d)
 		return -EIO;
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
 		n--;
-	if (n == 0 || n > DEVICE_ID_MAX) {
+	if (!device_id_valid(buf, (size_t)n)) {
 		log_warn("%s: not a device id", d->id_path);
 		return -EINVAL;
 	}
@@ -158,7 +173,7 @@ static int device_write_id(struct device *d, const char *id)
 	char line[DEVICE_ID_MAX + 2];
 	size_t n = strlen(id);
 
-	if (n == 0 || n > DEVICE_ID_MAX)
+	if (!device_id_valid(id, n))
 		return -EPROTO;
 	memcpy(line, id, n);
 	line[n] = '\n';
@@ -737,8 +752,12 @@ static int device_register(struct device *d, const char *pem, char **ret_msg)
 	}
 	r = device_write_id(d, id);
 	if (r == -EPROTO) {
-		device_enrol_failed(d, r, "the API's device id",
-				    "empty, or longer than " DEVICE_ID_MAX_TEXT " bytes", ret_msg);
+		device_enrol_failed(
+			d, r, "the API's device id",
+			"not 1 to " DEVICE_ID_MAX_TEXT
+			" visible ASCII characters (it goes into a request header); the API "
+			"is broken or not the one configured",
+			ret_msg);
 	} else if (r < 0) {
 		char what[PATH_MAX + 32];
 

@@ -7,11 +7,16 @@
 #  - a TPM with no EK certificate in NV: no device id, the log says how to
 #    provision one, /status says tpm: error;
 #  - a TPM whose EK certificate comes from a CA the API does not trust: no
-#    device id, the log carries the API's 403 reason.
+#    device id, the log carries the API's 403 reason;
+#  - an API (a fault proxy's answer) that gives a device id with a line
+#    break, a space, a byte past ASCII or 129 characters: no device id kept,
+#    the log says why in one line without echoing it, the key requests
+#    never carry it.
 # The attacks on the API itself (replay, wrong nonce, software key, guessed
 # secret, ...) are in tests/unit/test_attest.c.
 . "$(dirname "$0")/../lib.sh"
 . "$AZ_TOP/tests/tools/fs-lib.sh"
+. "$AZ_TOP/tests/tools/fault-lib.sh"
 need swtpm tpm2_getcap
 fs_init t34
 
@@ -24,6 +29,7 @@ cleanup() {
 	[ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
 	rm -f "$f"
 	fs_cleanup
+	fp_cleanup
 }
 trap cleanup EXIT
 
@@ -128,6 +134,35 @@ check "the log carries the API's 403 reason" \
 check_eq "in one line of the log" \
 	"$(grep -v '\[debug\]' "$W/mnt.log" | grep -c "does not chain to a trusted TPM manufacturer CA")" 1
 check_eq "GET /status says tpm: error" "$(status)" error
+fs_umount "$W/mnt" "$pid"
+
+# ---- an API that answers POST /devices with a device id the daemon cannot use
+fp_start API "$API_URL" # fs_conf writes the proxy's address from here on
+fs_conf "$W/hostile.conf" "${common[@]}" "state_dir=$W/state-h" "tpm_tcti=$TPM_TCTI"
+sed -i '/^credentials = /d' "$W/hostile.conf"
+fs_mount "$W/mnt" "$W/hostile.conf"
+pid=$FS_PID
+long=$(printf 'd%.0s' $(seq 129))
+n=0
+for bad in $'dev-1\r\nX-Evil: 1' 'dev 1' $'dev-\xc3\xa9' "$long"; do
+	from=$(wc -l <"$W/mnt.log")
+	n=$((n + 1))
+	fp_clear API
+	# The challenge goes through; the enrolment's answer is the proxy's.
+	fp_fault API '{"kind": "stall", "seconds": 0, "count": 1, "path": "/devices/challenge"}'
+	fp_fault API "$("$PY" -c 'import json, sys
+print(json.dumps({"kind": "body", "status": 201, "count": 1, "path": "/devices", "method": "POST",
+                  "text": json.dumps({"device_id": sys.argv[1]})}))' "$bad")"
+	f1_login >/dev/null
+	what=$(printf '%q' "${bad:0:16}")
+	check_eq "device id $what: the proxy answered the enrolment" "$(fp_stat API body)" "$n"
+	check "... no device id is kept" test ! -e "$W/state-h/device_id"
+	tail -n +$((from + 1)) "$W/mnt.log" >"$W/mnt-$n.log"
+	check_eq "... the log says why, in one line ($(grep -m1 "the API's device id" "$W/mnt-$n.log"))" \
+		"$(grep -v '\[debug\]' "$W/mnt-$n.log" | grep -c "enrolling the device failed: the API's device id: not 1 to 128 visible ASCII characters")" 1
+	check "... without echoing it" sh -c "! grep -q 'X-Evil\|dev 1\|dev-.\|ddddddddddddddddddddd' '$W/mnt-$n.log'"
+	check_eq "... GET /status says tpm: error" "$(status)" error
+done
 fs_umount "$W/mnt" "$pid"
 
 check "the password is in no log" sh -c "! grep -qF -- '$API_PASSWORD' '$W'/*.log"
