@@ -13,7 +13,8 @@
  * there is, and a cache that fills its file system breaks its neighbours.
  *
  * Locking: d->lock guards the file table, every file's users and map,
- * the byte total, the failing flag and the kept staging buffers. It is not
+ * the byte total, the failing flag, the kept staging buffers, the writer's
+ * queue and how long it writes through the page cache. It is not
  * held while reading from the layer below; the file reads and writes of
  * cached blocks happen without it too (pread and pwrite on blocks that the
  * map already or not yet marks). An evicted file's names are unlinked

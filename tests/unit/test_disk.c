@@ -4,7 +4,9 @@
  * a block shared by readers at once comes from below once, a failed read
  * keeps nothing, and dropped bytes are not served again from the disk,
  * whether the writer had stored them yet or not; blocks waiting for the
- * writer are served from its queue; streams hand the same bytes on.
+ * writer are served from its queue; streams hand the same bytes on; the
+ * writer writes with O_DIRECT (nothing of its runs in the page cache)
+ * unless a reader waited for room in its queue.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -25,8 +27,9 @@
 #define BLOB_SIZE (3 * 1024 * 1024 + 1234)
 #define BLOCK (64 * 1024)
 #define RUN (1024 * 1024 + 16) /* a format-2 fill: never on a block */
+/* Runs on blocks share none: none is read back from the disk through the page cache. */
 #define ALIGNED_RUN (1024 * 1024)
-#define HALF_RUN (ALIGNED_RUN / 2) /* runs that share no block: none is read back from the disk */
+#define HALF_RUN (ALIGNED_RUN / 2)
 #define THREADS 4
 #define DIR_TEMPLATE "/tmp/test_disk.XXXXXX"
 
@@ -125,7 +128,7 @@ static void *reader_main(void *arg)
 	return NULL;
 }
 
-/* Reads run first of HALF_RUN bytes. */
+/* Reads the blob's run r->first of HALF_RUN bytes. */
 static void *fifth_main(void *arg)
 {
 	struct reader *r = arg;
