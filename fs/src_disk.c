@@ -91,7 +91,8 @@ struct disk_file {
 	struct disk_file *next;
 	char id[DISK_ID_LEN + 1];
 	int fd;	       /* -1: not open */
-	int direct_fd; /* the same data file, O_DIRECT; -1: not open or not supported */
+	int direct_fd; /* the same data file, O_DIRECT, opened at its first write; -1: not (yet) */
+	int direct_tried;
 	int map_fd;
 	uint8_t *map;
 	uint64_t nblocks;
@@ -242,6 +243,7 @@ static void disk_file_close(struct disk_file *f)
 		close(f->map_fd);
 	free(f->map);
 	f->fd = f->direct_fd = f->map_fd = -1;
+	f->direct_tried = 0;
 	f->map = NULL;
 }
 
@@ -273,9 +275,6 @@ static int disk_file_open(struct disk_src *d, struct disk_file *f, uint64_t size
 	}
 	f->fd = open(dp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	f->map_fd = open(mp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	/* A file system without O_DIRECT refuses it here, or at the first write. */
-	if (f->fd >= 0)
-		f->direct_fd = open(dp, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
 	f->map = calloc(nblocks ? nblocks : 1, 1);
 	if (f->fd < 0 || f->map_fd < 0 || !f->map || fstat(f->fd, &sd) < 0 ||
 	    fstat(f->map_fd, &sm) < 0) {
@@ -437,6 +436,29 @@ static void disk_unclaim_locked(struct disk_file *f, uint64_t b0, uint64_t b1, c
 }
 
 /*
+ * f's data file opened with O_DIRECT, or -1. Opened at the first write
+ * only: a file that is only read holds two descriptors, not three. A file
+ * system without O_DIRECT refuses it here, or at the first write.
+ */
+static int disk_direct_fd(struct disk_src *d, struct disk_file *f)
+{
+	int fd;
+
+	pthread_mutex_lock(&d->lock);
+	if (!f->direct_tried) {
+		char *p = disk_path(d, f->id, "data");
+
+		f->direct_tried = 1;
+		if (p)
+			f->direct_fd = open(p, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
+		free(p);
+	}
+	fd = f->direct_fd;
+	pthread_mutex_unlock(&d->lock);
+	return fd;
+}
+
+/*
  * Writes len bytes at off of f's data: when direct_ok, the whole pages
  * straight to the disk (O_DIRECT) while the file system takes that; the
  * rest through the page cache. 0, or -1 with errno.
@@ -446,11 +468,12 @@ static int disk_write_data(struct disk_src *d, struct disk_file *f, const uint8_
 {
 	size_t direct = 0;
 	ssize_t n;
+	int dfd = -1;
 
-	if (direct_ok && f->direct_fd >= 0 && !__atomic_load_n(&d->buffered, __ATOMIC_RELAXED) &&
-	    (uintptr_t)data % DISK_ALIGN == 0) {
+	if (direct_ok && !__atomic_load_n(&d->buffered, __ATOMIC_RELAXED) &&
+	    (uintptr_t)data % DISK_ALIGN == 0 && (dfd = disk_direct_fd(d, f)) >= 0) {
 		direct = len - len % DISK_ALIGN;
-		n = direct ? pwrite(f->direct_fd, data, direct, (off_t)off) : 0;
+		n = direct ? pwrite(dfd, data, direct, (off_t)off) : 0;
 		if (n < 0 && errno == EINVAL) {
 			/* Opened, but its writes refused: this file system takes none. */
 			__atomic_store_n(&d->buffered, 1, __ATOMIC_RELAXED);

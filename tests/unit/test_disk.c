@@ -220,6 +220,27 @@ static long data_pages_cached(const char *dir, long *ret_pages)
 	return pages_cached(dir, FIRST_PAGE, -1, ret_pages);
 }
 
+/* How many of this process's descriptors are open on files named *.data. */
+static int data_fds(void)
+{
+	DIR *fds = opendir("/proc/self/fd");
+	struct dirent *de;
+	char link[300], target[512];
+	int n = 0;
+
+	while (fds && (de = readdir(fds))) {
+		ssize_t len;
+
+		snprintf(link, sizeof(link), "/proc/self/fd/%s", de->d_name);
+		len = readlink(link, target, sizeof(target) - 1);
+		if (len > 5 && memcmp(target + len - 5, ".data", 5) == 0)
+			n++;
+	}
+	if (fds)
+		closedir(fds);
+	return n;
+}
+
 /* Empties and removes dir, then makes a new one in its place (dir holds DIR_TEMPLATE's size). */
 static void fresh_dir(char *dir)
 {
@@ -299,6 +320,10 @@ int main(void)
 	src_mem_stats(mem, &ms);
 	CHECK(ms.reads == 0, "nothing asked of the layer below (%llu reads)",
 	      (unsigned long long)ms.reads);
+	CHECK(data_fds() == 1,
+	      "a big part only read from cache_dir holds one descriptor of its "
+	      "data (%d): the O_DIRECT one comes with a write",
+	      data_fds());
 
 	/* Dropped bytes are forgotten: they come from below again. */
 	src_drop(disk, &b, BLOCK + 5, 10);
