@@ -10,8 +10,8 @@
 #    device id, the log carries the API's 403 reason;
 #  - an API (a fault proxy's answer) that gives a device id with a line
 #    break, a space, a byte past ASCII or 129 characters: no device id kept,
-#    the log says why in one line without echoing it, the key requests
-#    never carry it.
+#    the log says why in one line without echoing it, /status says tpm:
+#    error.
 # The attacks on the API itself (replay, wrong nonce, software key, guessed
 # secret, ...) are in tests/unit/test_attest.c.
 . "$(dirname "$0")/../lib.sh"
