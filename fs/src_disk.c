@@ -53,7 +53,8 @@
  * room for a 1 MiB run and the blocks its ends reach into.
  */
 #define DISK_TMP_SIZE (18 * DISK_BLOCK)
-#define DISK_ALIGN 4096 /* O_DIRECT: buffers, offsets and lengths in whole pages */
+/* O_DIRECT: buffers, offsets and lengths in whole 4 KiB blocks, which any disk's sectors divide. */
+#define DISK_ALIGN 4096
 #define DISK_RUN_MAX 64 /* blocks per request to the layer below (4 MiB) */
 /*
  * Runs waiting for the writer at most; a reader that would queue one
