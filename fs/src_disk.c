@@ -14,17 +14,18 @@
  *
  * Locking: d->lock guards the file table, every file's users and map,
  * the byte total, the failing flag, the kept staging buffers, the writer's
- * queue and how long it writes through the page cache. It is not
- * held while reading from the layer below; the file reads and writes of
- * cached blocks happen without it too (pread and pwrite on blocks that the
- * map already or not yet marks). An evicted file's names are unlinked
- * after the lock is dropped.
+ * queue, how long it writes through the page cache and what its writes
+ * cost each way. It is not held while reading from the layer below; the
+ * file reads and writes of cached blocks happen without it too (pread and
+ * pwrite on blocks that the map already or not yet marks). An evicted
+ * file's names are unlinked after the lock is dropped.
  *
  * The writer thread writes whole pages with O_DIRECT: no copy into the
  * page cache on the reader's cores, and no page cache taken from the
  * inference for ciphertext. For a while after a reader waited for room in
- * the queue (the disk is behind the CDN), and always on a file system that
- * refuses O_DIRECT, it writes through the page cache (docs/architecture.md,
+ * the queue (the disk is behind the CDN), unless buffered writes proved
+ * slower than direct ones, and always on a file system that refuses
+ * O_DIRECT, it writes through the page cache (docs/architecture.md,
  * src_disk.c).
  */
 #include <dirent.h>
@@ -68,7 +69,10 @@
  * a run takes a few milliseconds on an SSD, tens on an SD card) finds the
  * disk behind the CDN; the writer then goes through the page cache for
  * DISK_BEHIND_NS: a direct write now and then, not one per run, while the
- * disk cannot keep up.
+ * disk cannot keep up. Not when buffered writes have been slower than
+ * direct ones: where memory is short (the inference's, or pages the
+ * hypervisor took back), a buffered write waits for pages to be reclaimed,
+ * is slower than the disk, and more readers then wait.
  */
 #define DISK_BEHIND_WAIT_NS 5000000ull
 #define DISK_BEHIND_NS 100000000ull
@@ -135,10 +139,17 @@ struct disk_src {
 	int stop;
 	int held; /* tests: the writer leaves the queue alone until released */
 	/*
-	 * Until then (CLOCK_MONOTONIC, ns) the writer writes through the page
-	 * cache: a reader waited for room, so the disk is behind the CDN.
+	 * A reader waited for room: the disk is behind the CDN. The writer
+	 * then writes through the page cache until buffered_until
+	 * (CLOCK_MONOTONIC, ns), if that has been the faster way: cost[0] is
+	 * what its recent runs took with O_DIRECT, cost[1] through the page
+	 * cache (sums that fade, kept by the writer).
 	 */
+	int behind;
 	uint64_t buffered_until;
+	struct {
+		double ns, bytes;
+	} cost[2];
 	pthread_cond_t queue_cond; /* the writer: work or stop; readers: room */
 	pthread_t writer;
 	int has_writer;
@@ -499,10 +510,10 @@ static int disk_write_data(struct disk_src *d, struct disk_file *f, const uint8_
 /*
  * Keeps blocks b0 .. b1 - 1 (claimed by this reader; len bytes at data)
  * when there is room; they are present or missing again after it.
- * direct_ok: as disk_write_data.
+ * direct_ok: as disk_write_data. Whether their bytes were written.
  */
-static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uint64_t b1,
-		       const uint8_t *data, size_t len, int direct_ok)
+static int disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uint64_t b1,
+		      const uint8_t *data, size_t len, int direct_ok)
 {
 	char(*gone)[DISK_ID_LEN + 1] = NULL;
 	/* The map's bytes to write: a copy, as other readers claim blocks meanwhile. */
@@ -526,7 +537,7 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 		disk_unlink(d, gone[i]);
 	free(gone);
 	if (!fits)
-		return;
+		return 0;
 	if (disk_write_data(d, f, data, len, b0 * DISK_BLOCK, direct_ok) < 0) {
 		disk_fail(d, "writing", f->id, "data", errno ? errno : ENOSPC);
 		pthread_mutex_lock(&d->lock);
@@ -535,7 +546,7 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 		f->bytes -= add;
 		disk_unclaim_locked(f, b0, b1, NULL);
 		pthread_mutex_unlock(&d->lock);
-		return;
+		return 0;
 	}
 	pthread_mutex_lock(&d->lock);
 	d->pending -= add;
@@ -552,11 +563,12 @@ static void disk_store(struct disk_src *d, struct disk_file *f, uint64_t b0, uin
 	pthread_mutex_unlock(&d->lock);
 	if (pwrite(f->map_fd, marks, b1 - b0, (off_t)b0) != (ssize_t)(b1 - b0)) {
 		disk_fail(d, "writing", f->id, "map", errno ? errno : ENOSPC);
-		return;
+		return 1;
 	}
 	pthread_mutex_lock(&d->lock);
 	d->failing = 0;
 	pthread_mutex_unlock(&d->lock);
+	return 1;
 }
 
 enum {
@@ -621,9 +633,11 @@ static int disk_copy_queued(struct disk_src *d, struct disk_file *f, uint64_t i,
 	return found;
 }
 
-/* The writer's work: keeps the claimed blocks of w. */
-static void disk_write_run(struct disk_src *d, struct disk_write *w, int direct_ok)
+/* The writer's work: keeps the claimed blocks of w; the bytes it wrote. */
+static uint64_t disk_write_run(struct disk_src *d, struct disk_write *w, int direct_ok)
 {
+	uint64_t bytes = 0;
+
 	for (uint64_t k = 0; k < w->n;) {
 		uint64_t e = k, a, z;
 
@@ -635,10 +649,32 @@ static void disk_write_run(struct disk_src *d, struct disk_write *w, int direct_
 			e++;
 		a = (w->i + k) * DISK_BLOCK;
 		z = (w->i + e) * DISK_BLOCK < w->size ? (w->i + e) * DISK_BLOCK : w->size;
-		disk_store(d, w->f, w->i + k, w->i + e, w->data + k * DISK_BLOCK, (size_t)(z - a),
-			   direct_ok);
+		if (disk_store(d, w->f, w->i + k, w->i + e, w->data + k * DISK_BLOCK,
+			       (size_t)(z - a), direct_ok))
+			bytes += z - a;
 		k = e;
 	}
+	return bytes;
+}
+
+/*
+ * Whether the page cache has been the faster way to write (or is yet
+ * untried), on the writer's recent runs, weighted by their bytes, the older
+ * ones fading: a single slow run does not decide.
+ */
+static int disk_buffered_pays(const struct disk_src *d)
+{
+	if (d->cost[1].bytes == 0 || d->cost[0].bytes == 0)
+		return 1;
+	return d->cost[1].ns / d->cost[1].bytes < d->cost[0].ns / d->cost[0].bytes;
+}
+
+static void disk_note_cost(struct disk_src *d, int buffered, uint64_t ns, uint64_t bytes)
+{
+	if (!bytes)
+		return;
+	d->cost[buffered].ns = d->cost[buffered].ns * 7 / 8 + (double)ns;
+	d->cost[buffered].bytes = d->cost[buffered].bytes * 7 / 8 + (double)bytes;
 }
 
 /*
@@ -649,11 +685,12 @@ static void disk_write_run(struct disk_src *d, struct disk_write *w, int direct_
 static void *disk_writer(void *arg)
 {
 	struct disk_src *d = arg;
-	int direct_ok;
 
 	pthread_mutex_lock(&d->lock);
 	for (;;) {
 		struct disk_write *w;
+		uint64_t now, bytes;
+		int direct_ok;
 
 		while ((!d->queue || d->held) && !d->stop)
 			pthread_cond_wait(&d->queue_cond, &d->lock);
@@ -666,10 +703,15 @@ static void *disk_writer(void *arg)
 		 * read up no more than buffered writes would.
 		 */
 		w = d->queue;
-		direct_ok = disk_now_ns() >= d->buffered_until;
+		now = disk_now_ns();
+		if (d->behind && disk_buffered_pays(d))
+			d->buffered_until = now + DISK_BEHIND_NS;
+		d->behind = 0;
+		direct_ok = now >= d->buffered_until;
 		pthread_mutex_unlock(&d->lock);
-		disk_write_run(d, w, direct_ok);
+		bytes = disk_write_run(d, w, direct_ok);
 		pthread_mutex_lock(&d->lock);
+		disk_note_cost(d, !direct_ok, disk_now_ns() - now, bytes);
 		d->queue = w->next;
 		if (!d->queue)
 			d->queue_tail = NULL;
@@ -689,7 +731,7 @@ static void *disk_writer(void *arg)
  */
 static void disk_queue(struct disk_src *d, struct disk_write *w)
 {
-	uint64_t ticket, full_since = 0, now;
+	uint64_t ticket, full_since = 0;
 
 	if (!d->has_writer) {
 		disk_write_run(d, w, 1);
@@ -704,8 +746,8 @@ static void disk_queue(struct disk_src *d, struct disk_write *w)
 			full_since = disk_now_ns();
 		pthread_cond_wait(&d->queue_cond, &d->lock);
 	}
-	if (full_since && (now = disk_now_ns()) - full_since > DISK_BEHIND_WAIT_NS)
-		d->buffered_until = now + DISK_BEHIND_NS;
+	if (full_since && disk_now_ns() - full_since > DISK_BEHIND_WAIT_NS)
+		d->behind = 1;
 	d->ticket_serving++;
 	w->f->users++;
 	d->queued++;
@@ -980,7 +1022,6 @@ static const struct src_ops disk_ops = {
 	.drop = disk_drop,
 };
 
-/* Counts what an earlier run left in dir, so cache_max holds across restarts. */
 void src_disk_hold_writer(struct src *s, int hold)
 {
 	struct disk_src *d = (struct disk_src *)s;
@@ -991,6 +1032,20 @@ void src_disk_hold_writer(struct src *s, int hold)
 	pthread_mutex_unlock(&d->lock);
 }
 
+void src_disk_seed_write_costs(struct src *s, double direct_ns_per_mib, double buffered_ns_per_mib)
+{
+	struct disk_src *d = (struct disk_src *)s;
+	/* As if 1 GiB had been written each way: a few real runs hardly move it. */
+	const double mibs = 1024;
+
+	pthread_mutex_lock(&d->lock);
+	d->cost[0].ns = direct_ns_per_mib * mibs;
+	d->cost[1].ns = buffered_ns_per_mib * mibs;
+	d->cost[0].bytes = d->cost[1].bytes = mibs * 1024 * 1024;
+	pthread_mutex_unlock(&d->lock);
+}
+
+/* Counts what an earlier run left in dir, so cache_max holds across restarts. */
 static void disk_scan(struct disk_src *d)
 {
 	struct dirent *de;

@@ -6,7 +6,8 @@
  * whether the writer had stored them yet or not; blocks waiting for the
  * writer are served from its queue; streams hand the same bytes on; the
  * writer writes with O_DIRECT (nothing of its runs in the page cache)
- * unless a reader waited for room in its queue.
+ * unless a reader waited for room in its queue and buffered writes have
+ * not been the slower way.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -249,6 +250,59 @@ static void fresh_dir(char *dir)
 	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
 }
 
+/*
+ * Four runs of 512 KiB wait for the held writer and a fifth reader waits
+ * for room; buffered writes cost buffered_ns per MiB so far against
+ * direct_ns (none yet: 0). Whether the runs written after the wait went
+ * through the page cache (want_buffered); the run written before it did
+ * not. On a file system without O_DIRECT every run goes through the page
+ * cache.
+ */
+static void queue_wait_case(char *dir, const char *what, double direct_ns, double buffered_ns,
+			    int want_buffered)
+{
+	struct reader fifth = {.first = 4};
+	int direct = takes_direct(dir), ok = 1;
+	struct src *disk, *mem = NULL;
+	long pages, run0, run2;
+	pthread_t t5;
+
+	disk = disk_over_mem(dir, 1, &mem);
+	CHECK(disk != NULL, "src_disk with a held writer (buffered writes %s)", what);
+	if (!disk)
+		return;
+	if (direct_ns > 0)
+		src_disk_seed_write_costs(disk, direct_ns, buffered_ns);
+	src_disk_hold_writer(disk, 1);
+	for (uint64_t off = 0; off < 4 * HALF_RUN; off += HALF_RUN)
+		ok &= read_matches(disk, off, HALF_RUN);
+	CHECK(ok, "four runs queued while the writer is held");
+	fifth.s = disk;
+	CHECK(pthread_create(&t5, NULL, fifth_main, &fifth) == 0, "a fifth reader started");
+	usleep(50 * 1000); /* it waits for room meanwhile */
+	src_disk_hold_writer(disk, 0);
+	pthread_join(t5, NULL);
+	CHECK(fifth.ok, "the fifth reader got its bytes once the writer went on");
+	src_free(disk);
+	run0 = pages_cached(dir, FIRST_PAGE, HALF_RUN / 4096, &pages);
+	CHECK(run0 == (direct ? 0 : pages),
+	      "the run written before the wait went %s (%ld of %ld pages cached)",
+	      direct ? "to the disk directly" : "through the page cache (no O_DIRECT here)", run0,
+	      pages);
+	run2 = pages_cached(dir, 2 * HALF_RUN / 4096, 3 * HALF_RUN / 4096, &pages);
+	if (want_buffered || !direct)
+		CHECK(run2 == pages,
+		      "buffered writes %s: a run written after the reader waited went through "
+		      "the page cache (%ld of %ld pages cached)",
+		      what, run2, pages);
+	else
+		CHECK(run2 == 0,
+		      "buffered writes %s: a run written after the reader waited went to the "
+		      "disk directly (%ld of %ld pages cached)",
+		      what, run2, pages);
+	fresh_dir(dir);
+}
+
 int main(void)
 {
 	char dir[] = DIR_TEMPLATE;
@@ -332,43 +386,13 @@ int main(void)
 	fresh_dir(dir);
 
 	/*
-	 * A reader that waits for room in the queue finds the disk behind:
-	 * the writer's next runs go through the page cache. Runs of 512 KiB:
-	 * four wait for the held writer, a fifth reader waits for room. On a
-	 * file system without O_DIRECT every run goes through the page cache.
+	 * A reader that waits for room in the queue finds the disk behind: the
+	 * writer's next runs go through the page cache, unless that has been
+	 * the slower way.
 	 */
-	{
-		struct reader fifth = {.first = 4};
-		int direct = takes_direct(dir);
-		long pages, run0, run2;
-		pthread_t t5;
-
-		disk = disk_over_mem(dir, 1, &mem);
-		CHECK(disk != NULL, "src_disk with a held writer");
-		src_disk_hold_writer(disk, 1);
-		ok = 1;
-		for (off = 0; off < 4 * HALF_RUN; off += HALF_RUN)
-			ok &= read_matches(disk, off, HALF_RUN);
-		CHECK(ok, "four runs queued while the writer is held");
-		fifth.s = disk;
-		CHECK(pthread_create(&t5, NULL, fifth_main, &fifth) == 0, "a fifth reader started");
-		usleep(50 * 1000); /* it waits for room meanwhile */
-		src_disk_hold_writer(disk, 0);
-		pthread_join(t5, NULL);
-		CHECK(fifth.ok, "the fifth reader got its bytes once the writer went on");
-		src_free(disk);
-		run0 = pages_cached(dir, FIRST_PAGE, HALF_RUN / 4096, &pages);
-		CHECK(run0 == (direct ? 0 : pages),
-		      "the run written before the wait went %s (%ld of %ld pages cached)",
-		      direct ? "to the disk directly" : "through the page cache (no O_DIRECT here)",
-		      run0, pages);
-		run2 = pages_cached(dir, 2 * HALF_RUN / 4096, 3 * HALF_RUN / 4096, &pages);
-		CHECK(run2 == pages,
-		      "a run written after the reader waited went through the page cache (%ld of "
-		      "%ld pages cached)",
-		      run2, pages);
-		fresh_dir(dir);
-	}
+	queue_wait_case(dir, "untried", 0, 0, 1);
+	queue_wait_case(dir, "slower than direct writes", 1e6, 1e7, 0);
+	queue_wait_case(dir, "faster than direct writes", 1e7, 1e6, 1);
 
 	/* Readers at once whose runs share blocks: each block fetched about once. */
 	disk = disk_over_mem(dir, 1, &mem);
