@@ -18,6 +18,10 @@
  *                                     on 2 threads, as the format-1 read path checks
  *                                     its chunks: "mbps S cpu C bytes N" (C: the CPU
  *                                     seconds of both threads together)
+ *   azbench dwrite FILE BYTES         writes BYTES to a new FILE with O_DIRECT in 1 MiB
+ *                                     pieces from one buffer on one thread, as the
+ *                                     cache_dir writer stores a fill, then removes it:
+ *                                     "mbps S cpu C bytes N"
  *   azbench evict FILE...             drops the files' pages from the page cache
  *   azbench legacy ANSWER BIG EMAIL PASSWORD HW
  *                                     the legacy loader after its two downloads: decrypt
@@ -440,6 +444,44 @@ static int bench_legacy(const char *answer_path, const char *big_path, const cha
 	return 0;
 }
 
+static int bench_dwrite(const char *path, size_t len)
+{
+	uint8_t *buf = NULL;
+	double t0, c0, t, c;
+	size_t off;
+	int fd = -1, rc = 1;
+
+	if (posix_memalign((void **)&buf, 4096, BENCH_BS)) {
+		fprintf(stderr, "azbench: out of memory\n");
+		return 1;
+	}
+	for (size_t i = 0; i < BENCH_BS; i++)
+		buf[i] = (uint8_t)(i * 131 + 7);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_DIRECT, 0600);
+	if (fd < 0) {
+		rc = bench_fail("open with O_DIRECT", path);
+		goto out;
+	}
+	t0 = bench_now();
+	c0 = bench_cpu();
+	for (off = 0; off < len; off += BENCH_BS)
+		if (pwrite(fd, buf, BENCH_BS, (off_t)off) != BENCH_BS) {
+			rc = bench_fail("write", path);
+			goto out;
+		}
+	t = bench_now() - t0;
+	c = bench_cpu() - c0;
+	printf("mbps %.1f cpu %.4f bytes %zu\n", (double)off / t / 1e6, c, off);
+	rc = 0;
+out:
+	if (fd >= 0) {
+		close(fd);
+		unlink(path);
+	}
+	free(buf);
+	return rc;
+}
+
 static int bench_evict(int n, char **paths)
 {
 	for (int i = 0; i < n; i++) {
@@ -471,6 +513,8 @@ int main(int argc, char **argv)
 		return bench_sha256(argv[2]);
 	if (!strcmp(cmd, "par") && argc >= 3)
 		return bench_par(argc - 2, argv + 2);
+	if (!strcmp(cmd, "dwrite") && argc == 4)
+		return bench_dwrite(argv[2], strtoull(argv[3], NULL, 10));
 	if (!strcmp(cmd, "evict"))
 		return bench_evict(argc - 2, argv + 2);
 	if (!strcmp(cmd, "decrypt") && argc == 3)
@@ -480,7 +524,8 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "legacy") && argc == 7)
 		return bench_legacy(argv[2], argv[3], argv[4], argv[5], argv[6]);
 	fprintf(stderr,
-		"usage: azbench seq|ttfb|rand|reopen|par|sha256|evict|decrypt|decrypt2|legacy ... "
+		"usage: azbench seq|ttfb|rand|reopen|par|sha256|dwrite|evict|decrypt|decrypt2|legacy "
+		"... "
 		"(see "
 		"its source)\n");
 	return 2;

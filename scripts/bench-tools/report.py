@@ -137,18 +137,19 @@ head = ["workload (MB/s unless noted; format 2 unless noted)", "azaionfs",
         "÷ slower limit", "÷ rclone", "÷ gocryptfs", "÷ legacy", "azaionfs peak RSS (MiB)"]
 
 # CPU seconds per GiB of the cold reads of the largest model.
-cpu_rows = []  # name, daemon, curl, decrypt, sha256, bound
-for name, key, kl, dec_key, f1 in (
+cpu_rows = []  # name, daemon, curl, decrypt, sha256, bound, direct write (the fill only)
+for name, key, kl, dec_key, f1, fill in (
         (f"cold {big}, format 2, no cache_dir", f"seq cold {big} azaionfs", f"seq cold {big} ",
-         f"seq cold {big} decrypt", False),
+         f"seq cold {big} decrypt", False, False),
         (f"cold {big}, format 2, filling cache_dir", f"seq fill {big} azaionfs",
-         f"seq cold {big} ", f"seq cold {big} decrypt", False),
+         f"seq cold {big} ", f"seq cold {big} decrypt", False, True),
         (f"cold {big}, format 1", f"seq cold {big} f1 azaionfs", f"seq cold {big} f1 ",
-         f"seq cold {big} f1 decrypt", True)):
+         f"seq cold {big} f1 decrypt", True, False)):
     daemon, cu = med("cpu " + key), med("cpu " + kl + "curl1")
     de = cpu_of_speed(med(dec_key))
     sha = med("cpu " + kl + "sha256") if f1 else None
-    cpu_rows.append((name, daemon, cu, de, sha, add(cu, de, sha) if f1 else add(cu, de)))
+    dw = med("cpu " + kl + "dwrite") if fill else None
+    cpu_rows.append((name, daemon, cu, de, sha, add(cu, de, sha) if f1 else add(cu, de), dw))
 
 
 def target(what, ok, figures):
@@ -177,13 +178,21 @@ for name, key, lim, f1 in ((f"cold {big}, format 2, no cache_dir", f"seq cold {b
                           az >= 0.9 * goal if both(az, goal) else None,
                           f"{fmt(az)} MB/s = {ratio(az, goal)} × {fmt(goal)} MB/s; limit: "
                           f"{lim_text}"))
-for name, daemon, cu, de, sha, bound in cpu_rows:
+for name, daemon, cu, de, sha, bound, dw in cpu_rows:
     parts = f"curl {fmt(cu, 2)} + decrypt {fmt(de, 2)}" + (f" + SHA-256 {fmt(sha, 2)}"
                                                            if sha is not None else "")
     targets.append(target(f"2. {name}: daemon CPU ≤ 1.3 × (curl + decrypt) per GiB",
                           daemon <= 1.3 * bound if both(daemon, bound) else None,
                           f"worker {fmt(daemon, 2)} s/GiB = {ratio(daemon, bound)} × "
                           f"{fmt(bound, 2)} s/GiB ({parts})"))
+    if dw is not None:
+        # Not the issue's goal: the same bound with the cost of storing the bytes in it.
+        wb = add(bound, dw)
+        verdict = ("under" if daemon <= 1.3 * wb else "over") if both(daemon, wb) else "-"
+        targets.append(f"| (beside 2.) {name}, storing in the bound: daemon CPU ≤ 1.3 × (curl + "
+                       f"decrypt + a direct write of the same bytes) | {verdict} | "
+                       f"worker {fmt(daemon, 2)} s/GiB = {ratio(daemon, wb)} × {fmt(wb, 2)} "
+                       f"s/GiB ({parts} + direct write {fmt(dw, 2)}) |")
 ttfb_az, ttfb_lg = med(f"ttfb cold {big} azaionfs"), med(f"ttfb cold {big} legacy")
 targets.append(target(f"3. first 4 KiB of cold {big} ≤ 0.5% of the legacy loader's time",
                       ttfb_az <= 0.005 * ttfb_lg if both(ttfb_az, ttfb_lg) else None,
@@ -223,13 +232,16 @@ with open(out_md, "w") as f:
         f.write("| " + " | ".join(r) + " |\n")
     f.write("\nCPU seconds per GiB read: the serving worker's (utime + stime), curl's (one "
             "stream), decryption's in memory (one thread: 1 GiB ÷ its speed), SHA-256's "
-            "(format 1: both threads' CPU).\n\n")
+            "(format 1: both threads' CPU); beside the fill, a direct write's of the same "
+            "bytes beside cache_dir (one thread, `O_DIRECT`, 1 MiB pieces).\n\n")
     f.write("| cold read | azaionfs worker | curl 1 stream | decrypt | SHA-256 | "
-            "curl + decrypt (+ SHA-256) | ÷ (curl + decrypt) |\n")
-    f.write("| --- | --- | --- | --- | --- | --- | --- |\n")
-    for name, daemon, cu, de, sha, bound in cpu_rows:
+            "curl + decrypt (+ SHA-256) | ÷ (curl + decrypt) | direct write | "
+            "÷ (curl + decrypt + direct write) |\n")
+    f.write("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    for name, daemon, cu, de, sha, bound, dw in cpu_rows:
         f.write(f"| {name} | {fmt(daemon, 2)} | {fmt(cu, 2)} | {fmt(de, 2)} | {fmt(sha, 2)} | "
-                f"{fmt(bound, 2)} | {ratio(daemon, bound)} |\n")
+                f"{fmt(bound, 2)} | {ratio(daemon, bound)} | {fmt(dw, 2)} | "
+                f"{ratio(daemon, add(bound, dw)) if dw is not None else '-'} |\n")
     f.write("\n| goal | | figures |\n| --- | --- | --- |\n")
     f.write("\n".join(targets) + "\n")
 
