@@ -70,9 +70,9 @@
  * disk behind the CDN; the writer then goes through the page cache for
  * DISK_BEHIND_NS: a direct write now and then, not one per run, while the
  * disk cannot keep up. Not when buffered writes have been slower than
- * direct ones: where memory is short (the inference's, or pages the
- * hypervisor took back), a buffered write waits for pages to be reclaimed,
- * is slower than the disk, and more readers then wait.
+ * direct ones: where new pages are slow to come by (memory short under the
+ * inference, say), a buffered write is slower than the disk, more readers
+ * wait, and the fall-back would hold the whole read.
  */
 #define DISK_BEHIND_WAIT_NS 5000000ull
 #define DISK_BEHIND_NS 100000000ull
