@@ -130,9 +130,11 @@ int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **
 void src_disk_hold_writer(struct src *s, int hold);
 /*
  * Tests: what the writer's writes cost so far, O_DIRECT and through the
- * page cache (ns per MiB), as if it had written much each way.
+ * page cache (ns per MiB), as if it had written much each way, the last
+ * buffered write buffered_age_s ago.
  */
-void src_disk_seed_write_costs(struct src *s, double direct_ns_per_mib, double buffered_ns_per_mib);
+void src_disk_seed_write_costs(struct src *s, double direct_ns_per_mib, double buffered_ns_per_mib,
+			       unsigned buffered_age_s);
 
 /*
  * Checks every range of a blob with hashes against them, over lower

@@ -76,6 +76,8 @@
  */
 #define DISK_BEHIND_WAIT_NS 5000000ull
 #define DISK_BEHIND_NS 100000000ull
+/* A slow page cache passes: buffered writes measured this long ago are tried again. */
+#define DISK_BUFFERED_STALE_NS 10000000000ull
 
 /*
  * A block's byte in a file's map. Only MISSING and PRESENT are ever
@@ -143,10 +145,11 @@ struct disk_src {
 	 * then writes through the page cache until buffered_until
 	 * (CLOCK_MONOTONIC, ns), if that has been the faster way: cost[0] is
 	 * what its recent runs took with O_DIRECT, cost[1] through the page
-	 * cache (sums that fade, kept by the writer).
+	 * cache (sums that fade, kept by the writer), the last of those ended
+	 * at buffered_at.
 	 */
 	int behind;
-	uint64_t buffered_until;
+	uint64_t buffered_until, buffered_at;
 	struct {
 		double ns, bytes;
 	} cost[2];
@@ -658,23 +661,29 @@ static uint64_t disk_write_run(struct disk_src *d, struct disk_write *w, int dir
 }
 
 /*
- * Whether the page cache has been the faster way to write (or is yet
- * untried), on the writer's recent runs, weighted by their bytes, the older
- * ones fading: a single slow run does not decide.
+ * Whether the page cache has been the faster way to write (or is untried,
+ * or was last tried DISK_BUFFERED_STALE_NS ago), on the writer's recent
+ * runs, weighted by their bytes, the older ones fading: a single slow run
+ * does not decide.
  */
-static int disk_buffered_pays(const struct disk_src *d)
+static int disk_buffered_pays(const struct disk_src *d, uint64_t now)
 {
-	if (d->cost[1].bytes == 0 || d->cost[0].bytes == 0)
+	if (d->cost[1].bytes == 0 || d->cost[0].bytes == 0 ||
+	    now - d->buffered_at > DISK_BUFFERED_STALE_NS)
 		return 1;
 	return d->cost[1].ns / d->cost[1].bytes < d->cost[0].ns / d->cost[0].bytes;
 }
 
-static void disk_note_cost(struct disk_src *d, int buffered, uint64_t ns, uint64_t bytes)
+/* Notes a run of bytes written in ns, buffered or not, that ended at end. */
+static void disk_note_cost(struct disk_src *d, int buffered, uint64_t ns, uint64_t bytes,
+			   uint64_t end)
 {
 	if (!bytes)
 		return;
 	d->cost[buffered].ns = d->cost[buffered].ns * 7 / 8 + (double)ns;
 	d->cost[buffered].bytes = d->cost[buffered].bytes * 7 / 8 + (double)bytes;
+	if (buffered)
+		d->buffered_at = end;
 }
 
 /*
@@ -689,7 +698,7 @@ static void *disk_writer(void *arg)
 	pthread_mutex_lock(&d->lock);
 	for (;;) {
 		struct disk_write *w;
-		uint64_t now, bytes;
+		uint64_t now, end, bytes;
 		int direct_ok;
 
 		while ((!d->queue || d->held) && !d->stop)
@@ -704,14 +713,15 @@ static void *disk_writer(void *arg)
 		 */
 		w = d->queue;
 		now = disk_now_ns();
-		if (d->behind && disk_buffered_pays(d))
+		if (d->behind && disk_buffered_pays(d, now))
 			d->buffered_until = now + DISK_BEHIND_NS;
 		d->behind = 0;
 		direct_ok = now >= d->buffered_until;
 		pthread_mutex_unlock(&d->lock);
 		bytes = disk_write_run(d, w, direct_ok);
+		end = disk_now_ns();
 		pthread_mutex_lock(&d->lock);
-		disk_note_cost(d, !direct_ok, disk_now_ns() - now, bytes);
+		disk_note_cost(d, !direct_ok, end - now, bytes, end);
 		d->queue = w->next;
 		if (!d->queue)
 			d->queue_tail = NULL;
@@ -1032,7 +1042,8 @@ void src_disk_hold_writer(struct src *s, int hold)
 	pthread_mutex_unlock(&d->lock);
 }
 
-void src_disk_seed_write_costs(struct src *s, double direct_ns_per_mib, double buffered_ns_per_mib)
+void src_disk_seed_write_costs(struct src *s, double direct_ns_per_mib, double buffered_ns_per_mib,
+			       unsigned buffered_age_s)
 {
 	struct disk_src *d = (struct disk_src *)s;
 	/* As if 1 GiB had been written each way: a few real runs hardly move it. */
@@ -1042,6 +1053,7 @@ void src_disk_seed_write_costs(struct src *s, double direct_ns_per_mib, double b
 	d->cost[0].ns = direct_ns_per_mib * mibs;
 	d->cost[1].ns = buffered_ns_per_mib * mibs;
 	d->cost[0].bytes = d->cost[1].bytes = mibs * 1024 * 1024;
+	d->buffered_at = disk_now_ns() - (uint64_t)buffered_age_s * 1000000000ull;
 	pthread_mutex_unlock(&d->lock);
 }
 

@@ -253,13 +253,13 @@ static void fresh_dir(char *dir)
 /*
  * Four runs of 512 KiB wait for the held writer and a fifth reader waits
  * for room; buffered writes cost buffered_ns per MiB so far against
- * direct_ns (none yet: 0). Whether the runs written after the wait went
+ * direct_ns (none yet: 0), the last buffered_age_s ago. Whether the runs written after the wait went
  * through the page cache (want_buffered); the run written before it did
  * not. On a file system without O_DIRECT every run goes through the page
  * cache.
  */
 static void queue_wait_case(char *dir, const char *what, double direct_ns, double buffered_ns,
-			    int want_buffered)
+			    unsigned buffered_age_s, int want_buffered)
 {
 	struct reader fifth = {.first = 4};
 	int direct = takes_direct(dir), ok = 1;
@@ -272,7 +272,7 @@ static void queue_wait_case(char *dir, const char *what, double direct_ns, doubl
 	if (!disk)
 		return;
 	if (direct_ns > 0)
-		src_disk_seed_write_costs(disk, direct_ns, buffered_ns);
+		src_disk_seed_write_costs(disk, direct_ns, buffered_ns, buffered_age_s);
 	src_disk_hold_writer(disk, 1);
 	for (uint64_t off = 0; off < 4 * HALF_RUN; off += HALF_RUN)
 		ok &= read_matches(disk, off, HALF_RUN);
@@ -390,9 +390,10 @@ int main(void)
 	 * writer's next runs go through the page cache, unless that has been
 	 * the slower way.
 	 */
-	queue_wait_case(dir, "untried", 0, 0, 1);
-	queue_wait_case(dir, "slower than direct writes", 1e6, 1e7, 0);
-	queue_wait_case(dir, "faster than direct writes", 1e7, 1e6, 1);
+	queue_wait_case(dir, "untried", 0, 0, 0, 1);
+	queue_wait_case(dir, "slower than direct writes", 1e6, 1e7, 0, 0);
+	queue_wait_case(dir, "slower, but a minute ago", 1e6, 1e7, 60, 1);
+	queue_wait_case(dir, "faster than direct writes", 1e7, 1e6, 0, 1);
 
 	/* Readers at once whose runs share blocks: each block fetched about once. */
 	disk = disk_over_mem(dir, 1, &mem);
