@@ -136,38 +136,28 @@ head = ["workload (MB/s unless noted; format 2 unless noted)", "azaionfs",
         "limit: SHA-256 (2 threads)", "limit: FUSE from memory", "rclone", "gocryptfs", "legacy",
         "÷ slower limit", "÷ rclone", "÷ gocryptfs", "÷ legacy", "azaionfs peak RSS (MiB)"]
 
-# CPU seconds per GiB of the cold reads of the largest model.
+# CPU seconds per GiB of the cold reads of the largest model: the worker's
+# against curl's and decryption's, and the whole machine's (every process on
+# every core, from /proc/stat) against the sum of what the read cannot avoid.
+mc_fuse = med(f"machine cpu seq cold {big} memfs")
 cpu_rows = []  # name, daemon, curl, decrypt, sha256, bound, direct write (the fill only)
-for name, key, kl, dec_key, f1, fill in (
+machine_rows = []  # name, read, download, FUSE, decrypt (+ SHA-256 or direct write), sum
+for name, key, kl, f1, fill in (
         (f"cold {big}, format 2, no cache_dir", f"seq cold {big} azaionfs", f"seq cold {big} ",
-         f"seq cold {big} decrypt", False, False),
+         False, False),
         (f"cold {big}, format 2, filling cache_dir", f"seq fill {big} azaionfs",
-         f"seq cold {big} ", f"seq cold {big} decrypt", False, True),
+         f"seq cold {big} ", False, True),
         (f"cold {big}, format 1", f"seq cold {big} f1 azaionfs", f"seq cold {big} f1 ",
-         f"seq cold {big} f1 decrypt", True, False)):
+         True, False)):
     daemon, cu = med("cpu " + key), med("cpu " + kl + "curl1")
-    de = cpu_of_speed(med(dec_key))
+    de = cpu_of_speed(med(kl + "decrypt"))
     sha = med("cpu " + kl + "sha256") if f1 else None
     dw = med("cpu " + kl + "dwrite") if fill else None
     cpu_rows.append((name, daemon, cu, de, sha, add(cu, de, sha) if f1 else add(cu, de), dw))
-
-# The whole machine's CPU seconds per GiB (every process on every core,
-# from /proc/stat): a cold read against the sum of what it cannot avoid.
-mc_dl = med(f"machine cpu seq cold {big} curl1")
-mc_dl1 = med(f"machine cpu seq cold {big} f1 curl1")
-mc_fuse = med(f"machine cpu seq cold {big} memfs")
-machine_rows = []  # name, read, download, FUSE, decrypt (+ SHA-256), sum
-for name, key, dl, f1 in ((f"cold {big}, format 2, no cache_dir", f"seq cold {big} azaionfs",
-                           mc_dl, False),
-                          (f"cold {big}, format 2, filling cache_dir", f"seq fill {big} azaionfs",
-                           mc_dl, False),
-                          (f"cold {big}, format 1", f"seq cold {big} f1 azaionfs", mc_dl1, True)):
-    cr = next(r for r in cpu_rows if r[0] == name)
-    # Decryption, and format 1's SHA-256 or the fill's direct write.
-    dec = add(cr[3], cr[4]) if f1 else add(cr[3], cr[6]) if cr[6] is not None else cr[3]
-    machine_rows.append((name, med("machine cpu " + key), dl, mc_fuse, dec,
-                         add(dl, mc_fuse, dec)))
-
+    dl = med("machine cpu " + kl + "curl1")
+    unavoidable = add(de, sha) if f1 else add(de, dw) if fill else de
+    machine_rows.append((name, med("machine cpu " + key), dl, mc_fuse, unavoidable,
+                         add(dl, mc_fuse, unavoidable)))
 
 def target(what, ok, figures):
     if ok is None:

@@ -253,10 +253,10 @@ static void fresh_dir(char *dir)
 /*
  * Four runs of 512 KiB wait for the held writer and a fifth reader waits
  * for room; buffered writes cost buffered_ns per MiB so far against
- * direct_ns (none yet: 0), the last buffered_age_s ago. Whether the runs written after the wait went
- * through the page cache (want_buffered); the run written before it did
- * not. On a file system without O_DIRECT every run goes through the page
- * cache.
+ * direct_ns (none yet: 0), the last buffered_age_s ago. Whether the runs
+ * written after the wait went through the page cache (want_buffered); the
+ * run written before it did not. On a file system without O_DIRECT every
+ * run goes through the page cache.
  */
 static void queue_wait_case(char *dir, const char *what, double direct_ns, double buffered_ns,
 			    unsigned buffered_age_s, int want_buffered)
