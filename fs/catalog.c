@@ -592,6 +592,8 @@ static void *catalog_thread(void *arg)
 	struct catalog *cat = arg;
 	unsigned wait = cat->c->catalog_ttl;
 
+	pthread_setname_np(pthread_self(), "az-catalog");
+
 	pthread_mutex_lock(&cat->refresh_lock);
 	if (cat->failed && wait > CATALOG_RETRY_SECONDS)
 		wait = CATALOG_RETRY_SECONDS;

@@ -203,6 +203,8 @@ static void *serve_thread(void *arg)
 	int ep = serve_epoll(s);
 	uint32_t len;
 
+	pthread_setname_np(pthread_self(), "az-serve");
+
 	if (ep < 0) {
 		log_err("cannot wait on /dev/fuse: epoll: %s", strerror(-ep));
 		__atomic_store_n(&s->failed, 1, __ATOMIC_RELAXED);

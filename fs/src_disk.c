@@ -695,6 +695,8 @@ static void *disk_writer(void *arg)
 {
 	struct disk_src *d = arg;
 
+	pthread_setname_np(pthread_self(), "az-cachewrite");
+
 	pthread_mutex_lock(&d->lock);
 	for (;;) {
 		struct disk_write *w;

@@ -710,6 +710,8 @@ static void *store_worker(void *arg)
 {
 	struct store *st = arg;
 
+	pthread_setname_np(pthread_self(), "az-readahead");
+
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
 		struct store_job *j;
@@ -752,6 +754,7 @@ static void *store_reaper(void *arg)
 	struct store *st = arg;
 	struct timespec ts;
 
+	pthread_setname_np(pthread_self(), "az-keyreaper");
 	pthread_mutex_lock(&st->lock);
 	while (!st->stop) {
 		int64_t now = store_now_ms(), ttl_ms = (int64_t)st->env.c->key_ttl * 1000;

@@ -631,6 +631,7 @@ static void *unlock_thread(void *arg)
 	ssize_t n;
 	int r;
 
+	pthread_setname_np(pthread_self(), "az-unlock");
 	/* Every failure ends in one unlock_fail, with the failed call's words. */
 	fetch_quiet(1);
 	r = unlock_login(u->c, u->f, u->s, u->d, u->email, u->password);
