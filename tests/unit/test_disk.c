@@ -32,6 +32,8 @@
 #define ALIGNED_RUN (1024 * 1024)
 #define HALF_RUN (ALIGNED_RUN / 2)
 #define THREADS 4
+#define MANY_READERS 12
+#define MANY_PIECE (256 * 1024)
 #define DIR_TEMPLATE "/tmp/test_disk.XXXXXX"
 
 static uint8_t *blob_bytes;
@@ -250,6 +252,57 @@ static void fresh_dir(char *dir)
 	CHECK(mkdtemp(dir) != NULL, "a fresh scratch folder");
 }
 
+/* Reads the blob's piece r->first of MANY_PIECE bytes. */
+static void *piece_main(void *arg)
+{
+	struct reader *r = arg;
+
+	r->ok = read_matches(r->s, (uint64_t)r->first * MANY_PIECE, MANY_PIECE);
+	return NULL;
+}
+
+/*
+ * More readers at once than the layer has staging buffers in its pool
+ * (8), each fetching from a slow layer below: the ones that find no free
+ * slot take buffers of their own. Every reader gets its bytes, and every
+ * byte is kept.
+ */
+static void many_readers_case(char *dir)
+{
+	struct reader rd[MANY_READERS];
+	pthread_t th[MANY_READERS];
+	struct src *disk, *mem = NULL;
+	struct src_mem_stats ms;
+	int ok = 1;
+
+	disk = disk_over_mem(dir, 1, &mem);
+	CHECK(disk != NULL, "src_disk for %d readers at once", MANY_READERS);
+	if (!disk)
+		return;
+	src_mem_delay(mem, 100);
+	for (int i = 0; i < MANY_READERS; i++) {
+		rd[i] = (struct reader){.s = disk, .first = i};
+		ok &= pthread_create(&th[i], NULL, piece_main, &rd[i]) == 0;
+	}
+	for (int i = 0; i < MANY_READERS; i++) {
+		pthread_join(th[i], NULL);
+		ok &= rd[i].ok;
+	}
+	CHECK(ok, "%d readers at once, more than the staging pool's slots, got their bytes",
+	      MANY_READERS);
+	src_free(disk);
+	disk = disk_over_mem(dir, 0, &mem);
+	CHECK(disk && read_matches(disk, 0, MANY_READERS * MANY_PIECE),
+	      "and what they read is served from cache_dir alone");
+	if (disk) {
+		src_mem_stats(mem, &ms);
+		CHECK(ms.reads == 0, "nothing asked of the layer below (%llu reads)",
+		      (unsigned long long)ms.reads);
+	}
+	src_free(disk);
+	fresh_dir(dir);
+}
+
 /*
  * Four runs of 512 KiB wait for the held writer and a fifth reader waits
  * for room; buffered writes cost buffered_ns per MiB so far against
@@ -394,6 +447,7 @@ int main(void)
 	queue_wait_case(dir, "slower than direct writes", 1e6, 1e7, 0, 0);
 	queue_wait_case(dir, "slower, but a minute ago", 1e6, 1e7, 60, 1);
 	queue_wait_case(dir, "faster than direct writes", 1e7, 1e6, 0, 1);
+	many_readers_case(dir);
 
 	/* Readers at once whose runs share blocks: each block fetched about once. */
 	disk = disk_over_mem(dir, 1, &mem);
