@@ -13,6 +13,14 @@
  * it costs address space only. The data pages are wiped on fork: a process
  * that forks to daemonise must allocate its secrets after the fork.
  *
+ * Data of SECMEM_HUGE or more (the plaintext cache's slab) starts on a
+ * SECMEM_HUGE boundary and is marked for transparent huge pages, which the
+ * kernel gives where it has them: the kernel copies every FUSE reply out
+ * of that slab, pinning its pages one by one for small pages and at once
+ * for a huge page, and with fewer TLB misses (a read's CPU 3% lower,
+ * docs/architecture.md). Locked like the rest, a huge page is never
+ * swapped either.
+ *
  * No locking: every allocation is its own mapping.
  */
 #include <errno.h>
@@ -30,6 +38,7 @@
 #include "crypto/crypto.h"
 
 #define SECMEM_MAGIC 0x617a5365634d656dULL /* "azSecMem" */
+#define SECMEM_HUGE (2u << 20)		   /* a huge page where pages are 4 KiB */
 
 struct secmem_header {
 	uint64_t magic;
@@ -55,6 +64,34 @@ static struct secmem_header *secmem_header_of(const void *p)
 	return hdr;
 }
 
+/*
+ * map_len bytes of fresh memory, or NULL. When huge, the data (past the
+ * header page) starts on a SECMEM_HUGE boundary: mapped with that much to
+ * spare, the spare unmapped again.
+ */
+static uint8_t *secmem_map(size_t map_len, size_t page, int huge)
+{
+	size_t over = huge ? map_len + SECMEM_HUGE : map_len;
+	uint8_t *raw, *base;
+
+	if (over < map_len)
+		return NULL;
+	raw = mmap(NULL, over, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return NULL;
+	if (!huge)
+		return raw;
+	base = (uint8_t *)(((uintptr_t)raw + page + SECMEM_HUGE - 1) / SECMEM_HUGE * SECMEM_HUGE) -
+	       page;
+	if (base > raw)
+		munmap(raw, (size_t)(base - raw));
+	if (raw + over > base + map_len)
+		munmap(base + map_len, (size_t)(raw + over - (base + map_len)));
+	/* Refused by a kernel without huge pages: small pages then, as for the rest. */
+	madvise(base + page, map_len - 2 * page, MADV_HUGEPAGE);
+	return base;
+}
+
 void *secmem_alloc(size_t size)
 {
 	size_t page = secmem_page();
@@ -72,8 +109,8 @@ void *secmem_alloc(size_t size)
 	lock_len = page + data_len;
 	map_len = lock_len + page;
 
-	base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (base == MAP_FAILED) {
+	base = secmem_map(map_len, page, data_len >= SECMEM_HUGE);
+	if (!base) {
 		/* Whatever mmap says (EINVAL for a length past the address space). */
 		errno = ENOMEM;
 		return NULL;

@@ -60,7 +60,7 @@
  * fresh buffer of this size is a new mapping that faults in page by
  * page), in huge pages where the kernel gives them: an O_DIRECT write
  * pins its buffer's pages, one by one for small pages and at once for a
- * huge one (a fill's CPU 5% lower, docs/architecture.md). 8 slots fill
+ * huge one (a fill's CPU 6% lower, docs/architecture.md). 8 slots fill
  * 4.5 huge pages, about what 8 buffers of small pages take; a reader
  * that finds none free takes a buffer of its own.
  */

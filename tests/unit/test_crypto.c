@@ -1360,6 +1360,48 @@ static void smaps_flags(const void *p, char *out, size_t cap)
 	fclose(f);
 }
 
+/*
+ * A large allocation (the plaintext cache's slab) starts on a 2 MiB
+ * boundary, marked for huge pages, and keeps every other property: locked,
+ * not dumped, wiped on fork, unlocked when freed.
+ */
+static void test_secmem_huge(void)
+{
+	const size_t size = 8 * MIB + 5, huge = 2 * MIB;
+	long before = status_kb("VmLck"), locked, after;
+	char flags[256];
+	uint8_t *p;
+	pid_t pid;
+	int status, ok;
+
+	p = secmem_alloc(size);
+	CHECK(p != NULL, "secmem_alloc(8 MiB + 5): %s", p ? "ok" : strerror(errno));
+	if (!p)
+		return;
+	locked = status_kb("VmLck");
+	CHECK((uintptr_t)p % huge == 0 && secmem_size(p) == size,
+	      "a large allocation starts on a 2 MiB boundary, for huge pages");
+	CHECK(before >= 0 && locked - before >= (long)(size / 1024),
+	      "VmLck grew by at least its size (%ld -> %ld kB)", before, locked);
+	smaps_flags(p, flags, sizeof(flags));
+	CHECK(strstr(flags, " lo") && strstr(flags, " dd") && strstr(flags, " wf") &&
+		      strstr(flags, " hg"),
+	      "its mapping is locked, not dumped, wiped on fork, for huge pages (VmFlags:%s)",
+	      strtok(flags, "\n"));
+	memset(p, 0x3a, size);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0)
+		_exit(p[0] || p[4 * MIB] || p[size - 1]);
+	ok = pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	     WEXITSTATUS(status) == 0;
+	CHECK(ok && p[4 * MIB] == 0x3a, "a forked child sees zeros there; the parent its bytes");
+	secmem_free(p);
+	after = status_kb("VmLck");
+	CHECK(after == before, "secmem_free unlocks it (VmLck back to %ld kB, now %ld)", before,
+	      after);
+}
+
 static void test_secmem(void)
 {
 	const size_t size = MIB + 123;
@@ -1444,6 +1486,8 @@ static void test_secmem(void)
 	CHECK(ok && WEXITSTATUS(status) == 0,
 	      "over RLIMIT_MEMLOCK without CAP_IPC_LOCK: NULL; a small one still works (child %d)",
 	      ok ? WEXITSTATUS(status) : -1);
+
+	test_secmem_huge();
 
 	{
 		uint8_t w[64];
