@@ -3,7 +3,7 @@
 # compiler, arm64 multiarch libraries; installed by scripts/install-deps):
 #  - azaionfs, azaionctl and the unit tests build for aarch64 with -Werror;
 #  - the daemon runs under qemu-user and the unit tests that need no server
-#    pass there (the two checks qemu-user cannot perform are named by the
+#    pass there (the madvise checks qemu-user cannot perform are named by the
 #    script and are the only failures it accepts);
 #  - the aarch64 daemon itself, under qemu-user, against the local stack:
 #    it mounts (FUSE through qemu's system calls), enrols with the stack's
