@@ -47,6 +47,14 @@
  * pointer that secmem_alloc() did not return.
  */
 void *secmem_alloc(size_t size);
+/*
+ * As secmem_alloc, for a large buffer that the kernel copies out of again
+ * and again (the plaintext cache's slab, which every FUSE reply comes
+ * from): from 2 MiB on, its data starts on a 2 MiB boundary and is marked
+ * for transparent huge pages, which the kernel gives where it has them.
+ * Freed with secmem_free.
+ */
+void *secmem_alloc_huge(size_t size);
 void secmem_free(void *p);
 /* The first n bytes at s as a NUL-terminated
  * string in secret memory; NULL with errno set on failure. */

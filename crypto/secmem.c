@@ -13,13 +13,15 @@
  * it costs address space only. The data pages are wiped on fork: a process
  * that forks to daemonise must allocate its secrets after the fork.
  *
- * Data of SECMEM_HUGE or more (the plaintext cache's slab) starts on a
- * SECMEM_HUGE boundary and is marked for transparent huge pages, which the
- * kernel gives where it has them: the kernel copies every FUSE reply out
- * of that slab, pinning its pages one by one for small pages and at once
- * for a huge page, and with fewer TLB misses (a read's CPU 3% lower,
- * docs/architecture.md). Locked like the rest, a huge page is never
- * swapped either.
+ * secmem_alloc_huge's data of SECMEM_HUGE or more (the plaintext cache's
+ * slab) starts on a SECMEM_HUGE boundary and is marked for transparent
+ * huge pages, which the kernel gives where it has them: the kernel copies
+ * every FUSE reply out of that slab, pinning its pages one by one for
+ * small pages and at once for a huge page, and with fewer TLB misses (a
+ * read's CPU 3% lower, docs/architecture.md). Locked like the rest, a
+ * huge page is never swapped either. Only on request: a huge page may cost
+ * the kernel a compaction to find, worth it for a slab made once, not for
+ * every upload's chunk.
  *
  * No locking: every allocation is its own mapping.
  */
@@ -92,7 +94,7 @@ static uint8_t *secmem_map(size_t map_len, size_t page, int huge)
 	return base;
 }
 
-void *secmem_alloc(size_t size)
+static void *secmem_alloc_pages(size_t size, int huge)
 {
 	size_t page = secmem_page();
 	size_t data_len, lock_len, map_len;
@@ -109,7 +111,7 @@ void *secmem_alloc(size_t size)
 	lock_len = page + data_len;
 	map_len = lock_len + page;
 
-	base = secmem_map(map_len, page, data_len >= SECMEM_HUGE);
+	base = secmem_map(map_len, page, huge && data_len >= SECMEM_HUGE);
 	if (!base) {
 		/* Whatever mmap says (EINVAL for a length past the address space). */
 		errno = ENOMEM;
@@ -144,6 +146,16 @@ fail:
 	munmap(base, map_len);
 	errno = err;
 	return NULL;
+}
+
+void *secmem_alloc(size_t size)
+{
+	return secmem_alloc_pages(size, 0);
+}
+
+void *secmem_alloc_huge(size_t size)
+{
+	return secmem_alloc_pages(size, 1);
 }
 
 char *secmem_strndup(const void *s, size_t n)

@@ -389,7 +389,7 @@ int ucache_new(size_t bytes, size_t min_units, size_t run, unsigned hold_ms, str
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->cond, &ca);
 	pthread_condattr_destroy(&ca);
-	c->slab = secmem_alloc(c->n_units * UCACHE_UNIT);
+	c->slab = secmem_alloc_huge(c->n_units * UCACHE_UNIT);
 	r = c->slab ? -ENOMEM : (errno ? -errno : -ENOMEM);
 	c->units = calloc(c->n_units, sizeof(*c->units));
 	for (nb = 1; nb < 2 * c->n_units; nb <<= 1)

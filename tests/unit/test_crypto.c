@@ -1361,9 +1361,10 @@ static void smaps_flags(const void *p, char *out, size_t cap)
 }
 
 /*
- * A large allocation (the plaintext cache's slab) starts on a 2 MiB
- * boundary, marked for huge pages, and keeps every other property: locked,
- * not dumped, wiped on fork, unlocked when freed.
+ * A large allocation for huge pages (the plaintext cache's slab) starts on
+ * a 2 MiB boundary, marked for them, and keeps every other property:
+ * locked, not dumped, wiped on fork, unlocked when freed. A plain one of
+ * that size is not marked.
  */
 static void test_secmem_huge(void)
 {
@@ -1374,8 +1375,8 @@ static void test_secmem_huge(void)
 	pid_t pid;
 	int status, ok;
 
-	p = secmem_alloc(size);
-	CHECK(p != NULL, "secmem_alloc(8 MiB + 5): %s", p ? "ok" : strerror(errno));
+	p = secmem_alloc_huge(size);
+	CHECK(p != NULL, "secmem_alloc_huge(8 MiB + 5): %s", p ? "ok" : strerror(errno));
 	if (!p)
 		return;
 	locked = status_kb("VmLck");
@@ -1400,6 +1401,13 @@ static void test_secmem_huge(void)
 	after = status_kb("VmLck");
 	CHECK(after == before, "secmem_free unlocks it (VmLck back to %ld kB, now %ld)", before,
 	      after);
+	p = secmem_alloc(size);
+	if (p)
+		smaps_flags(p, flags, sizeof(flags));
+	CHECK(p && !strstr(flags, " hg"),
+	      "secmem_alloc of the same size is not marked for huge pages (VmFlags:%s)",
+	      p ? strtok(flags, "\n") : " none");
+	secmem_free(p);
 }
 
 static void test_secmem(void)
