@@ -36,12 +36,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "crypto/crypto.h"
 #include "fs/log.h"
 #include "fs/metrics.h"
 #include "fs/src.h"
@@ -226,27 +226,16 @@ static void disk_tmp_put_locked(struct disk_src *d, uint8_t *t)
 }
 
 /*
- * The staging pool: DISK_POOL_SIZE bytes on huge-page boundaries (mapped
- * with a huge page's room to spare, the spare unmapped), to be backed by
- * huge pages. Without it, every buffer is a buffer of its own.
+ * The staging pool, in huge pages where the kernel gives them (secmem's:
+ * ciphertext needs no locked memory, but the daemon's is all locked
+ * anyway). Without it, every buffer is a buffer of its own.
  */
-static void disk_pool_map(struct disk_src *d)
+static void disk_pool_new(struct disk_src *d)
 {
-	size_t span = DISK_POOL_SIZE + DISK_HUGE;
-	uint8_t *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	uint8_t *a;
-
-	if (p == MAP_FAILED)
-		return;
-	a = p + (DISK_HUGE - (uintptr_t)p % DISK_HUGE) % DISK_HUGE;
-	if (a > p)
-		munmap(p, (size_t)(a - p));
-	munmap(a + DISK_POOL_SIZE, (size_t)(p + span - (a + DISK_POOL_SIZE)));
-	/* Refused where the kernel has no huge pages: small pages then. */
-	madvise(a, DISK_POOL_SIZE, MADV_HUGEPAGE);
+	d->pool = secmem_alloc_huge(DISK_POOL_SIZE);
 	/* Under ASan a free slot is poisoned: use after it went back is caught, as with malloc's. */
-	ASAN_POISON_MEMORY_REGION(a, DISK_POOL_SIZE);
-	d->pool = a;
+	if (d->pool)
+		ASAN_POISON_MEMORY_REGION(d->pool, DISK_POOL_SIZE);
 }
 
 static void disk_tmp_put(struct disk_src *d, uint8_t *t)
@@ -1051,7 +1040,7 @@ static void disk_free(struct src *src)
 	src_free(d->lower);
 	if (d->pool) {
 		ASAN_UNPOISON_MEMORY_REGION(d->pool, DISK_POOL_SIZE);
-		munmap(d->pool, DISK_POOL_SIZE);
+		secmem_free(d->pool);
 	}
 	pthread_cond_destroy(&d->queue_cond);
 	pthread_mutex_destroy(&d->lock);
@@ -1215,7 +1204,7 @@ int src_disk_new(const char *dir, uint64_t max, struct src *lower, struct src **
 	pthread_cond_init(&d->queue_cond, NULL);
 	disk_scan(d);
 	disk_say_cap(d);
-	disk_pool_map(d);
+	disk_pool_new(d);
 	/* Without the thread, readers write what they fetch themselves. */
 	d->has_writer = pthread_create(&d->writer, NULL, disk_writer, d) == 0;
 	*ret = &d->src;
