@@ -100,6 +100,7 @@ static void *secmem_alloc_pages(size_t size, int huge)
 	size_t data_len, lock_len, map_len;
 	struct secmem_header *hdr;
 	uint8_t *base;
+	long locked;
 	int err;
 
 	/* Header page + data rounded up to pages + guard page, without overflow. */
@@ -122,9 +123,15 @@ static void *secmem_alloc_pages(size_t size, int huge)
 	/*
 	 * Order matters: nothing is written before the pages are locked. The
 	 * system call itself, because sanitizer runtimes replace mlock() with a
-	 * no-op that reports success.
+	 * no-op that reports success. A huge allocation's pages are locked as
+	 * they are first touched (MLOCK_ONFAULT, where the kernel has it): a
+	 * slab that reads fill bit by bit is resident only as far as it was
+	 * used, and holds nothing where it was not.
 	 */
-	if (syscall(SYS_mlock, base, lock_len) < 0)
+	locked = huge ? syscall(SYS_mlock2, base, lock_len, MLOCK_ONFAULT) : -1;
+	if (locked < 0 && (!huge || errno == ENOSYS || errno == EINVAL))
+		locked = syscall(SYS_mlock, base, lock_len);
+	if (locked < 0)
 		goto fail;
 	if (madvise(base, lock_len, MADV_DONTDUMP) < 0)
 		goto fail;
