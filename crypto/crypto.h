@@ -50,7 +50,7 @@ void *secmem_alloc(size_t size);
 /*
  * As secmem_alloc, for a large buffer that the kernel copies out of again
  * and again (the plaintext cache's slab, which every FUSE reply comes
- * from): from 2 MiB on, its data starts on a 2 MiB boundary and is marked
+ * from; cache_dir's staging pool, every direct write's): from 2 MiB on, its data starts on a 2 MiB boundary and is marked
  * for transparent huge pages, which the kernel gives where it has them;
  * its pages are locked as they are first touched. Freed with secmem_free.
  */

@@ -14,14 +14,15 @@
  * that forks to daemonise must allocate its secrets after the fork.
  *
  * secmem_alloc_huge's data of SECMEM_HUGE or more (the plaintext cache's
- * slab) starts on a SECMEM_HUGE boundary and is marked for transparent
- * huge pages, which the kernel gives where it has them: the kernel copies
- * every FUSE reply out of that slab, pinning its pages one by one for
- * small pages and at once for a huge page, and with fewer TLB misses (a
- * read's CPU 3% lower, docs/architecture.md). Locked like the rest, a
- * huge page is never swapped either. Only on request: a huge page may cost
- * the kernel a compaction to find, worth it for a slab made once, not for
- * every upload's chunk.
+ * slab, cache_dir's staging pool) starts on a SECMEM_HUGE boundary and is
+ * marked for transparent huge pages, which the kernel gives where it has
+ * them: the kernel copies every FUSE reply out of that slab and every
+ * direct write out of that pool, pinning their pages one by one for small
+ * pages and at once for a huge page, and with fewer TLB misses (a read's
+ * CPU 3% lower, a fill's 8%: docs/architecture.md). Locked like the rest,
+ * a huge page is never swapped either. Only on request: a huge page may
+ * cost the kernel a compaction to find, worth it for buffers made once,
+ * not for every upload's chunk.
  *
  * No locking: every allocation is its own mapping.
  */

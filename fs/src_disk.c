@@ -15,10 +15,10 @@
  * Locking: d->lock guards the file table, every file's users and map,
  * the byte total, the failing flag, the staging pool's slots, the
  * writer's queue, how long it writes through the page cache and what its
- * writes cost each way. It is not held while reading from the layer below; the
- * file reads and writes of cached blocks happen without it too (pread and
- * pwrite on blocks that the map already or not yet marks). An evicted
- * file's names are unlinked after the lock is dropped.
+ * writes cost each way. It is not held while reading from the layer
+ * below; the file reads and writes of cached blocks happen without it too
+ * (pread and pwrite on blocks that the map already or not yet marks). An
+ * evicted file's names are unlinked after the lock is dropped.
  *
  * The writer thread writes whole pages with O_DIRECT: no copy into the
  * page cache on the reader's cores, and no page cache taken from the
